@@ -1,0 +1,154 @@
+"""The broker interface: moves message bytes and receipts, nothing else.
+
+Decoding, task lookup, retry decisions and canvas live above it, in the worker.
+Two implementations: streams.StreamsBroker (default) and lists.ListsBroker; one
+contract test suite (tests/test_broker_contract.py) runs against both.
+
+Parts both share live here: the delayed set (ETA/countdown messages wait in a
+sorted set and a Lua script moves the due ones into their queue atomically) and
+the dead-letter stream.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+import redis
+
+from .. import keys
+from ..lua import Scripts
+
+COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
+
+
+class Delivery(NamedTuple):
+    """A message handed to a consumer: its bytes, where it came from, and how to ack it."""
+
+    data: bytes
+    queue: str
+    priority: int
+    deliveries: int          # earlier deliveries of this message (0 the first time)
+    receipt: Any             # broker-specific handle for ack / requeue
+
+
+class Broker(ABC):
+    """Queues over one Redis. Methods taking `pipe` add commands to a pipeline the caller flushes."""
+
+    kind = "abstract"
+
+    def __init__(self, client: "redis.Redis", visibility_timeout: float = 3600.0, max_deliveries: int = 10):
+        self.client = client
+        self.visibility_timeout = visibility_timeout
+        self.max_deliveries = max_deliveries
+        self.hostname = socket.gethostname()
+
+    # --- producing ---------------------------------------------------------------------------------
+    @abstractmethod
+    def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
+        """Append a ready message to its queue."""
+
+    def send_later(self, pipe: Any, queue: str, priority: int, data: bytes, eta: float) -> None:
+        """Park a message in the queue's delayed set until `eta` (epoch seconds)."""
+        pipe.zadd(keys.delayed(queue), {str(priority).encode() + data: int(eta * 1000)})
+
+    def move_due(self, queues: Iterable[str], limit: int = 1000) -> Tuple[int, Optional[float]]:
+        """Move due delayed messages into their queues (atomic per message, safe to race).
+
+        Returns (messages moved, epoch seconds of the next due message or None).
+        """
+        moved, next_due = 0, None
+        for queue in queues:
+            n, nxt = COMMON_SCRIPTS(self.client, "move_due",
+                                    [keys.delayed(queue)] + [keys.queue(queue, p) for p in keys.PRIORITIES],
+                                    [limit, self.kind])
+            moved += int(n)
+            if nxt is not None and nxt != b"" and nxt != "":
+                due = int(nxt) / 1000.0
+                next_due = due if next_due is None else min(next_due, due)
+        return moved, next_due
+
+    # --- consuming ---------------------------------------------------------------------------------
+    @abstractmethod
+    def ensure_queues(self, queues: Sequence[str]) -> None:
+        """Create what a consumer needs before it reads (idempotent)."""
+
+    @abstractmethod
+    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
+        """Take up to `count` messages for `consumer`, highest priority first; wait up to `block` s."""
+
+    @abstractmethod
+    def ack(self, pipe: Any, delivery: Delivery) -> None:
+        """Forget a delivered message: it is done (or dead-lettered)."""
+
+    @abstractmethod
+    def requeue(self, delivery: Delivery, redelivered: bool) -> None:
+        """Put one held message back in its queue; count a delivery if it had started."""
+
+    @abstractmethod
+    def release(self, consumer: str, queues: Sequence[str]) -> int:
+        """Return every message `consumer` still holds to its queue, uncounted (it never started)."""
+
+    @abstractmethod
+    def extend(self, consumer: str, queues: Sequence[str]) -> None:
+        """Renew `consumer`'s claim on what it holds, so a live worker's tasks are not redelivered."""
+
+    @abstractmethod
+    def reclaim(self, queues: Sequence[str]) -> int:
+        """Redeliver messages whose consumer stopped renewing for visibility_timeout (dead workers)."""
+
+    @abstractmethod
+    def held(self, queues: Sequence[str]) -> Dict[str, int]:
+        """Messages delivered and not yet acked, per queue."""
+
+    @abstractmethod
+    def length(self, queue: str, priority: int) -> int:
+        """Messages waiting in one queue at one priority."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every waiting message of `queue` (all priorities, delayed too); returns the count."""
+
+    # --- dead letters ------------------------------------------------------------------------------
+    def dead_letter(self, pipe: Any, data: bytes, reason: str, queue: str = "", task_id: Optional[str] = None,
+                    worker: str = "") -> None:
+        """Record a message that cannot run, with why, where and when."""
+        pipe.xadd(keys.DLQ, {"m": data, "reason": reason, "queue": queue, "task_id": task_id or "",
+                             "worker": worker or self.hostname, "time": repr(time.time())})
+
+    def dead_letters(self, count: int = 100, start: str = "-") -> List[Tuple[str, Dict[str, Any]]]:
+        """The oldest `count` dead letters from `start` on, as (id, fields)."""
+        out = []
+        for entry_id, fields in self.client.xrange(keys.DLQ, min=start, count=count):
+            out.append((entry_id.decode(), {k.decode(): (v if k == b"m" else v.decode()) for k, v in fields.items()}))
+        return out
+
+    def replay_dead_letter(self, entry_id: str, queue: Optional[str] = None, priority: int = 0) -> bool:
+        """Send a dead letter back to its queue (or `queue`) and remove it from the dead letters."""
+        entries = self.client.xrange(keys.DLQ, min=entry_id, max=entry_id)
+        if not entries:
+            return False
+        fields = entries[0][1]
+        target = queue or fields.get(b"queue", b"").decode() or "default"
+        pipe = self.client.pipeline(transaction=True)
+        self.send(pipe, target, priority, fields[b"m"])
+        pipe.xdel(keys.DLQ, entry_id)
+        pipe.execute()
+        return True
+
+    def purge_dead_letters(self) -> int:
+        n = self.client.xlen(keys.DLQ)
+        self.client.delete(keys.DLQ)
+        return n
+
+    def delayed_count(self, queue: str) -> int:
+        return self.client.zcard(keys.delayed(queue))
+
+    def queues_known(self) -> List[str]:
+        """Queue names that have keys in Redis (for status views; uses SCAN, never KEYS)."""
+        names = set()
+        for key in self.client.scan_iter(match=f"{keys.PREFIX}:{{*}}:*", count=1000):
+            names.add(keys.queue_name_of(key.decode()))
+        return sorted(names)

@@ -1,0 +1,145 @@
+"""The Streams broker (default): a Redis stream per queue and priority, read through one consumer group.
+
+Each worker child is a consumer. A delivered message stays in the group's pending
+entries list (PEL) until it is acked, so nothing a consumer took is lost when it
+dies: its parent hands unstarted messages back at once, and a reaper on any
+worker redelivers what a dead worker held after visibility_timeout. A live
+worker renews its claims (XCLAIM JUSTID), so long tasks are never redelivered
+while they run. Acked entries are deleted, so a stream holds only live messages.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import redis
+
+from .. import keys
+from ..lua import Scripts
+from .base import Broker, Delivery
+
+SCRIPTS = Scripts(Path(__file__).parent / "streams_lua")
+REAPER = "minique-reaper"
+
+
+class StreamsBroker(Broker):
+    kind = "streams"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._read_keys: Dict[tuple, list] = {}
+
+    def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
+        pipe.xadd(keys.queue(queue, priority), {"m": data})
+
+    def _keys(self, queues: Sequence[str]) -> list:
+        """Stream keys in read order: priority 9 of every queue first, then 8, ..."""
+        found = self._read_keys.get(tuple(queues))
+        if found is None:
+            found = [keys.queue(q, p) for p in reversed(keys.PRIORITIES) for q in queues]
+            self._read_keys[tuple(queues)] = found
+        return found
+
+    def ensure_queues(self, queues: Sequence[str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in self._keys(queues):
+            pipe.xgroup_create(key, keys.GROUP, id="0", mkstream=True)
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+
+    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
+        stream_keys = self._keys(queues)
+        try:
+            found = SCRIPTS(self.client, "fetch", stream_keys, [keys.GROUP, consumer, count])
+            if not found and block > 0:
+                found = self.client.xreadgroup(keys.GROUP, consumer, {k: ">" for k in stream_keys},
+                                               count=count, block=max(1, int(block * 1000)))
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_queues(queues)  # a stream was deleted (purge, FLUSHDB): recreate and retry later
+            return []
+        out = []
+        for key, entries in found or ():
+            key = key.decode() if isinstance(key, bytes) else key
+            queue, priority = keys.queue_name_of(key), keys.priority_of(key)
+            for entry_id, fields in entries:
+                if isinstance(fields, list):  # from Lua: a flat [k, v, k, v]
+                    fields = dict(zip(fields[::2], fields[1::2]))
+                if not fields:  # deleted after delivery (a purge): nothing to run
+                    continue
+                out.append(Delivery(fields[b"m"], queue, priority, int(fields.get(b"d", 0)), (key, entry_id)))
+        if len(out) > 1:
+            out.sort(key=lambda d: -d.priority)
+        return out
+
+    def ack(self, pipe: Any, delivery: Delivery) -> None:
+        key, entry_id = delivery.receipt
+        pipe.xack(key, keys.GROUP, entry_id)
+        pipe.xdel(key, entry_id)
+
+    def requeue(self, delivery: Delivery, redelivered: bool) -> None:
+        key, entry_id = delivery.receipt
+        dead = SCRIPTS(self.client, "requeue", [key], [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id])
+        self._bury(key, dead, "too many deliveries")
+
+    def release(self, consumer: str, queues: Sequence[str]) -> int:
+        total = 0
+        for key in self._keys(queues):
+            total += int(SCRIPTS(self.client, "release", [key], [keys.GROUP, consumer]))
+        return total
+
+    def extend(self, consumer: str, queues: Sequence[str]) -> None:
+        for key in self._keys(queues):
+            SCRIPTS(self.client, "extend", [key], [keys.GROUP, consumer])
+
+    def reclaim(self, queues: Sequence[str]) -> int:
+        total = 0
+        idle_ms = int(self.visibility_timeout * 1000)
+        for key in self._keys(queues):
+            n, dead = SCRIPTS(self.client, "reclaim", [key], [keys.GROUP, REAPER, idle_ms, 100, self.max_deliveries])
+            total += int(n)
+            self._bury(key, dead, "too many deliveries")
+        return total
+
+    def _bury(self, key: str, dead: list, reason: str) -> None:
+        """Dead-letter the entries a script left pending because they were delivered too often."""
+        if not dead:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, data in zip(dead[::2], dead[1::2]):
+            from ..message import peek_id
+            self.dead_letter(pipe, data, reason, keys.queue_name_of(key), peek_id(data))
+            pipe.xack(key, keys.GROUP, entry_id)
+            pipe.xdel(key, entry_id)
+        pipe.execute()
+
+    def held(self, queues: Sequence[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        pipe = self.client.pipeline(transaction=False)
+        stream_keys = self._keys(queues)
+        for key in stream_keys:
+            pipe.xpending(key, keys.GROUP)
+        for key, info in zip(stream_keys, pipe.execute(raise_on_error=False)):
+            if isinstance(info, dict):
+                q = keys.queue_name_of(key)
+                out[q] = out.get(q, 0) + int(info.get("pending", 0))
+        return out
+
+    def length(self, queue: str, priority: int) -> int:
+        """Waiting = in the stream and not delivered (delivered ones stay until acked)."""
+        key = keys.queue(queue, priority)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(key)
+        pipe.xpending(key, keys.GROUP)
+        total, pending = pipe.execute(raise_on_error=False)
+        pending = int(pending.get("pending", 0)) if isinstance(pending, dict) else 0
+        return max(0, int(total) - pending)
+
+    def purge(self, queue: str) -> int:
+        n = sum(self.length(queue, p) for p in keys.PRIORITIES) + self.delayed_count(queue)
+        for key in keys.queue_priorities(queue):
+            SCRIPTS(self.client, "purge", [key], [keys.GROUP])
+        self.client.delete(keys.delayed(queue))
+        return n

@@ -1,0 +1,35 @@
+-- Redeliver entries no consumer has renewed for the visibility timeout (their worker is gone).
+-- KEYS[1] the stream
+-- ARGV[1] group; ARGV[2] reaper consumer name; ARGV[3] min idle ms (visibility timeout);
+-- ARGV[4] batch size; ARGV[5] max deliveries
+-- Each entry is re-added with its delivery count + 1, or, past max deliveries, left pending
+-- (owned by the reaper) and returned for the caller to dead-letter.
+-- Returns {redelivered count, {id, data, ...}}
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), '0-0', 'COUNT', tonumber(ARGV[4]))
+local n, dead = 0, {}
+for _, e in ipairs(r[2]) do
+  local id, f = e[1], e[2]
+  if f then
+    local data, d = nil, 0
+    for j = 1, #f, 2 do
+      if f[j] == 'm' then data = f[j + 1] elseif f[j] == 'd' then d = tonumber(f[j + 1]) end
+    end
+    d = d + 1
+    if d > tonumber(ARGV[5]) then
+      table.insert(dead, id)
+      table.insert(dead, data)
+    else
+      redis.call('XADD', KEYS[1], '*', 'm', data, 'd', d)
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+      redis.call('XDEL', KEYS[1], id)
+      n = n + 1
+    end
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+  end
+end
+-- deleted entries XAUTOCLAIM reports (Redis 7) are acked too
+if r[3] then
+  for _, id in ipairs(r[3]) do redis.call('XACK', KEYS[1], ARGV[1], id) end
+end
+return {n, dead}

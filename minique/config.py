@@ -1,0 +1,154 @@
+"""Settings with Celery's names, meanings and defaults; unknown names are warned about."""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Any, Dict, Iterator, Mapping
+
+DEFAULTS: Dict[str, Any] = {
+    # Connections
+    "broker_url": "redis://localhost:6379/0",
+    "result_backend": None,                      # None: the broker's Redis
+    "broker_transport_options": {},              # visibility_timeout, queue_type ("streams"|"lists"), max_deliveries
+    "broker_connection_retry": True,
+    "broker_connection_timeout": 4.0,
+    "redis_socket_timeout": 120.0,
+    # Serialization
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": None,               # None: accept_content
+    # Time
+    "timezone": None,
+    "enable_utc": True,
+    # Routing
+    "task_routes": None,
+    "task_default_queue": "default",             # Celery says "celery"; see README
+    "task_default_priority": 0,
+    "task_queue_max_priority": 9,
+    "task_create_missing_queues": True,
+    # Task execution
+    "task_acks_late": False,
+    "task_acks_on_failure_or_timeout": True,
+    "task_reject_on_worker_lost": False,
+    "task_time_limit": None,
+    "task_soft_time_limit": None,
+    "task_ignore_result": False,
+    "task_store_errors_even_if_ignored": False,
+    "task_track_started": False,
+    "task_always_eager": False,
+    "task_eager_propagates": False,
+    "task_annotations": None,
+    "task_default_rate_limit": None,
+    "task_max_message_size": 16 * 1024 * 1024,   # bytes; larger messages are dead-lettered
+    "task_max_deliveries": 10,                   # redeliveries past this go to the dead letters
+    "task_send_sent_event": False,
+    # Results
+    "result_expires": 86400,
+    "result_extended": False,
+    # Worker
+    "worker_concurrency": None,                  # None: the CPU count
+    "worker_prefetch_multiplier": 4,
+    "worker_max_tasks_per_child": None,
+    "worker_max_memory_per_child": None,         # KiB
+    "worker_pool": "prefork",
+    "worker_send_task_events": True,
+    "worker_shutdown_timeout": None,             # seconds a warm shutdown waits; None: as long as tasks run
+    "worker_hijack_root_logger": True,
+    "worker_log_format": None,
+    "worker_log_json": False,
+    "worker_metrics_port": 0,
+    "worker_heartbeat_interval": 2.0,
+    "worker_state_db": None,
+    # Beat
+    "beat_schedule": {},
+    "beat_max_loop_interval": 300.0,
+    "beat_lease_seconds": 5.0,                   # leader lease; a standby takes over within this
+    "beat_missed_policy": "once",                # "once" | "skip" | "all"
+    # Security
+    "security_key": None,                        # bytes/str: HMAC-sign messages, reject unsigned ones
+    # Include
+    "imports": (),
+    "include": (),
+}
+
+_ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE_RESULT_BACKEND"}
+
+
+class Settings(Mapping):
+    """`app.conf`: attribute and item access over DEFAULTS plus what the user set."""
+
+    __slots__ = ("_data", "_cache")
+
+    def __init__(self, **values: Any):
+        object.__setattr__(self, "_data", {})
+        self.update(values)
+
+    # Mapping protocol
+    def __getitem__(self, key: str) -> Any:
+        if key in _ENV_OVERRIDES and os.environ.get(_ENV_OVERRIDES[key]):
+            return os.environ[_ENV_OVERRIDES[key]]
+        if key in self._data:
+            return self._data[key]
+        if key in DEFAULTS:
+            return DEFAULTS[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(DEFAULTS) | set(self._data))
+
+    def __len__(self) -> int:
+        return len(set(DEFAULTS) | set(self._data))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no setting named {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in DEFAULTS and not key.isupper():
+            warnings.warn(f"unknown setting {key!r} (kept, but minique does not use it)", stacklevel=3)
+        self._data[key] = value
+
+    def update(self, values: Mapping[str, Any] = (), **more: Any) -> None:  # type: ignore[override]
+        for key, value in dict(values, **more).items():
+            self[key] = value
+
+    def changes(self) -> Dict[str, Any]:
+        return dict(self._data)
+
+    def from_object(self, obj: Any) -> None:
+        """Load settings from a module name, a module or an object (its lowercase public names)."""
+        if isinstance(obj, str):
+            try:
+                obj = importlib.import_module(obj)
+            except ImportError as exc:
+                from .exceptions import ConfigurationError
+                raise ConfigurationError(f"cannot import config module {obj!r}: {exc}") from exc
+        names = [n for n in dir(obj) if not n.startswith("_") and n.islower()]
+        for name in names:
+            value = getattr(obj, name)
+            if callable(value) and not isinstance(value, type) and type(value).__module__ in ("builtins", "types"):
+                continue  # helper functions and imported modules in a config module are not settings
+            if type(value).__name__ == "module":
+                continue
+            self[name] = value
+
+    # Derived values used in several places
+    @property
+    def visibility_timeout(self) -> float:
+        return float(self["broker_transport_options"].get("visibility_timeout", 3600))
+
+    @property
+    def result_url(self) -> str:
+        return self["result_backend"] or self["broker_url"]
+
+    @property
+    def accept(self) -> frozenset:
+        from .serializers import canonical
+        return frozenset(canonical(c) for c in self["accept_content"])

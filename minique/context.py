@@ -1,0 +1,65 @@
+"""The running task's request (`self.request`), per thread, and the current app."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Optional
+
+_local = threading.local()
+_current_app: Any = None
+
+
+class Request:
+    """What a bound task sees as `self.request` (Celery's names)."""
+
+    __slots__ = ("id", "task", "args", "kwargs", "retries", "root_id", "parent_id", "group", "group_index",
+                 "hostname", "delivery_info", "eta", "expires", "headers", "chord", "chain", "is_eager",
+                 "callbacks", "errbacks", "called_directly", "message", "ignore_result", "time_limit",
+                 "soft_time_limit", "delivery_count")
+
+    def __init__(self, **fields: Any):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+        if self.retries is None:
+            self.retries = 0
+        if self.called_directly is None:
+            self.called_directly = False
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__ if name != "message"}
+
+    def __repr__(self) -> str:
+        return f"<Request {self.task}[{self.id}] retries={self.retries}>"
+
+
+def _stack() -> List[Request]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def push(request: Request) -> None:
+    _stack().append(request)
+
+
+def pop() -> None:
+    _stack().pop()
+
+
+def current() -> Optional[Request]:
+    """The request of the task running in this thread (None outside tasks or when called directly)."""
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
+def set_current_app(app: Any) -> None:
+    global _current_app
+    _current_app = app
+
+
+def current_app() -> Any:
+    """The app created last; used where Celery users write AsyncResult(id) without an app."""
+    if _current_app is None:
+        from .exceptions import ConfigurationError
+        raise ConfigurationError("no minique app exists yet: create Minique(...) first or pass app=")
+    return _current_app

@@ -1,0 +1,95 @@
+"""Every Redis key minique uses is built here; this docstring is the key-space map.
+
+Keys that one script or transaction touches together share a hash tag (the part in
+braces) so that the layout already fits Redis Cluster.
+
+Broker (broker_url):
+    minique:{Q}:p<N>          stream, queue Q at priority N (0..9); fields m=message bytes, d=deliveries
+                              (consumer group "minique"). Lists broker: a list with the same name.
+    minique:{Q}:delayed       zset, messages for Q with an ETA; score = due time (ms), member = prio digit + message
+    minique:{Q}:proc:<C>      list, Lists broker only: messages consumer C holds
+    minique:{Q}:consumers     zset, Lists broker only: consumer C -> claim deadline (ms)
+    minique:dlq               stream, dead letters: m, reason, queue, task_id, worker, time
+    minique:revoked           zset, revoked task id -> expiry (epoch s)
+    minique:control           pub/sub channel for remote control; replies on minique:reply:<id>
+    minique:events            stream, task and worker events (capped)
+    minique:workers           hash, worker hostname -> last heartbeat (msgpack)
+    minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
+    minique:beat:last         hash, beat entry name -> last run (epoch s)
+Result backend (result_backend):
+    minique:res:{ID}          string, the task's state and result (msgpack), expires after result_expires
+    minique:res:{ID}:ready    list holding one token once the task is ready; waiters block on it
+    minique:chord:{CID}       hash, header index -> encoded result of a finished member
+    minique:chord:{CID}:done  string, set once the chord's callback was sent (or failed)
+    minique:group:{GID}       string, a saved GroupResult (member ids)
+"""
+from __future__ import annotations
+
+PREFIX = "minique"
+GROUP = "minique"           # the consumer group every worker reads through
+PRIORITIES = range(10)
+
+DLQ = f"{PREFIX}:dlq"
+REVOKED = f"{PREFIX}:revoked"
+CONTROL = f"{PREFIX}:control"
+EVENTS = f"{PREFIX}:events"
+WORKERS = f"{PREFIX}:workers"
+BEAT_LAST = f"{PREFIX}:beat:last"
+
+
+def queue(name: str, priority: int = 0) -> str:
+    return f"{PREFIX}:{{{name}}}:p{priority}"
+
+
+def queue_priorities(name: str) -> list:
+    """The queue's keys from highest priority to lowest (the order workers read in)."""
+    return [queue(name, p) for p in reversed(PRIORITIES)]
+
+
+def delayed(name: str) -> str:
+    return f"{PREFIX}:{{{name}}}:delayed"
+
+
+def processing(name: str, consumer: str) -> str:
+    return f"{PREFIX}:{{{name}}}:proc:{consumer}"
+
+
+def consumers(name: str) -> str:
+    return f"{PREFIX}:{{{name}}}:consumers"
+
+
+def queue_name_of(key: str) -> str:
+    """The queue name inside a queue key (the hash tag)."""
+    return key[key.index("{") + 1:key.index("}")]
+
+
+def priority_of(key: str) -> int:
+    return int(key.rsplit(":p", 1)[1])
+
+
+def result(task_id: str) -> str:
+    return f"{PREFIX}:res:{{{task_id}}}"
+
+
+def ready(task_id: str) -> str:
+    return f"{PREFIX}:res:{{{task_id}}}:ready"
+
+
+def chord(chord_id: str) -> str:
+    return f"{PREFIX}:chord:{{{chord_id}}}"
+
+
+def chord_done(chord_id: str) -> str:
+    return f"{PREFIX}:chord:{{{chord_id}}}:done"
+
+
+def group(group_id: str) -> str:
+    return f"{PREFIX}:group:{{{group_id}}}"
+
+
+def lock(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"
+
+
+def reply(reply_id: str) -> str:
+    return f"{PREFIX}:reply:{reply_id}"

@@ -1,0 +1,31 @@
+"""Loads the .lua scripts that sit next to a module, registers them once, calls them by SHA."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import redis
+
+
+class Scripts:
+    """The scripts in one folder, by file stem. Call with a client or a pipeline."""
+
+    def __init__(self, folder: Path):
+        self.sources: Dict[str, str] = {p.stem: p.read_text() for p in sorted(Path(folder).glob("*.lua"))}
+        self.shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self.sources.items()}
+
+    def load(self, client: "redis.Redis") -> None:
+        """SCRIPT LOAD every script (after connecting, and again after a server restart)."""
+        pipe = client.pipeline(transaction=False)
+        for src in self.sources.values():
+            pipe.script_load(src)
+        pipe.execute()
+
+    def __call__(self, client: Any, name: str, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        """EVALSHA `name`; on a client (not a pipeline) a missing script is loaded and retried."""
+        try:
+            return client.evalsha(self.shas[name], len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.sources[name])
+            return client.evalsha(self.shas[name], len(keys), *keys, *args)

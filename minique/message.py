@@ -1,0 +1,121 @@
+"""The task message: an immutable envelope and its wire encoding (pure, no I/O).
+
+Wire format (documented in docs/protocol.md): a msgpack map with short keys. The
+user's [args, kwargs] travel as an opaque `body` encoded with `content_type`, so a
+worker can route, log, expire and dead-letter a message without decoding user data.
+Fields at their default value are left out, which keeps the hot path small.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from . import serializers
+from .exceptions import DecodeError
+
+PROTOCOL_VERSION = 1
+
+
+def new_id() -> str:
+    """A fresh task id (a UUID4 string, as Celery's)."""
+    return str(uuid.uuid4())
+
+
+class Message(NamedTuple):
+    """One task invocation as it travels through the broker. Copy with `_replace`."""
+
+    id: str
+    task: str
+    body: bytes                              # serialize([args, kwargs], content_type)
+    content_type: str = "json"
+    queue: str = "default"
+    priority: int = 0                        # 0..9, higher runs first
+    retries: int = 0
+    eta: Optional[float] = None              # epoch seconds; not before
+    expires: Optional[float] = None          # epoch seconds; not after
+    root_id: Optional[str] = None
+    parent_id: Optional[str] = None
+    group_id: Optional[str] = None
+    group_index: Optional[int] = None
+    chord: Optional[Dict[str, Any]] = None   # {"id", "size", "callback": sig dict} for a header member
+    chain: Optional[List[Dict[str, Any]]] = None  # signatures still to run after this one, next first
+    links: Optional[List[Dict[str, Any]]] = None  # signatures applied with the result on success
+    errbacks: Optional[List[Dict[str, Any]]] = None  # signatures applied with the task id on failure
+    ignore_result: bool = False
+    time_limit: Optional[float] = None
+    soft_time_limit: Optional[float] = None
+    headers: Optional[Dict[str, Any]] = None  # user headers, passed through untouched
+    sent_at: float = 0.0
+    signature: Optional[bytes] = None         # HMAC of the rest, when security_key is set
+
+    def args_kwargs(self, accept) -> Tuple[list, dict]:
+        """Decode the body (ContentDisallowed / DecodeError when it cannot be)."""
+        decoded = serializers.loads(self.body, self.content_type, accept)
+        if (not isinstance(decoded, (list, tuple)) or len(decoded) != 2
+                or not isinstance(decoded[0], (list, tuple)) or not isinstance(decoded[1], dict)):
+            raise DecodeError("message body is not [args, kwargs]")
+        return list(decoded[0]), decoded[1]
+
+    def encode(self) -> bytes:
+        return encode(self)
+
+
+# (attribute, wire key) in field order; the required ones come first.
+_WIRE = (
+    ("id", "i"), ("task", "t"), ("body", "b"), ("content_type", "ct"), ("queue", "q"),
+    ("priority", "p"), ("retries", "r"), ("eta", "eta"), ("expires", "exp"),
+    ("root_id", "root"), ("parent_id", "par"), ("group_id", "grp"), ("group_index", "gi"),
+    ("chord", "chord"), ("chain", "chain"), ("links", "link"), ("errbacks", "err"),
+    ("ignore_result", "ir"), ("time_limit", "tl"), ("soft_time_limit", "stl"),
+    ("headers", "h"), ("sent_at", "ts"), ("signature", "sig"),
+)
+_DEFAULTS = Message._field_defaults
+_OPTIONAL = tuple((attr, key, _DEFAULTS[attr]) for attr, key in _WIRE[3:])
+
+
+def encode(message: Message) -> bytes:
+    """The message's wire bytes (msgpack map, default-valued fields left out)."""
+    out: Dict[str, Any] = {"v": PROTOCOL_VERSION, "i": message.id, "t": message.task, "b": message.body}
+    for attr, key, default in _OPTIONAL:
+        value = getattr(message, attr)
+        if value != default:
+            out[key] = value
+    return serializers.pack(out)
+
+
+def decode(data: bytes) -> Message:
+    """Parse wire bytes into a Message; DecodeError says what is wrong."""
+    try:
+        raw = serializers.unpack(data)
+    except Exception as exc:
+        raise DecodeError(f"not a msgpack message: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DecodeError(f"message is a {type(raw).__name__}, not a map")
+    if raw.get("v") != PROTOCOL_VERSION:
+        raise DecodeError(f"unsupported protocol version {raw.get('v')!r}")
+    try:
+        fields = {attr: raw[key] for attr, key in _WIRE if key in raw}
+        message = Message(**fields)
+    except (KeyError, TypeError) as exc:
+        raise DecodeError(f"malformed message: {exc}") from exc
+    if not isinstance(message.id, str) or not isinstance(message.task, str) or not isinstance(message.body, bytes):
+        raise DecodeError("message lacks a string id, a string task name or a bytes body")
+    return message
+
+
+def peek_id(data: bytes) -> Optional[str]:
+    """The task id of a message that may not decode fully (for dead-letter records)."""
+    try:
+        raw = serializers.unpack(data)
+        return raw.get("i") if isinstance(raw, dict) else None
+    except Exception:
+        return None
+
+
+def make(task: str, args: Any = (), kwargs: Optional[dict] = None, serializer: str = "json",
+         task_id: Optional[str] = None, **fields: Any) -> Message:
+    """Build a message, serializing [args, kwargs] with `serializer`."""
+    body = serializers.dumps([list(args or ()), kwargs or {}], serializer)
+    return Message(id=task_id or new_id(), task=task, body=body, content_type=serializer,
+                   sent_at=time.time(), **fields)

@@ -1,0 +1,213 @@
+"""Handles on results: AsyncResult for one task, GroupResult for several (Celery's API)."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterator, List, Optional
+
+from . import context, states
+from .exceptions import TaskRevokedError, TimeoutError
+
+
+def _assert_may_wait(disable_sync_subtasks: bool) -> None:
+    request = context.current()
+    if disable_sync_subtasks and request is not None and not request.is_eager and not request.called_directly:
+        raise RuntimeError("Never call result.get() within a task! Pass disable_sync_subtasks=False "
+                           "if you really must (it can deadlock a pool whose slots all wait).")
+
+
+class AsyncResult:
+    """The result of one task, by id."""
+
+    def __init__(self, id: str, app: Any = None, task_name: Optional[str] = None,
+                 parent: Optional["AsyncResult"] = None):
+        self.id = id
+        self.app = app if app is not None else context.current_app()
+        self.task_name = task_name
+        self.parent = parent
+        self._cache: Optional[dict] = None
+
+    # --- state --------------------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        if self._cache is not None:
+            return self._cache
+        meta = self.app.backend.get_meta(self.id)
+        if meta["status"] in states.READY_STATES:
+            self._cache = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        return self._meta()["status"]
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception when the task failed (Celery's `info`)."""
+        return self._meta()["result"]
+
+    info = result
+
+    @property
+    def traceback(self) -> Optional[str]:
+        return self._meta()["traceback"]
+
+    @property
+    def date_done(self) -> Optional[datetime]:
+        done = self._meta()["date_done"]
+        return None if done is None else datetime.fromtimestamp(done, tz=timezone.utc)
+
+    @property
+    def children(self) -> List["AsyncResult"]:
+        return [AsyncResult(c, app=self.app) for c in self._meta().get("children", [])]
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    # --- waiting ------------------------------------------------------------------------------------
+    def get(self, timeout: Optional[float] = None, propagate: bool = True, interval: float = 0.5,
+            disable_sync_subtasks: bool = True, follow_parents: bool = True) -> Any:
+        """Wait for the result (blocking in Redis, never polling); re-raise the task's exception."""
+        _assert_may_wait(disable_sync_subtasks)
+        if self._cache is None:
+            self._cache = self.app.backend.wait(self.id, timeout)
+        meta = self._cache
+        if meta["status"] == states.SUCCESS:
+            return meta["result"]
+        if propagate:
+            exc = meta["result"]
+            if isinstance(exc, BaseException):
+                raise exc
+            raise TaskRevokedError(str(exc)) if meta["status"] == states.REVOKED else TimeoutError(repr(exc))
+        return meta["result"]
+
+    wait = get
+
+    def forget(self) -> None:
+        self._cache = None
+        self.app.backend.forget(self.id)
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM", **kwargs: Any) -> None:
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
+    # --- protocol -----------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        return other == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def as_tuple(self) -> tuple:
+        return (self.id, self.parent.as_tuple() if self.parent else None)
+
+
+class GroupResult:
+    """Results of a group's tasks, in the group's order."""
+
+    def __init__(self, id: Optional[str], results: List[AsyncResult], app: Any = None,
+                 parent: Optional[AsyncResult] = None):
+        self.id = id
+        self.results = list(results)
+        self.app = app if app is not None else context.current_app()
+        self.parent = parent
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def get(self, timeout: Optional[float] = None, propagate: bool = True, disable_sync_subtasks: bool = True,
+            **kwargs: Any) -> List[Any]:
+        """Every member's result, in order; `timeout` covers the whole wait."""
+        _assert_may_wait(disable_sync_subtasks)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(r.get(timeout=left, propagate=propagate, disable_sync_subtasks=False))
+        return out
+
+    join = get
+
+    def join_native(self, *args: Any, **kwargs: Any) -> List[Any]:
+        return self.get(*args, **kwargs)
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> None:
+        self.app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal)
+
+    def forget(self) -> None:
+        for r in self.results:
+            r.forget()
+        if self.id:
+            self.app.backend.delete_group(self.id)
+
+    def save(self) -> "GroupResult":
+        self.app.backend.save_group(self.id, [r.id for r in self.results])
+        return self
+
+    def delete(self) -> None:
+        self.app.backend.delete_group(self.id)
+
+    @classmethod
+    def restore(cls, id: str, app: Any = None) -> Optional["GroupResult"]:
+        app = app if app is not None else context.current_app()
+        ids = app.backend.restore_group(id)
+        return None if ids is None else cls(id, [AsyncResult(i, app=app) for i in ids], app=app)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+class EagerResult(AsyncResult):
+    """The result of a task run in-process (task_always_eager or .apply())."""
+
+    def __init__(self, id: str, value: Any, state: str, traceback: Optional[str] = None, app: Any = None):
+        self.id = id
+        self.app = app
+        self.task_name = None
+        self.parent = None
+        self._cache = {"status": state, "result": value, "traceback": traceback,
+                       "date_done": time.time() if state in states.READY_STATES else None}
+
+    def _meta(self) -> dict:
+        return self._cache
+
+    def get(self, timeout: Optional[float] = None, propagate: bool = True, **kwargs: Any) -> Any:
+        return super().get(timeout=timeout, propagate=propagate, disable_sync_subtasks=False)
+
+    def forget(self) -> None:
+        """Nothing is stored for eager results."""

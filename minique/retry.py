@@ -1,0 +1,64 @@
+"""The retry and back-off engine: pure decisions about when a task runs again.
+
+Celery's rules, with one addition: a task with `retry_backoff` set also backs off
+when it calls `self.retry()` without a countdown (Celery would wait
+`default_retry_delay`, 180 s, which surprises users who set a back-off).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional, Union
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_DELAY = 180.0
+DEFAULT_BACKOFF_MAX = 600.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A task's retry options (Celery's names)."""
+
+    max_retries: Optional[int] = DEFAULT_MAX_RETRIES   # None: retry forever
+    default_retry_delay: float = DEFAULT_RETRY_DELAY
+    retry_backoff: Union[bool, float] = False           # True means a base of 1 s
+    retry_backoff_max: float = DEFAULT_BACKOFF_MAX
+    retry_jitter: bool = True
+
+
+def backoff(retries: int, base: float, maximum: float = DEFAULT_BACKOFF_MAX, jitter: bool = True,
+            rng: Optional[random.Random] = None) -> float:
+    """Exponential back-off: min(maximum, base * 2**retries), with full jitter when asked."""
+    delay = min(maximum, base * (2 ** retries))
+    if jitter:
+        delay = (rng or random).uniform(0, delay)
+    return max(0.0, delay)
+
+
+def countdown_for(policy: RetryPolicy, retries: int, countdown: Optional[float] = None,
+                  rng: Optional[random.Random] = None) -> float:
+    """Seconds to wait before retry number `retries + 1`.
+
+    An explicit countdown wins; then the back-off, if the task has one; then default_retry_delay.
+    """
+    if countdown is not None:
+        return max(0.0, float(countdown))
+    if policy.retry_backoff:
+        base = 1.0 if policy.retry_backoff is True else float(policy.retry_backoff)
+        return backoff(retries, base, policy.retry_backoff_max, policy.retry_jitter, rng)
+    return float(policy.default_retry_delay)
+
+
+def can_retry(policy: RetryPolicy, retries: int, max_retries: Optional[int] = None,
+              override: bool = False) -> bool:
+    """True while another retry is allowed (`retries` = retries already made)."""
+    limit = max_retries if override else policy.max_retries
+    return limit is None or retries < limit
+
+
+def retry_at(now: float, policy: RetryPolicy, retries: int, countdown: Optional[float] = None,
+             eta: Optional[float] = None, rng: Optional[random.Random] = None) -> float:
+    """Epoch time at which the retry becomes due."""
+    if eta is not None:
+        return float(eta)
+    return now + countdown_for(policy, retries, countdown, rng)

@@ -1,0 +1,178 @@
+"""A task: the user's function plus its options, and the ways to call it (Celery's API)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Generic, Iterable, Optional, Tuple, TypeVar
+
+from . import context, retry as retry_engine, states
+from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
+
+R = TypeVar("R")
+
+# Task options with Celery's names; None means "use the app's setting".
+OPTION_DEFAULTS: Dict[str, Any] = {
+    "queue": None, "priority": None, "ignore_result": None, "serializer": None,
+    "max_retries": retry_engine.DEFAULT_MAX_RETRIES, "default_retry_delay": retry_engine.DEFAULT_RETRY_DELAY,
+    "retry_backoff": False, "retry_backoff_max": retry_engine.DEFAULT_BACKOFF_MAX, "retry_jitter": True,
+    "autoretry_for": (), "retry_kwargs": None, "acks_late": None, "reject_on_worker_lost": None,
+    "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
+    "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
+}
+
+
+class Task(Generic[R]):
+    """Wraps a function registered with `@app.task`. A plain object: read it, call it, send it."""
+
+    def __init__(self, app: Any, fun: Callable[..., R], name: str, bind: bool = False, **options: Any):
+        unknown = set(options) - set(OPTION_DEFAULTS) - {"base", "shared", "trail", "lazy"}
+        if unknown:
+            from .exceptions import ConfigurationError
+            raise ConfigurationError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")
+        self.app = app
+        self.run = fun
+        self.name = name
+        self.bind = bind
+        self.__doc__ = fun.__doc__
+        self.__name__ = getattr(fun, "__name__", name)
+        self.__module__ = getattr(fun, "__module__", None)
+        self.__wrapped__ = fun
+        for key, default in OPTION_DEFAULTS.items():
+            setattr(self, key, options.get(key, default))
+        if isinstance(self.autoretry_for, type):
+            self.autoretry_for = (self.autoretry_for,)
+        self.autoretry_for = tuple(self.autoretry_for or ())
+        self.policy = retry_engine.RetryPolicy(
+            max_retries=self.max_retries, default_retry_delay=self.default_retry_delay,
+            retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
+            retry_jitter=self.retry_jitter)
+
+    # --- calling in-process -------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        if self.bind:
+            return self.run(self, *args, **kwargs)
+        return self.run(*args, **kwargs)
+
+    @property
+    def request(self) -> context.Request:
+        req = context.current()
+        if req is None or req.task != self.name:
+            return context.Request(task=self.name, called_directly=True, args=(), kwargs={})
+        return req
+
+    def apply(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None, task_id: Optional[str] = None,
+              **options: Any) -> Any:
+        """Run the task here and now (eager), retries included; returns an EagerResult."""
+        from .message import new_id
+        from .result import EagerResult
+        from .backend import format_traceback
+        task_id = task_id or new_id()
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        retries = 0
+        while True:
+            req = context.Request(id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries,
+                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={})
+            context.push(req)
+            try:
+                value = self(*args, **kwargs)
+                return EagerResult(task_id, value, states.SUCCESS, app=self.app)
+            except Retry as exc:
+                retries += 1
+                continue
+            except Exception as exc:
+                if self.autoretry_for and isinstance(exc, self.autoretry_for) and \
+                        retry_engine.can_retry(self.policy, retries):
+                    retries += 1
+                    continue
+                if options.get("throw") or self.app.conf.task_eager_propagates:
+                    raise
+                return EagerResult(task_id, exc, states.FAILURE, format_traceback(exc), app=self.app)
+            finally:
+                context.pop()
+
+    # --- sending ------------------------------------------------------------------------------------
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Send the task with these arguments; returns an AsyncResult."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
+                    task_id: Optional[str] = None, link: Any = None, link_error: Any = None,
+                    **options: Any) -> Any:
+        """Send the task with options: countdown, eta, expires, queue, priority, serializer, headers, ..."""
+        if self.app.conf.task_always_eager:
+            return self.apply(args or (), kwargs or {}, task_id=task_id, **options)
+        return self.app.send_task(self.name, args, kwargs, task_id=task_id, link=link, link_error=link_error,
+                                  **options)
+
+    def delay_many(self, arglist: Iterable[Tuple[Any, ...]], **options: Any) -> list:
+        """Send one task per args tuple in a single pipelined round trip (the bulk path)."""
+        return self.app.send_many(self.name, ((tuple(a), None) for a in arglist), **options)
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
+        from .result import AsyncResult
+        return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
+
+    # --- canvas -------------------------------------------------------------------------------------
+    def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        from .canvas import Signature
+        return Signature(self.name, args, kwargs, options, app=self.app,
+                         immutable=options.pop("immutable", False))
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Any:
+        from .canvas import xmap
+        return xmap(self, it)
+
+    def starmap(self, it: Iterable[Any]) -> Any:
+        from .canvas import xstarmap
+        return xstarmap(self, it)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Any:
+        from .canvas import chunks
+        return chunks(self, it, n)
+
+    # --- inside a running task ----------------------------------------------------------------------
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Optional[BaseException] = None, throw: bool = True,
+              eta: Any = None, countdown: Optional[float] = None, max_retries: Optional[int] = None,
+              **options: Any) -> Retry:
+        """Ask the worker to run this task again later (raises Retry; `raise self.retry(...)` reads well)."""
+        req = self.request
+        if req.called_directly:
+            if exc is not None:
+                raise exc
+            raise Retry("Task can be retried only when run by a worker", exc)
+        override = "max_retries" in options or max_retries is not None
+        if not retry_engine.can_retry(self.policy, req.retries, max_retries, override=max_retries is not None):
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{req.id}] args:{req.args} kwargs:{req.kwargs}")
+        if hasattr(eta, "timestamp"):
+            eta = eta.timestamp()
+        when = retry_engine.retry_at(time.time(), self.policy, req.retries, countdown, eta)
+        signal = Retry(exc=exc, when=when)
+        signal.args_override = args
+        signal.kwargs_override = kwargs
+        if throw:
+            raise signal
+        return signal
+
+    def replace(self, sig: Any) -> None:
+        """Replace this task with `sig`: its result becomes this task's result."""
+        from .canvas import Replace
+        raise Replace(sig)
+
+    def reject(self, reason: Any = None, requeue: bool = False) -> None:
+        raise Reject(reason, requeue=requeue)
+
+    def ignore(self) -> None:
+        raise Ignore()
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"

@@ -1,0 +1,105 @@
+"""Shared fixtures.
+
+Redis: every test talks to a private redis-server started by the suite
+(``tests/redis_server.py``), never to a system Redis on port 6379.
+
+* ``redis_server`` (session): one in-memory server for the whole run.
+* ``redis_url`` (function): ``redis://127.0.0.1:PORT/0`` of that server,
+  flushed before the test.
+* ``redis_client`` (function): a ``redis.Redis`` on ``redis_url``.
+* ``fresh_redis`` (function): a brand-new server with AOF on, in
+  ``tmp_path``, for fault tests that kill / restart / pause it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from redis_server import RedisServer
+
+DEFAULT_TEST_TIMEOUT = 60  # seconds; only used if pytest-timeout is unconfigured
+
+
+# --------------------------------------------------------------------------
+# Session-wide settings
+# --------------------------------------------------------------------------
+
+def pytest_collection_modifyitems(config, items):
+    """Give every test a timeout when none is configured anywhere."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    if (
+        config.getoption("timeout", None) is not None
+        or os.environ.get("PYTEST_TIMEOUT")
+        or config.getini("timeout")
+    ):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def minique_test_env():
+    """MINIQUE_TEST=1 for the run (and for subprocesses it starts)."""
+    previous = os.environ.get("MINIQUE_TEST")
+    os.environ["MINIQUE_TEST"] = "1"
+    yield
+    if previous is None:
+        os.environ.pop("MINIQUE_TEST", None)
+    else:
+        os.environ["MINIQUE_TEST"] = previous
+
+
+# --------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One private, in-memory redis-server for the whole session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-session"), appendonly=False)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """URL (db 0) of the session server, emptied before the test."""
+    if not redis_server.running:  # a test may have stopped it
+        redis_server.start()
+    redis_server.flushall()
+    return redis_server.url(0)
+
+
+@pytest.fixture
+def redis_client(redis_server, redis_url):
+    """A redis-py client on ``redis_url``."""
+    client = redis_server.client(0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fresh_redis(tmp_path):
+    """A new private redis-server with AOF on (appendfsync always).
+
+    Fault tests may kill(), stop(), restart(), pause() it; it is stopped at
+    teardown whatever state it was left in.
+    """
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.kill()
+
+
+# --------------------------------------------------------------------------
+# Worker / beat subprocesses
+# --------------------------------------------------------------------------
+# Fixtures that start `minique worker` / `minique beat` subprocesses go here.
+# Start them against `redis_url` (or `fresh_redis.url()`), pass os.environ
+# (MINIQUE_TEST=1 is already set), and stop them at teardown with a bounded
+# wait followed by kill().
