@@ -92,6 +92,10 @@ class Broker(ABC):
         """Return every message `consumer` still holds to its queue, uncounted (it never started)."""
 
     @abstractmethod
+    def held_by(self, consumer: str, queues: Sequence[str]) -> List[Delivery]:
+        """The messages `consumer` holds (delivered, not acked)."""
+
+    @abstractmethod
     def extend(self, consumer: str, queues: Sequence[str]) -> None:
         """Renew `consumer`'s claim on what it holds, so a live worker's tasks are not redelivered."""
 

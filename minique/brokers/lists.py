@@ -82,6 +82,14 @@ class ListsBroker(Broker):
             total += int(n)
         return total
 
+    def held_by(self, consumer: str, queues: Sequence[str]) -> List[Delivery]:
+        out = []
+        for queue in queues:
+            proc = keys.processing(queue, consumer)
+            for element in self.client.lrange(proc, 0, -1):
+                out.append(Delivery(element[2:], queue, element[1], element[0], (proc, element)))
+        return out
+
     def extend(self, consumer: str, queues: Sequence[str]) -> None:
         deadline = int((time.time() + self.visibility_timeout) * 1000)
         pipe = self.client.pipeline(transaction=False)

@@ -90,6 +90,21 @@ class StreamsBroker(Broker):
             total += int(SCRIPTS(self.client, "release", [key], [keys.GROUP, consumer]))
         return total
 
+    def held_by(self, consumer: str, queues: Sequence[str]) -> List[Delivery]:
+        out = []
+        for key in self._keys(queues):
+            try:
+                pending = self.client.xpending_range(key, keys.GROUP, "-", "+", 10000, consumername=consumer)
+            except redis.exceptions.ResponseError:
+                continue
+            for p in pending:
+                entries = self.client.xrange(key, p["message_id"], p["message_id"])
+                if entries and entries[0][1]:
+                    fields = entries[0][1]
+                    out.append(Delivery(fields[b"m"], keys.queue_name_of(key), keys.priority_of(key),
+                                        int(fields.get(b"d", 0)), (key, entries[0][0])))
+        return out
+
     def extend(self, consumer: str, queues: Sequence[str]) -> None:
         for key in self._keys(queues):
             SCRIPTS(self.client, "extend", [key], [keys.GROUP, consumer])

@@ -1,0 +1,298 @@
+"""The application: settings, the task registry, connections, and sending messages."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import time
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as RedisRetry
+
+from . import context, keys, message as message_mod, routing, serializers
+from .config import Settings
+from .exceptions import ConfigurationError, NotRegistered
+from .task import Task
+
+# apply_async options that become message fields as they are
+_DIRECT_FIELDS = ("retries", "root_id", "parent_id", "group_id", "group_index", "chord", "chain",
+                  "time_limit", "soft_time_limit", "headers", "ignore_result")
+
+
+def _epoch(value: Any, now: float) -> Optional[float]:
+    """A datetime, or seconds from now, as epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, timedelta):
+        return now + value.total_seconds()
+    return now + float(value)
+
+
+class Minique:
+    """A minique application: `app = Minique("proj", broker=..., backend=..., include=[...])`."""
+
+    def __init__(self, main: Optional[str] = None, broker: Optional[str] = None, backend: Optional[str] = None,
+                 include: Iterable[str] = (), config_source: Any = None, **settings: Any):
+        self.main = main
+        self.conf = Settings()
+        if config_source is not None:
+            self.conf.from_object(config_source)
+        if broker:
+            self.conf.broker_url = broker
+        if backend:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = tuple(include)
+        self.conf.update(settings)
+        self.tasks: Dict[str, Task] = {}
+        self._route_cache: Dict[str, Any] = {}
+        context.set_current_app(self)
+        from .canvas import register_builtins
+        register_builtins(self)
+
+    # --- configuration ------------------------------------------------------------------------------
+    def config_from_object(self, obj: Any, silent: bool = False, force: bool = True) -> None:
+        """Load settings from a module name, module or object (Celery setting names)."""
+        try:
+            self.conf.from_object(obj)
+        except ConfigurationError:
+            if not silent:
+                raise
+        self._reset()
+
+    def config_from_envvar(self, name: str, silent: bool = False) -> None:
+        import os
+        if name not in os.environ:
+            if silent:
+                return
+            raise ConfigurationError(f"environment variable {name} is not set")
+        self.config_from_object(os.environ[name])
+
+    def _reset(self) -> None:
+        """Forget what was derived from settings (connections, routes) so new settings apply."""
+        for attr in ("broker_client", "backend_client", "broker", "backend", "_routers", "accept"):
+            self.__dict__.pop(attr, None)
+        self._route_cache.clear()
+
+    def import_modules(self) -> None:
+        """Import `include` and `imports` so that their tasks register (the worker does this)."""
+        for name in tuple(self.conf.include or ()) + tuple(self.conf.imports or ()):
+            importlib.import_module(name)
+
+    # --- tasks --------------------------------------------------------------------------------------
+    def task(self, *args: Any, **options: Any) -> Any:
+        """Decorator: `@app.task` or `@app.task(name=..., bind=True, queue=..., ...)`."""
+        def register(fun: Callable[..., Any]) -> Task:
+            name = options.pop("name", None) or self.gen_task_name(fun)
+            bind = options.pop("bind", False)
+            task = Task(self, fun, name, bind=bind, **options)
+            self.tasks[name] = task
+            return task
+        if len(args) == 1 and callable(args[0]) and not options:
+            return register(args[0])
+        if args:
+            raise TypeError("use @app.task or @app.task(**options)")
+        return register
+
+    def gen_task_name(self, fun: Callable[..., Any]) -> str:
+        module = fun.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{fun.__qualname__}"
+
+    # --- connections (lazy: nothing connects until used) --------------------------------------------
+    def _connect(self, url: str) -> "redis.Redis":
+        from .embedded import resolve_url
+        url = resolve_url(url)
+        return redis.Redis.from_url(
+            url, socket_timeout=self.conf.redis_socket_timeout,
+            socket_connect_timeout=self.conf.broker_connection_timeout, health_check_interval=30,
+            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), 8) if self.conf.broker_connection_retry else None,
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+
+    @cached_property
+    def broker_client(self) -> "redis.Redis":
+        return self._connect(self.conf.broker_url)
+
+    @cached_property
+    def backend_client(self) -> "redis.Redis":
+        if self.conf.result_url == self.conf.broker_url:
+            return self.broker_client
+        return self._connect(self.conf.result_url)
+
+    @cached_property
+    def broker(self) -> Any:
+        from .brokers import make_broker
+        return make_broker(self.broker_client, dict(self.conf.broker_transport_options or {}),
+                           self.conf.task_max_deliveries)
+
+    @cached_property
+    def backend(self) -> Any:
+        from .backend import ResultBackend
+        accept = self.conf.result_accept_content or self.conf.accept_content
+        return ResultBackend(self.backend_client, self.conf.result_expires,
+                             serializers.canonical(self.conf.result_serializer),
+                             frozenset(serializers.canonical(c) for c in accept))
+
+    @cached_property
+    def accept(self) -> frozenset:
+        return self.conf.accept
+
+    @cached_property
+    def control(self) -> Any:
+        from .control import Control
+        return Control(self)
+
+    # --- sending ------------------------------------------------------------------------------------
+    @cached_property
+    def _routers(self) -> list:
+        return routing.build_routers(self.conf.task_routes)
+
+    def _route(self, name: str, args: Any, kwargs: Any, options: dict, task: Optional[Task]) -> dict:
+        cached = self._route_cache.get(name)
+        if cached is not None:
+            return cached
+        found = routing.route(self._routers, name, args, kwargs, options, task) or {}
+        if routing.is_static(self._routers):
+            self._route_cache[name] = found
+        return found
+
+    def build_message(self, name: str, args: Any = None, kwargs: Optional[dict] = None,
+                      options: Optional[dict] = None) -> message_mod.Message:
+        """The message `apply_async(args, kwargs, **options)` sends, with routing and defaults applied."""
+        options = options or {}
+        task = self.tasks.get(name)
+        route = self._route(name, args, kwargs, options, task) if self._routers else {}
+        conf = self.conf
+        queue = (options.get("queue") or route.get("queue") or (task and task.queue) or conf.task_default_queue)
+        priority = options.get("priority")
+        if priority is None:
+            priority = route.get("priority")
+        if priority is None and task is not None:
+            priority = task.priority
+        if priority is None:
+            priority = conf.task_default_priority or 0
+        if not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be an int from 0 to 9 (higher runs first), not {priority!r}")
+        serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
+        serializer = serializers.canonical(serializer)
+        now = time.time()
+        fields: Dict[str, Any] = {"queue": queue, "priority": priority}
+        eta = options.get("eta")
+        if eta is not None:
+            fields["eta"] = _epoch(eta, now) if isinstance(eta, datetime) else float(eta)
+        elif options.get("countdown"):
+            fields["eta"] = now + float(options["countdown"])
+        expires = options.get("expires", task.expires if task is not None else None)
+        if expires is not None:
+            fields["expires"] = _epoch(expires, now)
+        for key in _DIRECT_FIELDS:
+            value = options.get(key)
+            if value is not None:
+                fields[key] = value
+        if "ignore_result" not in fields:
+            ignore = task.ignore_result if task is not None and task.ignore_result is not None \
+                else conf.task_ignore_result
+            if ignore:
+                fields["ignore_result"] = True
+        link, link_error = options.get("link"), options.get("link_error")
+        if link:
+            fields["links"] = [dict(s) for s in (link if isinstance(link, (list, tuple)) else [link])]
+        if link_error:
+            fields["errbacks"] = [dict(s) for s in (link_error if isinstance(link_error, (list, tuple)) else [link_error])]
+        parent = context.current()
+        if parent is not None and not parent.called_directly and "parent_id" not in fields:
+            fields["parent_id"] = parent.id
+            fields["root_id"] = parent.root_id or parent.id
+        task_id = options.get("task_id") or message_mod.new_id()
+        fields.setdefault("root_id", task_id)
+        try:
+            msg = message_mod.make(name, args, kwargs, serializer, task_id=task_id, **fields)
+        except TypeError as exc:
+            raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
+        if conf.security_key:
+            msg = sign(msg, conf.security_key)
+        return msg
+
+    def publish(self, pipe: Any, msg: message_mod.Message) -> None:
+        """Add `msg` to `pipe`: into its queue, or the delayed set when it has a future ETA."""
+        data = msg.encode()
+        if msg.eta is not None and msg.eta > time.time():
+            self.broker.send_later(pipe, msg.queue, msg.priority, data, msg.eta)
+        else:
+            self.broker.send(pipe, msg.queue, msg.priority, data)
+
+    def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Send a task by name (it need not be importable here); returns an AsyncResult."""
+        from .result import AsyncResult
+        msg = self.build_message(name, args, kwargs, options)
+        self.publish(self.broker_client, msg)
+        return AsyncResult(msg.id, app=self, task_name=name)
+
+    def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
+        """Send many calls of one task in one pipelined round trip; returns their AsyncResults."""
+        from .result import AsyncResult
+        pipe = self.broker_client.pipeline(transaction=False)
+        results = []
+        for args, kwargs in calls:
+            msg = self.build_message(name, args, kwargs, options)
+            self.publish(pipe, msg)
+            results.append(AsyncResult(msg.id, app=self, task_name=name))
+        pipe.execute()
+        return results
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
+        from .result import AsyncResult
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def GroupResult(self, group_id: str, results: List[Any]) -> Any:
+        from .result import GroupResult
+        return GroupResult(group_id, results, app=self)
+
+    def signature(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+        from .canvas import Signature
+        return Signature(name, args, kwargs, options, app=self)
+
+    # --- beat ---------------------------------------------------------------------------------------
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Any = (), kwargs: Optional[dict] = None,
+                          name: Optional[str] = None, **opts: Any) -> str:
+        """Add a beat entry, as Celery's add_periodic_task; returns the entry name."""
+        entry = {"task": sig["task"], "schedule": schedule, "args": tuple(sig.get("args") or args),
+                 "kwargs": dict(sig.get("kwargs") or kwargs or {}), "options": {**dict(sig.get("options") or {}), **opts}}
+        name = name or f"{sig['task']}({entry['args']!r}, {entry['kwargs']!r})"
+        schedule_conf = dict(self.conf.beat_schedule or {})
+        schedule_conf[name] = entry
+        self.conf.beat_schedule = schedule_conf
+        return name
+
+    def close(self) -> None:
+        for attr in ("broker_client", "backend_client"):
+            client = self.__dict__.get(attr)
+            if client is not None:
+                client.close()
+
+    def __repr__(self) -> str:
+        return f"<Minique {self.main or '__main__'}>"
+
+
+def signing_payload(msg: message_mod.Message) -> bytes:
+    return msg._replace(signature=None).encode()
+
+
+def sign(msg: message_mod.Message, key: Any) -> message_mod.Message:
+    """Attach an HMAC-SHA256 of the message to it."""
+    key = key.encode() if isinstance(key, str) else key
+    return msg._replace(signature=hmac.new(key, signing_payload(msg), hashlib.sha256).digest())
+
+
+def verify(msg: message_mod.Message, key: Any) -> bool:
+    key = key.encode() if isinstance(key, str) else key
+    if not msg.signature:
+        return False
+    return hmac.compare_digest(msg.signature, hmac.new(key, signing_payload(msg), hashlib.sha256).digest())

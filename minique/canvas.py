@@ -1,0 +1,512 @@
+"""Canvas: signatures and the workflows built from them (group, chain, chord), Celery's API.
+
+Applying a canvas is planned first, purely: `plan()` turns it into the list of
+(task name, args, kwargs, options) messages to send now, with every task id frozen
+in advance so the caller gets result handles at once. What runs later travels
+inside those messages: a chain's remaining steps ride on the running step
+(`chain` field); a chord's callback rides on every header member (`chord`
+field), and the worker that completes the join sends it. Workers re-plan those
+follow-ups with this same module, so client and worker agree by construction.
+"""
+from __future__ import annotations
+
+
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from . import context
+from .message import new_id
+
+Call = Tuple[str, tuple, dict, Dict[str, Any]]  # (task name, args, kwargs, options) of one message to send
+
+# Options that address one message, not a whole canvas: they go to one step only.
+_PER_MESSAGE = ("task_id", "chain", "chord", "group_id", "group_index", "link", "link_error")
+
+
+def _app(app: Any) -> Any:
+    return app if app is not None else context.current_app()
+
+
+class Signature(dict):
+    """A task call not yet made: name, args, kwargs, options. A dict, so it travels in messages."""
+
+    subtask_type: Optional[str] = None
+
+    def __init__(self, task: Any = None, args: Any = None, kwargs: Optional[dict] = None,
+                 options: Optional[dict] = None, subtask_type: Optional[str] = None, immutable: bool = False,
+                 app: Any = None, **extra: Any):
+        if isinstance(task, dict):
+            init = dict(task)
+        else:
+            name = task if isinstance(task, str) or task is None else task.name
+            init = {"task": name, "args": tuple(args or ()), "kwargs": dict(kwargs or {}),
+                    "options": dict(options or {}), "subtask_type": subtask_type or self.subtask_type,
+                    "immutable": immutable}
+        init.update(extra)
+        init["args"] = tuple(init.get("args") or ())
+        init["kwargs"] = dict(init.get("kwargs") or {})
+        init["options"] = dict(init.get("options") or {})
+        init.setdefault("immutable", False)
+        init.setdefault("subtask_type", self.subtask_type)
+        super().__init__(init)
+        self._app = app if app is not None else (getattr(task, "app", None) if not isinstance(task, (str, dict)) else None)
+
+    # dict-backed attributes
+    name = property(lambda self: self["task"])
+    task = property(lambda self: self["task"])
+    args = property(lambda self: self["args"])
+    kwargs = property(lambda self: self["kwargs"])
+    options = property(lambda self: self["options"])
+    immutable = property(lambda self: self["immutable"])
+    id = property(lambda self: self["options"].get("task_id"))
+
+    @property
+    def app(self) -> Any:
+        return _app(self._app)
+
+    @property
+    def type(self) -> Any:
+        return self.app.tasks[self.name]
+
+    # --- building -----------------------------------------------------------------------------------
+    def clone(self, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> "Signature":
+        sig = from_dict(self, self._app, copy=True)
+        if args or kwargs or options:
+            a, k, o = sig._merge(args, kwargs, options)
+            sig["args"], sig["kwargs"], sig["options"] = a, k, o
+        return sig
+
+    def _merge(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any]) -> Tuple[tuple, dict, dict]:
+        """Partial application: new args go first, kwargs merge; immutable signatures take none."""
+        opts = {**self.options, **{k: v for k, v in options.items() if v is not None}}
+        if self.immutable:
+            return tuple(self.args), dict(self.kwargs), opts
+        return tuple(args or ()) + tuple(self.args), {**self.kwargs, **(kwargs or {})}, opts
+
+    def set(self, immutable: Optional[bool] = None, **options: Any) -> "Signature":
+        if immutable is not None:
+            self["immutable"] = immutable
+        self.options.update(options)
+        return self
+
+    def set_immutable(self, immutable: bool) -> None:
+        self["immutable"] = immutable
+
+    def link(self, callback: "Signature") -> "Signature":
+        self.options.setdefault("link", []).append(callback)
+        return callback
+
+    def link_error(self, errback: "Signature") -> "Signature":
+        self.options.setdefault("link_error", []).append(errback)
+        return errback
+
+    on_error = link_error
+
+    def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
+        """Fix the task id now (so results can be handed out before sending)."""
+        from .result import AsyncResult
+        if _id:
+            self.options["task_id"] = _id
+        self.options.setdefault("task_id", new_id())
+        return AsyncResult(self.id, app=self.app, task_name=self.name)
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, (Signature, dict)):
+            return chain(self, other, app=self._app)
+        return NotImplemented
+
+    # --- applying -----------------------------------------------------------------------------------
+    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
+        """The messages to send to apply this signature with extra partial args (pure)."""
+        a, k, o = self._merge(args, kwargs, options or {})
+        for key in ("link", "link_error"):
+            if o.get(key):
+                o[key] = [dict(s) for s in (o[key] if isinstance(o[key], (list, tuple)) else [o[key]])]
+        o.setdefault("task_id", self.options.get("task_id") or new_id())
+        self.options["task_id"] = o["task_id"]
+        return [(self.name, a, k, o)]
+
+    def result(self) -> Any:
+        """The result handle of a frozen signature."""
+        from .result import AsyncResult
+        return AsyncResult(self.id, app=self.app, task_name=self.name)
+
+    def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        send(self.app, self.plan(args, kwargs, options))
+        return self.result()
+
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        a, k, _ = self._merge(args, kwargs, {})
+        return self.type.apply(a, k)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here and now, as Celery does for a plain signature."""
+        a, k, _ = self._merge(args, kwargs, {})
+        return self.type(*a, **k)
+
+    def __repr__(self) -> str:
+        args = ", ".join([repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()])
+        return f"{self.name}({args}){'!' if self.immutable else ''}"
+
+    def __reduce__(self) -> Any:
+        return (from_dict, (dict(self),))
+
+
+def _steps_of(tasks: Iterable[Any], app: Any) -> List[Signature]:
+    out: List[Signature] = []
+    for t in tasks:
+        sig = from_dict(t, app) if not isinstance(t, Signature) else t
+        if isinstance(sig, chain):
+            out.extend(sig.tasks)
+        else:
+            out.append(sig)
+    return out
+
+
+class chain(Signature):
+    """Run signatures one after another, each getting the previous result as its first argument."""
+
+    subtask_type = "chain"
+
+    def __init__(self, *tasks: Any, app: Any = None, **options: Any):
+        if len(tasks) == 1 and isinstance(tasks[0], dict) and tasks[0].get("subtask_type") == "chain":
+            init = dict(tasks[0])
+            steps = init.get("kwargs", {}).get("tasks", [])
+            options = {**init.get("options", {}), **options}
+        else:
+            if len(tasks) == 1 and not isinstance(tasks[0], dict):
+                tasks = tuple(tasks[0])
+            steps = tasks
+        steps = _steps_of(steps, app)
+        super().__init__("minique.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
+
+    @property
+    def tasks(self) -> List[Signature]:
+        return self.kwargs["tasks"]
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, (Signature, dict)):
+            return chain(*self.tasks, other, app=self._app)
+        return NotImplemented
+
+    def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
+        results = [t.freeze() for t in self.tasks[:-1]]
+        last = self.tasks[-1].freeze(_id)
+        return last
+
+    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
+        steps = [s for s in self.tasks]
+        if not steps:
+            return []
+        options = {**self.options, **(options or {})}
+        shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
+        own = {k: v for k, v in options.items() if k in _PER_MESSAGE}
+        for step in steps:
+            step.options.update(shared)
+            if not isinstance(step, (group, chord)):
+                step.options.setdefault("task_id", new_id())
+            else:
+                step.freeze()
+        # What the whole chain owes to its context (its own id, chord membership) belongs to the last step.
+        last = steps[-1]
+        if own.get("task_id") and not isinstance(last, (group, chord)):
+            last.options["task_id"] = own["task_id"]
+        for key in ("chord", "group_id", "group_index", "chain"):
+            if key in own:
+                last.options[key] = own[key]
+        first, rest = steps[0], steps[1:]
+        if isinstance(first, group) and rest:
+            return chord(first, chain(*rest, app=self._app) if len(rest) > 1 else rest[0],
+                         app=self._app).plan(args, kwargs, {})
+        if isinstance(first, chord) and rest:
+            body = chain(first.body, *rest, app=self._app)
+            return chord(first.tasks, body, app=self._app, **first.options).plan(args, kwargs, {})
+        opts: Dict[str, Any] = {}
+        if rest:
+            opts["chain"] = [dict(s) for s in rest] + list(first.options.get("chain") or [])
+        for key in ("link", "link_error"):
+            if key in own and len(steps) == 1:
+                opts[key] = own[key]
+        return first.plan(args, kwargs, opts)
+
+    def result(self) -> Any:
+        """The last step's result; `.parent` walks back through the steps."""
+        parent = None
+        for step in self.tasks:
+            res = step.result()
+            if parent is not None and getattr(res, "parent", None) is None:
+                res.parent = parent
+            parent = res
+        return parent
+
+    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        res = None
+        for i, step in enumerate(self.tasks):
+            res = step.apply(args if i == 0 else (res.get(),), kwargs if i == 0 else None)
+        return res
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(t) for t in self.tasks)
+
+
+class group(Signature):
+    """Run signatures in parallel; the result is a GroupResult with their results in order."""
+
+    subtask_type = "group"
+
+    def __init__(self, *tasks: Any, app: Any = None, **options: Any):
+        if len(tasks) == 1 and isinstance(tasks[0], dict) and tasks[0].get("subtask_type") == "group":
+            init = dict(tasks[0])
+            members = init.get("kwargs", {}).get("tasks", [])
+            options = {**init.get("options", {}), **options}
+        else:
+            if len(tasks) == 1 and not isinstance(tasks[0], dict):
+                tasks = tuple(tasks[0])
+            members = tasks
+        members = [from_dict(t, app) if not isinstance(t, Signature) else t for t in members]
+        super().__init__("minique.group", (), {"tasks": members}, options, subtask_type="group", app=app)
+
+    @property
+    def tasks(self) -> List[Signature]:
+        return self.kwargs["tasks"]
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, group):
+            return chain(self, other, app=self._app)
+        if isinstance(other, (Signature, dict)):
+            return chord(self, other, app=self._app)
+        return NotImplemented
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.tasks)
+
+    def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
+        if _id:
+            self.options["task_id"] = _id
+        self.options.setdefault("task_id", new_id())
+        for t in self.tasks:
+            t.freeze()
+        return self.result()
+
+    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
+        options = {**self.options, **(options or {})}
+        group_id = options.pop("task_id", None) or new_id()
+        self.options["task_id"] = group_id
+        shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
+        calls: List[Call] = []
+        for i, member in enumerate(self.tasks):
+            calls.extend(member.plan(args, kwargs, {**shared, "group_id": group_id, "group_index": i}))
+        return calls
+
+    def result(self) -> Any:
+        from .result import GroupResult
+        return GroupResult(self.id, [t.result() for t in self.tasks], app=self.app)
+
+    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        from .result import GroupResult
+        return GroupResult(None, [t.apply(args, kwargs) for t in self.tasks], app=self.app)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"group([{', '.join(repr(t) for t in self.tasks)}])"
+
+
+class chord(Signature):
+    """A group (the header) whose results, as one list in order, go to a callback (the body)."""
+
+    subtask_type = "chord"
+
+    def __init__(self, header: Any = None, body: Any = None, app: Any = None, **options: Any):
+        if isinstance(header, dict) and header.get("subtask_type") == "chord":
+            init = dict(header)
+            header, body = init["kwargs"]["header"], init["kwargs"].get("body")
+            options = {**init.get("options", {}), **options}
+        hdr = header if isinstance(header, group) else group(header if not isinstance(header, dict) else [header],
+                                                             app=app)
+        if isinstance(header, dict) and not isinstance(header, Signature) and header.get("subtask_type") == "group":
+            hdr = group(header, app=app)
+        body = from_dict(body, app) if body is not None and not isinstance(body, Signature) else body
+        super().__init__("minique.chord", (), {"header": hdr, "body": body}, options, subtask_type="chord", app=app)
+
+    @property
+    def tasks(self) -> List[Signature]:
+        return self.kwargs["header"].tasks
+
+    @property
+    def header(self) -> "group":
+        return self.kwargs["header"]
+
+    @property
+    def body(self) -> Optional[Signature]:
+        return self.kwargs["body"]
+
+    def __call__(self, body: Any = None, **options: Any) -> Any:
+        if body is not None:
+            self.kwargs["body"] = body if isinstance(body, Signature) else from_dict(body, self._app)
+        return self.apply_async(**options)
+
+    def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
+        self.header.freeze()
+        return self.body.freeze(_id)
+
+    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
+        if self.body is None:
+            raise ValueError("a chord needs a body (callback): chord(header)(callback)")
+        options = {**self.options, **(options or {})}
+        own = {k: v for k, v in options.items() if k in _PER_MESSAGE}
+        shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
+        body = self.body
+        body.freeze(own.get("task_id"))
+        for key in ("chord", "group_id", "group_index", "chain"):
+            if key in own:  # the chord as a whole is a step of something larger: its body carries that on
+                target = body.tasks[-1] if isinstance(body, chain) else body
+                target.options[key] = own[key]
+        header = self.header
+        chord_id = header.options.get("task_id") or new_id()
+        header.options["task_id"] = chord_id
+        size = len(header.tasks)
+        if size == 0:
+            return body.plan(([],), None, shared)
+        cb = dict(body)
+        calls: List[Call] = []
+        for i, member in enumerate(header.tasks):
+            calls.extend(member.plan(args, kwargs, {**shared, "group_id": chord_id, "group_index": i,
+                                                    "chord": {"id": chord_id, "n": size, "cb": cb}}))
+        return calls
+
+    def result(self) -> Any:
+        res = self.body.result()
+        target = res
+        while getattr(target, "parent", None) is not None:
+            target = target.parent
+        target.parent = self.header.result()
+        return res
+
+    def __repr__(self) -> str:
+        return f"chord({self.header!r}, {self.body!r})"
+
+
+_TYPES = {"chain": chain, "group": group, "chord": chord}
+
+
+def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:
+    """Rebuild the right Signature class from a dict (as found in a message)."""
+    if isinstance(d, Signature) and not copy:
+        return d
+    kind = d.get("subtask_type")
+    if kind in _TYPES:
+        cls = _TYPES[kind]
+        init = {**d, "options": dict(d.get("options") or {})}
+        kw = dict(init.get("kwargs") or {})
+        if kind == "chord":
+            kw = {"header": group(kw["header"], app=app) if isinstance(kw["header"], dict) else kw["header"],
+                  "body": from_dict(kw["body"], app, copy) if kw.get("body") is not None else None}
+            kw["header"] = group([from_dict(t, app, copy) for t in kw["header"].tasks], app=app,
+                                 **kw["header"].options) if copy else kw["header"]
+        else:
+            kw["tasks"] = [from_dict(t, app, copy) for t in kw.get("tasks", [])]
+        init["kwargs"] = kw
+        sig = cls.__new__(cls)
+        dict.__init__(sig, init)
+        sig._app = app
+        return sig
+    return Signature(dict(d), app=app) if not isinstance(d, Signature) else Signature(
+        {**d, "options": dict(d.options), "kwargs": dict(d.kwargs)}, app=app or d._app)
+
+
+signature = Signature
+maybe_signature = from_dict
+
+
+def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
+    """Publish planned calls: one pipelined round trip, or into the caller's pipeline."""
+    own = pipe is None
+    if own:
+        if len(calls) == 1:
+            name, a, k, o = calls[0]
+            app.publish(app.broker_client, app.build_message(name, a, k, o))
+            return
+        pipe = app.broker_client.pipeline(transaction=False)
+    for name, a, k, o in calls:
+        app.publish(pipe, app.build_message(name, a, k, o))
+    if own:
+        pipe.execute()
+
+
+def task_ids(sig: Any) -> List[str]:
+    """Every frozen task id in a canvas (to fail them together when an earlier step fails)."""
+    sig = from_dict(sig)
+    if isinstance(sig, (chain, group)):
+        return [i for t in sig.tasks for i in task_ids(t)]
+    if isinstance(sig, chord):
+        return [i for t in sig.tasks for i in task_ids(t)] + (task_ids(sig.body) if sig.body else [])
+    return [sig.id] if sig.id else []
+
+
+class Replace(Exception):
+    """Raised by Task.replace(): the worker sends `sig` in place of the running task."""
+
+    def __init__(self, sig: Any):
+        super().__init__(sig)
+        self.sig = sig
+
+
+# --- map, starmap, chunks: run inside one worker task ------------------------------------------------
+
+def xmap(task: Any, it: Iterable[Any]) -> Signature:
+    return Signature("minique.map", (task.name, list(it)), app=task.app, immutable=True)
+
+
+def xstarmap(task: Any, it: Iterable[Any]) -> Signature:
+    return Signature("minique.starmap", (task.name, [list(a) for a in it]), app=task.app, immutable=True)
+
+
+class chunks(Signature):
+    """Split an iterable of argument tuples into chunks of n, each run as one starmap task."""
+
+    def __init__(self, task: Any, it: Iterable[Any], n: int, app: Any = None):
+        items = [list(a) for a in it]
+        super().__init__("minique.chunks", (task.name, items, n), app=app or task.app, immutable=True)
+
+    def group(self) -> group:
+        name, items, n = self.args
+        parts = [items[i:i + n] for i in range(0, len(items), n)]
+        return group([Signature("minique.starmap", (name, part), app=self._app, immutable=True) for part in parts],
+                     app=self._app)
+
+    def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        return self.group().apply_async(**options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async()
+
+
+def register_builtins(app: Any) -> None:
+    """Tasks every worker knows: map, starmap, and the group/chord unlock used by replace()."""
+    @app.task(name="minique.map")
+    def _map(task_name: str, items: list) -> list:
+        fun = app.tasks[task_name]
+        return [fun(item) for item in items]
+
+    @app.task(name="minique.starmap")
+    def _starmap(task_name: str, items: list) -> list:
+        fun = app.tasks[task_name]
+        return [fun(*item) for item in items]
+
+    @app.task(name="minique.identity")
+    def _identity(value: Any) -> Any:
+        return value
+
+
+__all__ = ["Signature", "signature", "chain", "group", "chord", "chunks", "xmap", "xstarmap", "from_dict",
+           "maybe_signature", "Replace"]
+

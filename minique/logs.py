@@ -1,0 +1,29 @@
+"""Logging set-up for the worker and beat: one line per event, plain or JSON."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Optional
+
+PLAIN = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(loglevel: str = "INFO", logfile: Optional[str] = None, json_format: bool = False) -> None:
+    level = getattr(logging, str(loglevel).upper(), None)
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {loglevel!r}")
+    handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(PLAIN))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,149 @@
+"""One pool process's loop: fetch a few messages, run them one by one, flush what they wrote.
+
+Children consume for themselves (their own connection and prefetch); the parent
+only supervises. See ARCHITECTURE.md for why (measured against a parent that
+fetches for its children).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import time
+from collections import deque
+from typing import Any, Deque, List, Optional, Sequence
+
+import redis
+
+from .. import keys
+from ..brokers import Delivery
+from .execute import Batch, Executor
+
+log = logging.getLogger("minique.worker")
+FETCH_BLOCK = 1.0  # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
+
+
+class _Interrupt(BaseException):
+    """Breaks a blocking fetch when the process is asked to stop."""
+
+
+class Consumer:
+    """Fetch-run-flush loop for one consumer name (one pool process or thread)."""
+
+    def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
+                 slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,
+                 max_memory_kib: Optional[int] = None, use_alarm: bool = True):
+        self.app = app
+        self.name = name
+        self.queues = list(queues)
+        self.prefetch = max(1, prefetch)
+        self.slot = slot
+        self.events = events
+        self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib
+        self.executor = Executor(app, hostname, slot=slot, events=events, use_alarm=use_alarm)
+        self.batch = Batch(app.broker_client, app.backend_client, slot)
+        self.buffer: Deque[Delivery] = deque()
+        self.stopping = False
+        self.in_fetch = False
+        self._ctl_seen = slot.ctl_seq() if slot is not None else 0
+        self.processed = 0
+
+    # --- process integration ------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        """In a pool child: SIGTERM means finish the current task, then stop; Ctrl-C is the parent's."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        if self.in_fetch:
+            raise _Interrupt()
+
+    # --- loop ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        parent = os.getppid()
+        backoff = 0.05
+        while not self.stopping:
+            try:
+                if not self.buffer:
+                    self.flush()
+                    if self.stopping:
+                        break
+                    self._fetch()
+                    if os.getppid() != parent and self.slot is not None:
+                        log.warning("worker parent is gone; child %s stops", self.name)
+                        break
+                    self._check_control()
+                    continue
+                delivery = self.buffer.popleft()
+                self.executor.handle(delivery, self.batch)
+                self.processed += 1
+                if self.events is not None:
+                    self.events.maybe_flush(self.batch.broker)
+                backoff = 0.05
+                if self._recycle_due():
+                    break
+            except _Interrupt:
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, backoff)
+                self.batch.discard()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        try:
+            if self.events is not None:
+                self.events.flush(self.batch.broker)
+            self.flush()
+        except redis.exceptions.RedisError as exc:
+            log.warning("could not flush on exit: %s", exc)
+
+    def flush(self) -> None:
+        self.batch.flush()
+
+    def _fetch(self) -> None:
+        count = self.prefetch
+        if self.max_tasks:
+            count = max(1, min(count, self.max_tasks - self.processed))
+        self.in_fetch = True
+        try:
+            if self.stopping:
+                return
+            found: List[Delivery] = self.app.broker.fetch(self.name, self.queues, count, FETCH_BLOCK)
+        finally:
+            self.in_fetch = False
+        self.buffer.extend(found)
+
+    def _recycle_due(self) -> bool:
+        if self.max_tasks and self.processed >= self.max_tasks:
+            log.info("child %s recycles after %d tasks", self.name, self.processed)
+            return True
+        if self.max_memory_kib and self.processed:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            if rss > self.max_memory_kib:
+                log.info("child %s recycles at %d KiB (limit %d KiB)", self.name, rss, self.max_memory_kib)
+                return True
+        return False
+
+    def _check_control(self) -> None:
+        """The parent bumps the slot's control number when revocations arrive: reload them."""
+        if self.slot is None:
+            return
+        seq = self.slot.ctl_seq()
+        if seq != self._ctl_seen:
+            self._ctl_seen = seq
+            self.load_revoked()
+
+    def load_revoked(self) -> None:
+        self.executor.revoked = load_revoked(self.app)
+
+    def held(self) -> List[Delivery]:
+        return list(self.buffer)
+
+
+def load_revoked(app: Any) -> set:
+    """Ids revoked and not yet expired (every worker reads the same set, also ones started later)."""
+    raw = app.broker_client.zrangebyscore(keys.REVOKED, time.time(), "+inf")
+    return {r.decode() for r in raw}

@@ -1,0 +1,312 @@
+"""Runs one delivered message and records what happened: the heart of the worker.
+
+`Executor.handle()` turns a Delivery into exactly one of: done (result stored,
+follow-ups sent), retried (a new message with retries+1 and an ETA), failed
+(FAILURE stored, errbacks sent, chain and chord told), revoked/expired, or
+dead-lettered with its reason. Every command goes into a Batch that the consumer
+flushes, so a task costs one round trip in the steady state.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import time
+from typing import Any, Dict, Optional
+
+from .. import canvas, context, retry as retry_engine, states
+from ..app import verify
+from ..backend import format_traceback
+from ..brokers import Delivery
+from ..exceptions import (ChordError, ContentDisallowed, DecodeError, Ignore, NotRegistered, Reject, Retry,
+                          SoftTimeLimitExceeded, TaskRevokedError)
+from ..message import Message, decode, peek_id
+
+log = logging.getLogger("minique.worker")
+
+
+class Batch:
+    """Commands for the broker and the result store, flushed together: one round trip per server."""
+
+    def __init__(self, broker_client: Any, backend_client: Any, slot: Any = None):
+        self.broker = broker_client.pipeline(transaction=False)
+        self.backend = self.broker if backend_client is broker_client else backend_client.pipeline(transaction=False)
+        self.slot = slot
+
+    def flush(self) -> None:
+        # Results first: an ack must never reach Redis before the result it stands for.
+        if self.backend is not self.broker and len(self.backend):
+            self.backend.execute()
+        if len(self.broker):
+            self.broker.execute()
+        if self.slot is not None:
+            self.slot.flushed()
+
+    def discard(self) -> None:
+        self.broker.reset()
+        if self.backend is not self.broker:
+            self.backend.reset()
+
+
+def _raise_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+class Executor:
+    """Executes deliveries for one consumer (one pool slot)."""
+
+    def __init__(self, app: Any, hostname: str, slot: Any = None, events: Any = None, use_alarm: bool = True):
+        self.app = app
+        self.conf = app.conf
+        self.broker = app.broker
+        self.backend = app.backend
+        self.accept = app.accept
+        self.hostname = hostname
+        self.slot = slot
+        self.events = events
+        self.revoked: set = set()
+        self.max_size = int(self.conf.task_max_message_size or 0)
+        self.security_key = self.conf.security_key
+        self.use_alarm = use_alarm
+        self._signatures: Dict[str, inspect.Signature] = {}
+        if use_alarm:
+            signal.signal(signal.SIGALRM, _raise_soft_limit)
+
+    # --- entry point --------------------------------------------------------------------------------
+    def handle(self, delivery: Delivery, batch: Batch) -> None:
+        """Process one delivery; everything it writes goes into `batch`."""
+        data = delivery.data
+        if self.max_size and len(data) > self.max_size:
+            return self._dead(delivery, batch, f"message of {len(data)} bytes is over task_max_message_size "
+                                               f"({self.max_size})", peek_id(data))
+        try:
+            msg = decode(data)
+        except DecodeError as exc:
+            return self._dead(delivery, batch, f"undecodable message: {exc}", peek_id(data))
+        if self.security_key and not verify(msg, self.security_key):
+            return self._dead(delivery, batch, "unsigned or forged message (security_key is set)", msg.id)
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            exc = NotRegistered(f"Received unregistered task of type {msg.task!r}: is its module in include=?")
+            self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
+            return self._dead(delivery, batch, f"unknown task {msg.task!r}", msg.id)
+        if msg.id in self.revoked:
+            return self._finish_unrun(delivery, msg, batch, "revoked")
+        now = time.time()
+        if msg.expires is not None and now > msg.expires:
+            return self._finish_unrun(delivery, msg, batch, "expired")
+        if msg.eta is not None and msg.eta > now + 0.001:
+            self.app.publish(batch.broker, msg)  # early (a clock step): park it again
+            self.broker.ack(batch.broker, delivery)
+            return None
+        try:
+            args, kwargs = msg.args_kwargs(self.accept)
+        except (ContentDisallowed, DecodeError) as exc:
+            self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
+            return self._dead(delivery, batch, str(exc), msg.id)
+        self._run(task, delivery, msg, args, kwargs, batch)
+        return None
+
+    # --- running ------------------------------------------------------------------------------------
+    def _run(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict, batch: Batch) -> None:
+        conf = self.conf
+        acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+        soft = msg.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
+        hard = msg.time_limit or task.time_limit or conf.task_time_limit
+        if self.slot is not None:
+            self.slot.begin(msg, delivery, hard or 0.0, acks_late)
+        if not acks_late:
+            self.broker.ack(batch.broker, delivery)
+        track = conf.task_track_started if task.track_started is None else task.track_started
+        if track and not msg.ignore_result:
+            self.backend.store(batch.backend, msg.id, states.STARTED, None,
+                               extra={"hostname": self.hostname, "pid": os.getpid()})
+        if self.events is not None:
+            self.events.task("task-started", msg, hostname=self.hostname, pid=os.getpid(),
+                             args=repr(args)[:256], kwargs=repr(kwargs)[:256])
+        batch.flush()
+        request = context.Request(
+            id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
+            parent_id=msg.parent_id, group=msg.group_id, group_index=msg.group_index, hostname=self.hostname,
+            delivery_info={"queue": delivery.queue, "priority": delivery.priority, "redelivered": delivery.deliveries > 0},
+            eta=msg.eta, expires=msg.expires, headers=msg.headers, chord=msg.chord, chain=msg.chain,
+            callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
+            time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
+        context.push(request)
+        started = time.monotonic()
+        if soft and self.use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, soft)
+        try:
+            value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
+            if soft and self.use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            context.pop()
+            if self.slot is not None:
+                self.slot.end()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self._on_exception(task, delivery, msg, args, kwargs, exc, batch, acks_late)
+        else:
+            if soft and self.use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            context.pop()
+            if self.slot is not None:
+                self.slot.end()
+            self._on_success(task, msg, value, batch, time.monotonic() - started)
+            if acks_late:
+                self.broker.ack(batch.broker, delivery)
+
+    # --- outcomes -----------------------------------------------------------------------------------
+    def _on_success(self, task: Any, msg: Message, value: Any, batch: Batch, runtime: float) -> None:
+        serializer = task.serializer
+        if not msg.ignore_result:
+            self.backend.store(batch.backend, msg.id, states.SUCCESS, value, serializer=serializer)
+        if self.events is not None:
+            self.events.task("task-succeeded", msg, hostname=self.hostname, runtime=runtime)
+        log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime)
+        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+        for link in msg.links or ():
+            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
+        if msg.chain:
+            nxt, rest = msg.chain[0], msg.chain[1:]
+            sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)
+            canvas.send(self.app, sig.plan((value,), None, dict(follow)), batch.broker)
+        if msg.chord:
+            self._chord_member_done(msg, value, serializer, batch)
+
+    def _chord_member_done(self, msg: Message, value: Any, serializer: Optional[str], batch: Batch) -> None:
+        info = msg.chord
+        results = self.backend.chord_join(info["id"], msg.group_index or 0, info["n"], value, serializer)
+        if results is None:
+            return
+        callback = canvas.from_dict(info["cb"], self.app)
+        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+        canvas.send(self.app, callback.plan((results,), None, follow), batch.broker)
+        self.backend.chord_sent(batch.backend, info["id"])
+
+    def _on_exception(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict,
+                      exc: BaseException, batch: Batch, acks_late: bool) -> None:
+        if isinstance(exc, canvas.Replace):
+            self._replace(msg, exc.sig, batch)
+        elif isinstance(exc, Retry):
+            self._retry(task, msg, exc, batch)
+        elif isinstance(exc, Reject):
+            self._reject(delivery, msg, exc, batch)
+            return  # _reject acks
+        elif isinstance(exc, Ignore):
+            pass
+        elif isinstance(exc, TypeError) and not self._args_fit(task, args, kwargs):
+            self._fail(task, msg, TypeError(f"{msg.task}() called with wrong arguments: {exc}"), batch, None)
+        elif task.autoretry_for and isinstance(exc, task.autoretry_for) and \
+                retry_engine.can_retry(task.policy, msg.retries, *self._retry_kwargs_max(task)):
+            countdown = (task.retry_kwargs or {}).get("countdown")
+            when = retry_engine.retry_at(time.time(), task.policy, msg.retries, countdown)
+            self._retry(task, msg, Retry(exc=exc, when=when), batch)
+        else:
+            self._fail(task, msg, exc, batch, format_traceback(exc))
+        if acks_late and (self.conf.task_acks_on_failure_or_timeout or isinstance(exc, (Retry, canvas.Replace))):
+            self.broker.ack(batch.broker, delivery)
+        elif acks_late:
+            self.broker.requeue(delivery, redelivered=True)
+
+    @staticmethod
+    def _retry_kwargs_max(task: Any) -> tuple:
+        rk = task.retry_kwargs or {}
+        return (rk["max_retries"], True) if "max_retries" in rk else (None, False)
+
+    def _args_fit(self, task: Any, args: list, kwargs: dict) -> bool:
+        sig = self._signatures.get(task.name)
+        if sig is None:
+            sig = self._signatures[task.name] = inspect.signature(task.run)
+        try:
+            sig.bind(*(([task] if task.bind else []) + list(args)), **kwargs)
+            return True
+        except TypeError:
+            return False
+
+    def _retry(self, task: Any, msg: Message, exc: Retry, batch: Batch) -> None:
+        changes: Dict[str, Any] = {"retries": msg.retries + 1, "eta": exc.when}
+        new_args = getattr(exc, "args_override", None)
+        new_kwargs = getattr(exc, "kwargs_override", None)
+        if new_args is not None or new_kwargs is not None:
+            old_args, old_kwargs = msg.args_kwargs(self.accept)
+            from .. import serializers
+            changes["body"] = serializers.dumps([list(new_args if new_args is not None else old_args),
+                                                 new_kwargs if new_kwargs is not None else old_kwargs],
+                                                msg.content_type)
+        new = msg._replace(signature=None, **changes)
+        if self.security_key:
+            from ..app import sign
+            new = sign(new, self.security_key)
+        self.app.publish(batch.broker, new)
+        if not msg.ignore_result:
+            self.backend.store(batch.backend, msg.id, states.RETRY, exc.exc if exc.exc is not None else exc,
+                               format_traceback(exc.exc) if exc.exc is not None else None)
+        if self.events is not None:
+            self.events.task("task-retried", msg, hostname=self.hostname, exception=repr(exc.exc))
+        log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc)
+
+    def _reject(self, delivery: Delivery, msg: Message, exc: Reject, batch: Batch) -> None:
+        if exc.requeue:
+            self.broker.send(batch.broker, msg.queue, msg.priority, delivery.data)
+        else:
+            self.broker.dead_letter(batch.broker, delivery.data, f"rejected by the task: {exc.reason}",
+                                    delivery.queue, msg.id, self.hostname)
+            self.backend.store(batch.backend, msg.id, states.REJECTED, exc)
+        self.broker.ack(batch.broker, delivery)
+
+    def _replace(self, msg: Message, sig: Any, batch: Batch) -> None:
+        sig = canvas.from_dict(sig, self.app)
+        if isinstance(sig, canvas.group):
+            sig = canvas.chord(sig, self.app.tasks["minique.identity"].s(), app=self.app)
+        own: Dict[str, Any] = {"task_id": msg.id, "root_id": msg.root_id}
+        for key, value in (("chain", msg.chain), ("chord", msg.chord), ("group_id", msg.group_id),
+                           ("group_index", msg.group_index), ("link", msg.links), ("link_error", msg.errbacks)):
+            if value is not None:
+                own[key] = value
+        canvas.send(self.app, sig.plan((), None, own), batch.broker)
+
+    def _fail(self, task: Any, msg: Message, exc: BaseException, batch: Batch, tb: Optional[str]) -> None:
+        store_errors = task.store_errors_even_if_ignored
+        if store_errors is None:
+            store_errors = self.conf.task_store_errors_even_if_ignored
+        if not msg.ignore_result or store_errors:
+            self.backend.store(batch.backend, msg.id, states.FAILURE, exc, tb)
+        if self.events is not None:
+            self.events.task("task-failed", msg, hostname=self.hostname, exception=repr(exc))
+        log.error("Task %s[%s] raised %r", msg.task, msg.id, exc)
+        self.propagate_failure(msg, exc, tb, batch)
+
+    def propagate_failure(self, msg: Message, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
+        """What a failure means downstream: errbacks run, later chain steps and the chord callback fail."""
+        for errback in msg.errbacks or ():
+            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
+                        batch.broker)
+        for step in msg.chain or ():
+            for task_id in canvas.task_ids(step):
+                self.backend.store(batch.backend, task_id, states.FAILURE, exc, tb)
+        if msg.chord and self.backend.chord_fail(msg.chord["id"]):
+            error = ChordError(f"Dependency {msg.id} raised {exc!r}")
+            callback = canvas.from_dict(msg.chord["cb"], self.app)
+            for task_id in canvas.task_ids(callback):
+                self.backend.store(batch.backend, task_id, states.FAILURE, error)
+            for errback in (callback.options.get("link_error") or ()):
+                canvas.send(self.app, canvas.from_dict(errback, self.app).plan((callback.id,), None, {}), batch.broker)
+
+    def _finish_unrun(self, delivery: Delivery, msg: Message, batch: Batch, reason: str) -> None:
+        """A message that must not run (revoked or expired): ack it, record REVOKED with the reason."""
+        self.broker.ack(batch.broker, delivery)
+        self.backend.store(batch.backend, msg.id, states.REVOKED, TaskRevokedError(reason), extra={"reason": reason})
+        if self.events is not None:
+            self.events.task("task-revoked", msg, hostname=self.hostname, reason=reason)
+        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason)
+        self.propagate_failure(msg, TaskRevokedError(reason), None, batch)
+
+    def _dead(self, delivery: Delivery, batch: Batch, reason: str, task_id: Optional[str]) -> None:
+        self.broker.dead_letter(batch.broker, delivery.data, reason, delivery.queue, task_id, self.hostname)
+        self.broker.ack(batch.broker, delivery)
+        if self.events is not None:
+            self.events.raw("task-rejected", uuid=task_id, reason=reason, hostname=self.hostname)
+        log.error("Dead-lettered message %s from %s: %s", task_id or "?", delivery.queue, reason)

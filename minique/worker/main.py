@@ -1,0 +1,319 @@
+"""The worker process: starts the pool, keeps it whole, and does the cluster's upkeep.
+
+Upkeep on timers (never on the task path): moving due delayed messages, renewing the
+claims of live children, redelivering what dead workers held (under a short lock),
+heartbeats, and remote control. Shutdown: the first SIGTERM/SIGINT is warm (running
+tasks finish, unstarted ones go back to the queue), a second one or SIGQUIT is cold.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, List, Optional, Sequence
+
+import redis
+
+from .. import keys, serializers, states
+from ..exceptions import TimeLimitExceeded, WorkerLostError
+from ..message import decode
+from .consumer import Consumer
+from .execute import Batch, Executor
+from .pool import Member, Pool, PreforkPool, ThreadPool
+
+log = logging.getLogger("minique.worker")
+TICK = 0.1  # seconds between looks at the pool
+
+
+def expand_hostname(name: Optional[str]) -> str:
+    """Celery's -n forms: %h full host name, %n its first label, %d its domain."""
+    host = socket.gethostname()
+    name = name or "minique@%h"
+    return name.replace("%h", host).replace("%n", host.split(".")[0]).replace(
+        "%d", host.partition(".")[2] or host)
+
+
+class Worker:
+    """`minique -A proj worker`: one parent and its pool."""
+
+    def __init__(self, app: Any, queues: Optional[Sequence[str]] = None, concurrency: Optional[int] = None,
+                 pool: Optional[str] = None, hostname: Optional[str] = None,
+                 prefetch_multiplier: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
+                 max_memory_per_child: Optional[int] = None, events: Optional[bool] = None,
+                 metrics_port: Optional[int] = None, beat: bool = False):
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        self.pool_kind = pool or conf.worker_pool
+        if self.pool_kind == "solo":
+            self.concurrency = 1
+        self.hostname = expand_hostname(hostname)
+        self.prefetch = int(prefetch_multiplier if prefetch_multiplier is not None else conf.worker_prefetch_multiplier)
+        self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
+        self.max_memory = max_memory_per_child if max_memory_per_child is not None else conf.worker_max_memory_per_child
+        self.send_events = conf.worker_send_task_events if events is None else events
+        self.metrics_port = metrics_port if metrics_port is not None else conf.worker_metrics_port
+        self.embed_beat = beat
+        self.stopping: Optional[str] = None   # None, "warm" or "cold"
+        self.wake = threading.Event()
+        self.pool: Optional[Pool] = None
+        self.started_at = time.time()
+        self.child_restarts = 0
+        self.revoked_terminate: dict = {}
+        self.parent_executor: Optional[Executor] = None
+        self.observer: Any = None
+
+    # --- set-up -------------------------------------------------------------------------------------
+    def make_consumer(self, name: str, slot: Any) -> Consumer:
+        events = None
+        if self.send_events:
+            from ..events import Events
+            events = Events(self.hostname)
+        return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
+                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory,
+                        use_alarm=self.pool_kind == "prefork")
+
+    def start(self) -> None:
+        app = self.app
+        app.import_modules()
+        app.broker.ensure_queues(self.queues)
+        cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
+        self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
+        self.parent_executor = Executor(app, self.hostname, use_alarm=False)
+        log.info(self.banner())
+        self.pool.start()
+        try:
+            from .observe import Observer
+            self.observer = Observer(self)
+            self.observer.start()
+        except ImportError:
+            self.observer = None
+
+    def banner(self) -> str:
+        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks) if not name.startswith("minique."))
+        return (f"minique worker {self.hostname} ready\n"
+                f"  broker: {self.app.conf.broker_url}\n  queues: {', '.join(self.queues)}\n"
+                f"  pool: {self.pool_kind} x {self.concurrency}, prefetch {self.prefetch} per process\n"
+                f"  queue type: {self.app.broker.kind}\n[tasks]\n{tasks}")
+
+    # --- signals ------------------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold"))
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.shutdown("cold" if self.stopping else "warm")
+
+    def shutdown(self, how: str = "warm") -> None:
+        if self.stopping == "cold":
+            return
+        log.warning("%s shutdown (%s)", how.capitalize(), self.hostname)
+        self.stopping = how
+        self.wake.set()
+
+    # --- main loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.start()
+        assert self.pool is not None
+        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0}
+        vis = self.app.broker.visibility_timeout
+        extend_every = max(0.5, min(vis / 4, 60.0))
+        reclaim_every = max(0.5, min(vis / 2, 30.0))
+        warm_deadline = None
+        while True:
+            now = time.time()
+            try:
+                self._reap()
+                self._enforce_time_limits(now)
+                if self.stopping is None:
+                    if now >= timers["due"]:
+                        _, nxt = self.app.broker.move_due(self.queues)
+                        timers["due"] = now + (min(max(nxt - now, 0.005), 0.5) if nxt else 0.5)
+                    if now >= timers["extend"]:
+                        for m in list(self.pool.members.values()):
+                            self.app.broker.extend(m.name, self.queues)
+                        timers["extend"] = now + extend_every
+                    if now >= timers["reclaim"]:
+                        self._reclaim()
+                        timers["reclaim"] = now + reclaim_every
+                    if now >= timers["heartbeat"]:
+                        self.heartbeat()
+                        timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
+                    self._refill()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("Redis unreachable from the worker parent: %s", exc)
+            if self.stopping == "warm":
+                if warm_deadline is None:
+                    self.pool.request_stop()
+                    limit = self.app.conf.worker_shutdown_timeout
+                    warm_deadline = now + float(limit) if limit else float("inf")
+                if now > warm_deadline:
+                    self.stopping = "cold"
+            if self.stopping == "cold":
+                self.pool.kill_all()
+            if self.stopping and not self.pool.members:
+                break
+            self.wake.wait(TICK)
+            self.wake.clear()
+        self._finish()
+        return 0
+
+    def _refill(self) -> None:
+        assert self.pool is not None
+        for index in range(self.pool.size):
+            if index not in self.pool.members:
+                self.pool.spawn(index)
+
+    def _reap(self) -> None:
+        assert self.pool is not None
+        for member, how, clean in self.pool.reap():
+            slot = self.pool.slots[member.index]
+            lost = []
+            started, _, running = slot.running()
+            if running:
+                lost.append((running, True))
+            unflushed = slot.unflushed()
+            if unflushed:
+                lost.append((unflushed, False))
+            for payload, was_running in lost:
+                self._handle_lost(member, payload, was_running, how)
+            returned = self._release(member.name)
+            if not clean or lost:
+                self.child_restarts += 1 if not self.stopping else 0
+                log.error("pool process %s ended (%s)%s; %d unstarted message(s) returned to the queue",
+                          member.name, how, f" while running {running[1]}[{running[0]}]" if running else "", returned)
+            elif returned:
+                log.info("pool process %s ended; %d unstarted message(s) returned", member.name, returned)
+
+    def _release(self, consumer: str) -> int:
+        for attempt in range(50):
+            try:
+                return self.app.broker.release(consumer, self.queues)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                time.sleep(0.1)
+        log.error("could not return messages held by %s; the reaper will after visibility_timeout", consumer)
+        return 0
+
+    def _handle_lost(self, member: Member, payload: list, was_running: bool, how: str) -> None:
+        """A pool process ended holding a task: redeliver it or fail it, by the task's settings."""
+        task_id, task_name, data, acks_late, queue, ignore_result = (payload + [None] * 6)[:6]
+        app = self.app
+        if not was_running:
+            meta = app.backend.get_meta(task_id)
+            if meta["status"] in states.READY_STATES or ignore_result:
+                return  # its writes made it; the ack (if late) went with them
+        task = app.tasks.get(task_name)
+        reject = app.conf.task_reject_on_worker_lost if task is None or task.reject_on_worker_lost is None \
+            else task.reject_on_worker_lost
+        timed_out = member.kill_reason == "time limit"
+        delivery = None
+        if acks_late:
+            delivery = next((d for d in app.broker.held_by(member.name, [queue])
+                             if _peek(d.data) == task_id), None)
+        if delivery is not None and reject and not timed_out and self.stopping != "cold":
+            app.broker.requeue(delivery, redelivered=True)
+            log.warning("Task %s[%s] lost with its process (%s): redelivered", task_name, task_id, how)
+            return
+        if delivery is not None and self.stopping == "cold" and not timed_out:
+            app.broker.requeue(delivery, redelivered=True)
+            log.warning("Task %s[%s] interrupted by cold shutdown: redelivered (acks_late)", task_name, task_id)
+            return
+        if timed_out:
+            exc: BaseException = TimeLimitExceeded(f"Task {task_name}[{task_id}] time limit exceeded")
+        elif member.kill_reason == "terminate":
+            exc = WorkerLostError(f"Task {task_name}[{task_id}] terminated by revoke")
+        else:
+            exc = WorkerLostError(f"Worker exited prematurely: {how}. Task {task_name}[{task_id}]")
+        state = states.REVOKED if member.kill_reason == "terminate" else states.FAILURE
+        batch = Batch(app.broker_client, app.backend_client)
+        if delivery is not None:
+            app.broker.ack(batch.broker, delivery)
+        app.backend.store(batch.backend, task_id, state, exc)
+        if data is not None and self.parent_executor is not None:
+            try:
+                self.parent_executor.propagate_failure(decode(data), exc, None, batch)
+            except Exception as err:  # noqa: BLE001 - best effort downstream; the task itself is recorded
+                log.warning("could not propagate the failure of %s: %s", task_id, err)
+        batch.flush()
+        log.error("Task %s[%s] %s: %s", task_name, task_id, state, exc)
+
+    def _enforce_time_limits(self, now: float) -> None:
+        assert self.pool is not None
+        if not self.pool.hard_time_limits:
+            return
+        for member in list(self.pool.members.values()):
+            started, hard, payload = self.pool.slots[member.index].running()
+            if started and hard and now - started > hard and member.kill_reason is None:
+                log.error("Task %s[%s] hit its hard time limit (%ss): killing %s", payload and payload[1],
+                          payload and payload[0], hard, member.name)
+                self.pool.kill(member, signal.SIGKILL, "time limit")
+
+    def _reclaim(self) -> None:
+        """Redeliver what dead workers held; one worker at a time does it (short lock)."""
+        lock = keys.lock("reaper")
+        if self.app.broker_client.set(lock, self.hostname, nx=True, px=5000):
+            try:
+                n = self.app.broker.reclaim(self.queues)
+                if n:
+                    log.warning("redelivered %d message(s) held by workers that stopped answering", n)
+            finally:
+                self.app.broker_client.delete(lock)
+
+    # --- control hooks (used by the control module) -------------------------------------------------
+    def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
+        """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
+        assert self.pool is not None
+        for m in self.pool.members.values():
+            self.pool.slots[m.index].bump_ctl()
+            if m.consumer is not None:
+                m.consumer.load_revoked()
+        if terminate and self.pool.hard_time_limits:
+            wanted = set(task_ids)
+            for m in list(self.pool.members.values()):
+                _, _, payload = self.pool.slots[m.index].running()
+                if payload and payload[0] in wanted:
+                    self.pool.kill(m, getattr(signal, sig, signal.SIGTERM), "terminate")
+
+    def active(self) -> List[dict]:
+        assert self.pool is not None
+        out = []
+        for m in self.pool.members.values():
+            started, _, payload = self.pool.slots[m.index].running()
+            if payload:
+                out.append({"id": payload[0], "name": payload[1], "time_start": started, "worker_pid": m.pid,
+                            "hostname": self.hostname, "delivery_info": {"queue": payload[4]}})
+        return out
+
+    def stats(self) -> dict:
+        assert self.pool is not None
+        return {"hostname": self.hostname, "pid": os.getpid(), "pool": {"implementation": self.pool.kind,
+                "max-concurrency": self.pool.size, "processes": [m.pid for m in self.pool.members.values()]},
+                "total": sum(self.pool.slots[i].processed for i in range(self.pool.slots.n)),
+                "uptime": time.time() - self.started_at, "child_restarts": self.child_restarts,
+                "prefetch_count": self.prefetch * self.pool.size, "queues": self.queues}
+
+    def heartbeat(self) -> None:
+        info = {"hostname": self.hostname, "ts": time.time(), "pid": os.getpid(), "queues": self.queues,
+                "concurrency": self.pool.size if self.pool else self.concurrency,
+                "processed": self.stats()["total"], "active": len(self.active()),
+                "started": self.started_at, "pool": self.pool_kind}
+        self.app.broker_client.hset(keys.WORKERS, self.hostname, serializers.pack(info))
+
+    def _finish(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+        try:
+            self.app.broker_client.hdel(keys.WORKERS, self.hostname)
+        except redis.exceptions.RedisError:
+            pass
+        log.info("worker %s stopped", self.hostname)
+
+
+def _peek(data: bytes) -> Optional[str]:
+    from ..message import peek_id
+    return peek_id(data)

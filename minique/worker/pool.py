@@ -1,0 +1,178 @@
+"""The worker's own pool: prefork child processes (or threads), each running a Consumer.
+
+The parent forks the children, watches them through shared-memory slots (hard time
+limits, the task a lost child held), and replaces any that exit. It never touches
+the message path itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from .consumer import Consumer
+from .slots import SlotTable
+
+log = logging.getLogger("minique.worker")
+
+
+@dataclass
+class Member:
+    """One pool process or thread."""
+
+    index: int
+    name: str                       # its consumer name in the broker
+    pid: int = 0
+    thread: Optional[threading.Thread] = None
+    consumer: Optional[Consumer] = None
+    started: float = field(default_factory=time.time)
+    kill_reason: Optional[str] = None   # set when the parent killed it (time limit, terminate)
+
+
+class Pool:
+    """Base: members indexed by slot; subclasses start and reap them."""
+
+    kind = "base"
+    hard_time_limits = False
+
+    def __init__(self, make_consumer: Callable[[str, Any], Consumer], size: int, hostname: str, max_size: int):
+        self.make_consumer = make_consumer
+        self.size = size
+        self.hostname = hostname
+        self.slots = SlotTable(max_size)
+        self.members: Dict[int, Member] = {}
+
+    def new_name(self, index: int) -> str:
+        return f"{self.hostname}:{index}:{uuid.uuid4().hex[:8]}"
+
+    def start(self) -> None:
+        for i in range(self.size):
+            self.spawn(i)
+
+    def spawn(self, index: int) -> Member:
+        raise NotImplementedError
+
+    def reap(self) -> List[tuple]:
+        """Members that exited since the last call, as (member, description of how)."""
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        for m in self.members.values():
+            self.slots[m.index].request_stop()
+
+    def kill_all(self) -> None:
+        """Cold shutdown: stop every member now."""
+
+    def kill(self, member: Member, sig: int, reason: str) -> None:
+        """Signal one member (time limit, revoke with terminate)."""
+
+    def resize(self, size: int) -> None:
+        self.size = max(1, min(size, self.slots.n))
+
+    def alive(self) -> int:
+        return len(self.members)
+
+
+class PreforkPool(Pool):
+    """Children made with fork(); the default."""
+
+    kind = "prefork"
+    hard_time_limits = True
+
+    def spawn(self, index: int) -> Member:
+        slot = self.slots[index]
+        slot.reset()
+        member = Member(index, self.new_name(index))
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                consumer = self.make_consumer(member.name, slot)
+                consumer.install_signals()
+                consumer.load_revoked()
+                consumer.run()
+            except BaseException:  # noqa: BLE001 - a child reports and exits, never returns into the parent
+                log.exception("pool child %s crashed", member.name)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        member.pid = pid
+        self.members[index] = member
+        return member
+
+    def reap(self) -> List[tuple]:
+        out = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            for index, m in list(self.members.items()):
+                if m.pid == pid:
+                    del self.members[index]
+                    how = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                           else f"exit code {os.WEXITSTATUS(status)}")
+                    out.append((m, how, os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0))
+        return out
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        for m in self.members.values():
+            try:
+                os.kill(m.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def kill(self, member: Member, sig: int, reason: str) -> None:
+        member.kill_reason = reason
+        try:
+            os.kill(member.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill_all(self) -> None:
+        for m in self.members.values():
+            self.kill(m, signal.SIGKILL, "cold shutdown")
+
+
+class ThreadPool(Pool):
+    """Consumers in threads of the worker process (--pool threads|solo): no hard time limits."""
+
+    kind = "threads"
+
+    def spawn(self, index: int) -> Member:
+        slot = self.slots[index]
+        slot.reset()
+        member = Member(index, self.new_name(index))
+        member.consumer = self.make_consumer(member.name, slot)
+        member.consumer.load_revoked()
+        member.thread = threading.Thread(target=member.consumer.run, name=member.name, daemon=True)
+        member.thread.start()
+        self.members[index] = member
+        return member
+
+    def reap(self) -> List[tuple]:
+        out = []
+        for index, m in list(self.members.items()):
+            if m.thread is not None and not m.thread.is_alive():
+                del self.members[index]
+                out.append((m, "thread ended", True))
+        return out
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        for m in self.members.values():
+            if m.consumer is not None:
+                m.consumer.stopping = True
+
+    def kill_all(self) -> None:
+        self.request_stop()

@@ -1,0 +1,115 @@
+"""Shared memory between the worker parent and each pool child: what the child is doing now.
+
+The child writes, the parent reads: no system call per task. A slot holds the task
+running now (for hard time limits and for a child lost mid-task) and the task that
+finished but whose result is not yet flushed to Redis (so a crash in that window is
+seen too), plus counters and a control sequence number the parent bumps when it
+has news (revocations) for the child.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+from typing import Any, Optional, Tuple
+
+from .. import serializers
+
+_HEAD = struct.Struct("<ddQIIII")  # started_at, hard_limit, processed, ctl_seq, stop, cur_len, prev_len
+PAYLOAD = 8192
+SLOT_SIZE = _HEAD.size + 2 * PAYLOAD
+
+
+class Slot:
+    """One pool process's view in a shared mmap (works across fork, and between threads)."""
+
+    def __init__(self, buf: mmap.mmap, offset: int):
+        self.buf = buf
+        self.off = offset
+        self._cur: Optional[bytes] = None
+
+    # --- child side ---------------------------------------------------------------------------------
+    def begin(self, msg: Any, delivery: Any, hard_limit: float, acks_late: bool) -> None:
+        data = delivery.data if len(delivery.data) < PAYLOAD - 512 else None
+        payload = serializers.pack([msg.id, msg.task, data, acks_late, delivery.queue, msg.ignore_result])
+        if len(payload) > PAYLOAD:
+            payload = serializers.pack([msg.id, msg.task, None, acks_late, delivery.queue, msg.ignore_result])
+        base = self.off + _HEAD.size
+        self.buf[base:base + len(payload)] = payload
+        self._set(started_at=time.time(), hard_limit=hard_limit, cur_len=len(payload))
+
+    def end(self) -> None:
+        """The task returned; keep it as 'finished, not flushed' until flushed()."""
+        started, hard, processed, seq, stop, cur_len, _ = self._head()
+        base = self.off + _HEAD.size
+        self.buf[base + PAYLOAD:base + PAYLOAD + cur_len] = self.buf[base:base + cur_len]
+        _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, processed + 1, seq, stop, 0, cur_len)
+
+    def flushed(self) -> None:
+        """Everything the finished task wrote is in Redis."""
+        started, hard, processed, seq, stop, cur_len, prev_len = self._head()
+        if prev_len:
+            _HEAD.pack_into(self.buf, self.off, started, hard, processed, seq, stop, cur_len, 0)
+
+    def ctl_seq(self) -> int:
+        return _HEAD.unpack_from(self.buf, self.off)[3]
+
+    def stop_requested(self) -> bool:
+        return bool(_HEAD.unpack_from(self.buf, self.off)[4])
+
+    # --- parent side --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, 0, 0, 0, 0, 0)
+
+    def bump_ctl(self) -> None:
+        head = list(self._head())
+        head[3] = (head[3] + 1) & 0xFFFFFFFF
+        _HEAD.pack_into(self.buf, self.off, *head)
+
+    def request_stop(self) -> None:
+        head = list(self._head())
+        head[4] = 1
+        _HEAD.pack_into(self.buf, self.off, *head)
+
+    def running(self) -> Tuple[float, float, Optional[list]]:
+        """(started_at, hard_limit, payload) of the task running now; started_at 0 when idle."""
+        started, hard, _, _, _, cur_len, _ = self._head()
+        if not started or not cur_len:
+            return 0.0, 0.0, None
+        return started, hard, self._payload(0, cur_len)
+
+    def unflushed(self) -> Optional[list]:
+        """The finished task whose writes may not have reached Redis, if any."""
+        *_, prev_len = self._head()
+        return self._payload(PAYLOAD, prev_len) if prev_len else None
+
+    @property
+    def processed(self) -> int:
+        return self._head()[2]
+
+    # --- internals ----------------------------------------------------------------------------------
+    def _head(self) -> tuple:
+        return _HEAD.unpack_from(self.buf, self.off)
+
+    def _set(self, started_at: float, hard_limit: float, cur_len: int) -> None:
+        _, _, processed, seq, stop, _, prev_len = self._head()
+        _HEAD.pack_into(self.buf, self.off, started_at, hard_limit, processed, seq, stop, cur_len, prev_len)
+
+    def _payload(self, at: int, length: int) -> Optional[list]:
+        base = self.off + _HEAD.size + at
+        try:
+            return serializers.unpack(bytes(self.buf[base:base + length]))
+        except Exception:
+            return None
+
+
+class SlotTable:
+    """Slots for up to `n` pool processes in one anonymous shared mapping (made before forking)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.buf = mmap.mmap(-1, max(1, n) * SLOT_SIZE)
+        self.slots = [Slot(self.buf, i * SLOT_SIZE) for i in range(n)]
+
+    def __getitem__(self, i: int) -> Slot:
+        return self.slots[i]
