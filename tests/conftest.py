@@ -103,3 +103,27 @@ def fresh_redis(tmp_path):
 # Start them against `redis_url` (or `fresh_redis.url()`), pass os.environ
 # (MINIQUE_TEST=1 is already set), and stop them at teardown with a bounded
 # wait followed by kill().
+
+
+@pytest.fixture
+def procs(tmp_path, redis_url):
+    """Start `minique worker` / `minique beat` subprocesses against the test's Redis; all killed at the end."""
+    from procs import Processes
+    p = Processes(tmp_path, redis_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def client_app(redis_url, monkeypatch):
+    """The test app imported in this process (the client side), pointed at the test's Redis."""
+    import sys
+    from procs import APPS
+    monkeypatch.setenv("MINIQUE_BROKER_URL", redis_url)
+    monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("testapp", None)
+    import testapp
+    yield testapp
+    testapp.app.close()
+    sys.modules.pop("testapp", None)

@@ -1,0 +1,163 @@
+"""The app the integration tests run in real worker subprocesses.
+
+Settings come from the environment: MINIQUE_BROKER_URL (and MINIQUE_RESULT_BACKEND),
+plus TESTAPP_SETTINGS, a JSON object of extra settings (e.g. {"task_acks_late": true}).
+Tasks record what they do under Redis keys the test names, so tests can check the books.
+"""
+import json
+import os
+import signal
+import time
+
+import redis
+
+from minique import Minique
+from minique.exceptions import SoftTimeLimitExceeded
+
+app = Minique("testapp", include=["testapp"])
+app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
+_store = None
+
+
+def store():
+    global _store
+    if _store is None or _store.connection_pool.pid != os.getpid():
+        _store = redis.Redis.from_url(app.conf.broker_url)
+    return _store
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def noop():
+    return None
+
+
+@app.task
+def record(key, token):
+    """Append `token` to the list `key`: one entry per execution."""
+    store().rpush(key, token)
+    return token
+
+
+@app.task
+def sleep_record(key, token, seconds):
+    store().rpush(f"{key}:started", token)
+    time.sleep(seconds)
+    store().rpush(key, token)
+    return token
+
+
+@app.task(bind=True)
+def whoami(self):
+    return {"id": self.request.id, "retries": self.request.retries, "root_id": self.request.root_id,
+            "parent_id": self.request.parent_id, "hostname": self.request.hostname,
+            "queue": self.request.delivery_info["queue"], "pid": os.getpid()}
+
+
+@app.task
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@app.task
+def die(key=None):
+    """Kill our own process mid-task, like a segfault or the OOM killer."""
+    if key:
+        store().rpush(key, os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task
+def die_once(key):
+    """Dies on its first execution only (to test redelivery)."""
+    if store().incr(key) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@app.task(autoretry_for=(ConnectionError,), retry_backoff=0.1, retry_jitter=False, max_retries=3)
+def flaky(key, failures):
+    n = store().incr(key)
+    if n <= failures:
+        raise ConnectionError(f"attempt {n} fails")
+    return n
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0.05)
+def retry_forever(self, key):
+    store().incr(key)
+    raise self.retry(exc=KeyError("still failing"))
+
+
+@app.task(bind=True)
+def retry_no_exc(self, key):
+    store().incr(key)
+    raise self.retry(countdown=0.05, max_retries=1)
+
+
+@app.task(soft_time_limit=0.3)
+def soft_limited():
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "not interrupted"
+
+
+@app.task(time_limit=0.5)
+def hard_limited():
+    time.sleep(10)
+
+
+@app.task
+def pid():
+    return os.getpid()
+
+
+@app.task
+def big_memory(kib):
+    blob = bytearray(kib * 1024)
+    return len(blob) and os.getpid()
+
+
+@app.task
+def identity(value):
+    return value
+
+
+@app.task
+def tsum(values):
+    return sum(values)
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task(bind=True)
+def replace_with_add(self, x):
+    self.replace(add.s(x, 100))
+
+
+@app.task
+def errback_record(task_id):
+    store().rpush("errbacks", task_id)
+    return task_id
+
+
+@app.task(acks_late=True)
+def late_sleep(key, token, seconds):
+    store().rpush(f"{key}:started", token)
+    time.sleep(seconds)
+    store().rpush(key, token)
+    return token
+
+
+@app.task(serializer="msgpack")
+def make_bytes(n):
+    return bytes(range(n))

@@ -1,0 +1,155 @@
+"""Worker and beat subprocesses for tests, and the named ways tests hurt them.
+
+Processes start through the CLI, as a user starts them, in their own session so a
+test can kill a whole worker (parent and children) at once. Readiness is an event
+(the worker's heartbeat in Redis), never a sleep.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import redis
+
+APPS = Path(__file__).parent / "apps"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A `minique` CLI subprocess with its log in a file."""
+
+    def __init__(self, args: List[str], env: Dict[str, str], cwd: Path, log_path: Path):
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen([sys.executable, "-m", "minique.cli", *args], cwd=cwd, env=env,
+                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def children(self) -> List[int]:
+        try:
+            return [int(p) for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        self.kill_group()
+        self._log.close()
+
+
+class Fault(enum.Enum):
+    """Named ways to hurt a worker."""
+
+    KILL_CHILD = "kill -9 one pool child"
+    KILL_WORKER = "kill -9 the parent and every child"
+    SIGTERM = "warm shutdown"
+    SIGTERM_TWICE = "cold shutdown"
+
+    def inject(self, proc: Proc) -> None:
+        if self is Fault.KILL_CHILD:
+            children = wait_for(proc.children, 10, "pool children")
+            os.kill(children[0], signal.SIGKILL)
+        elif self is Fault.KILL_WORKER:
+            proc.kill_group()
+        elif self is Fault.SIGTERM:
+            proc.signal(signal.SIGTERM)
+        elif self is Fault.SIGTERM_TWICE:
+            proc.signal(signal.SIGTERM)
+            time.sleep(0.1)
+            proc.signal(signal.SIGTERM)
+
+
+class Processes:
+    """Starts workers/beats for one test and cleans them all up."""
+
+    def __init__(self, tmp_path: Path, broker_url: str):
+        self.tmp_path = tmp_path
+        self.broker_url = broker_url
+        self.procs: List[Proc] = []
+        self.count = 0
+
+    def env(self, settings: Optional[str] = None, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        env = dict(os.environ)
+        env["MINIQUE_BROKER_URL"] = self.broker_url
+        env.pop("MINIQUE_RESULT_BACKEND", None)
+        env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")])
+        if settings:
+            env["TESTAPP_SETTINGS"] = settings
+        env.update(extra or {})
+        return env
+
+    def worker(self, *args: str, app: str = "testapp", settings: Optional[str] = None, wait: bool = True,
+               cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Proc:
+        self.count += 1
+        hostname = f"w{self.count}@test"
+        argv = ["-A", app, "worker", "-n", hostname, "-l", "info", *args]
+        proc = Proc(argv, env or self.env(settings), cwd or APPS, self.tmp_path / f"worker{self.count}.log")
+        proc.hostname = hostname
+        self.procs.append(proc)
+        if wait:
+            self.wait_ready(proc)
+        return proc
+
+    def wait_ready(self, proc: Proc, timeout: float = 20.0) -> None:
+        client = redis.Redis.from_url(self.broker_url)
+        try:
+            def ready():
+                if proc.popen.poll() is not None:
+                    raise AssertionError(f"worker exited with {proc.popen.returncode}:\n{proc.log()}")
+                return client.hexists("minique:workers", proc.hostname)
+            wait_for(ready, timeout, f"worker {proc.hostname} to be ready")
+        finally:
+            client.close()
+
+    def beat(self, *args: str, app: str = "testapp", settings: Optional[str] = None,
+             cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Proc:
+        self.count += 1
+        proc = Proc(["-A", app, "beat", "-l", "info", *args], env or self.env(settings), cwd or APPS,
+                    self.tmp_path / f"beat{self.count}.log")
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.close()

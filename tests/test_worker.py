@@ -1,0 +1,144 @@
+"""The worker as users run it: a real `minique worker` subprocess against a private Redis."""
+import json
+import signal
+
+import pytest
+
+from minique import states
+from minique.exceptions import NotRegistered, TimeLimitExceeded, WorkerLostError
+from procs import Fault, wait_for
+
+
+def test_delay_get_state(procs, client_app):
+    procs.worker("-c", "2")
+    r = client_app.add.delay(2, 3)
+    assert r.get(timeout=10) == 5
+    assert r.state == states.SUCCESS
+    assert r.ready() and r.successful() and not r.failed()
+    assert r.date_done is not None
+
+
+def test_failure_is_reraised_with_its_class_and_traceback(procs, client_app):
+    procs.worker("-c", "1")
+    r = client_app.fail.delay("bad input")
+    with pytest.raises(ValueError, match="bad input"):
+        r.get(timeout=10)
+    assert r.state == states.FAILURE
+    assert "ValueError" in r.traceback
+    assert isinstance(r.result, ValueError)
+    assert r.get(timeout=1, propagate=False).args == ("bad input",)
+
+
+def test_killed_child_fails_task_with_worker_lost_and_worker_keeps_serving(procs, client_app):
+    worker = procs.worker("-c", "2")
+    children_before = set(worker.children())
+    r = client_app.die.delay()
+    with pytest.raises(WorkerLostError):
+        r.get(timeout=15)
+    assert client_app.add.delay(1, 1).get(timeout=10) == 2
+    wait_for(lambda: len(worker.children()) == 2, 10, "the pool to be whole again")
+    assert set(worker.children()) != children_before
+
+
+def test_garbage_message_is_dead_lettered_and_next_one_runs(procs, client_app, redis_client):
+    procs.worker("-c", "1")
+    redis_client.xadd("minique:{default}:p0", {"m": b"\x00garbage\xff"})
+    assert client_app.add.delay(2, 2).get(timeout=10) == 4
+    dead = wait_for(lambda: redis_client.xrange("minique:dlq"), 10, "a dead letter")
+    assert dead[0][1][b"m"] == b"\x00garbage\xff"
+    assert b"undecodable" in dead[0][1][b"reason"]
+
+
+def test_unknown_task_is_dead_lettered_and_fails_clearly(procs, client_app, redis_client):
+    procs.worker("-c", "1")
+    r = client_app.app.send_task("testapp.no_such_task", (1,))
+    with pytest.raises(NotRegistered, match="no_such_task"):
+        r.get(timeout=10)
+    dead = wait_for(lambda: redis_client.xrange("minique:dlq"), 10, "a dead letter")
+    assert b"unknown task" in dead[0][1][b"reason"]
+    assert dead[0][1][b"task_id"].decode() == r.id
+
+
+def test_wrong_argument_count_fails_clearly(procs, client_app):
+    procs.worker("-c", "1")
+    r = client_app.add.delay(1)
+    with pytest.raises(TypeError, match="wrong arguments"):
+        r.get(timeout=10)
+
+
+def test_routing_by_queue_option_and_task_routes(procs, client_app):
+    procs.worker("-c", "1", "-Q", "other")
+    client_app.app.conf.task_routes = {"testapp.who*": {"queue": "other"}}
+    assert client_app.whoami.delay().get(timeout=10)["queue"] == "other"
+    assert client_app.add.apply_async((1, 2), queue="other").get(timeout=10) == 3
+
+
+def test_priority_higher_runs_first(procs, client_app, redis_client):
+    calls = [client_app.record.apply_async(("order", f"p{p}"), priority=p) for p in (0, 9, 3, 9, 0)]
+    procs.worker("-c", "1", "--prefetch-multiplier", "1")
+    for c in calls:
+        c.get(timeout=10)
+    assert [x.decode() for x in redis_client.lrange("order", 0, -1)] == ["p9", "p9", "p3", "p0", "p0"]
+
+
+def test_ignore_result_keeps_no_state(procs, client_app, redis_client):
+    procs.worker("-c", "1")
+    r = client_app.record.apply_async(("ignored", "x"), ignore_result=True)
+    wait_for(lambda: redis_client.llen("ignored"), 10, "the task to run")
+    assert r.state == states.PENDING
+
+
+def test_get_inside_a_task_is_refused_unless_asked(client_app):
+    from minique import context
+    from minique.context import Request
+    context.push(Request(id="x", task="t"))
+    try:
+        with pytest.raises(RuntimeError, match="Never call result.get"):
+            client_app.add.AsyncResult("whatever").get(timeout=0.1)
+    finally:
+        context.pop()
+
+
+def test_hard_time_limit_kills_and_replaces_the_child(procs, client_app):
+    procs.worker("-c", "1")
+    r = client_app.hard_limited.delay()
+    with pytest.raises(TimeLimitExceeded):
+        r.get(timeout=15)
+    assert client_app.add.delay(3, 4).get(timeout=10) == 7
+
+
+def test_soft_time_limit_is_catchable(procs, client_app):
+    procs.worker("-c", "1")
+    assert client_app.soft_limited.delay().get(timeout=10) == "cleaned up"
+
+
+def test_max_tasks_per_child_recycles_without_losing_tasks(procs, client_app, redis_client):
+    procs.worker("-c", "1", "--max-tasks-per-child", "3")
+    pids = [client_app.pid.delay().get(timeout=10) for _ in range(7)]
+    assert len(set(pids)) == 3  # 3 + 3 + 1
+    assert pids[0] == pids[2] != pids[3]
+
+
+def test_warm_shutdown_finishes_running_task_and_exits_zero(procs, client_app, redis_client):
+    worker = procs.worker("-c", "1")
+    r = client_app.sleep_record.delay("warm", "t1", 1.0)
+    wait_for(lambda: redis_client.llen("warm:started"), 10, "the task to start")
+    Fault.SIGTERM.inject(worker)
+    assert worker.wait(15) == 0
+    assert r.get(timeout=1) == "t1"
+
+
+def test_cli_call_and_result(procs, client_app, tmp_path):
+    import subprocess
+    import sys
+    procs.worker("-c", "1")
+    env = procs.env()
+    out = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", "call", "testapp.add",
+                          "--args", "[20, 22]", "--wait", "10"], env=env, cwd=procs.tmp_path, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    task_id, value = out.stdout.split()
+    assert json.loads(value) == 42
+    out = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", "result", task_id], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.startswith("SUCCESS: 42")
