@@ -104,7 +104,7 @@ class Minique:
         module = fun.__module__
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{fun.__qualname__}"
+        return f"{module}.{fun.__name__}"
 
     # --- connections (lazy: nothing connects until used) --------------------------------------------
     def _connect(self, url: str) -> "redis.Redis":

@@ -284,9 +284,6 @@ class group(Signature):
             return chord(self, other, app=self._app)
         return NotImplemented
 
-    def __len__(self) -> int:  # type: ignore[override]
-        return len(self.tasks)
-
     def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
         if _id:
             self.options["task_id"] = _id

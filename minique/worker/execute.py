@@ -285,15 +285,30 @@ class Executor:
             canvas.send(self.app, canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
                         batch.broker)
         for step in msg.chain or ():
-            for task_id in canvas.task_ids(step):
-                self.backend.store(batch.backend, task_id, states.FAILURE, exc, tb)
-        if msg.chord and self.backend.chord_fail(msg.chord["id"]):
-            error = ChordError(f"Dependency {msg.id} raised {exc!r}")
-            callback = canvas.from_dict(msg.chord["cb"], self.app)
-            for task_id in canvas.task_ids(callback):
-                self.backend.store(batch.backend, task_id, states.FAILURE, error)
-            for errback in (callback.options.get("link_error") or ()):
-                canvas.send(self.app, canvas.from_dict(errback, self.app).plan((callback.id,), None, {}), batch.broker)
+            self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
+        self._fail_chord(msg.chord, msg.id, exc, batch)
+
+    def _fail_chord(self, info: Optional[dict], member_id: str, exc: BaseException, batch: Batch) -> None:
+        if info and self.backend.chord_fail(info["id"]):
+            error = ChordError(f"Dependency {member_id} raised {exc!r}")
+            self._fail_signature(canvas.from_dict(info["cb"], self.app), error, None, batch)
+
+    def _fail_signature(self, sig: Any, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
+        """A signature that will never run: its tasks fail, its errbacks run, and what waits on it fails too."""
+        for task_id in canvas.task_ids(sig):
+            self.backend.store(batch.backend, task_id, states.FAILURE, exc, tb)
+        last = sig
+        while isinstance(last, (canvas.chain, canvas.chord)):
+            last = last.tasks[-1] if isinstance(last, canvas.chain) else last.body
+        if isinstance(last, canvas.group):
+            for member in last.tasks:
+                self._fail_signature(member, exc, tb, batch)
+            return
+        for errback in last.options.get("link_error") or ():
+            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((last.id,), None, {}), batch.broker)
+        for step in last.options.get("chain") or ():
+            self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
+        self._fail_chord(last.options.get("chord"), last.id, exc, batch)
 
     def _finish_unrun(self, delivery: Delivery, msg: Message, batch: Batch, reason: str) -> None:
         """A message that must not run (revoked or expired): ack it, record REVOKED with the reason."""

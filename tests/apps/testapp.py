@@ -161,3 +161,24 @@ def late_sleep(key, token, seconds):
 @app.task(serializer="msgpack")
 def make_bytes(n):
     return bytes(range(n))
+
+
+@app.task
+def count_calls(key, value=None):
+    """Count executions under `key` and pass `value` through (for exactly-once checks)."""
+    store().incr(key)
+    return value
+
+
+@app.task
+def collect(results, key="collect"):
+    """A chord callback that records each time it runs."""
+    store().rpush(key, len(results))
+    return results
+
+
+@app.task
+def push_to(value, key):
+    """Link target: the parent's result comes first, as Celery passes it."""
+    store().rpush(key, value)
+    return value

@@ -1,0 +1,37 @@
+"""The minique app the benchmark's workers run: `minique -A benchmarks.apps.mq_bench worker`.
+
+The broker is MINIQUE_BROKER_URL (the runner's private redis-server).
+"""
+from minique import Minique
+
+from . import rtcount
+from .bench_body import count_one
+
+rtcount.maybe_install()
+
+app = Minique("mq_bench", include=["benchmarks.apps.mq_bench"])
+
+
+@app.task(ignore_result=True)
+def incr_ignored():
+    count_one()
+
+
+@app.task(ignore_result=False)
+def incr_stored():
+    count_one()
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def noop():
+    return None
+
+
+@app.task
+def collect(results):
+    return len(results)

@@ -1,0 +1,152 @@
+"""One contract, two brokers: every test runs against the Streams and the Lists broker."""
+import threading
+import time
+
+import pytest
+import redis
+
+from minique import keys
+from minique.brokers import ListsBroker, StreamsBroker
+
+
+@pytest.fixture(params=["streams", "lists"])
+def broker(request, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    cls = StreamsBroker if request.param == "streams" else ListsBroker
+    b = cls(client, visibility_timeout=0.5, max_deliveries=2)
+    b.ensure_queues(["q", "r"])
+    yield b
+    client.close()
+
+
+def send(broker, data, queue="q", priority=0):
+    broker.send(broker.client, queue, priority, data)
+
+
+def test_send_fetch_ack(broker):
+    send(broker, b"m1")
+    [d] = broker.fetch("c1", ["q"], 10, 0)
+    assert (d.data, d.queue, d.priority, d.deliveries) == (b"m1", "q", 0, 0)
+    assert broker.held(["q"]) == {"q": 1}
+    broker.ack(broker.client, d)
+    assert broker.held(["q"]) == {"q": 0}
+    assert broker.fetch("c1", ["q"], 10, 0) == []
+
+
+def test_fifo_within_a_priority_and_count_is_respected(broker):
+    for i in range(5):
+        send(broker, b"m%d" % i)
+    first = broker.fetch("c1", ["q"], 3, 0)
+    rest = broker.fetch("c1", ["q"], 10, 0)
+    assert [d.data for d in first] == [b"m0", b"m1", b"m2"]
+    assert [d.data for d in rest] == [b"m3", b"m4"]
+
+
+def test_higher_priority_first(broker):
+    send(broker, b"low", priority=0)
+    send(broker, b"high", priority=9)
+    send(broker, b"mid", priority=5)
+    got = [d.data for d in broker.fetch("c1", ["q"], 1, 0)]
+    got += [d.data for d in broker.fetch("c1", ["q"], 1, 0)]
+    got += [d.data for d in broker.fetch("c1", ["q"], 1, 0)]
+    assert got == [b"high", b"mid", b"low"]
+
+
+def test_several_queues(broker):
+    send(broker, b"a", queue="q")
+    send(broker, b"b", queue="r")
+    got = broker.fetch("c1", ["q", "r"], 10, 0)
+    assert sorted((d.queue, d.data) for d in got) == [("q", b"a"), ("r", b"b")]
+
+
+def test_length_and_purge(broker):
+    for i in range(4):
+        send(broker, b"x%d" % i)
+    broker.send_later(broker.client, "q", 0, b"later", time.time() + 60)
+    assert broker.length("q", 0) == 4
+    broker.fetch("c1", ["q"], 1, 0)
+    assert broker.length("q", 0) == 3
+    assert broker.purge("q") == 4  # 3 waiting + 1 delayed; the held one stays with its consumer
+    assert broker.length("q", 0) == 0 and broker.delayed_count("q") == 0
+
+
+def test_release_returns_unstarted_messages_uncounted(broker):
+    send(broker, b"a")
+    send(broker, b"b")
+    assert len(broker.fetch("c1", ["q"], 10, 0)) == 2
+    assert broker.release("c1", ["q"]) == 2
+    got = broker.fetch("c2", ["q"], 10, 0)
+    assert sorted(d.data for d in got) == [b"a", b"b"]
+    assert all(d.deliveries == 0 for d in got)
+
+
+def test_requeue_counts_a_delivery_then_dead_letters(broker):
+    send(broker, b"poison")
+    for expected in (0, 1, 2):
+        [d] = broker.fetch("c1", ["q"], 1, 0)
+        assert d.deliveries == expected
+        broker.requeue(d, redelivered=True)
+    assert broker.fetch("c1", ["q"], 1, 0) == []
+    dead = broker.dead_letters()
+    assert [f["m"] for _, f in dead] == [b"poison"]
+    assert dead[0][1]["reason"] == "too many deliveries"
+
+
+def test_held_by(broker):
+    send(broker, b"a")
+    [d] = broker.fetch("c1", ["q"], 1, 0)
+    assert [h.data for h in broker.held_by("c1", ["q"])] == [b"a"]
+    assert broker.held_by("c2", ["q"]) == []
+
+
+def test_dead_consumer_messages_are_reclaimed_after_visibility_timeout(broker):
+    send(broker, b"orphan")
+    broker.fetch("dead", ["q"], 1, 0)
+    assert broker.reclaim(["q"]) == 0  # not idle long enough yet
+    time.sleep(0.6)  # the visibility timeout itself is what is under test
+    assert broker.reclaim(["q"]) == 1
+    [d] = broker.fetch("c2", ["q"], 1, 0)
+    assert (d.data, d.deliveries) == (b"orphan", 1)
+
+
+def test_extend_keeps_a_live_consumers_messages(broker):
+    send(broker, b"long")
+    broker.fetch("alive", ["q"], 1, 0)
+    for _ in range(3):
+        time.sleep(0.3)
+        broker.extend("alive", ["q"])
+        assert broker.reclaim(["q"]) == 0
+    assert [d.data for d in broker.held_by("alive", ["q"])] == [b"long"]
+
+
+def test_delayed_messages_move_once_when_due(broker):
+    broker.send_later(broker.client, "q", 3, b"soon", time.time() + 0.2)
+    moved, nxt = broker.move_due(["q"])
+    assert moved == 0 and nxt is not None and nxt > time.time()
+    assert broker.fetch("c1", ["q"], 1, 0) == []
+    time.sleep(max(0.0, nxt - time.time()) + 0.01)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(broker.move_due(["q"])[0])) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sum(results) == 1
+    [d] = broker.fetch("c1", ["q"], 10, 0)
+    assert (d.data, d.priority) == (b"soon", 3)
+
+
+def test_blocking_fetch_returns_when_a_message_arrives(broker):
+    timer = threading.Timer(0.2, lambda: send(broker, b"wake"))
+    timer.start()
+    started = time.monotonic()
+    got = broker.fetch("c1", ["q"], 1, 3.0)
+    assert [d.data for d in got] == [b"wake"]
+    assert time.monotonic() - started < 2.0
+
+
+def test_dead_letter_replay(broker):
+    broker.dead_letter(broker.client, b"msg", "because", "q", "tid")
+    [(entry_id, fields)] = broker.dead_letters()
+    assert fields["reason"] == "because" and fields["task_id"] == "tid"
+    assert broker.replay_dead_letter(entry_id)
+    assert broker.dead_letters() == []
+    assert [d.data for d in broker.fetch("c1", ["q"], 1, 0)] == [b"msg"]

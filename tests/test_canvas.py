@@ -1,0 +1,128 @@
+"""Canvas against real workers: every form, error propagation, nesting, a 10,000-task chord."""
+import pytest
+
+from minique import chain, chord, group
+from minique.exceptions import ChordError
+from minique.result import GroupResult
+from procs import wait_for
+
+
+@pytest.fixture
+def t(procs, client_app):
+    procs.worker("-c", "2")
+    return client_app
+
+
+def test_group_results_in_order(t):
+    res = group(t.add.s(i, i) for i in range(10)).apply_async()
+    assert res.get(timeout=10) == [i * 2 for i in range(10)]
+    assert res.ready() and res.successful() and not res.failed() and res.completed_count() == 10
+
+
+def test_empty_group(t):
+    assert group([]).apply_async().get(timeout=5) == []
+
+
+def test_group_save_restore(t):
+    res = group(t.add.s(1, 1), t.add.s(2, 2)).apply_async()
+    res.save()
+    back = GroupResult.restore(res.id, app=t.app)
+    assert back.get(timeout=10) == [2, 4]
+
+
+def test_chain_passes_results_and_parent_walks_back(t):
+    res = (t.add.s(1, 2) | t.add.s(3) | t.mul.s(10)).apply_async()
+    assert res.get(timeout=10) == 60
+    assert res.parent.get(timeout=1) == 6 and res.parent.parent.get(timeout=1) == 3
+
+
+def test_chain_failure_stops_and_propagates(t, redis_client):
+    res = (t.add.s(1, 1) | t.fail.si("mid") | t.record.si("after", "x")).apply_async()
+    with pytest.raises(ValueError, match="mid"):
+        res.get(timeout=10)
+    assert redis_client.llen("after") == 0
+
+
+def test_chord_callback_gets_ordered_list(t):
+    res = chord([t.add.s(i, 0) for i in range(20)])(t.identity.s())
+    assert res.get(timeout=10) == list(range(20))
+
+
+def test_chord_header_failure_fails_callback_with_chord_error(t, redis_client):
+    res = chord([t.add.s(1, 1), t.fail.si("header")], t.collect.s("cb_runs")).apply_async()
+    with pytest.raises(ChordError, match="header"):
+        res.get(timeout=10)
+    assert redis_client.llen("cb_runs") == 0
+
+
+def test_group_piped_into_task_is_a_chord(t):
+    assert (group(t.add.s(1, 1), t.add.s(2, 2)) | t.tsum.s()).apply_async().get(timeout=10) == 6
+
+
+def test_group_inside_chain(t):
+    res = (t.add.s(1, 1) | group(t.add.s(10), t.add.s(20)) | t.tsum.s()).apply_async()
+    assert res.get(timeout=10) == 34
+
+
+def test_chord_inside_chain_and_chain_as_callback(t):
+    res = (chord([t.add.s(1, 1), t.add.s(2, 2)], t.tsum.s() | t.add.s(100)) | t.mul.s(2)).apply_async()
+    assert res.get(timeout=10) == 212
+
+
+def test_chains_inside_group(t):
+    res = group(t.add.s(1, 1) | t.mul.s(3), t.add.s(2, 2) | t.mul.s(3)).apply_async()
+    assert res.get(timeout=10) == [6, 12]
+
+
+def test_nested_three_levels(t):
+    # header tasks of a group that follows a step get its result as partial args (Celery's rule): use si
+    inner = chord([t.add.si(i, 1) | t.mul.s(2) for i in range(3)], t.tsum.s())  # (1+2+3)*2 = 12
+    outer = t.add.s(0, 0) | group(inner, t.add.si(5, 5)) | t.tsum.s()
+    assert outer.apply_async().get(timeout=15) == 22
+
+
+def test_failure_deep_in_a_nested_chord_fails_the_outer_result(t):
+    inner = chord([t.add.si(1, 1), t.fail.si("deep")], t.tsum.s())
+    outer = chord([inner, t.add.si(5, 5)], t.tsum.s())
+    with pytest.raises(ChordError):
+        outer.apply_async().get(timeout=10)
+
+
+def test_link_and_link_error(t, redis_client):
+    ok = t.add.apply_async((2, 2), link=t.push_to.s("linked"))
+    assert ok.get(timeout=10) == 4
+    wait_for(lambda: redis_client.lrange("linked", 0, -1), 10, "the link to run")
+    assert redis_client.lrange("linked", 0, -1) == [b"4"]
+    bad = t.fail.apply_async(("x",), link_error=t.errback_record.s())
+    with pytest.raises(ValueError):
+        bad.get(timeout=10)
+    wait_for(lambda: redis_client.lrange("errbacks", 0, -1), 10, "the errback to run")
+    assert redis_client.lrange("errbacks", 0, -1) == [bad.id.encode()]
+
+
+def test_map_starmap_chunks(t):
+    assert t.identity.map([1, 2, 3]).delay().get(timeout=10) == [1, 2, 3]
+    assert t.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=10) == [3, 7]
+    assert t.add.chunks([(i, i) for i in range(7)], 3).apply_async().get(timeout=10) == [[0, 2, 4], [6, 8, 10], [12]]
+
+
+def test_replace(t):
+    assert t.replace_with_add.delay(1).get(timeout=10) == 101
+
+
+def test_chord_with_retrying_header(t, redis_client):
+    res = chord([t.flaky.s("flaky1", 2), t.add.s(1, 1)], t.identity.s()).apply_async()
+    assert res.get(timeout=15) == [3, 2]
+
+
+def test_signature_delay_and_call(t):
+    assert t.add.s(1, 1).delay().get(timeout=10) == 2
+    assert t.add.s(2)(3) == 5  # calling a signature runs it here, as in Celery
+
+
+@pytest.mark.timeout(180)
+def test_chord_of_10000_across_two_workers_calls_back_once(procs, t, redis_client):
+    procs.worker("-c", "1")  # a second worker process
+    res = chord([t.identity.s(i) for i in range(10_000)], t.collect.s("big")).apply_async()
+    assert res.get(timeout=150) == list(range(10_000))
+    assert redis_client.lrange("big", 0, -1) == [b"10000"]

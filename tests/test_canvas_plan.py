@@ -1,0 +1,138 @@
+"""Canvas planning, pure: what applying a signature, chain, group or chord would send."""
+import msgpack
+import pytest
+
+from minique import Minique, chain, chord, group
+from minique.canvas import from_dict, task_ids
+
+
+@pytest.fixture
+def app(monkeypatch):
+    monkeypatch.delenv("MINIQUE_BROKER_URL", raising=False)
+    app = Minique("t")
+
+    @app.task(name="add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="tsum")
+    def tsum(xs):
+        return sum(xs)
+    app.add, app.tsum = add, tsum
+    return app
+
+
+def names(calls):
+    return [c[0] for c in calls]
+
+
+def test_partial_application_and_immutability(app):
+    [(name, args, kwargs, opts)] = app.add.s(2).plan((1,), None, {})
+    assert (name, args) == ("add", (1, 2))
+    [(_, args, _, _)] = app.add.si(2, 3).plan((1,), None, {})
+    assert args == (2, 3)
+
+
+def test_signature_options_win_over_defaults_and_set(app):
+    sig = app.add.s(1, 2).set(queue="q", countdown=5)
+    [(_, _, _, opts)] = sig.plan()
+    assert opts["queue"] == "q" and opts["countdown"] == 5 and opts["task_id"]
+
+
+def test_clone_is_independent(app):
+    a = app.add.s(1)
+    b = a.clone(args=(5,))
+    assert b.args == (5, 1) and a.args == (1,)
+    b.set(queue="x")
+    assert "queue" not in a.options
+
+
+def test_chain_sends_the_first_step_carrying_the_rest(app):
+    c = app.add.s(1, 2) | app.add.s(3) | app.add.s(4)
+    [(name, args, _, opts)] = c.plan()
+    assert name == "add" and args == (1, 2)
+    assert [s["task"] for s in opts["chain"]] == ["add", "add"]
+    assert all(s["options"]["task_id"] for s in opts["chain"])
+    res = c.result()
+    assert res.id == c.tasks[-1].id and res.parent.id == c.tasks[1].id and res.parent.parent.id == opts["task_id"]
+
+
+def test_chain_forms_are_equivalent(app):
+    a, b = app.add.s(1, 1), app.add.s(2)
+    assert [t.name for t in chain(a, b).tasks] == [t.name for t in chain(a | b).tasks] == ["add", "add"]
+    assert len(chain(a | b, app.add.s(3)).tasks) == 3
+
+
+def test_group_members_know_their_group_and_index(app):
+    g = group(app.add.s(i, i) for i in range(3))
+    calls = g.plan()
+    assert [c[3]["group_index"] for c in calls] == [0, 1, 2]
+    assert len({c[3]["group_id"] for c in calls}) == 1
+    assert g.result().id == calls[0][3]["group_id"]
+
+
+def test_empty_group(app):
+    assert group([]).plan() == []
+
+
+def test_chord_members_carry_the_callback(app):
+    c = chord([app.add.s(1, 1), app.add.s(2, 2)], app.tsum.s())
+    calls = c.plan()
+    infos = [opts["chord"] for *_, opts in calls]
+    assert [i["n"] for i in infos] == [2, 2]
+    assert infos[0]["cb"]["task"] == "tsum" and infos[0]["cb"]["options"]["task_id"] == c.body.id
+    assert c.result().id == c.body.id
+
+
+def test_empty_chord_calls_back_at_once_with_an_empty_list(app):
+    [(name, args, _, _)] = chord([], app.tsum.s()).plan()
+    assert (name, args) == ("tsum", ([],))
+
+
+def test_group_piped_into_a_task_is_a_chord(app):
+    c = group(app.add.s(1, 1), app.add.s(2, 2)) | app.tsum.s()
+    assert isinstance(c, chord)
+
+
+def test_group_inside_a_chain_becomes_a_chord_with_the_rest(app):
+    c = app.add.s(1, 1) | group(app.add.s(10), app.add.s(20)) | app.tsum.s()
+    [(name, _, _, opts)] = c.plan()
+    nxt = from_dict(opts["chain"][0])
+    assert isinstance(nxt, chain) is False and nxt.subtask_type == "group"
+    # the worker re-plans chain(group, tsum) with the parent's result: a chord
+    replanned = chain(*[from_dict(s) for s in opts["chain"]]).plan((2,), None, {})
+    assert names(replanned) == ["add", "add"]
+    assert all(o["chord"]["cb"]["task"] == "tsum" for *_, o in replanned)
+    assert [a for _, a, _, _ in replanned] == [(2, 10), (2, 20)]
+
+
+def test_chord_inside_a_chain_passes_its_result_on(app):
+    c = chord([app.add.s(1, 1)], app.tsum.s()) | app.add.s(100)
+    calls = c.plan()
+    cb = calls[0][3]["chord"]["cb"]
+    assert cb["subtask_type"] == "chain"
+    assert [t["task"] for t in cb["kwargs"]["tasks"]] == ["tsum", "add"]
+
+
+def test_nested_three_levels_and_task_ids(app):
+    inner = group(app.add.s(1, 1) | app.add.s(1), app.add.s(2, 2))
+    c = app.add.s(0, 0) | chord(inner, app.tsum.s() | app.add.s(1))
+    ids = task_ids(c)
+    c.plan()
+    assert len(ids) == len(set(ids)) and all(ids)
+
+
+def test_signatures_survive_msgpack(app):
+    c = chord([app.add.s(1, 2), app.add.s(3, 4) | app.add.s(5)], app.tsum.s())
+    c.freeze()
+    back = from_dict(msgpack.unpackb(msgpack.packb(c), strict_map_key=False), app)
+    assert isinstance(back, chord)
+    assert back.body.id == c.body.id
+    assert [t.name for t in back.tasks] == ["add", "minique.chain"]
+
+
+def test_map_starmap_chunks(app):
+    assert app.add.map([1, 2]).name == "minique.map"
+    assert app.add.starmap([(1, 2)]).name == "minique.starmap"
+    g = app.add.chunks([(i, i) for i in range(10)], 3).group()
+    assert len(g.tasks) == 4

@@ -1,0 +1,83 @@
+"""Message encoding and serializers (pure, no Redis)."""
+import datetime
+
+import msgpack
+import pytest
+
+from minique import message, serializers
+from minique.exceptions import ContentDisallowed, DecodeError
+
+
+def test_round_trip_keeps_every_field():
+    m = message.make("t.add", (1, 2), {"z": 3}, "json", task_id="abc", queue="q", priority=7, retries=2,
+                     eta=123.5, expires=456.0, root_id="r", parent_id="p", group_id="g", group_index=4,
+                     chord={"id": "c", "n": 2, "cb": {"task": "cb"}}, chain=[{"task": "next"}],
+                     links=[{"task": "l"}], errbacks=[{"task": "e"}], ignore_result=True, time_limit=5.0,
+                     soft_time_limit=4.0, headers={"h": 1})
+    back = message.decode(m.encode())
+    assert back == m
+    assert back.args_kwargs({"json"}) == ([1, 2], {"z": 3})
+
+
+def test_defaults_are_left_off_the_wire():
+    m = message.make("t", (), None, "json", task_id="i")
+    raw = msgpack.unpackb(m.encode())
+    assert set(raw) == {"v", "i", "t", "b", "ts"}
+
+
+def test_msgpack_body_carries_bytes():
+    m = message.make("t", (b"\x00\xff",), None, "msgpack")
+    assert message.decode(m.encode()).args_kwargs({"msgpack"}) == ([b"\x00\xff"], {})
+
+
+def test_json_refuses_bytes_with_a_clear_error():
+    with pytest.raises(TypeError, match="msgpack"):
+        message.make("t", (b"x",), None, "json")
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"\xc1garbage", "not a msgpack"),
+    (msgpack.packb([1, 2]), "not a map"),
+    (msgpack.packb({"v": 99, "i": "x", "t": "y", "b": b""}), "version"),
+    (msgpack.packb({"v": 1, "i": "x"}), "malformed"),
+    (msgpack.packb({"v": 1, "i": 5, "t": "y", "b": b""}), "string id"),
+])
+def test_decode_errors_say_what_is_wrong(data, why):
+    with pytest.raises(DecodeError, match=why):
+        message.decode(data)
+
+
+def test_accept_content_is_enforced():
+    m = message.make("t", (1,), None, "msgpack")
+    with pytest.raises(ContentDisallowed):
+        m.args_kwargs({"json"})
+
+
+def test_pickle_is_refused_unless_listed():
+    m = message.make("t", (1,), None, "pickle")
+    with pytest.raises(ContentDisallowed):
+        m.args_kwargs({"json", "msgpack"})
+    assert m.args_kwargs({"pickle"}) == ([1], {})
+
+
+def test_body_that_is_not_args_kwargs():
+    m = message.make("t", (), None, "json")._replace(body=b'"just a string"')
+    with pytest.raises(DecodeError, match=r"\[args, kwargs\]"):
+        m.args_kwargs({"json"})
+
+
+def test_peek_id_of_a_partial_message():
+    assert message.peek_id(msgpack.packb({"i": "abc"})) == "abc"
+    assert message.peek_id(b"\xc1") is None
+
+
+def test_json_serializer_extras():
+    data = serializers.dumps({"d": datetime.date(2024, 1, 2), "s": {1}}, "json")
+    assert serializers.loads(data, "json", {"json"}) == {"d": "2024-01-02", "s": [1]}
+
+
+def test_celery_content_type_names_are_understood():
+    assert serializers.canonical("application/json") == "json"
+    assert serializers.canonical("application/x-msgpack") == "msgpack"
+    with pytest.raises(ValueError, match="unknown serializer"):
+        serializers.canonical("yaml")
