@@ -43,11 +43,17 @@ def _after_fork() -> None:
 
 def install(folder: str = "") -> None:
     """Count this process's round trips (and its forked children's, each on its own)."""
+    _state["dir"] = folder or None
     if rc.AbstractConnection.send_packed_command is _counted:
         return
-    _state["dir"] = folder or None
     rc.AbstractConnection.send_packed_command = _counted
-    os.register_at_fork(after_in_child=_after_fork)
+    if not _state.get("fork_hook"):
+        os.register_at_fork(after_in_child=_after_fork)
+        _state["fork_hook"] = True
+
+
+def uninstall() -> None:
+    rc.AbstractConnection.send_packed_command = _original
 
 
 def count() -> int:

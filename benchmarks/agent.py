@@ -1,0 +1,271 @@
+"""The measuring side of the benchmark: one agent process per system (minique, Celery).
+
+The runner starts `python -m benchmarks.agent_minique` (this interpreter) and
+`benchmarks/.celery-venv/bin/python -m benchmarks.agent_celery`; each reads one JSON
+job per line on stdin and answers one JSON line on its original stdout. Every job
+is written once, here, against the small Driver interface, so both systems are
+measured by the same code; a driver only says how its system sends, calls and
+starts a worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import redis
+
+from . import common
+from .apps import bench_body, rtcount
+
+DONE = "bench:done"
+
+
+class Driver:
+    """How one system sends tasks and runs workers. Subclassed in agent_minique / agent_celery."""
+
+    name = "?"
+
+    def __init__(self, redis_url: str, workdir: Path):
+        self.redis_url = redis_url
+        self.workdir = workdir
+        self.r = redis.Redis.from_url(redis_url, socket_timeout=600)
+        self.nworkers = 0
+
+    # sending (client side)
+    def send_one(self, i: int) -> Any: raise NotImplementedError
+    def send_bulk(self, n: int) -> Any: raise NotImplementedError
+    def send_group(self, n: int) -> Any: raise NotImplementedError
+    def preload(self, stored: bool, n: int) -> None: raise NotImplementedError
+    def call_add(self, timeout: float) -> Any: raise NotImplementedError
+    def run_chord(self, n: int, timeout: float) -> Any: raise NotImplementedError
+    def version(self) -> str: raise NotImplementedError
+    def worker_argv(self, concurrency: int, name: str, flags: List[str]) -> List[str]: raise NotImplementedError
+
+    # workers
+    def start_worker(self, concurrency: int, flags: List[str], target: int = 0,
+                     rtcount_dir: Optional[str] = None) -> common.WorkerProc:
+        self.nworkers += 1
+        name = f"bench{self.nworkers}@{self.name}"
+        env = dict(os.environ)
+        env.update({"BENCH_REDIS_URL": self.redis_url, "MINIQUE_BROKER_URL": self.redis_url,
+                    "BENCH_TARGET": str(target), "PYTHONPATH": str(common.ROOT)})
+        env.pop("MINIQUE_RESULT_BACKEND", None)
+        env.pop("BENCH_RTCOUNT_DIR", None)
+        if rtcount_dir:
+            env["BENCH_RTCOUNT_DIR"] = rtcount_dir
+        log = self.workdir / f"{self.name}-worker{self.nworkers}.log"
+        return common.WorkerProc(self.worker_argv(concurrency, name, flags), env, log)
+
+    def wait_ready(self, worker: common.WorkerProc, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            worker.check()
+            try:
+                if self.call_add(timeout=2.0) == 3:
+                    return
+            except Exception:  # noqa: BLE001 - not ready yet (time out, connection)
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError("worker did not answer")
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+def _fresh(d: Driver) -> None:
+    d.r.flushall()
+
+
+def _reset_stats(d: Driver) -> None:
+    d.r.config_resetstat()
+
+
+def _own(stats: Dict[str, int], own: Dict[str, int]) -> Dict[str, int]:
+    """Command counts less the benchmark's own commands (its task bodies, its waiting, its reading)."""
+    out = dict(stats)
+    for k in ("info", "config resetstat", "config get", "flushall"):
+        out.pop(k, None)
+    for k, v in own.items():
+        if k in out:
+            out[k] -= v
+            if out[k] <= 0:
+                out.pop(k)
+    return out
+
+
+def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, flags: Optional[List[str]] = None,
+              pss: bool = False, commands: bool = False, chunk: int = 10000, timeout: Optional[float] = None
+              ) -> Dict[str, Any]:
+    """Preload n counted no-op tasks with no worker running, start `-c concurrency`, time the
+    first task to the n-th (timestamps the tasks themselves write)."""
+    _fresh(d)
+    mem0 = common.used_memory(d.r)
+    t0 = time.perf_counter()
+    d.preload(stored, n)
+    preload_s = time.perf_counter() - t0
+    mem1 = common.used_memory(d.r)
+    rt_dir = tempfile.mkdtemp(prefix="rt-", dir=str(d.workdir)) if commands else None
+    if commands:
+        _reset_stats(d)
+    worker = d.start_worker(concurrency, list(flags or []), target=n, rtcount_dir=rt_dir)
+    out: Dict[str, Any] = {"n": n, "preload_s": preload_s, "redis_bytes_per_msg": (mem1 - mem0) / n}
+    try:
+        limit = timeout or max(120.0, n / 150.0)
+        deadline = time.monotonic() + limit
+        while True:
+            got = d.r.blpop([DONE], timeout=1)
+            if got:
+                break
+            worker.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"drain of {n} not done after {limit:.0f}s "
+                                   f"(count {d.r.get(bench_body.COUNT)})\n{worker.log_tail()}")
+        first, last = float(d.r.get(bench_body.T_FIRST)), float(d.r.get(bench_body.T_LAST))
+        out["seconds"] = last - first
+        out["rate"] = (n - 1) / (last - first) if last > first else float("nan")
+        if commands:
+            time.sleep(1.3)   # every process finishes a blocking fetch and writes its count
+            stats = common.commandstats(d.r)
+            out["commands"] = _own(stats, {"incr": n, "set": 2, "rpush": 1, "blpop": 1})
+            counts = rtcount.read_dir(rt_dir)
+            kids = set(common.descendants(worker.pid))
+            out["roundtrips"] = {"parent": counts.get(worker.pid, 0),
+                                 "children": sum(v for p, v in counts.items() if p in kids),
+                                 "other": sum(v for p, v in counts.items() if p != worker.pid and p not in kids)}
+        if pss:
+            time.sleep(1.0)
+            out["pss"] = common.tree_pss_kib(worker.pid)
+    finally:
+        worker.stop()
+    return out
+
+
+def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False) -> Dict[str, Any]:
+    """Send n tasks from this process with no worker running: one call at a time, or in bulk."""
+    _fresh(d)
+    send = {"one": None, "bulk": d.send_bulk, "group": d.send_group}[mode]
+    if mode == "one":  # warm the connection and the code path
+        for i in range(50):
+            d.send_one(i)
+    _fresh(d)
+    if commands:
+        _reset_stats(d)
+        rtcount.install()
+        rtcount.reset()
+    t0 = time.perf_counter()
+    if mode == "one":
+        one = d.send_one
+        for i in range(n):
+            one(i)
+    else:
+        send(n)
+    elapsed = time.perf_counter() - t0
+    out: Dict[str, Any] = {"n": n, "seconds": elapsed, "rate": n / elapsed}
+    if commands:
+        out["roundtrips"] = {"client": rtcount.count()}
+        rtcount.uninstall()
+        out["commands"] = _own(common.commandstats(d.r), {})
+    return out
+
+
+def job_roundtrip(d: Driver, calls: int, warmup: int = 200, commands: bool = False) -> Dict[str, Any]:
+    """`add.delay(1, 2).get()` against an idle, warm `-c 2` worker: latency of each call."""
+    _fresh(d)
+    rt_dir = tempfile.mkdtemp(prefix="rt-", dir=str(d.workdir)) if commands else None
+    worker = d.start_worker(2, [], rtcount_dir=rt_dir)
+    try:
+        d.wait_ready(worker)
+        for _ in range(warmup):
+            d.call_add(timeout=10)
+        if commands:
+            time.sleep(1.3)
+            _reset_stats(d)
+            rtcount.install()
+            rtcount.reset()
+            before = rtcount.read_dir(rt_dir)
+        lat = []
+        call = d.call_add
+        clock = time.perf_counter
+        for _ in range(calls):
+            t0 = clock()
+            value = call(timeout=10)
+            lat.append(clock() - t0)
+            if value != 3:
+                raise AssertionError(f"add(1, 2) returned {value!r}")
+        out: Dict[str, Any] = {"calls": calls, "p50_ms": common.percentile(lat, 50) * 1e3,
+                               "p90_ms": common.percentile(lat, 90) * 1e3,
+                               "p99_ms": common.percentile(lat, 99) * 1e3, "max_ms": max(lat) * 1e3,
+                               "mean_ms": sum(lat) / len(lat) * 1e3}
+        if commands:
+            out["commands"] = _own(common.commandstats(d.r), {})
+            client_rt = rtcount.count()
+            rtcount.uninstall()
+            time.sleep(1.3)
+            after = rtcount.read_dir(rt_dir)
+            kids = set(common.descendants(worker.pid))
+            delta = {p: v - before.get(p, 0) for p, v in after.items()}
+            out["roundtrips"] = {"client": client_rt, "parent": delta.get(worker.pid, 0),
+                                 "children": sum(v for p, v in delta.items() if p in kids)}
+    finally:
+        worker.stop()
+    return out
+
+
+def job_chord(d: Driver, sizes: List[int], runs: int, commands: bool = False,
+              timeout: float = 600.0) -> Dict[str, Any]:
+    """Time from applying chord(header of n no-ops)(collect) to having the callback's result."""
+    _fresh(d)
+    worker = d.start_worker(2, [])
+    out: Dict[str, Any] = {}
+    try:
+        d.wait_ready(worker)
+        d.run_chord(10, timeout=60)
+        for size in sizes:
+            times = []
+            for _ in range(runs):
+                if commands:
+                    _reset_stats(d)
+                t0 = time.perf_counter()
+                value = d.run_chord(size, timeout=timeout)
+                times.append(time.perf_counter() - t0)
+                if value != size:
+                    raise AssertionError(f"chord callback returned {value!r}, expected {size}")
+                if commands:
+                    out.setdefault("commands", {})[str(size)] = _own(common.commandstats(d.r), {})
+            out[str(size)] = times
+    finally:
+        worker.stop()
+    return out
+
+
+def job_info(d: Driver) -> Dict[str, Any]:
+    return {"version": d.version(), "python": sys.version.split()[0]}
+
+
+JOBS = {"drain": job_drain, "enqueue": job_enqueue, "roundtrip": job_roundtrip, "chord": job_chord,
+        "info": job_info}
+
+
+def serve(driver_cls: type) -> None:
+    """Answer jobs from stdin until it closes. Protocol lines go to the original stdout only."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)                      # anything else printing goes to stderr
+    sys.stdout = sys.stderr
+    workdir = Path(os.environ.get("BENCH_WORKDIR") or tempfile.mkdtemp(prefix="bench-"))
+    driver = driver_cls(os.environ["BENCH_REDIS_URL"], workdir)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        try:
+            kind = job.pop("job")
+            result = {"ok": True, "result": JOBS[kind](driver, **job)}
+        except Exception as exc:  # noqa: BLE001 - the runner reports it and goes on
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        proto.write(json.dumps(result) + "\n")
