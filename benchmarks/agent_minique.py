@@ -1,0 +1,56 @@
+"""The minique agent: `python -m benchmarks.agent_minique` (see agent.py)."""
+from __future__ import annotations
+
+import sys
+from typing import Any, List
+
+from . import agent
+
+
+class MiniqueDriver(agent.Driver):
+    name = "minique"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        from .apps import mq_bench
+        from minique import canvas
+        self.m = mq_bench
+        self.canvas = canvas
+
+    def version(self) -> str:
+        import minique
+        return getattr(minique, "__version__", "?")
+
+    def worker_argv(self, concurrency: int, name: str, flags: List[str]) -> List[str]:
+        return [sys.executable, "-m", "minique.cli", "-A", "benchmarks.apps.mq_bench", "worker",
+                "-c", str(concurrency), "-l", "warning", "-n", name, *flags]
+
+    def send_one(self, i: int) -> Any:
+        return self.m.add.delay(i, i)
+
+    def send_bulk(self, n: int) -> Any:
+        return self.m.add.delay_many((i, i) for i in range(n))
+
+    def send_group(self, n: int) -> Any:
+        add = self.m.add
+        return self.canvas.group(add.s(i, i) for i in range(n)).apply_async()
+
+    def preload(self, stored: bool, n: int) -> None:
+        task = self.m.incr_stored if stored else self.m.incr_ignored
+        left = n
+        while left > 0:
+            k = min(left, 10000)
+            task.delay_many([()] * k)
+            left -= k
+
+    def call_add(self, timeout: float) -> Any:
+        return self.m.add.delay(1, 2).get(timeout=timeout)
+
+    def run_chord(self, n: int, timeout: float) -> Any:
+        noop, collect = self.m.noop, self.m.collect
+        res = self.canvas.chord([noop.s() for _ in range(n)], collect.s()).apply_async()
+        return res.get(timeout=timeout)
+
+
+if __name__ == "__main__":
+    agent.serve(MiniqueDriver)
