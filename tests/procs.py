@@ -153,3 +153,83 @@ class Processes:
     def close(self) -> None:
         for proc in self.procs:
             proc.close()
+
+
+# --- books for fault tests (tests/test_reliability.py, tests/test_delivery.py) ------------------------
+
+class Books:
+    """What the tasks of one test recorded in Redis (see testapp.book): starts and ends per token.
+
+    `key` lists tokens as bodies end; `key:started` lists "token|pid|delivery_count" as bodies start.
+    """
+
+    def __init__(self, client: "redis.Redis", key: str, tokens: List[str]):
+        self.client = client
+        self.key = key
+        self.tokens = list(tokens)
+
+    def done(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for t in self.client.lrange(self.key, 0, -1):
+            t = t.decode()
+            out[t] = out.get(t, 0) + 1
+        return out
+
+    def starts(self) -> List[tuple]:
+        """(token, pid, delivery_count) per body start, in order."""
+        out = []
+        for line in self.client.lrange(f"{self.key}:started", 0, -1):
+            token, pid, deliveries = line.decode().split("|")
+            out.append((token, int(pid), int(deliveries)))
+        return out
+
+    def done_count(self) -> int:
+        return self.client.llen(self.key)
+
+    def all_done(self) -> bool:
+        """Every token ended at least once."""
+        return len(set(self.done()) & set(self.tokens)) == len(self.tokens)
+
+    def figures(self) -> Dict[str, int]:
+        done = self.done()
+        starts = self.starts()
+        start_counts: Dict[str, int] = {}
+        for token, _, _ in starts:
+            start_counts[token] = start_counts.get(token, 0) + 1
+        return {
+            "sent": len(self.tokens),
+            "done": sum(1 for t in self.tokens if done.get(t)),
+            "duplicated": sum(1 for t in self.tokens if done.get(t, 0) > 1),
+            "extra_runs": sum(max(0, n - 1) for t, n in done.items()),
+            "lost": sum(1 for t in self.tokens if not done.get(t)),
+            "started_twice": sum(1 for t in self.tokens if start_counts.get(t, 0) > 1),
+            "unknown": sum(1 for t in done if t not in set(self.tokens)),
+        }
+
+
+def report(test: str, **figures) -> Dict[str, object]:
+    """Print a test's figures and, when MINIQUE_RELIABILITY_REPORT names a file, append them (JSON lines)."""
+    import json
+    line = {"test": test, **figures}
+    print(f"RELIABILITY {json.dumps(line, sort_keys=True)}")
+    path = os.environ.get("MINIQUE_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+    return line
+
+
+def send_books(app, key: str, n: int, seconds: float = 0.0, task: str = "testapp.book",
+               prefix: str = "t", **options) -> List[str]:
+    """Send n tasks of `task` (args key, token, seconds) in one round trip; returns their tokens."""
+    tokens = [f"{prefix}{i}" for i in range(n)]
+    app.send_many(task, (((key, t, seconds), None) for t in tokens), **options)
+    return tokens
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

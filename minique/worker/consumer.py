@@ -79,6 +79,7 @@ class Consumer:
                     self._check_control()
                     continue
                 delivery = self.buffer.popleft()
+                self._check_control()  # a revocation may concern a message already prefetched
                 self.executor.handle(delivery, self.batch)
                 self.processed += 1
                 if self.events is not None:

@@ -15,6 +15,8 @@ import signal
 import time
 from typing import Any, Dict, Optional
 
+import redis
+
 from .. import canvas, context, retry as retry_engine, states
 from ..app import verify
 from ..backend import format_traceback
@@ -26,12 +28,54 @@ from ..message import Message, decode, peek_id
 log = logging.getLogger("minique.worker")
 
 
+class FastPipeline(redis.client.Pipeline):
+    """A pipeline that keeps one connection checked out and skips redis-py's per-call machinery.
+
+    The worker flushes one of these per task; holding the connection and writing the packed
+    commands directly saves about a third of the client-side cost of each flush.
+    """
+
+    def __init__(self, client: "redis.Redis"):
+        super().__init__(client.connection_pool, client.response_callbacks, False, None)
+        self._conn: Any = None
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        stack, self.command_stack = self.command_stack, []
+        if not stack:
+            return []
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.connection_pool.get_connection()
+        out: list = []
+        try:
+            conn.send_packed_command(conn.pack_commands([args for args, _ in stack]))
+            for _ in stack:
+                try:
+                    out.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:
+                    out.append(exc)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            conn.disconnect()
+            raise
+        if raise_on_error:
+            for r in out:
+                if isinstance(r, Exception):
+                    raise r
+        return out
+
+    def reset(self) -> None:
+        self.command_stack = []
+
+    def __len__(self) -> int:
+        return len(self.command_stack)
+
+
 class Batch:
     """Commands for the broker and the result store, flushed together: one round trip per server."""
 
     def __init__(self, broker_client: Any, backend_client: Any, slot: Any = None):
-        self.broker = broker_client.pipeline(transaction=False)
-        self.backend = self.broker if backend_client is broker_client else backend_client.pipeline(transaction=False)
+        self.broker = FastPipeline(broker_client)
+        self.backend = self.broker if backend_client is broker_client else FastPipeline(backend_client)
         self.slot = slot
 
     def flush(self) -> None:
@@ -105,6 +149,8 @@ class Executor:
         except (ContentDisallowed, DecodeError) as exc:
             self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
             return self._dead(delivery, batch, str(exc), msg.id)
+        if self.events is not None:
+            self.events.received(msg, batch)  # also where the task's rate limit (if any) waits
         self._run(task, delivery, msg, args, kwargs, batch)
         return None
 
@@ -123,8 +169,7 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.STARTED, None,
                                extra={"hostname": self.hostname, "pid": os.getpid()})
         if self.events is not None:
-            self.events.task("task-started", msg, hostname=self.hostname, pid=os.getpid(),
-                             args=repr(args)[:256], kwargs=repr(kwargs)[:256])
+            self.events.task("task-started", msg, hostname=self.hostname, args=args, kwargs=kwargs)
         batch.flush()
         request = context.Request(
             id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
@@ -256,6 +301,9 @@ class Executor:
                                     delivery.queue, msg.id, self.hostname)
             self.backend.store(batch.backend, msg.id, states.REJECTED, exc)
         self.broker.ack(batch.broker, delivery)
+        if self.events is not None:
+            self.events.task("task-rejected", msg, hostname=self.hostname, reason=f"rejected by the task: {exc.reason}",
+                             requeue=bool(exc.requeue), dead=not exc.requeue)
 
     def _replace(self, msg: Message, sig: Any, batch: Batch) -> None:
         sig = canvas.from_dict(sig, self.app)
@@ -323,5 +371,5 @@ class Executor:
         self.broker.dead_letter(batch.broker, delivery.data, reason, delivery.queue, task_id, self.hostname)
         self.broker.ack(batch.broker, delivery)
         if self.events is not None:
-            self.events.raw("task-rejected", uuid=task_id, reason=reason, hostname=self.hostname)
+            self.events.raw("task-rejected", uuid=task_id, reason=reason, hostname=self.hostname, queue=delivery.queue)
         log.error("Dead-lettered message %s from %s: %s", task_id or "?", delivery.queue, reason)

@@ -66,13 +66,11 @@ class Worker:
         self.revoked_terminate: dict = {}
         self.parent_executor: Optional[Executor] = None
         self.observer: Any = None
+        self.telemetry: Any = None  # observe.Telemetry: shared metrics, rate limits, events (set in start)
 
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
-        events = None
-        if self.send_events:
-            from ..events import Events
-            events = Events(self.hostname)
+        events = self.telemetry.events_for(slot) if self.telemetry is not None else None
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
                         max_tasks=self.max_tasks, max_memory_kib=self.max_memory,
                         use_alarm=self.pool_kind == "prefork")
@@ -84,6 +82,8 @@ class Worker:
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
         self.parent_executor = Executor(app, self.hostname, use_alarm=False)
+        from .observe import Telemetry
+        self.telemetry = Telemetry(self)  # shared memory the pool processes inherit: made before forking
         log.info(self.banner())
         self.pool.start()
         try:
@@ -133,7 +133,7 @@ class Worker:
                 if self.stopping is None:
                     if now >= timers["due"]:
                         _, nxt = self.app.broker.move_due(self.queues)
-                        timers["due"] = now + (min(max(nxt - now, 0.005), 0.5) if nxt else 0.5)
+                        timers["due"] = now + (min(max(nxt - now, 0.005), TICK) if nxt else TICK)
                     if now >= timers["extend"]:
                         for m in list(self.pool.members.values()):
                             self.app.broker.extend(m.name, self.queues)
@@ -240,6 +240,8 @@ class Worker:
             except Exception as err:  # noqa: BLE001 - best effort downstream; the task itself is recorded
                 log.warning("could not propagate the failure of %s: %s", task_id, err)
         batch.flush()
+        if self.telemetry is not None:
+            self.telemetry.lost(task_name, task_id, queue, state, exc, data)
         log.error("Task %s[%s] %s: %s", task_name, task_id, state, exc)
 
     def _enforce_time_limits(self, now: float) -> None:
@@ -303,6 +305,8 @@ class Worker:
                 "processed": self.stats()["total"], "active": len(self.active()),
                 "started": self.started_at, "pool": self.pool_kind}
         self.app.broker_client.hset(keys.WORKERS, self.hostname, serializers.pack(info))
+        if self.telemetry is not None:
+            self.telemetry.heartbeat(info)
 
     def _finish(self) -> None:
         if self.observer is not None:

@@ -1,10 +1,28 @@
-"""The worker parent's window on the outside: remote control commands (and metrics, when on)."""
+"""The worker parent's window on the outside: remote control, metrics, worker events, rate limits.
+
+* `Observer`: a thread in the worker parent answering control commands published on
+  minique:control (ping, inspect, revoke, shutdown, pool_grow/pool_shrink, rate_limit).
+* `Telemetry`: what the parent sets up before forking its pool and hands to every pool
+  process: the shared-memory metrics table (see minique/metrics.py), the shared rate-limit
+  table, and the `Events` object each process records through. It also serves
+  /metrics (`--metrics-port`) and sends the worker-online/heartbeat/offline events.
+* Rate limits (Celery's "10/s", "100/m", "1000/h"; a bare number is per second) are per
+  worker: the parent splits a task's limit evenly over its pool processes and writes the
+  per-process interval into shared memory; each process keeps one token bucket (capacity 1)
+  per limited task and waits, before running a task, until its bucket allows it. So a
+  worker never runs more than the limit, but when fewer processes than the pool size are
+  busy with that task it runs fewer (at most the limit x busy processes / pool size).
+"""
 from __future__ import annotations
 
 import logging
+import mmap
+import os
+import resource
+import struct
 import threading
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import redis
 
@@ -13,81 +31,408 @@ from .. import keys, serializers
 log = logging.getLogger("minique.worker")
 
 
+def parse_rate(value: Any) -> float:
+    """Celery's rate strings as tasks per second: "10/s", "100/m", "1000/h", 5 (per second); 0/None: no limit."""
+    if value in (None, "", 0, "0"):
+        return 0.0
+    if isinstance(value, (int, float)):
+        return max(0.0, float(value))
+    amount, _, unit = str(value).strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
+    if per is None:
+        raise ValueError(f"bad rate limit {value!r}: use N/s, N/m or N/h")
+    return max(0.0, float(amount) / per)
+
+
+def initial_rates(app: Any) -> Dict[str, float]:
+    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}}) and task_default_rate_limit."""
+    conf = app.conf
+    annotations = conf.task_annotations if isinstance(conf.task_annotations, dict) else {}
+    default = annotations.get("*", {}).get("rate_limit") or conf.task_default_rate_limit
+    out: Dict[str, float] = {}
+    for name, task in app.tasks.items():
+        value = annotations.get(name, {}).get("rate_limit") or getattr(task, "rate_limit", None) or default
+        try:
+            rate = parse_rate(value)
+        except ValueError as exc:
+            log.warning("ignoring the rate limit of %s: %s", name, exc)
+            continue
+        if rate:
+            out[name] = rate
+    return out
+
+
+class RateLimitTable:
+    """{task name: seconds between starts in one pool process}, shared with the pool (a seqlock'd mapping)."""
+
+    SIZE = 64 * 1024
+    _HEAD = struct.Struct("<QI")   # sequence (odd while writing), payload length
+
+    def __init__(self) -> None:
+        self.buf = mmap.mmap(-1, self.SIZE)
+        self.lock = threading.Lock()
+
+    def write(self, intervals: Dict[str, float]) -> None:
+        payload = serializers.pack(intervals)
+        if len(payload) > self.SIZE - self._HEAD.size:
+            raise ValueError("too many rate limits")
+        with self.lock:
+            seq, _ = self._HEAD.unpack_from(self.buf, 0)
+            self._HEAD.pack_into(self.buf, 0, seq + 1, 0)
+            self.buf[self._HEAD.size:self._HEAD.size + len(payload)] = payload
+            self._HEAD.pack_into(self.buf, 0, seq + 2, len(payload))
+
+    def seq(self) -> int:
+        return self._HEAD.unpack_from(self.buf, 0)[0]
+
+    def read(self) -> Optional[Dict[str, float]]:
+        """The table, or None if it changed while being read (try again later)."""
+        seq, length = self._HEAD.unpack_from(self.buf, 0)
+        if seq % 2:
+            return None
+        payload = bytes(self.buf[self._HEAD.size:self._HEAD.size + length])
+        if self.seq() != seq:
+            return None
+        return serializers.unpack(payload) if length else {}
+
+
+class RateLimiter:
+    """One pool process's token buckets (capacity 1) over the shared table; cheap when nothing is limited."""
+
+    def __init__(self, table: RateLimitTable, slot: Any = None):
+        self.table = table
+        self.slot = slot
+        self.seen = -1
+        self.intervals: Dict[str, float] = {}
+        self.next_at: Dict[str, float] = {}
+
+    def acquire(self, name: str, batch: Any = None) -> None:
+        seq = self.table.seq()
+        if seq != self.seen:
+            table = self.table.read()
+            if table is not None:
+                self.seen, self.intervals = seq, table
+        interval = self.intervals.get(name)
+        if not interval:
+            return
+        now = time.monotonic()
+        at = self.next_at.get(name, 0.0)
+        if at > now:
+            if batch is not None:
+                batch.flush()  # what earlier tasks wrote must not wait with us
+            while True:
+                left = at - time.monotonic()
+                if left <= 0 or (self.slot is not None and self.slot.stop_requested()):
+                    break
+                time.sleep(min(left, 0.1))
+            now = time.monotonic()
+        self.next_at[name] = max(now, at) + interval
+
+
+class Telemetry:
+    """Set up by the worker parent before it forks: metrics table, rate limits, events, /metrics server."""
+
+    def __init__(self, worker: Any):
+        from ..events import Events
+        from ..metrics import MetricsTable
+        self.worker = worker
+        n = worker.pool.slots.n
+        self.table = MetricsTable(n + 1)          # one region per pool slot, the last one for the parent
+        self.limits = RateLimitTable()
+        self.rates: Dict[str, float] = initial_rates(worker.app)
+        self.publish_rates()
+        self.parent = Events(worker.hostname, send=worker.send_events, recorder=self.table.recorder(n))
+        self.server: Any = None
+
+    # --- pool processes -----------------------------------------------------------------------------
+    def events_for(self, slot: Any) -> Any:
+        """The Events object a pool process (made in the child after fork, or a pool thread) records through."""
+        from ..events import Events
+        index = next(i for i, s in enumerate(self.worker.pool.slots.slots) if s is slot)
+        return Events(self.worker.hostname, send=self.worker.send_events, recorder=self.table.recorder(index),
+                      limiter=RateLimiter(self.limits, slot))
+
+    def publish_rates(self) -> None:
+        size = max(1, self.worker.pool.size)
+        self.limits.write({name: size / rate for name, rate in self.rates.items() if rate > 0})
+
+    def set_rate(self, name: str, value: Any) -> float:
+        rate = parse_rate(value)
+        if rate:
+            self.rates[name] = rate
+        else:
+            self.rates.pop(name, None)
+        self.publish_rates()
+        return rate
+
+    # --- /metrics -----------------------------------------------------------------------------------
+    def serve(self) -> None:
+        port = int(self.worker.metrics_port or 0)
+        if not port:
+            return
+        from ..metrics import MetricsServer, worker_registry
+        host = os.environ.get("MINIQUE_METRICS_HOST", "0.0.0.0")
+        try:
+            self.server = MetricsServer(worker_registry(self.worker, self.table), host, port).start()
+            log.info("metrics on http://%s:%d/metrics", host, self.server.port)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s (the worker runs without them)", host, port, exc)
+
+    # --- worker events ------------------------------------------------------------------------------
+    def _send(self, type: str, **fields: Any) -> None:
+        if not self.worker.send_events:
+            return
+        try:
+            self.parent.worker(type, **fields)
+            self.parent.flush(self.worker.app.broker_client)
+        except redis.exceptions.RedisError as exc:
+            log.debug("could not send %s: %s", type, exc)
+            self.parent.buffer = []
+
+    def online(self) -> None:
+        w = self.worker
+        self._send("worker-online", freq=float(w.app.conf.worker_heartbeat_interval), queues=w.queues,
+                   pool=w.pool_kind, concurrency=w.pool.size if w.pool else w.concurrency)
+
+    def heartbeat(self, info: dict) -> None:
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = None
+        fields = {k: v for k, v in info.items() if k not in ("hostname", "ts", "pid")}
+        self._send("worker-heartbeat", freq=float(self.worker.app.conf.worker_heartbeat_interval),
+                   loadavg=list(load) if load else None, **fields)
+
+    def offline(self) -> None:
+        self._send("worker-offline")
+
+    def lost(self, task_name: Optional[str], task_id: str, queue: Optional[str], state: str, exc: BaseException,
+             data: Optional[bytes]) -> None:
+        """A task failed (or was terminated) with its pool process: the parent counts it and sends its event."""
+        from ..message import decode
+        from .. import states
+        type = "task-revoked" if state == states.REVOKED else "task-failed"
+        msg = None
+        if data is not None:
+            try:
+                msg = decode(data)
+            except Exception:  # noqa: BLE001
+                msg = None
+        try:
+            if msg is not None:
+                self.parent.task(type, msg, hostname=self.worker.hostname, exception=repr(exc),
+                                 **({"reason": "terminated"} if type == "task-revoked" else {}))
+            else:
+                rec = self.parent.recorder
+                rec.count(5 if type == "task-revoked" else 3, task_name or "unknown", queue or "")
+                if self.worker.send_events:
+                    self.parent.raw(type, uuid=task_id, name=task_name, queue=queue, hostname=self.worker.hostname,
+                                    exception=repr(exc))
+            if self.worker.send_events:
+                self.parent.flush(self.worker.app.broker_client)
+        except redis.exceptions.RedisError as err:
+            log.debug("could not send the event of lost task %s: %s", task_id, err)
+            self.parent.buffer = []
+
+    def close(self) -> None:
+        self.offline()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 class Observer:
-    """A thread in the worker parent that answers control commands published on minique:control."""
+    """A thread in the worker parent that answers control commands published on minique:control.
+
+    Replies have Celery's shapes: {"ok": ...} or {"error": ...} for commands, data for inspection.
+    """
 
     def __init__(self, worker: Any):
         self.worker = worker
         self.client = worker.app.broker_client
         self.stopped = threading.Event()
+        self.pubsub: Any = None
         self.thread = threading.Thread(target=self._run, name="minique-control", daemon=True)
         self.handlers: Dict[str, Callable[[dict], Any]] = {
-            "ping": lambda a: "pong",
-            "active": lambda a: worker.active(),
+            "ping": lambda a: {"ok": "pong"},
+            "active": self._active,
             "reserved": self._reserved,
             "scheduled": self._scheduled,
             "registered": lambda a: sorted(n for n in worker.app.tasks if not n.startswith("minique.")),
-            "stats": lambda a: worker.stats(),
+            "stats": self._stats,
+            "active_queues": lambda a: [{"name": q} for q in worker.queues],
             "revoked": lambda a: sorted(r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
-            "revoke": lambda a: worker.revoke(a.get("task_ids", []), a.get("terminate", False),
-                                              a.get("signal", "SIGTERM")) or "revoked",
-            "shutdown": lambda a: worker.shutdown("warm") or "shutting down",
+            "revoke": self._revoke,
+            "shutdown": lambda a: worker.shutdown("warm") or {"ok": "shutting down"},
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
             "pool_shrink": lambda a: self._resize(-int(a.get("n", 1))),
-            "rate_limit": lambda a: "rate limits are not enforced by this version",
+            "rate_limit": self._rate_limit,
         }
 
+    @property
+    def telemetry(self) -> Any:
+        return getattr(self.worker, "telemetry", None)
+
     def start(self) -> None:
+        """Subscribe before returning, so a command sent once the worker is ready is never missed."""
+        self._subscribe()
         self.thread.start()
+        if self.telemetry is not None:
+            self.telemetry.serve()
+            self.telemetry.online()
 
     def stop(self) -> None:
         self.stopped.set()
+        if self.telemetry is not None:
+            self.telemetry.close()
+
+    def _subscribe(self) -> None:
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(keys.CONTROL)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            item = self.pubsub.get_message(timeout=0.5)
+            if item is not None and item["type"] == "subscribe":
+                return
+        log.warning("no confirmation of the control channel subscription yet")
+
+    # --- inspection ---------------------------------------------------------------------------------
+    def _describe(self, data: Optional[bytes]) -> Dict[str, Any]:
+        """id, name, args, kwargs of a message (args as values when they pack, else bounded reprs)."""
+        from ..message import decode
+        if not data:
+            return {}
+        try:
+            msg = decode(data)
+        except Exception:  # noqa: BLE001
+            return {}
+        out: Dict[str, Any] = {"id": msg.id, "name": msg.task, "type": msg.task, "retries": msg.retries,
+                               "eta": msg.eta, "expires": msg.expires, "root_id": msg.root_id,
+                               "parent_id": msg.parent_id}
+        try:
+            args, kwargs = msg.args_kwargs(self.worker.app.accept)
+            serializers.pack([args, kwargs])
+            out["args"], out["kwargs"] = args, kwargs
+        except Exception:  # noqa: BLE001 - not decodable or not msgpack-able here: show a repr
+            from ..events import short_repr
+            out["args"], out["kwargs"] = short_repr(msg.body), None
+        return out
+
+    def _active(self, args: dict) -> list:
+        pool = self.worker.pool
+        out = []
+        for m in list(pool.members.values()):
+            started, _, payload = pool.slots[m.index].running()
+            if not payload:
+                continue
+            task_id, name, data, acks_late, queue = (list(payload) + [None] * 5)[:5]
+            item = {"id": task_id, "name": name, "type": name, "args": None, "kwargs": None}
+            item.update(self._describe(data))
+            item.update({"hostname": self.worker.hostname, "time_start": started, "worker_pid": m.pid,
+                         "acknowledged": not acks_late, "delivery_info": {"queue": queue}})
+            out.append(item)
+        return out
 
     def _reserved(self, args: dict) -> list:
         pool = self.worker.pool
-        active = {a["id"] for a in self.worker.active()}
+        active = {a["id"] for a in self._active({})}
         out = []
+        from ..message import peek_id
         for m in list(pool.members.values()):
             for d in self.worker.app.broker.held_by(m.name, self.worker.queues):
-                from ..message import peek_id
                 tid = peek_id(d.data)
-                if tid not in active:
-                    out.append({"id": tid, "delivery_info": {"queue": d.queue, "priority": d.priority}})
+                if tid in active:
+                    continue
+                item = {"id": tid}
+                item.update(self._describe(d.data))
+                item.update({"hostname": self.worker.hostname, "acknowledged": False,
+                             "delivery_info": {"queue": d.queue, "priority": d.priority,
+                                               "redelivered": d.deliveries > 0}})
+                out.append(item)
         return out
 
     def _scheduled(self, args: dict) -> list:
+        """Messages waiting for their ETA in this worker's queues (kept in Redis, shared by the queue's workers)."""
         out = []
         for q in self.worker.queues:
             for member, score in self.client.zrange(keys.delayed(q), 0, 99, withscores=True):
-                from ..message import decode
-                try:
-                    msg = decode(member[1:])
-                except Exception:
+                request = self._describe(member[1:])
+                if not request:
                     continue
-                out.append({"eta": score / 1000.0, "priority": msg.priority,
-                            "request": {"id": msg.id, "name": msg.task, "queue": q}})
+                request["delivery_info"] = {"queue": q, "priority": int(chr(member[0])) if member[:1].isdigit() else 0}
+                out.append({"eta": score / 1000.0, "priority": request["delivery_info"]["priority"],
+                            "request": request})
         return out
 
-    def _resize(self, delta: int) -> str:
+    def _stats(self, args: dict) -> dict:
+        w = self.worker
+        out = dict(w.stats())
+        out["processed"] = out.get("total", 0)
+        tel = self.telemetry
+        if tel is not None:
+            out["total"] = tel.table.task_totals("received")
+            out["rate_limits"] = dict(tel.rates)
+            out["metrics_port"] = tel.server.port if tel.server is not None else 0
+        out["pool"] = dict(out.get("pool") or {}, processes_alive=len(w.pool.members))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out["rusage"] = {"utime": usage.ru_utime, "stime": usage.ru_stime, "maxrss": usage.ru_maxrss}
+        out["events"] = bool(w.send_events)
+        return out
+
+    # --- commands -----------------------------------------------------------------------------------
+    def _revoke(self, args: dict) -> dict:
+        ids = list(args.get("task_ids") or [])
+        self.worker.revoke(ids, bool(args.get("terminate", False)), args.get("signal", "SIGTERM"))
+        return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+
+    def _resize(self, delta: int) -> dict:
         pool = self.worker.pool
+        if delta < 0 and pool.size + delta < 1:
+            return {"error": f"cannot shrink the pool below 1 process (size {pool.size})"}
         pool.resize(pool.size + delta)
         if delta < 0:
             for index in sorted(pool.members)[pool.size:]:
+                member = pool.members.get(index)
+                if member is None:
+                    continue
                 pool.slots[index].request_stop()
-                pool.kill(pool.members[index], 15, "shrink")
-        return f"pool size {pool.size}"
+                if member.consumer is not None:  # a pool thread
+                    member.consumer.stopping = True
+                else:
+                    pool.kill(member, 15, "shrink")  # SIGTERM: the process finishes its task, then exits
+        if self.telemetry is not None:
+            self.telemetry.publish_rates()
+        return {"ok": f"pool will {'grow' if delta > 0 else 'shrink'}", "size": pool.size}
 
+    def _rate_limit(self, args: dict) -> dict:
+        name = args.get("task_name")
+        if name not in self.worker.app.tasks:
+            return {"error": f"unknown task {name!r}"}
+        if self.telemetry is None:
+            return {"error": "rate limits are not available in this worker"}
+        try:
+            rate = self.telemetry.set_rate(name, args.get("rate_limit"))
+        except ValueError as exc:
+            return {"error": str(exc)}
+        return {"ok": "new rate limit set successfully" if rate else "rate limit disabled successfully"}
+
+    # --- loop ---------------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self.stopped.is_set():
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(keys.CONTROL)
+                if self.pubsub is None:
+                    self._subscribe()
                 while not self.stopped.is_set():
-                    item = pubsub.get_message(timeout=0.5)
-                    if item is not None:
+                    item = self.pubsub.get_message(timeout=0.5)
+                    if item is not None and item["type"] == "message":
                         self._handle(item["data"])
             except redis.exceptions.RedisError as exc:
                 log.warning("control channel lost (%s); reconnecting", exc)
+                try:
+                    self.pubsub.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.pubsub = None
                 self.stopped.wait(0.5)
 
     def _handle(self, raw: bytes) -> None:
@@ -105,10 +450,15 @@ class Observer:
             try:
                 answer = handler(cmd.get("args") or {})
             except Exception as exc:  # noqa: BLE001 - a bad command must not kill the worker
+                log.exception("control command %s failed", cmd.get("cmd"))
                 answer = {"error": repr(exc)}
         if cmd.get("reply_to"):
+            try:
+                packed = serializers.pack({self.worker.hostname: answer})
+            except Exception as exc:  # noqa: BLE001 - an answer that does not pack still gets a reply
+                packed = serializers.pack({self.worker.hostname: {"error": f"unpackable reply: {exc!r}"}})
             key = keys.reply(cmd["reply_to"])
             pipe = self.client.pipeline(transaction=False)
-            pipe.rpush(key, serializers.pack({self.worker.hostname: answer}))
+            pipe.rpush(key, packed)
             pipe.expire(key, 60)
             pipe.execute()

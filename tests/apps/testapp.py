@@ -182,3 +182,114 @@ def push_to(value, key):
     """Link target: the parent's result comes first, as Celery passes it."""
     store().rpush(key, value)
     return value
+
+
+# --- reliability and delivery tests (tests/test_reliability.py, tests/test_delivery.py) ----------------
+# Each execution leaves a line in Redis: "<key>:started" gets "token|pid|delivery_count" when the body
+# starts, "<key>" gets the token when it ends. The books are these lists.
+
+_durable_store = None
+
+
+def durable_store():
+    """A client that rides out a Redis restart (retries for ~30 s) for tasks that must record anyway."""
+    global _durable_store
+    if _durable_store is None or _durable_store.connection_pool.pid != os.getpid():
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
+        _durable_store = redis.Redis.from_url(
+            app.conf.broker_url, socket_timeout=10, socket_connect_timeout=2,
+            retry=Retry(ConstantBackoff(0.1), 300),
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+    return _durable_store
+
+
+def _started(r, key, token, request):
+    r.rpush(f"{key}:started", f"{token}|{os.getpid()}|{request.delivery_count or 0}")
+
+
+@app.task(bind=True)
+def book(self, key, token, seconds=0.0):
+    """One unit of load: record the start, work `seconds`, record the end."""
+    r = store()
+    _started(r, key, token, self.request)
+    if seconds:
+        time.sleep(seconds)
+    r.rpush(key, token)
+    return token
+
+
+@app.task(bind=True)
+def book_durable(self, key, token, seconds=0.0):
+    """book() whose records survive a Redis restart in the middle (for the Redis-restart test)."""
+    r = durable_store()
+    _started(r, key, token, self.request)
+    if seconds:
+        time.sleep(seconds)
+    r.rpush(key, token)
+    return token
+
+
+@app.task(bind=True)
+def gated(self, key, token, timeout=30):
+    """Record the start, then wait until the test pushes to "<key>:gate" (so a test can act mid-task)."""
+    r = store()
+    _started(r, key, token, self.request)
+    r.blpop(f"{key}:gate", timeout)
+    r.rpush(key, token)
+    return token
+
+
+@app.task(bind=True)
+def on_time(self, key, token):
+    """Record when the body started next to the ETA it was given."""
+    now = time.time()
+    store().rpush(key, json.dumps([token, now, self.request.eta, os.getpid()]))
+    return token
+
+
+@app.task(bind=True, max_retries=3)
+def retry_then_report(self, key, times, countdown=0.05):
+    """Retry `times` times, then report the request as the last run saw it."""
+    n = store().incr(key)
+    if n <= times:
+        raise self.retry(exc=KeyError(f"attempt {n}"), countdown=countdown)
+    return {"id": self.request.id, "retries": self.request.retries, "root_id": self.request.root_id,
+            "parent_id": self.request.parent_id, "runs": n}
+
+
+@app.task(autoretry_for=(ConnectionError,), retry_backoff=0.2, retry_jitter=False, max_retries=3)
+def flaky_timed(key, failures):
+    """autoretry_for with a back-off; records the time of every attempt."""
+    r = store()
+    r.rpush(key, repr(time.time()))
+    if r.llen(key) <= failures:
+        raise ConnectionError("not yet")
+    return r.llen(key)
+
+
+@app.task(time_limit=0.5)
+def hard_limited_record(key):
+    store().rpush(key, os.getpid())
+    time.sleep(10)
+
+
+@app.task(bind=True)
+def die_always(self, key):
+    """Record the attempt with its delivery count, then die like a segfault."""
+    store().rpush(key, self.request.delivery_count or 0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(bind=True)
+def book_and_grow(self, key, token, kib):
+    """book() that also leaves `kib` KiB allocated in its process (to trigger memory recycling)."""
+    global _ballast
+    _ballast = bytearray(kib * 1024)
+    _ballast[::4096] = b"x" * len(_ballast[::4096])
+    _started(store(), key, token, self.request)
+    store().rpush(key, token)
+    return os.getpid()
+
+
+_ballast = None
