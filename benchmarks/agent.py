@@ -23,7 +23,7 @@ import redis
 from . import common
 from .apps import bench_body, rtcount
 
-DONE = "bench:done"
+DONE = bench_body.DONE
 
 
 class Driver:
@@ -89,7 +89,7 @@ def _reset_stats(d: Driver) -> None:
 def _own(stats: Dict[str, int], own: Dict[str, int]) -> Dict[str, int]:
     """Command counts less the benchmark's own commands (its task bodies, its waiting, its reading)."""
     out = dict(stats)
-    for k in ("info", "config resetstat", "config get", "flushall"):
+    for k in ("info", "config resetstat", "config get", "flushall", "blpop"):
         out.pop(k, None)
     for k, v in own.items():
         if k in out:
@@ -100,8 +100,8 @@ def _own(stats: Dict[str, int], own: Dict[str, int]) -> Dict[str, int]:
 
 
 def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, flags: Optional[List[str]] = None,
-              pss: bool = False, commands: bool = False, chunk: int = 10000, timeout: Optional[float] = None
-              ) -> Dict[str, Any]:
+              pss: bool = False, commands: bool = False, timeout: Optional[float] = None,
+              probe_port: int = 0) -> Dict[str, Any]:
     """Preload n counted no-op tasks with no worker running, start `-c concurrency`, time the
     first task to the n-th (timestamps the tasks themselves write)."""
     _fresh(d)
@@ -126,13 +126,24 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
             if time.monotonic() > deadline:
                 raise TimeoutError(f"drain of {n} not done after {limit:.0f}s "
                                    f"(count {d.r.get(bench_body.COUNT)})\n{worker.log_tail()}")
+        stats = None
+        if commands:  # read before the runner's own reads below add commands
+            time.sleep(1.3)   # every process finishes a blocking fetch and writes its count
+            stats = common.commandstats(d.r)
         first, last = float(d.r.get(bench_body.T_FIRST)), float(d.r.get(bench_body.T_LAST))
         out["seconds"] = last - first
         out["rate"] = (n - 1) / (last - first) if last > first else float("nan")
-        if commands:
-            time.sleep(1.3)   # every process finishes a blocking fetch and writes its count
-            stats = common.commandstats(d.r)
-            out["commands"] = _own(stats, {"incr": n, "set": 2, "rpush": 1, "blpop": 1})
+        mark_keys = sorted(d.r.keys(bench_body.MARK + "*"))
+        marks = sorted((int(k.decode()[len(bench_body.MARK):]), float(v))
+                       for k, v in zip(mark_keys, d.r.mget(mark_keys) if mark_keys else []))
+        if marks:  # tasks/s in each tenth of the drain, from the first task on
+            points = [(1, first)] + marks
+            out["tenths"] = [(b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else None
+                             for a, b in zip(points, points[1:])]
+        if probe_port:
+            out["port_open"] = _port_open(probe_port)
+        if stats is not None:
+            out["commands"] = _own(stats, {"incr": n, "set": 2 + len(marks), "rpush": 1})
             counts = rtcount.read_dir(rt_dir)
             kids = set(common.descendants(worker.pid))
             out["roundtrips"] = {"parent": counts.get(worker.pid, 0),
@@ -144,6 +155,15 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
     finally:
         worker.stop()
     return out
+
+
+def _port_open(port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False) -> Dict[str, Any]:

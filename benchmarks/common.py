@@ -152,8 +152,10 @@ class WorkerProc:
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
+        # own session (so a stop reaches the whole pool), killed if whoever started it dies
         self.popen = subprocess.Popen(self.argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
 
     @property
     def pid(self) -> int:

@@ -8,7 +8,7 @@
   (compare-and-del); a standby retries about every third of the lease, so it
   takes over at most about one lease after the leader died. A leader that
   cannot renew stops firing when its lease runs out by its own clock.
-* Exactly-once per slot: the last run of each entry lives in the hash
+* Never twice per slot: the last run of each entry lives in the hash
   ``keys.BEAT_LAST``. Before sending, a slot is claimed by a Lua
   compare-and-set on that hash (it must still hold the value the decision was
   based on), so two beats that briefly both think they lead (lease expiry race)
@@ -52,7 +52,7 @@ UTC = timezone.utc
 POLICIES = ("once", "skip", "all")
 ALL_CAP = 100          # "all" fires at most this many missed slots per entry
 COUNT_CAP = 10_000     # missed slots counted exactly up to this many
-SKIP_GRACE = 1.0       # "skip": a slot at most this late (s) is on time, not missed
+SKIP_GRACE = 1.0       # "skip" without a leader-since time: a slot this late (s) is still on time
 _ENTRY_KEYS = {"task", "schedule", "args", "kwargs", "options", "relative"}
 
 
@@ -133,19 +133,18 @@ def _latest_slot(sched: BaseSchedule, first: datetime, now: datetime) -> datetim
     """The last slot <= ``now``, knowing ``first`` <= now is one; cheap for long gaps."""
     if isinstance(sched, interval) and not sched.relative:
         return first + sched.run_every * ((now - first) // sched.run_every)
-    step = timedelta(minutes=1)
+    step, hi = timedelta(minutes=1), now
     while True:  # widen a window back from now until it holds a slot...
         lo = max(first, now - step)
         found = sched.slots_between(lo, now, COUNT_CAP)
         if 0 < len(found) < COUNT_CAP:
             return found[-1]
-        if not found and lo == first:
-            return first
         if found:
             break
-        step *= 2
-    hi = now - step / 2  # ...then bisect: (hi, now] is empty, (lo, now] too full
-    while True:
+        if lo == first:
+            return first
+        hi, step = lo, step * 2
+    while True:  # ...then bisect: (lo, now] holds too many slots to list, (hi, now] fewer
         mid = lo + (hi - lo) / 2
         found = sched.slots_between(mid, now, COUNT_CAP)
         if not found:
@@ -156,8 +155,8 @@ def _latest_slot(sched: BaseSchedule, first: datetime, now: datetime) -> datetim
             lo = mid
 
 
-def due_slots(sched: BaseSchedule, last_run: Optional[datetime], now: datetime,
-              policy: str = "once", *, cap: int = ALL_CAP, grace: float = SKIP_GRACE) -> Due:
+def due_slots(sched: BaseSchedule, last_run: Optional[datetime], now: datetime, policy: str = "once", *,
+              cap: int = ALL_CAP, since: Optional[datetime] = None, grace: float = SKIP_GRACE) -> Due:
     """Decide, without I/O, which slots of one entry to send at ``now``.
 
     ``last_run`` is the stored last run (None: never ran). Nothing is due when
@@ -167,8 +166,9 @@ def due_slots(sched: BaseSchedule, last_run: Optional[datetime], now: datetime,
     are due (beat was down), ``policy`` decides:
 
     * ``once``: send one catch-up run, the latest due slot.
-    * ``skip``: send nothing, unless the latest slot is at most ``grace`` s
-      late (the loop's normal lateness); resume with the future slots.
+    * ``skip``: send nothing, unless the latest slot is not older than ``since``
+      (when this beat became leader: that slot fell due while it ran, it was
+      not missed) or, without ``since``, at most ``grace`` s old.
     * ``all``: send every due slot, the earliest ``cap`` of them; skip the rest.
 
     In every case the latest due slot becomes the last run, so the schedule
@@ -186,7 +186,7 @@ def due_slots(sched: BaseSchedule, last_run: Optional[datetime], now: datetime,
         missed = len(sched.slots_between(first, now, COUNT_CAP)) + 1
     if policy == "all":
         fire = [first] + sched.slots_between(first, now, cap - 1)
-    elif policy == "once" or (now - latest).total_seconds() <= grace:
+    elif policy == "once" or latest >= (since if since is not None else now - timedelta(seconds=grace)):
         fire = [latest]
     else:
         fire = []
@@ -226,6 +226,7 @@ class Beat:
         self.leadership = threading.Event()   # set while this beat leads (tests wait on it)
         self._stop = stop_event or threading.Event()
         self._leader = False
+        self._leader_since = 0.0     # time.time() when we last became leader
         self._lease_until = 0.0      # monotonic: our lease surely lasts until then
         self._next_lease_op = 0.0    # monotonic: next renewal / acquisition attempt
         self._abandoned = False
@@ -240,6 +241,7 @@ class Beat:
         if leader != self._leader:
             state = "is now the leader" if leader else "is no longer the leader"
             logger.info("beat: %s %s (%s)", self.hostname, state, why)
+            self._leader_since = time.time()
         self._leader = leader
         (self.leadership.set if leader else self.leadership.clear)()
 
@@ -261,8 +263,8 @@ class Beat:
                     self._set_leader(True, "lease acquired")
                 else:
                     self._set_leader(False, "lease held by another beat")
-                    if pttl is not None and pttl >= -1:  # wake right when it expires
-                        wait = min(third, max(pttl, 0) / 1000 + 0.005) if pttl >= 0 else third
+                    if isinstance(pttl, int) and pttl != -1:  # retry right when it expires
+                        wait = min(third, max(pttl, 0) / 1000 + 0.005)
         except redis.RedisError as exc:
             logger.warning("beat: lease renewal failed: %r", exc)
             wait = min(third, 1.0)
@@ -297,9 +299,8 @@ class Beat:
         """Claim and send the slots of ``due``; returns the last run now stored."""
         if due.missed > 1:
             told = f"at least {due.missed}" if due.missed > COUNT_CAP else str(due.missed)
-            action = {"once": "sending one catch-up run", "skip": "skipping them",
-                      "all": f"sending {len(due.fire)} of them"}[self.policy]
-            logger.warning("beat: entry %s missed %s runs (policy %r): %s", entry.name, told, self.policy, action)
+            logger.warning("beat: entry %s missed %s runs (policy %r): sending %d of them",
+                           entry.name, told, self.policy, len(due.fire))
         steps = [(slot, True) for slot in due.fire]
         if due.record is not None and (not due.fire or due.record > due.fire[-1]):
             steps.append((due.record, False))
@@ -328,11 +329,11 @@ class Beat:
         if self.is_leader:
             names = list(self.schedule)
             raws = [r.decode() if isinstance(r, bytes) else (r or "") for r in self._read_last(names)]
-            now_ts = time.time()
-            now = datetime.fromtimestamp(now_ts, UTC)
+            now = datetime.fromtimestamp(time.time(), UTC)
+            since = datetime.fromtimestamp(self._leader_since, UTC)
             for name, raw in zip(names, raws):
                 entry = self.schedule[name]
-                due = due_slots(entry.schedule, _from_epoch(raw), now, self.policy)
+                due = due_slots(entry.schedule, _from_epoch(raw), now, self.policy, since=since)
                 if due.fire or due.record is not None:
                     raw = self._apply(entry, raw, due)
                 nxt = entry.schedule.next_after(_from_epoch(raw), now)

@@ -269,5 +269,43 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
     click.echo(json.dumps(replies, indent=2, default=repr))
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("-p", "--port", default=5555, show_default=True, type=int, help="Port (0: any free port).")
+@click.option("--basic-auth", "basic_auth", envvar="MINIQUE_DASHBOARD_BASIC_AUTH",
+              help="user:password (comma-separated for several) required on every page and API call.")
+@click.option("--token", envvar="MINIQUE_DASHBOARD_TOKEN",
+              help="Bearer token accepted instead (Authorization: Bearer T, or ?token=T once in a browser).")
+@click.option("--max-tasks", default=10000, show_default=True, type=int, help="Tasks kept in the in-memory index.")
+@click.option("--sample-interval", default=2.0, show_default=True, type=float, help="Seconds between queue samples.")
+@click.option("--refresh", default=1.5, show_default=True, type=float, help="Seconds between page updates.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-f", "--logfile")
+@click.option("--log-json", is_flag=True, help="One JSON object per log line.")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str], token: Optional[str],
+              max_tasks: int, sample_interval: float, refresh: float, loglevel: str, logfile: Optional[str],
+              log_json: bool) -> None:
+    """Serve the web dashboard (workers, tasks, queues, failures, dead letters) and cluster /metrics."""
+    app = _app(ctx)
+    setup_logging(loglevel, logfile, log_json)
+    from .dashboard import serve
+    pairs = [p.strip() for p in basic_auth.split(",") if p.strip()] if basic_auth else None
+    try:
+        server = serve(app, host=host, port=port, basic_auth=pairs, token=token, max_tasks=max_tasks,
+                       sample_interval=sample_interval, refresh=refresh)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc))
+    log = logging.getLogger("minique.dashboard")
+    if not pairs and not token:
+        log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks",
+                    server.url)
+    log.info("dashboard listening on %s", server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":
     main()

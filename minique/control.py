@@ -25,6 +25,8 @@ class Control:
     def broadcast(self, command: str, arguments: Optional[dict] = None, destination: Optional[List[str]] = None,
                   reply: bool = False, timeout: float = 1.0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
         client = self.app.broker_client
+        if isinstance(destination, str):
+            destination = [destination]
         reply_id = uuid.uuid4().hex if reply else None
         client.publish(keys.CONTROL, serializers.pack({"cmd": command, "args": arguments or {},
                                                        "dest": destination, "reply_to": reply_id}))
@@ -41,6 +43,7 @@ class Control:
             if got is None:
                 break
             out.append(serializers.unpack(got[1]))
+        client.delete(keys.reply(reply_id))  # late answers expire by themselves (60 s)
         return out
 
     # --- commands -----------------------------------------------------------------------------------
@@ -119,3 +122,6 @@ class Inspect:
 
     def revoked(self) -> Optional[Dict[str, Any]]:
         return self._ask("revoked")
+
+    def active_queues(self) -> Optional[Dict[str, Any]]:
+        return self._ask("active_queues")

@@ -2,7 +2,7 @@
 
 Imports only the standard library and redis-py, so it runs in either environment.
 A counted task INCRs `bench:count`; the first one records `bench:t_first` and the
-one that reaches BENCH_TARGET records `bench:t_last` (wall clock, one machine), so
+one that reaches BENCH_TARGET records `bench:t_last` and pushes `bench:done` (wall clock, one machine), so
 a drain is timed from its first task to its last without polling.
 
 The task body's own Redis calls go through a connection class the round-trip
@@ -18,10 +18,13 @@ import redis
 COUNT = "bench:count"
 T_FIRST = "bench:t_first"
 T_LAST = "bench:t_last"
+DONE = "bench:done"       # gets one element when the target is reached (the runner BLPOPs it)
 
 _client = None
 _client_pid = 0
 _target = None
+_step = 0
+MARK = "bench:t:"         # bench:t:<n>: when the n-th task ran, every target/10 tasks
 
 
 def client() -> "redis.Redis":
@@ -36,9 +39,10 @@ def client() -> "redis.Redis":
 
 
 def target() -> int:
-    global _target
+    global _target, _step
     if _target is None:
         _target = int(os.environ.get("BENCH_TARGET") or 0)
+        _step = _target // 10 if _target >= 100 else 0
     return _target
 
 
@@ -48,5 +52,9 @@ def count_one() -> None:
     n = r.incr(COUNT)
     if n == 1:
         r.set(T_FIRST, repr(time.time()))
-    if n == target():
+    last = target()
+    if _step and n % _step == 0:
+        r.set(MARK + str(n), repr(time.time()))
+    if n == last:
         r.set(T_LAST, repr(time.time()))
+        r.rpush(DONE, n)

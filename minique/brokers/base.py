@@ -14,7 +14,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import redis
 
@@ -44,6 +44,9 @@ class Broker(ABC):
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
         self.hostname = socket.gethostname()
+        # called as (task id or None, reason) for each message the broker itself dead-letters
+        # (too many deliveries), after it is in the dead letters; the worker parent records a final state
+        self.on_dead_letter: Optional[Callable[[Optional[str], str], None]] = None
 
     # --- producing ---------------------------------------------------------------------------------
     @abstractmethod
@@ -84,8 +87,10 @@ class Broker(ABC):
         """Forget a delivered message: it is done (or dead-lettered)."""
 
     @abstractmethod
-    def requeue(self, delivery: Delivery, redelivered: bool) -> None:
-        """Put one held message back in its queue; count a delivery if it had started."""
+    def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
+        """Put one held message back in its queue; count a delivery if it had started.
+
+        Past max_deliveries it is dead-lettered instead; returns True then."""
 
     @abstractmethod
     def release(self, consumer: str, queues: Sequence[str]) -> int:
@@ -141,6 +146,15 @@ class Broker(ABC):
         pipe.xdel(keys.DLQ, entry_id)
         pipe.execute()
         return True
+
+    def _buried(self, task_ids: Sequence[Optional[str]], reason: str) -> None:
+        if self.on_dead_letter is None:
+            return
+        for task_id in task_ids:
+            try:
+                self.on_dead_letter(task_id, reason)
+            except Exception:  # noqa: BLE001 - the dead letter is recorded; its state is best effort
+                pass
 
     def purge_dead_letters(self) -> int:
         n = self.client.xlen(keys.DLQ)

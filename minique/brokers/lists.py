@@ -68,11 +68,12 @@ class ListsBroker(Broker):
         proc, element = delivery.receipt
         pipe.lrem(proc, -1, element)
 
-    def requeue(self, delivery: Delivery, redelivered: bool) -> None:
+    def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
         proc, element = delivery.receipt
         dead = SCRIPTS(self.client, "requeue", [proc] + keys.queue_priorities(delivery.queue)[::-1],
                        [1 if redelivered else 0, self.max_deliveries, element])
         self._bury(delivery.queue, proc, dead)
+        return bool(dead)
 
     def release(self, consumer: str, queues: Sequence[str]) -> int:
         total = 0
@@ -114,11 +115,14 @@ class ListsBroker(Broker):
         if not dead:
             return
         pipe = self.client.pipeline(transaction=False)
+        ids = []
         for element in dead:
             data = element[2:]
-            self.dead_letter(pipe, data, "too many deliveries", queue, peek_id(data))
+            ids.append(peek_id(data))
+            self.dead_letter(pipe, data, "too many deliveries", queue, ids[-1])
             pipe.lrem(proc, -1, element)
         pipe.execute()
+        self._buried(ids, "too many deliveries")
 
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}

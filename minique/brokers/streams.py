@@ -79,10 +79,11 @@ class StreamsBroker(Broker):
         pipe.xack(key, keys.GROUP, entry_id)
         pipe.xdel(key, entry_id)
 
-    def requeue(self, delivery: Delivery, redelivered: bool) -> None:
+    def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
         key, entry_id = delivery.receipt
         dead = SCRIPTS(self.client, "requeue", [key], [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id])
         self._bury(key, dead, "too many deliveries")
+        return bool(dead)
 
     def release(self, consumer: str, queues: Sequence[str]) -> int:
         total = 0
@@ -122,13 +123,16 @@ class StreamsBroker(Broker):
         """Dead-letter the entries a script left pending because they were delivered too often."""
         if not dead:
             return
+        from ..message import peek_id
         pipe = self.client.pipeline(transaction=False)
+        ids = []
         for entry_id, data in zip(dead[::2], dead[1::2]):
-            from ..message import peek_id
-            self.dead_letter(pipe, data, reason, keys.queue_name_of(key), peek_id(data))
+            ids.append(peek_id(data))
+            self.dead_letter(pipe, data, reason, keys.queue_name_of(key), ids[-1])
             pipe.xack(key, keys.GROUP, entry_id)
             pipe.xdel(key, entry_id)
         pipe.execute()
+        self._buried(ids, reason)
 
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}

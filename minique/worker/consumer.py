@@ -58,6 +58,14 @@ class Consumer:
         signal.signal(signal.SIGTERM, self._on_term)
 
     def _on_term(self, signum: int, frame: Any) -> None:
+        if self.slot is not None and not self.slot.stop_requested():
+            target = self.slot.terminate_target()
+            if target is not None:  # revoke(terminate=True), not a request to stop
+                running = self.slot.running()[2]
+                if running and running[0] == target:  # die of the signal, as the parent expects
+                    signal.signal(signum, signal.SIG_DFL)
+                    os.kill(os.getpid(), signum)
+                return  # aimed at a task that has already ended: keep serving
         self.stopping = True
         if self.in_fetch:
             raise _Interrupt()

@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence
 import redis
 
 from .. import keys, serializers, states
-from ..exceptions import TimeLimitExceeded, WorkerLostError
+from ..exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..message import decode
 from .consumer import Consumer
 from .execute import Batch, Executor
@@ -82,6 +82,7 @@ class Worker:
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
         self.parent_executor = Executor(app, self.hostname, use_alarm=False)
+        app.broker.on_dead_letter = self._on_dead_letter
         from .observe import Telemetry
         self.telemetry = Telemetry(self)  # shared memory the pool processes inherit: made before forking
         log.info(self.banner())
@@ -211,29 +212,33 @@ class Worker:
         reject = app.conf.task_reject_on_worker_lost if task is None or task.reject_on_worker_lost is None \
             else task.reject_on_worker_lost
         timed_out = member.kill_reason == "time limit"
+        # revoke(terminate=True): only when the process died running the very task it was aimed at
+        terminated = (was_running and member.kill_reason == "terminate"
+                      and self.pool is not None and self.pool.slots[member.index].terminate_target() == task_id)
         delivery = None
         if acks_late:
             delivery = next((d for d in app.broker.held_by(member.name, [queue])
                              if _peek(d.data) == task_id), None)
-        if delivery is not None and reject and not timed_out and self.stopping != "cold":
-            app.broker.requeue(delivery, redelivered=True)
-            log.warning("Task %s[%s] lost with its process (%s): redelivered", task_name, task_id, how)
+        if delivery is not None and reject and not timed_out and not terminated and self.stopping != "cold":
+            if not app.broker.requeue(delivery, redelivered=True):
+                log.warning("Task %s[%s] lost with its process (%s): redelivered", task_name, task_id, how)
             return
-        if delivery is not None and self.stopping == "cold" and not timed_out:
-            app.broker.requeue(delivery, redelivered=True)
-            log.warning("Task %s[%s] interrupted by cold shutdown: redelivered (acks_late)", task_name, task_id)
+        if delivery is not None and self.stopping == "cold" and not timed_out and not terminated:
+            if not app.broker.requeue(delivery, redelivered=True):
+                log.warning("Task %s[%s] interrupted by cold shutdown: redelivered (acks_late)", task_name, task_id)
             return
+        extra = None
         if timed_out:
             exc: BaseException = TimeLimitExceeded(f"Task {task_name}[{task_id}] time limit exceeded")
-        elif member.kill_reason == "terminate":
-            exc = WorkerLostError(f"Task {task_name}[{task_id}] terminated by revoke")
+        elif terminated:
+            exc, extra = TaskRevokedError("terminated"), {"reason": "terminated"}
         else:
             exc = WorkerLostError(f"Worker exited prematurely: {how}. Task {task_name}[{task_id}]")
-        state = states.REVOKED if member.kill_reason == "terminate" else states.FAILURE
+        state = states.REVOKED if terminated else states.FAILURE
         batch = Batch(app.broker_client, app.backend_client)
         if delivery is not None:
             app.broker.ack(batch.broker, delivery)
-        app.backend.store(batch.backend, task_id, state, exc)
+        app.backend.store(batch.backend, task_id, state, exc, extra=extra)
         if data is not None and self.parent_executor is not None:
             try:
                 self.parent_executor.propagate_failure(decode(data), exc, None, batch)
@@ -243,6 +248,15 @@ class Worker:
         if self.telemetry is not None:
             self.telemetry.lost(task_name, task_id, queue, state, exc, data)
         log.error("Task %s[%s] %s: %s", task_name, task_id, state, exc)
+
+    def _on_dead_letter(self, task_id: Optional[str], reason: str) -> None:
+        """The broker dead-lettered a message it redelivered too often: its task will not run again, so
+        it gets a final state (else a caller waiting on its result would wait forever)."""
+        if not task_id or self.app.backend.get_meta(task_id)["status"] in states.READY_STATES:
+            return
+        self.app.backend.mark(task_id, states.FAILURE,
+                              WorkerLostError(f"Task {task_id} dead-lettered: {reason} "
+                                              f"(max deliveries {self.app.broker.max_deliveries})"))
 
     def _enforce_time_limits(self, now: float) -> None:
         assert self.pool is not None
@@ -270,7 +284,7 @@ class Worker:
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
         assert self.pool is not None
-        for m in self.pool.members.values():
+        for m in list(self.pool.members.values()):  # (runs in the control thread: copy the members)
             self.pool.slots[m.index].bump_ctl()
             if m.consumer is not None:
                 m.consumer.load_revoked()
@@ -279,6 +293,8 @@ class Worker:
             for m in list(self.pool.members.values()):
                 _, _, payload = self.pool.slots[m.index].running()
                 if payload and payload[0] in wanted:
+                    # name the task first: the child dies of the signal only while it still runs that task
+                    self.pool.slots[m.index].set_terminate(payload[0])
                     self.pool.kill(m, getattr(signal, sig, signal.SIGTERM), "terminate")
 
     def active(self) -> List[dict]:

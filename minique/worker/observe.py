@@ -382,7 +382,13 @@ class Observer:
     # --- commands -----------------------------------------------------------------------------------
     def _revoke(self, args: dict) -> dict:
         ids = list(args.get("task_ids") or [])
-        self.worker.revoke(ids, bool(args.get("terminate", False)), args.get("signal", "SIGTERM"))
+        sig = str(args.get("signal") or "SIGTERM").upper()
+        sig = sig if sig.startswith("SIG") else f"SIG{sig}"
+        if sig == "SIGTERM":
+            # A pool process takes SIGTERM as "finish the task, then stop" (warm shutdown), so it
+            # cannot end the task: terminate with the default signal kills the process instead.
+            sig = "SIGKILL"
+        self.worker.revoke(ids, bool(args.get("terminate", False)), sig)
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
     def _resize(self, delta: int) -> dict:

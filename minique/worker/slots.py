@@ -17,7 +17,8 @@ from .. import serializers
 
 _HEAD = struct.Struct("<ddQIIII")  # started_at, hard_limit, processed, ctl_seq, stop, cur_len, prev_len
 PAYLOAD = 8192
-SLOT_SIZE = _HEAD.size + 2 * PAYLOAD
+TARGET = 128  # the task id a revoke(terminate=True) aims at (parent writes, child reads)
+SLOT_SIZE = _HEAD.size + 2 * PAYLOAD + TARGET
 
 
 class Slot:
@@ -60,6 +61,18 @@ class Slot:
     # --- parent side --------------------------------------------------------------------------------
     def reset(self) -> None:
         _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, 0, 0, 0, 0, 0)
+        self.set_terminate(None)
+
+    def set_terminate(self, task_id: Optional[str]) -> None:
+        """Name the running task a revoke(terminate=True) is for, before signalling the child."""
+        raw = (task_id or "").encode()[:TARGET - 1]
+        base = self.off + _HEAD.size + 2 * PAYLOAD
+        self.buf[base:base + TARGET] = raw + b"\0" * (TARGET - len(raw))
+
+    def terminate_target(self) -> Optional[str]:
+        base = self.off + _HEAD.size + 2 * PAYLOAD
+        raw = bytes(self.buf[base:base + TARGET]).split(b"\0", 1)[0]
+        return raw.decode() if raw else None
 
     def bump_ctl(self) -> None:
         head = list(self._head())

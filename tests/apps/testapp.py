@@ -235,7 +235,9 @@ def gated(self, key, token, timeout=30):
     """Record the start, then wait until the test pushes to "<key>:gate" (so a test can act mid-task)."""
     r = store()
     _started(r, key, token, self.request)
-    r.blpop(f"{key}:gate", timeout)
+    deadline = time.time() + timeout
+    while r.blpop(f"{key}:gate", 1) is None and time.time() < deadline:  # short waits: under socket_timeout
+        pass
     r.rpush(key, token)
     return token
 
@@ -283,13 +285,34 @@ def die_always(self, key):
 
 @app.task(bind=True)
 def book_and_grow(self, key, token, kib):
-    """book() that also leaves `kib` KiB allocated in its process (to trigger memory recycling)."""
-    global _ballast
-    _ballast = bytearray(kib * 1024)
-    _ballast[::4096] = b"x" * len(_ballast[::4096])
+    """book() that also leaves `kib` more KiB allocated in its process (to trigger memory recycling)."""
+    blob = bytearray(kib * 1024)
+    blob[::4096] = b"x" * len(blob[::4096])  # touch every page: resident, not just reserved
+    _ballast.append(blob)
     _started(store(), key, token, self.request)
     store().rpush(key, token)
     return os.getpid()
 
 
-_ballast = None
+_ballast = []
+
+
+# --- metrics, control and dashboard tests (tests/test_metrics.py, test_control.py, test_dashboard.py) ---
+
+@app.task
+def hold(key, timeout=20):
+    """Record the start under "<key>:started", then wait until the test pushes to "<key>:gate"."""
+    store().rpush(f"{key}:started", os.getpid())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not store().blpop(f"{key}:gate", 1):
+        pass  # blocks in 1 s chunks: redis-py's default socket timeout is 5 s
+    return key
+
+
+@app.task
+def fail_first(key):
+    """Fails on its first run only (keyed on a Redis counter): to retry it from the dashboard."""
+    n = store().incr(key)
+    if n == 1:
+        raise RuntimeError(f"first attempt fails ({key})")
+    return n

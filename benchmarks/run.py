@@ -1,0 +1,553 @@
+"""`python -m benchmarks`: minique and Celery side by side (issue #7).
+
+One private redis-server (a free port, no persistence) serves both systems; each
+system is measured by its own agent process (agent_minique in this interpreter,
+agent_celery in benchmarks/.celery-venv, created here when missing). Runs of the two
+systems are interleaved so that a noisy neighbour hurts both alike. Every figure
+is printed as median [min-max] over the runs with the ratio minique/Celery, then
+the goals of issue #7, met or not. Results are also written as JSON to
+benchmarks/results/ (see docs/benchmarks.md for the method).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import common
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".celery-venv"
+RESULTS = HERE / "results"
+SYSTEMS = ("minique", "celery")
+LABEL = {"minique": "minique", "celery": "Celery"}
+FIGURES = ("drain", "memory", "enqueue", "roundtrip", "chord", "events", "commands", "scaling", "backlog")
+JOB_TIMEOUT = 1800.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- the Celery virtualenv ----------------------------------------------------------------------------
+
+def celery_python() -> Optional[Path]:
+    """benchmarks/.celery-venv/bin/python with celery[redis] in it, made when missing; None if impossible."""
+    py = VENV / "bin" / "python"
+    check = [str(py), "-c", "import celery, kombu, redis"]
+    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return py
+    log(f"creating {VENV.relative_to(common.ROOT)} with celery[redis] from PyPI ...")
+    try:
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "celery[redis]"],
+                       check=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        log(f"WARNING: could not set up the Celery virtualenv ({exc}); measuring minique alone")
+        return None
+    return py if subprocess.run(check, capture_output=True).returncode == 0 else None
+
+
+# --- agents ------------------------------------------------------------------------------------------
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    """One system's measuring process; jobs go in as JSON lines, answers come back the same way."""
+
+    def __init__(self, system: str, python: str, redis_url: str, workdir: Path):
+        self.system = system
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({"BENCH_REDIS_URL": redis_url, "MINIQUE_BROKER_URL": redis_url, "BENCH_WORKDIR": str(workdir),
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(common.ROOT), env.get("PYTHONPATH", "")) if p)})
+        for var in ("MINIQUE_RESULT_BACKEND", "BENCH_RTCOUNT_DIR", "BENCH_TARGET"):
+            env.pop(var, None)
+        self.stderr = open(workdir / "agent.log", "wb")
+        self.proc = subprocess.Popen([python, "-m", f"benchmarks.agent_{system}"], cwd=str(common.ROOT), env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     preexec_fn=common._die_with_parent)
+        self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.log_path = workdir / "agent.log"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def run(self, job: Dict[str, Any], timeout: float = JOB_TIMEOUT) -> Dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise AgentError(f"{self.system} agent is gone; see {self.log_path}")
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            raise AgentError(f"{self.system} agent did not answer within {timeout:.0f}s")
+        if line is None:
+            raise AgentError(f"{self.system} agent exited; see {self.log_path}")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise AgentError(f"{self.system}: {answer.get('error')}\n{answer.get('traceback', '')}")
+        return answer["result"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(30)
+            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+                self.proc.kill()
+                self.proc.wait(10)
+        self.stderr.close()
+
+
+# --- formatting --------------------------------------------------------------------------------------
+
+def fmt(value: Optional[float], unit: str) -> str:
+    if value is None or value != value:
+        return "-"
+    if unit in ("tasks/s", "calls/s", "B"):
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.2f}"
+    if unit == "s":
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    if unit == "MiB":
+        return f"{value:.1f}"
+    if unit in ("%",):
+        return f"{value:+.1f}"
+    if unit == "per task":
+        return f"{value:.3f}"
+    return f"{value:.3g}"
+
+
+def cell(values: Sequence[float], unit: str) -> str:
+    s = common.summary(values)
+    if not s["n"]:
+        return "-"
+    if s["n"] == 1:
+        return fmt(s["median"], unit)
+    return f"{fmt(s['median'], unit)} [{fmt(s['min'], unit)}-{fmt(s['max'], unit)}]"
+
+
+def ratio(row: Dict[str, Any]) -> Optional[float]:
+    m = common.summary(row["values"].get("minique", []))["median"]
+    c = common.summary(row["values"].get("celery", []))["median"]
+    if m != m or c != c or not c:
+        return None
+    return m / c
+
+
+# --- the runner --------------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        quick = args.quick
+        self.runs = args.runs
+        self.n = 5000 if quick else 20000
+        self.celery_n = max(2000, self.n // 4)      # Celery drains ~1k/s: a quarter of n keeps the run short
+        self.enq_n = 3000 if quick else 10000
+        self.rtt_calls = 500 if quick else 2000
+        self.backlog = 1_000_000 if args.big else (20000 if quick else 100000)
+        self.cmd_n = 2000 if quick else 5000
+        self.systems = [s for s in SYSTEMS if not (s == "celery" and args.no_celery)]
+        self.agents: Dict[str, Agent] = {}
+        self.cache: Dict[str, List[Dict[str, Any]]] = {}
+        self.figures: Dict[str, Dict[str, Any]] = {}
+        self.errors: List[str] = []
+        self.info: Dict[str, Any] = {}
+
+    # measuring ---------------------------------------------------------------------------------------
+    def measure(self, jobs: Dict[str, Optional[Dict[str, Any]]], runs: int) -> Dict[str, List[Dict[str, Any]]]:
+        """Run each system's job `runs` times, interleaved (m, C, m, C, ...); reuses earlier identical runs."""
+        out: Dict[str, List[Dict[str, Any]]] = {s: [] for s in jobs}
+        for i in range(runs):
+            for system, job in jobs.items():
+                if job is None or system not in self.agents:
+                    continue
+                key = system + json.dumps(job, sort_keys=True)
+                done = self.cache.setdefault(key, [])
+                if len(done) <= i:
+                    t0 = time.monotonic()
+                    try:
+                        done.append(self.agents[system].run(job))
+                    except AgentError as exc:
+                        msg = f"{system} {job.get('job')}: {exc}"
+                        self.errors.append(msg)
+                        log("ERROR " + msg)
+                        break
+                    log(f"    {LABEL[system]:8} {job['job']} run {i + 1}/{runs} ({time.monotonic() - t0:.1f}s)")
+                out[system].append(done[i])
+        return out
+
+    def drain_job(self, system: str, n: Optional[int] = None, concurrency: int = 2, stored: bool = False,
+                  flags: Sequence[str] = (), **extra: Any) -> Dict[str, Any]:
+        if n is None:
+            n = self.n if system == "minique" else self.celery_n
+        job = {"job": "drain", "n": n, "concurrency": concurrency, "stored": stored, "flags": list(flags),
+               "pss": stored}
+        job.update(extra)
+        return job
+
+    def figure(self, name: str, title: str) -> Dict[str, Any]:
+        if name not in self.figures:
+            print(f"   {title}", flush=True)
+        return self.figures.setdefault(name, {"title": title, "rows": [], "tables": [], "notes": []})
+
+    def row(self, fig: Dict[str, Any], rid: str, label: str, unit: str, values: Dict[str, List[float]],
+            better: str = "higher", note: str = "") -> Dict[str, Any]:
+        row = {"id": rid, "label": label, "unit": unit, "better": better,
+               "values": {s: [v for v in vals if v is not None] for s, vals in values.items()}, "note": note}
+        fig["rows"].append(row)
+        self.print_row(row)
+        return row
+
+    # figures -----------------------------------------------------------------------------------------
+    def fig_drain(self) -> None:
+        fig = self.figure("drain", "Drain: preloaded no-op tasks, worker -c 2 (started after the preload)")
+        for stored in (False, True):
+            res = self.measure({s: self.drain_job(s, stored=stored) for s in self.systems}, self.runs)
+            kind = "stored" if stored else "ignored"
+            self.row(fig, f"drain_{kind}", f"drain -c 2, results {kind}", "tasks/s",
+                     {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        fig["notes"].append(f"n = {self.n:,} tasks for minique, {self.celery_n:,} for Celery (rates are per second; "
+                            "a list drains at the same rate whatever its length)")
+
+    def fig_memory(self) -> None:
+        fig = self.figure("memory", "Memory: worker PSS after a drain, Redis per waiting message")
+        res = self.measure({s: self.drain_job(s, stored=True) for s in self.systems}, self.runs)
+        self.row(fig, "pss_total", "worker -c 2 PSS total (parent + children)", "MiB",
+                 {s: [r["pss"]["total"] / 1024 for r in rs if "pss" in r] for s, rs in res.items()}, better="lower")
+        self.row(fig, "pss_parent", "  of which the parent", "MiB",
+                 {s: [r["pss"]["parent"] / 1024 for r in rs if "pss" in r] for s, rs in res.items()}, better="lower")
+        self.row(fig, "pss_children", "  of which the 2 children", "MiB",
+                 {s: [r["pss"]["children"] / 1024 for r in rs if "pss" in r] for s, rs in res.items()},
+                 better="lower")
+        self.row(fig, "redis_per_msg", "Redis memory per waiting message", "B",
+                 {s: [r["redis_bytes_per_msg"] for r in rs] for s, rs in res.items()}, better="lower",
+                 note="INFO used_memory delta / n after the preload (results-stored task)")
+
+    def fig_enqueue(self) -> None:
+        fig = self.figure("enqueue", "Enqueue from one process, no worker running")
+        one = {s: {"job": "enqueue", "n": self.enq_n if s == "minique" else self.celery_n, "mode": "one"}
+               for s in self.systems}
+        res = self.measure(one, self.runs)
+        self.row(fig, "enqueue_one", "add.delay(i, i), one at a time", "tasks/s",
+                 {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        bulk = {s: {"job": "enqueue", "n": self.n if s == "minique" else self.celery_n, "mode": "bulk"}
+                for s in self.systems}
+        res = self.measure(bulk, self.runs)
+        self.row(fig, "enqueue_bulk", "bulk: minique add.delay_many / Celery group.apply_async", "tasks/s",
+                 {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        grp = {"minique": {"job": "enqueue", "n": self.n, "mode": "group"}, "celery": None}
+        res = self.measure({s: j for s, j in grp.items() if s in self.systems}, self.runs)
+        self.row(fig, "enqueue_group", "group(add.s(i, i) ...).apply_async()", "tasks/s",
+                 {"minique": [r["rate"] for r in res.get("minique", [])],
+                  "celery": [r["rate"] for r in self.cache.get("celery" + json.dumps(bulk.get("celery"),
+                                                                                      sort_keys=True), [])]})
+        fig["notes"].append(f"n = {self.enq_n:,} (one at a time) and {self.n:,} (bulk) for minique, "
+                            f"{self.celery_n:,} for Celery; Celery has no bulk call, group.apply_async is its bulk path")
+
+    def fig_roundtrip(self) -> None:
+        fig = self.figure("roundtrip", f"Round trip: add.delay(1, 2).get(), idle warm worker -c 2, "
+                                       f"{self.rtt_calls:,} calls per run")
+        res = self.measure({s: {"job": "roundtrip", "calls": self.rtt_calls} for s in self.systems}, self.runs)
+        for q in ("p50", "p90", "p99"):
+            self.row(fig, f"rtt_{q}", f"round trip {q}", "ms",
+                     {s: [r[f"{q}_ms"] for r in rs] for s, rs in res.items()}, better="lower")
+
+    def fig_chord(self) -> None:
+        fig = self.figure("chord", "Chord: chord(n no-op members)(collect) until the callback's result, -c 2")
+        res = self.measure({s: {"job": "chord", "sizes": [1000], "runs": self.runs} for s in self.systems}, 1)
+        self.row(fig, "chord_1000", "chord of 1,000", "s", {s: rs[0]["1000"] if rs else [] for s, rs in res.items()},
+                 better="lower")
+        big_runs = 1 if self.args.quick else self.runs
+        jobs = {s: {"job": "chord", "sizes": [10000], "runs": big_runs if s == "minique" else 1}
+                for s in self.systems}
+        res = self.measure(jobs, 1)
+        self.row(fig, "chord_10000", "chord of 10,000", "s", {s: rs[0]["10000"] if rs else [] for s, rs in res.items()},
+                 better="lower")
+        fig["notes"].append("one worker per system serves all runs of a size; Celery's chord of 10,000 runs once "
+                            "(it takes tens of seconds)")
+
+    def fig_events(self) -> None:
+        fig = self.figure("events", "Events and metrics: cost on drain -c 2, results ignored")
+        port = common.free_port()
+        jobs = {
+            "off": {"minique": self.drain_job("minique", flags=["--without-events"]),
+                    "celery": self.drain_job("celery")},
+            "on": {"minique": self.drain_job("minique"), "celery": self.drain_job("celery", flags=["-E"])},
+            "metrics": {"minique": self.drain_job("minique", flags=["--without-events", "--metrics-port", str(port)],
+                                                  probe_port=port), "celery": None},
+        }
+        res = {k: self.measure({s: j for s, j in v.items() if s in self.systems}, self.runs) for k, v in jobs.items()}
+        rate = {k: {s: [r["rate"] for r in rs] for s, rs in v.items()} for k, v in res.items()}
+        self.row(fig, "events_off", "events off (minique --without-events; Celery default)", "tasks/s", rate["off"])
+        self.row(fig, "events_on", "events on (minique default; Celery -E)", "tasks/s", rate["on"])
+        cost = {}
+        for s in self.systems:
+            off = common.summary(rate["off"].get(s, []))["median"]
+            on = common.summary(rate["on"].get(s, []))["median"]
+            cost[s] = [100.0 * (1 - on / off)] if off == off and on == on and off else []
+        self.row(fig, "events_cost", "events cost (1 - on/off)", "%", cost, better="lower")
+        if "minique" in self.systems:
+            m_rates = rate["metrics"].get("minique", [])
+            self.row(fig, "metrics_on", "metrics on (--metrics-port, events off)", "tasks/s", {"minique": m_rates})
+            off = common.summary(rate["off"].get("minique", []))["median"]
+            on = common.summary(m_rates)["median"]
+            self.row(fig, "metrics_cost", "metrics cost (1 - on/off)", "%",
+                     {"minique": [100.0 * (1 - on / off)] if off == off and on == on and off else []}, better="lower")
+            served = [r.get("port_open") for r in res["metrics"].get("minique", [])]
+            if served and not any(served):
+                fig["notes"].append(f"the worker did not listen on --metrics-port {port}: this minique does not "
+                                    "serve metrics yet, so 'metrics on' measures nothing but noise")
+
+    def fig_commands(self) -> None:
+        fig = self.figure("commands", "Redis commands and round trips per task (INFO commandstats deltas)")
+        scenarios = [
+            ("enqueue one", "client", {"job": "enqueue", "n": self.cmd_n, "mode": "one", "commands": True}, "n"),
+            ("enqueue bulk", "client", {"job": "enqueue", "n": self.cmd_n, "mode": "bulk", "commands": True}, "n"),
+            ("drain, results ignored", "worker",
+             {"job": "drain", "n": self.cmd_n, "concurrency": 2, "stored": False, "flags": [], "pss": False,
+              "commands": True}, "n"),
+            ("drain, results stored", "worker",
+             {"job": "drain", "n": self.cmd_n, "concurrency": 2, "stored": True, "flags": [], "pss": False,
+              "commands": True}, "n"),
+            ("round trip delay().get()", "client + worker",
+             {"job": "roundtrip", "calls": max(200, self.rtt_calls // 4), "commands": True}, "calls"),
+            ("chord of 1,000 (per member)", "client + worker",
+             {"job": "chord", "sizes": [1000], "runs": 1, "commands": True}, 1000),
+        ]
+        for title, side, job, per in scenarios:
+            res = self.measure({s: job for s in self.systems}, 1)
+            table = {"title": title, "side": side, "per_task": {}, "roundtrips": {}}
+            for s, rs in res.items():
+                if not rs:
+                    continue
+                r = rs[0]
+                n = r[per] if isinstance(per, str) else per
+                cmds = r["commands"]["1000"] if job["job"] == "chord" else r["commands"]
+                table["per_task"][s] = {k: v / n for k, v in sorted(cmds.items())}
+                table["roundtrips"][s] = {k: v / n for k, v in (r.get("roundtrips") or {}).items()}
+            fig["tables"].append(table)
+            self.print_table(table)
+        fig["notes"].append(f"n = {self.cmd_n:,} for enqueue and drain; commands of the benchmark itself (the task "
+                            "body's INCR, its timestamps, the runner's INFO/CONFIG/FLUSHALL) are taken out")
+
+    def fig_scaling(self) -> None:
+        fig = self.figure("scaling", "Scaling: drain with -c 1, 2, 4 (results ignored)")
+        for c in (1, 2, 4):
+            res = self.measure({s: self.drain_job(s, concurrency=c) for s in self.systems}, self.runs)
+            self.row(fig, f"drain_c{c}", f"drain -c {c}", "tasks/s", {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        fig["notes"].append(f"{os.cpu_count()} CPUs: the worker's children, Redis and the runner share them")
+
+    def fig_backlog(self) -> None:
+        fig = self.figure("backlog", f"Backlog: drain -c 2 with {self.backlog:,} waiting (results ignored)")
+        base = self.measure({"minique": self.drain_job("minique")}, self.runs) if "minique" in self.agents else {}
+        runs = self.runs if self.backlog <= 100000 else 1
+        res = self.measure({"minique": self.drain_job("minique", n=self.backlog)}, runs) \
+            if "minique" in self.agents else {}
+        rs = res.get("minique", [])
+        self.row(fig, "backlog_small", f"drain with {self.n:,} waiting", "tasks/s",
+                 {"minique": [r["rate"] for r in base.get("minique", [])]})
+        self.row(fig, "backlog_big", f"drain with {self.backlog:,} waiting", "tasks/s",
+                 {"minique": [r["rate"] for r in rs]})
+        tenths = [r.get("tenths") for r in rs if r.get("tenths")]
+        if tenths:
+            self.row(fig, "backlog_first_tenth", "  first tenth of it", "tasks/s", {"minique": [t[0] for t in tenths]})
+            self.row(fig, "backlog_last_tenth", "  last tenth of it", "tasks/s", {"minique": [t[-1] for t in tenths]})
+            fig["tenths"] = tenths
+        self.row(fig, "backlog_redis_per_msg", f"Redis memory per waiting message ({self.backlog:,})", "B",
+                 {"minique": [r["redis_bytes_per_msg"] for r in rs]}, better="lower")
+        fig["notes"].append("minique only: Celery at ~1k tasks/s would need minutes per run; its Redis list drains "
+                            "at a rate independent of its length (LPUSH/BRPOP are O(1))")
+
+    # printing ----------------------------------------------------------------------------------------
+    def print_row(self, row: Dict[str, Any]) -> None:
+        cells = [cell(row["values"].get(s, []), row["unit"]) for s in SYSTEMS]
+        r = ratio(row)
+        rtxt = f"{r:.2f}x" if r is not None else "-"
+        print(f"  {row['label']:<58} {row['unit']:>8}  {cells[0]:>26}  {cells[1]:>26}  {rtxt:>8}", flush=True)
+
+    def print_header(self, title: str) -> None:
+        print(f"\n== {title}", flush=True)
+        print(f"  {'figure':<58} {'unit':>8}  {'minique':>26}  {'Celery':>26}  {'m/C':>8}", flush=True)
+
+    def print_table(self, table: Dict[str, Any]) -> None:
+        print(f"\n  -- {table['title']} ({table['side']}): calls per task", flush=True)
+        names = sorted({k for d in table["per_task"].values() for k in d})
+        print(f"     {'command':<28} {'minique':>10} {'Celery':>10}")
+        for name in names:
+            vals = [table["per_task"].get(s, {}).get(name) for s in SYSTEMS]
+            if all(v is None or v < 0.0005 for v in vals):
+                continue
+            print(f"     {name:<28} " + " ".join(f"{fmt(v, 'per task') if v is not None else '-':>10}" for v in vals))
+        tot = [sum(table["per_task"].get(s, {}).values()) if s in table["per_task"] else None for s in SYSTEMS]
+        print(f"     {'= commands':<28} " + " ".join(f"{fmt(v, 'per task') if v is not None else '-':>10}" for v in tot))
+        rts = [sum(table["roundtrips"].get(s, {}).values()) if table["roundtrips"].get(s) else None for s in SYSTEMS]
+        print(f"     {'= network round trips':<28} " + " ".join(
+            f"{fmt(v, 'per task') if v is not None else '-':>10}" for v in rts))
+        for s in SYSTEMS:
+            parts = table["roundtrips"].get(s)
+            if parts:
+                print(f"       {LABEL[s]} round trips by process: " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+
+    # goals -------------------------------------------------------------------------------------------
+    def goals(self) -> List[Dict[str, Any]]:
+        rows = {r["id"]: r for f in self.figures.values() for r in f["rows"]}
+
+        def med(rid: str, system: str = "minique") -> Optional[float]:
+            r = rows.get(rid)
+            if r is None:
+                return None
+            v = common.summary(r["values"].get(system, []))["median"]
+            return None if v != v else v
+
+        def goal(name: str, value: Optional[float], target: str, ok: Optional[bool], unit: str) -> Dict[str, Any]:
+            return {"goal": name, "target": target, "value": value, "unit": unit,
+                    "met": None if value is None else ok}
+
+        out = []
+        v = med("drain_ignored"); out.append(goal("drain -c 2, results ignored", v, ">= 15,000", v is not None and v >= 15000, "tasks/s"))
+        v = med("drain_stored"); out.append(goal("drain -c 2, results stored", v, ">= 8,000", v is not None and v >= 8000, "tasks/s"))
+        v = med("enqueue_one"); out.append(goal("enqueue, one delay() at a time", v, ">= 15,000", v is not None and v >= 15000, "tasks/s"))
+        v = med("enqueue_bulk"); out.append(goal("enqueue, bulk", v, ">= 100,000", v is not None and v >= 100000, "tasks/s"))
+        v = med("rtt_p50"); out.append(goal("round trip p50", v, "<= 0.5", v is not None and v <= 0.5, "ms"))
+        v = med("rtt_p99"); out.append(goal("round trip p99", v, "<= 2", v is not None and v <= 2.0, "ms"))
+        v = med("chord_1000"); out.append(goal("chord of 1,000", v, "<= 0.1", v is not None and v <= 0.1, "s"))
+        v = med("chord_10000"); out.append(goal("chord of 10,000", v, "<= 1", v is not None and v <= 1.0, "s"))
+        v = med("pss_total"); out.append(goal("worker -c 2 memory (PSS total)", v, "<= 60", v is not None and v <= 60, "MiB"))
+        v = med("events_cost"); out.append(goal("events on: drain cost", v, "< 5", v is not None and v < 5, "%"))
+        v = med("metrics_cost")
+        served = not any("does not serve metrics" in n for n in self.figures.get("events", {}).get("notes", []))
+        out.append(goal("metrics on: drain cost", v if served else None, "< 5", v is not None and v < 5, "%"))
+        small, big = med("backlog_small"), med("backlog_big")
+        v = None if small is None or big is None else big / small
+        out.append(goal(f"drain rate with {self.backlog:,} waiting vs {self.n:,}", v, ">= 0.95 (no fall)",
+                        v is not None and v >= 0.95, "ratio"))
+        return out
+
+    def print_goals(self, goals: List[Dict[str, Any]]) -> None:
+        print("\n== Goals of issue #7 (minique, medians)")
+        for g in goals:
+            state = "n/a" if g["met"] is None else ("met" if g["met"] else "NOT met")
+            value = "-" if g["value"] is None else (f"{g['value']:.2f}" if g["unit"] in ("ms", "ratio", "s", "%", "MiB")
+                                                      else f"{g['value']:,.0f}")
+            print(f"  {g['goal']:<48} {g['target']:>20} {value:>12} {g['unit']:<8} {state}")
+
+    # main --------------------------------------------------------------------------------------------
+    def machine(self) -> Dict[str, Any]:
+        model = "?"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        mem = "?"
+        try:
+            kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+            mem = f"{kib / 1024 / 1024:.1f} GiB"
+        except (OSError, IndexError, ValueError):
+            pass
+        return {"cpus": os.cpu_count(), "cpu_model": model, "memory": mem, "kernel": platform.release(),
+                "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+
+    def run(self) -> int:
+        wanted = FIGURES if not self.args.only else [f.strip() for f in self.args.only.split(",") if f.strip()]
+        unknown = [f for f in wanted if f not in FIGURES]
+        if unknown:
+            log(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
+            return 2
+        started = time.monotonic()
+        self.info["machine"] = self.machine()
+        py_celery = None if self.args.no_celery else celery_python()
+        if py_celery is None and "celery" in self.systems:
+            self.systems.remove("celery")
+        workdir = Path(tempfile.mkdtemp(prefix="minique-bench-"))
+        server = common.RedisServer(workdir / "redis", binary=shutil.which("redis-server") or "redis-server").start()
+        self.info["redis"] = server.version()
+        try:
+            for system in self.systems:
+                python = sys.executable if system == "minique" else str(py_celery)
+                self.agents[system] = Agent(system, python, server.url, workdir / system)
+                self.info[system] = self.agents[system].run({"job": "info"}, timeout=120)
+            m = self.info["machine"]
+            print(f"minique benchmarks: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']}, Python {m['python']}, "
+                  f"redis-server {self.info['redis']} (private, port {server.port}, no persistence)")
+            print(f"minique {self.info.get('minique', {}).get('version', '-')}, "
+                  f"Celery {self.info.get('celery', {}).get('version', '- (not measured)')}; "
+                  f"{self.runs} run(s) per figure, median [min-max]; load average at start "
+                  f"{m['loadavg_start'][0]:.2f}")
+            print("Absolute numbers vary with the machine and what else runs on it; the ratios matter.")
+            for name in wanted:
+                fig_fn: Callable[[], None] = getattr(self, f"fig_{name}")
+                self.print_header(name)
+                try:
+                    fig_fn()
+                except AgentError as exc:
+                    self.errors.append(f"{name}: {exc}")
+                    log(f"ERROR in {name}: {exc}")
+                for note in self.figures.get(name, {}).get("notes", []):
+                    print(f"  note: {note}")
+        finally:
+            for agent in self.agents.values():
+                agent.close()
+            server.stop()
+        goals = self.goals()
+        self.print_goals(goals)
+        self.info["machine"]["loadavg_end"] = os.getloadavg()
+        elapsed = time.monotonic() - started
+        print(f"\n{elapsed:.0f}s in all; load average at the end {self.info['machine']['loadavg_end'][0]:.2f}")
+        out = {"info": self.info, "params": {"runs": self.runs, "n": self.n, "celery_n": self.celery_n,
+                                             "enqueue_n": self.enq_n, "rtt_calls": self.rtt_calls,
+                                             "backlog": self.backlog, "commands_n": self.cmd_n,
+                                             "quick": self.args.quick, "figures": list(wanted)},
+               "figures": self.figures, "goals": goals, "errors": self.errors, "seconds": elapsed,
+               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        path = Path(self.args.json) if self.args.json else RESULTS / "latest.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1, default=str))
+        print(f"results written to {path}")
+        if self.errors:
+            print(f"{len(self.errors)} error(s):\n  " + "\n  ".join(e.splitlines()[0] for e in self.errors))
+            return 1
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes (n = 5,000) for a fast look")
+    p.add_argument("--only", metavar="NAME[,NAME]", help=f"only these figures: {', '.join(FIGURES)}")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
+    p.add_argument("--no-celery", action="store_true", help="measure minique alone")
+    p.add_argument("--big", action="store_true", help="backlog of 1,000,000 instead of 100,000")
+    p.add_argument("--json", metavar="PATH", help="where to write the results (default benchmarks/results/latest.json)")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    return Runner(args).run()

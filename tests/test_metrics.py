@@ -1,0 +1,150 @@
+"""Prometheus metrics scraped over HTTP from real workers (and the dashboard's cluster-wide gauges)."""
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from procs import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    """{(sample name, frozenset(labels)): value} from http://127.0.0.1:port/metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def metrics_worker(procs, *args):
+    port = free_port()
+    worker = procs.worker("--metrics-port", str(port), *args)
+    wait_for(lambda: _up(port), 10, "the metrics endpoint")
+    return worker, port
+
+
+def _up(port: int) -> bool:
+    try:
+        return bool(scrape(port))
+    except OSError:
+        return False
+
+
+def test_counters_and_histograms_add_up_to_the_work_sent(procs, client_app, redis_client):
+    _, port = metrics_worker(procs, "-c", "2")
+    adds = [client_app.add.delay(i, i) for i in range(6)]
+    fails = [client_app.fail.delay("x") for _ in range(2)]
+    sleeps = [client_app.sleep_record.delay("s", f"t{i}", 0.2) for i in range(2)]
+    retried = client_app.retry_no_exc.delay("retry-key")  # retries once, then fails (max_retries=1)
+    assert [r.get(timeout=10) for r in adds] == [2 * i for i in range(6)]
+    for r in fails + [retried]:
+        r.get(timeout=10, propagate=False)
+    [r.get(timeout=10) for r in sleeps]
+    redis_client.xadd("minique:{default}:p0", {"m": b"\x00garbage"})  # dead-lettered by the worker
+    wait_for(lambda: redis_client.xlen("minique:dlq"), 10, "the dead letter")
+
+    m = scrape(port)
+    q = "default"
+    add, fail, slp, rty = "testapp.add", "testapp.fail", "testapp.sleep_record", "testapp.retry_no_exc"
+    for state in ("received", "started", "succeeded"):
+        assert value(m, "minique_tasks_total", task=add, state=state, queue=q) == 6
+    assert value(m, "minique_tasks_total", task=add, state="failed", queue=q) == 0
+    assert value(m, "minique_tasks_total", task=fail, state="failed", queue=q) == 2
+    assert value(m, "minique_tasks_total", task=rty, state="retried", queue=q) == 1
+    assert value(m, "minique_tasks_total", task=rty, state="failed", queue=q) == 1
+    assert value(m, "minique_tasks_total", task=rty, state="started", queue=q) == 2
+    # run time: one observation per run that ended; the 0.2 s sleeps land above 0.1 s
+    assert value(m, "minique_task_runtime_seconds_count", task=add, queue=q) == 6
+    assert value(m, "minique_task_runtime_seconds_count", task=fail, queue=q) == 2
+    assert value(m, "minique_task_runtime_seconds_count", task=rty, queue=q) == 2
+    assert value(m, "minique_task_runtime_seconds_count", task=slp, queue=q) == 2
+    assert 0.4 <= value(m, "minique_task_runtime_seconds_sum", task=slp, queue=q) < 2
+    assert value(m, "minique_task_runtime_seconds_bucket", task=slp, queue=q, le="0.1") == 0
+    assert value(m, "minique_task_runtime_seconds_bucket", task=slp, queue=q, le="+Inf") == 2
+    # queue wait: one observation per start, from the message's sent_at
+    assert value(m, "minique_task_queue_wait_seconds_count", task=add, queue=q) == 6
+    assert value(m, "minique_task_queue_wait_seconds_count", task=rty, queue=q) == 2
+    assert 0 <= value(m, "minique_task_queue_wait_seconds_sum", task=add, queue=q) < 10
+    assert value(m, "minique_dead_letters_total", queue=q, reason="undecodable") == 1
+    # the worker itself
+    assert value(m, "minique_worker_up") == 1
+    assert value(m, "minique_worker_pool_size") == 2
+    assert value(m, "minique_worker_pool_processes") == 2
+    assert value(m, "minique_tasks_running") == 0
+    assert value(m, "minique_tasks_prefetched") == 0
+    assert value(m, "minique_worker_child_restarts_total") == 0
+    assert any(k[0] == "minique_worker_info" and ("worker", "w1@test") in k[1] for k in m)
+
+
+def test_counts_of_a_dead_child_are_kept_and_the_loss_is_counted(procs, client_app):
+    _, port = metrics_worker(procs, "-c", "1", "--max-tasks-per-child", "3")
+    for i in range(4):  # the child recycles after 3: counts span two children
+        assert client_app.add.delay(i, 1).get(timeout=10) == i + 1
+    r = client_app.die.delay()  # kill -9 mid-task: the parent counts the failure
+    with pytest.raises(Exception):
+        r.get(timeout=15)
+    assert client_app.add.delay(1, 1).get(timeout=10) == 2
+    m = scrape(port)
+    assert value(m, "minique_tasks_total", task="testapp.add", state="succeeded", queue="default") == 5
+    assert value(m, "minique_tasks_total", task="testapp.die", state="started", queue="default") == 1
+    assert value(m, "minique_tasks_total", task="testapp.die", state="failed", queue="default") == 1
+    assert value(m, "minique_worker_child_restarts_total") == 1
+
+
+def test_thread_pool_counts_and_running_gauge(procs, client_app, redis_client):
+    _, port = metrics_worker(procs, "-P", "threads", "-c", "2")
+    r = client_app.hold.delay("gm")
+    wait_for(lambda: redis_client.llen("gm:started"), 10, "the task to start")
+    assert value(scrape(port), "minique_tasks_running") == 1
+    redis_client.rpush("gm:gate", 1)
+    assert r.get(timeout=10) == "gm"
+    m = scrape(port)
+    assert value(m, "minique_tasks_running") == 0
+    assert value(m, "minique_tasks_total", task="testapp.hold", state="succeeded", queue="default") == 1
+
+
+def test_without_events_metrics_still_count(procs, client_app, redis_client):
+    _, port = metrics_worker(procs, "-c", "1", "--without-events")
+    assert client_app.add.delay(1, 2).get(timeout=10) == 3
+    assert value(scrape(port), "minique_tasks_total", task="testapp.add", state="succeeded", queue="default") == 1
+    assert redis_client.xlen("minique:events") == 0
+
+
+def test_dashboard_exports_cluster_wide_queue_gauges(procs, client_app, redis_client):
+    from test_dashboard import start_dashboard
+    app = client_app.app
+    for p in (0, 0, 5):
+        client_app.add.apply_async((1, 1), priority=p)
+    client_app.add.apply_async((1, 1), queue="other")
+    client_app.add.apply_async((1, 1), countdown=300)
+    redis_client.xadd("minique:dlq", {"m": b"x", "reason": "test", "queue": "default", "task_id": "",
+                                      "worker": "w", "time": "0"})
+    dash = start_dashboard(procs)
+    m = dash.metrics()
+    assert value(m, "minique_queue_length", queue="default", priority="0") == 2
+    assert value(m, "minique_queue_length", queue="default", priority="5") == 1
+    assert value(m, "minique_queue_length", queue="other", priority="0") == 1
+    assert value(m, "minique_queue_delayed", queue="default") == 1
+    assert value(m, "minique_queue_unacked", queue="default") == 0
+    assert value(m, "minique_dead_letter_queue_length") == 1
+    assert value(m, "minique_workers_up") == 0
+    # once a worker takes the messages, the gauges follow
+    procs.worker("-c", "1")
+    wait_for(lambda: value(dash.metrics(), "minique_queue_length", queue="default", priority="0") == 0, 10,
+             "the default queue to drain")
+    assert value(dash.metrics(), "minique_workers_up") == 1
+    assert app.broker.delayed_count("default") == 1
