@@ -83,3 +83,14 @@ def test_quick_start_demo_runs_on_an_embedded_redis(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "chord(mul(i, i) ..) -> total    = 285" in out.stdout
     assert (tmp_path / ".minique-demo" / "appendonlydir").exists()
+
+
+def test_worker_with_embedded_beat(procs, client_app, redis_client):
+    settings = json.dumps({"beat_schedule": {"tick": {"task": "testapp.record", "schedule": 0.2,
+                                                      "args": ["ticks", "t"]}}})
+    worker = procs.worker("-c", "1", "-B", settings=settings)
+    from procs import wait_for
+    wait_for(lambda: redis_client.llen("ticks") >= 3, 15, "three beat ticks run by the worker")
+    worker.signal(15)
+    assert worker.wait(15) == 0
+    assert redis_client.get("minique:lock:beat") is None  # the lease was released on shutdown

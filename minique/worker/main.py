@@ -66,6 +66,7 @@ class Worker:
         self.revoked_terminate: dict = {}
         self.parent_executor: Optional[Executor] = None
         self.observer: Any = None
+        self.beat: Any = None
         self.telemetry: Any = None  # observe.Telemetry: shared metrics, rate limits, events (set in start)
 
     # --- set-up -------------------------------------------------------------------------------------
@@ -93,6 +94,11 @@ class Worker:
             self.observer.start()
         except ImportError:
             self.observer = None
+        if self.embed_beat:  # -B: a beat inside this worker, for development (Celery's -B)
+            from ..beat import Beat
+            self.beat = Beat(self.app, hostname=self.hostname)
+            self.beat_thread = threading.Thread(target=self.beat.run, name="minique-beat", daemon=True)
+            self.beat_thread.start()
 
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks) if not name.startswith("minique."))
@@ -327,6 +333,9 @@ class Worker:
     def _finish(self) -> None:
         if self.observer is not None:
             self.observer.stop()
+        if self.beat is not None:
+            self.beat.stop()
+            self.beat_thread.join(timeout=5)
         try:
             self.app.broker_client.hdel(keys.WORKERS, self.hostname)
         except redis.exceptions.RedisError:
