@@ -21,9 +21,8 @@ from typing import Any, Dict, List, Optional
 import redis
 
 from . import common
-from .apps import bench_body, rtcount
+from .apps import rtcount
 
-DONE = bench_body.DONE
 
 
 class Driver:
@@ -41,20 +40,20 @@ class Driver:
     def send_one(self, i: int) -> Any: raise NotImplementedError
     def send_bulk(self, n: int) -> Any: raise NotImplementedError
     def send_group(self, n: int) -> Any: raise NotImplementedError
-    def preload(self, stored: bool, n: int) -> None: raise NotImplementedError
+    def preload(self, task: str, n: int) -> None: raise NotImplementedError
     def call_add(self, timeout: float) -> Any: raise NotImplementedError
     def run_chord(self, n: int, timeout: float) -> Any: raise NotImplementedError
     def version(self) -> str: raise NotImplementedError
     def worker_argv(self, concurrency: int, name: str, flags: List[str]) -> List[str]: raise NotImplementedError
 
     # workers
-    def start_worker(self, concurrency: int, flags: List[str], target: int = 0,
+    def start_worker(self, concurrency: int, flags: List[str], count_file: str = "",
                      rtcount_dir: Optional[str] = None) -> common.WorkerProc:
         self.nworkers += 1
         name = f"bench{self.nworkers}@{self.name}"
         env = dict(os.environ)
         env.update({"BENCH_REDIS_URL": self.redis_url, "MINIQUE_BROKER_URL": self.redis_url,
-                    "BENCH_TARGET": str(target), "PYTHONPATH": str(common.ROOT)})
+                    "BENCH_COUNT_FILE": count_file or os.devnull, "PYTHONPATH": str(common.ROOT)})
         env.pop("MINIQUE_RESULT_BACKEND", None)
         env.pop("BENCH_RTCOUNT_DIR", None)
         if rtcount_dir:
@@ -99,51 +98,100 @@ def _own(stats: Dict[str, int], own: Dict[str, int]) -> Dict[str, int]:
     return out
 
 
+def _count_file(d: Driver) -> Path:
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else d.workdir
+    fd, name = tempfile.mkstemp(prefix="minique-bench-count-", dir=str(base))
+    os.close(fd)
+    return Path(name)
+
+
+class _Scraper:
+    """GETs http://127.0.0.1:PORT/metrics every `every` seconds in a thread (a very eager Prometheus)."""
+
+    def __init__(self, port: int, every: float = 0.5):
+        import threading
+        self.port, self.every, self.ok, self.failed = port, every, 0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+                    resp.read()
+                self.ok += 1
+            except Exception:  # noqa: BLE001 - not served (yet): counted
+                self.failed += 1
+            if self.stop.wait(self.every):
+                return
+
+    def close(self) -> Dict[str, int]:
+        self.stop.set()
+        self.thread.join(5)
+        return {"scrapes_ok": self.ok, "scrapes_failed": self.failed}
+
+
 def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, flags: Optional[List[str]] = None,
-              pss: bool = False, commands: bool = False, timeout: Optional[float] = None,
-              probe_port: int = 0) -> Dict[str, Any]:
-    """Preload n counted no-op tasks with no worker running, start `-c concurrency`, time the
-    first task to the n-th (timestamps the tasks themselves write)."""
+              body: str = "tick", pss: bool = False, commands: bool = False, timeout: Optional[float] = None,
+              scrape_port: int = 0) -> Dict[str, Any]:
+    """Preload n no-op tasks with no worker running, start the worker with `-c concurrency`, and
+    time the first task to the n-th: the tasks append a byte each to a file this job watches."""
     _fresh(d)
+    task = {("tick", False): "tick_ignored", ("tick", True): "tick_stored", ("incr", False): "incr_ignored"}[
+        (body, stored)]
     mem0 = common.used_memory(d.r)
     t0 = time.perf_counter()
-    d.preload(stored, n)
+    d.preload(task, n)
     preload_s = time.perf_counter() - t0
     mem1 = common.used_memory(d.r)
     rt_dir = tempfile.mkdtemp(prefix="rt-", dir=str(d.workdir)) if commands else None
     if commands:
         _reset_stats(d)
-    worker = d.start_worker(concurrency, list(flags or []), target=n, rtcount_dir=rt_dir)
+    count = _count_file(d)
+    worker = d.start_worker(concurrency, list(flags or []), count_file=str(count), rtcount_dir=rt_dir)
+    scraper = _Scraper(scrape_port) if scrape_port else None
     out: Dict[str, Any] = {"n": n, "preload_s": preload_s, "redis_bytes_per_msg": (mem1 - mem0) / n}
     try:
         limit = timeout or max(120.0, n / 150.0)
-        deadline = time.monotonic() + limit
+        clock, size_of, sleep = time.monotonic, os.path.getsize, time.sleep
+        deadline = clock() + limit
+        next_check = clock() + 1.0
+        points: List[tuple] = []          # (tasks done, when): first seen, each tenth, the end
+        tenth = max(1, n // 10)
+        next_mark = tenth
         while True:
-            got = d.r.blpop([DONE], timeout=1)
-            if got:
-                break
-            worker.check()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"drain of {n} not done after {limit:.0f}s "
-                                   f"(count {d.r.get(bench_body.COUNT)})\n{worker.log_tail()}")
-        stats = None
-        if commands:  # read before the runner's own reads below add commands
-            time.sleep(1.3)   # every process finishes a blocking fetch and writes its count
-            stats = common.commandstats(d.r)
-        first, last = float(d.r.get(bench_body.T_FIRST)), float(d.r.get(bench_body.T_LAST))
+            done = size_of(count)
+            now = clock()
+            if done:
+                if not points:
+                    points.append((done, now))
+                if done >= next_mark or done >= n:
+                    points.append((done, now))
+                    next_mark = (done // tenth + 1) * tenth
+                if done >= n:
+                    break
+            if now > next_check:
+                worker.check()
+                if now > deadline:
+                    raise TimeoutError(f"drain of {n} not done after {limit:.0f}s ({done} done)\n"
+                                       f"{worker.log_tail()}")
+                next_check = now + 1.0
+            sleep(0.001)
+        (d0, first), (d1, last) = points[0], points[-1]
         out["seconds"] = last - first
-        out["rate"] = (n - 1) / (last - first) if last > first else float("nan")
-        mark_keys = sorted(d.r.keys(bench_body.MARK + "*"))
-        marks = sorted((int(k.decode()[len(bench_body.MARK):]), float(v))
-                       for k, v in zip(mark_keys, d.r.mget(mark_keys) if mark_keys else []))
-        if marks:  # tasks/s in each tenth of the drain, from the first task on
-            points = [(1, first)] + marks
-            out["tenths"] = [(b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else None
-                             for a, b in zip(points, points[1:])]
-        if probe_port:
-            out["port_open"] = _port_open(probe_port)
-        if stats is not None:
-            out["commands"] = _own(stats, {"incr": n, "set": 2 + len(marks), "rpush": 1})
+        out["rate"] = (d1 - d0) / (last - first) if last > first else float("nan")
+        out["tenths"] = [(b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else None
+                         for a, b in zip(points[1:], points[2:])]
+        if done > n:
+            out["extra_runs"] = done - n
+        if scraper is not None:
+            out.update(scraper.close())
+            scraper = None
+        if commands:
+            time.sleep(1.3)   # every process finishes a blocking fetch and writes its count
+            out["commands"] = _own(common.commandstats(d.r), {"incr": n} if body == "incr" else {})
             counts = rtcount.read_dir(rt_dir)
             kids = set(common.descendants(worker.pid))
             out["roundtrips"] = {"parent": counts.get(worker.pid, 0),
@@ -153,17 +201,11 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
             time.sleep(1.0)
             out["pss"] = common.tree_pss_kib(worker.pid)
     finally:
+        if scraper is not None:
+            scraper.close()
         worker.stop()
+        count.unlink()
     return out
-
-
-def _port_open(port: int) -> bool:
-    import socket
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False) -> Dict[str, Any]:

@@ -38,8 +38,8 @@ class CeleryDriver(agent.Driver):
 
     send_group = send_bulk
 
-    def preload(self, stored: bool, n: int) -> None:
-        task = self.c.incr_stored if stored else self.c.incr_ignored
+    def preload(self, task: str, n: int) -> None:
+        task = getattr(self.c, task)
         left = n
         while left > 0:
             k = min(left, 5000)

@@ -35,8 +35,8 @@ class MiniqueDriver(agent.Driver):
         add = self.m.add
         return self.canvas.group(add.s(i, i) for i in range(n)).apply_async()
 
-    def preload(self, stored: bool, n: int) -> None:
-        task = self.m.incr_stored if stored else self.m.incr_ignored
+    def preload(self, task: str, n: int) -> None:
+        task = getattr(self.m, task)
         left = n
         while left > 0:
             k = min(left, 10000)

@@ -74,7 +74,7 @@ class Agent:
         env = dict(os.environ)
         env.update({"BENCH_REDIS_URL": redis_url, "MINIQUE_BROKER_URL": redis_url, "BENCH_WORKDIR": str(workdir),
                     "PYTHONPATH": os.pathsep.join(p for p in (str(common.ROOT), env.get("PYTHONPATH", "")) if p)})
-        for var in ("MINIQUE_RESULT_BACKEND", "BENCH_RTCOUNT_DIR", "BENCH_TARGET"):
+        for var in ("MINIQUE_RESULT_BACKEND", "BENCH_RTCOUNT_DIR", "BENCH_COUNT_FILE"):
             env.pop(var, None)
         self.stderr = open(workdir / "agent.log", "wb")
         self.proc = subprocess.Popen([python, "-m", f"benchmarks.agent_{system}"], cwd=str(common.ROOT), env=env,
@@ -231,8 +231,13 @@ class Runner:
             kind = "stored" if stored else "ignored"
             self.row(fig, f"drain_{kind}", f"drain -c 2, results {kind}", "tasks/s",
                      {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        res = self.measure({s: self.drain_job(s, body="incr") for s in self.systems}, self.runs)
+        self.row(fig, "drain_incr", "drain -c 2, ignored, body does a Redis INCR", "tasks/s",
+                 {s: [r["rate"] for r in rs] for s, rs in res.items()})
         fig["notes"].append(f"n = {self.n:,} tasks for minique, {self.celery_n:,} for Celery (rates are per second; "
                             "a list drains at the same rate whatever its length)")
+        fig["notes"].append("the no-op body appends a byte to a file the runner watches (no Redis command); "
+                            "the INCR row adds one Redis round trip per task to the body, for reference")
 
     def fig_memory(self) -> None:
         fig = self.figure("memory", "Memory: worker PSS after a drain, Redis per waiting message")
@@ -299,7 +304,7 @@ class Runner:
                     "celery": self.drain_job("celery")},
             "on": {"minique": self.drain_job("minique"), "celery": self.drain_job("celery", flags=["-E"])},
             "metrics": {"minique": self.drain_job("minique", flags=["--without-events", "--metrics-port", str(port)],
-                                                  probe_port=port), "celery": None},
+                                                  scrape_port=port), "celery": None},
         }
         res = {k: self.measure({s: j for s, j in v.items() if s in self.systems}, self.runs) for k, v in jobs.items()}
         rate = {k: {s: [r["rate"] for r in rs] for s, rs in v.items()} for k, v in res.items()}
@@ -313,15 +318,19 @@ class Runner:
         self.row(fig, "events_cost", "events cost (1 - on/off)", "%", cost, better="lower")
         if "minique" in self.systems:
             m_rates = rate["metrics"].get("minique", [])
-            self.row(fig, "metrics_on", "metrics on (--metrics-port, events off)", "tasks/s", {"minique": m_rates})
+            self.row(fig, "metrics_on", "metrics on (--metrics-port, scraped 2/s, events off)", "tasks/s",
+                     {"minique": m_rates})
             off = common.summary(rate["off"].get("minique", []))["median"]
             on = common.summary(m_rates)["median"]
             self.row(fig, "metrics_cost", "metrics cost (1 - on/off)", "%",
                      {"minique": [100.0 * (1 - on / off)] if off == off and on == on and off else []}, better="lower")
-            served = [r.get("port_open") for r in res["metrics"].get("minique", [])]
+            served = [r.get("scrapes_ok", 0) for r in res["metrics"].get("minique", [])]
             if served and not any(served):
-                fig["notes"].append(f"the worker did not listen on --metrics-port {port}: this minique does not "
-                                    "serve metrics yet, so 'metrics on' measures nothing but noise")
+                fig["notes"].append(f"no scrape of --metrics-port {port} succeeded: this minique does not "
+                                    "serve metrics, so 'metrics on' measures nothing but noise")
+            else:
+                fig["notes"].append("metrics counters are kept in shared memory whether or not the port is open; "
+                                    "'metrics on' adds the /metrics server, scraped twice a second during the drain")
 
     def fig_commands(self) -> None:
         fig = self.figure("commands", "Redis commands and round trips per task (INFO commandstats deltas)")

@@ -279,13 +279,15 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
 @click.option("--max-tasks", default=10000, show_default=True, type=int, help="Tasks kept in the in-memory index.")
 @click.option("--sample-interval", default=2.0, show_default=True, type=float, help="Seconds between queue samples.")
 @click.option("--refresh", default=1.5, show_default=True, type=float, help="Seconds between page updates.")
+@click.option("--rescan-interval", default=30.0, show_default=True, type=float,
+              help="Seconds between looks for new queues (a SCAN of the broker's keys).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("-f", "--logfile")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str], token: Optional[str],
-              max_tasks: int, sample_interval: float, refresh: float, loglevel: str, logfile: Optional[str],
-              log_json: bool) -> None:
+              max_tasks: int, sample_interval: float, refresh: float, rescan_interval: float, loglevel: str,
+              logfile: Optional[str], log_json: bool) -> None:
     """Serve the web dashboard (workers, tasks, queues, failures, dead letters) and cluster /metrics."""
     app = _app(ctx)
     setup_logging(loglevel, logfile, log_json)
@@ -293,7 +295,7 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
     pairs = [p.strip() for p in basic_auth.split(",") if p.strip()] if basic_auth else None
     try:
         server = serve(app, host=host, port=port, basic_auth=pairs, token=token, max_tasks=max_tasks,
-                       sample_interval=sample_interval, refresh=refresh)
+                       sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc))
     log = logging.getLogger("minique.dashboard")

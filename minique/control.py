@@ -2,8 +2,11 @@
 
 A command is published on `minique:control` as msgpack {cmd, args, dest, reply_to};
 each addressed worker answers by pushing {hostname: reply} onto `minique:reply:<id>`,
-which the caller drains until its timeout. Revocations are also written to the
-`minique:revoked` sorted set first, so workers started later know them too.
+which the caller drains until its timeout, or until every worker named in `destination`
+answered. Replies have Celery's shapes: {"ok": ...} / {"error": ...} for commands, data
+for inspection (see minique/worker/observe.py and docs/dashboard.md). Revocations are
+also written to the `minique:revoked` sorted set first, so workers started later know
+them too.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ class Control:
                **kwargs: Any) -> List[Dict[str, Any]]:
         """Revoke tasks: never run if not started; with terminate=True the running process gets `signal`."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        if not ids:
+            return []
         client = self.app.broker_client
         expires = time.time() + REVOKE_TTL
         pipe = client.pipeline(transaction=False)

@@ -160,7 +160,9 @@ class Processes:
 class Books:
     """What the tasks of one test recorded in Redis (see testapp.book): starts and ends per token.
 
-    `key` lists tokens as bodies end; `key:started` lists "token|pid|delivery_count" as bodies start.
+    `key` lists "token|run" as bodies end; `key:started` lists "token|pid|delivery_count|run" as bodies
+    start. `run` is drawn anew by every execution, so the same line twice is one execution whose write
+    was retried by its client (counted as `rewrites`), while two runs of a token are two executions.
     """
 
     def __init__(self, client: "redis.Redis", key: str, tokens: List[str]):
@@ -168,20 +170,32 @@ class Books:
         self.key = key
         self.tokens = list(tokens)
 
+    def _lines(self, key: str) -> List[str]:
+        return [x.decode() for x in self.client.lrange(key, 0, -1)]
+
     def done(self) -> Dict[str, int]:
+        """token -> executions that ended."""
         out: Dict[str, int] = {}
-        for t in self.client.lrange(self.key, 0, -1):
-            t = t.decode()
-            out[t] = out.get(t, 0) + 1
+        for line in set(self._lines(self.key)):
+            token = line.split("|")[0]
+            out[token] = out.get(token, 0) + 1
         return out
 
     def starts(self) -> List[tuple]:
-        """(token, pid, delivery_count) per body start, in order."""
-        out = []
-        for line in self.client.lrange(f"{self.key}:started", 0, -1):
-            token, pid, deliveries = line.decode().split("|")
+        """(token, pid, delivery_count) per execution that started, in order."""
+        out, seen = [], set()
+        for line in self._lines(f"{self.key}:started"):
+            if line in seen:
+                continue
+            seen.add(line)
+            token, pid, deliveries, _ = line.split("|")
             out.append((token, int(pid), int(deliveries)))
         return out
+
+    def rewrites(self) -> int:
+        """Record lines written twice by a client retry (not executions)."""
+        lines = self._lines(self.key) + self._lines(f"{self.key}:started")
+        return len(lines) - len(set(lines))
 
     def done_count(self) -> int:
         return self.client.llen(self.key)
@@ -192,10 +206,10 @@ class Books:
 
     def figures(self) -> Dict[str, int]:
         done = self.done()
-        starts = self.starts()
         start_counts: Dict[str, int] = {}
-        for token, _, _ in starts:
+        for token, _, _ in self.starts():
             start_counts[token] = start_counts.get(token, 0) + 1
+        wanted = set(self.tokens)
         return {
             "sent": len(self.tokens),
             "done": sum(1 for t in self.tokens if done.get(t)),
@@ -203,7 +217,8 @@ class Books:
             "extra_runs": sum(max(0, n - 1) for t, n in done.items()),
             "lost": sum(1 for t in self.tokens if not done.get(t)),
             "started_twice": sum(1 for t in self.tokens if start_counts.get(t, 0) > 1),
-            "unknown": sum(1 for t in done if t not in set(self.tokens)),
+            "unknown": sum(1 for t in done if t not in wanted),
+            "record_rewrites": self.rewrites(),
         }
 
 

@@ -22,7 +22,7 @@ def replies(answers):
     return out
 
 
-def test_ping_all_and_one_destination(procs, client_app):
+def test_ping_all_and_one_destination_and_active_across_workers(procs, client_app, redis_client):
     w1, w2 = two_workers(procs)
     control = client_app.app.control
     assert replies(control.ping(timeout=1.0)) == {w1.hostname: {"ok": "pong"}, w2.hostname: {"ok": "pong"}}
@@ -30,6 +30,15 @@ def test_ping_all_and_one_destination(procs, client_app):
     assert replies(control.ping(destination=[w2.hostname], timeout=5.0)) == {w2.hostname: {"ok": "pong"}}
     assert time.monotonic() - t0 < 2.0  # with a destination, the reply ends the wait, not the timeout
     assert control.inspect(destination=["nobody@nowhere"], timeout=0.3).ping() is None
+
+    running = client_app.hold.delay("two")
+    wait_for(lambda: redis_client.llen("two:started"), 10, "the task to start")
+    active = control.inspect(destination=[w1.hostname, w2.hostname], timeout=5.0).active()
+    assert set(active) == {w1.hostname, w2.hostname}
+    busy = [(host, tasks) for host, tasks in active.items() if tasks]
+    assert len(busy) == 1 and [t["id"] for t in busy[0][1]] == [running.id]
+    redis_client.rpush("two:gate", 1)
+    assert running.get(timeout=10) == "two"
 
 
 def test_inspect_active_reserved_scheduled_registered(procs, client_app, redis_client):

@@ -35,7 +35,7 @@ def started_tokens(redis_client, key):
 
 def started_pid(redis_client, key, token):
     for line in redis_client.lrange(f"{key}:started", 0, -1):
-        t, pid, _ = line.decode().split("|")
+        t, pid, _, _ = line.decode().split("|")
         if t == token:
             return int(pid)
     return None
@@ -188,7 +188,7 @@ def test_revoke_terminate_kills_the_running_task_only(procs, client_app, redis_c
     assert r.state == states.REVOKED
     wait_for(lambda: not pid_alive(pid), 10, "the terminated process to be gone")
     assert client_app.book.delay("term", "after").get(timeout=10) == "after"
-    assert redis_client.lrange("term", 0, -1) == [b"after"]       # the gated body never finished
+    assert Books(redis_client, "term", []).done() == {"after": 1}  # the gated body never finished
     wait_for(lambda: len(worker.children()) == 2, 10, "the pool to be whole again")
 
 
@@ -229,9 +229,9 @@ def test_killed_worker_acks_late_task_is_redelivered_after_visibility_timeout(pr
     assert time.time() - killed_at >= 2.0 - 0.1          # not before the visibility timeout
     redis_client.rpush("vis:gate", "go")
     assert r.get(timeout=10) == "g"
-    deliveries = [int(x.decode().split("|")[2]) for x in redis_client.lrange("vis:started", 0, -1)]
+    deliveries = [d for _, _, d in Books(redis_client, "vis", []).starts()]
     assert deliveries == [0, 1]
-    assert redis_client.lrange("vis", 0, -1) == [b"g"]
+    assert Books(redis_client, "vis", []).done() == {"g": 1}
 
 
 @pytest.mark.parametrize("limit_setting", ["transport_option", "task_max_deliveries"])
@@ -269,6 +269,40 @@ def test_hard_time_limit_with_acks_late_fails_and_is_not_redelivered(procs, clie
     assert client_app.add.delay(1, 1).get(timeout=10) == 2
     assert redis_client.llen("hard") == 1
     assert client_app.app.broker.held(["default"]).get("default", 0) == 0
+
+
+@pytest.mark.parametrize("kind", ["streams", "lists"])
+def test_extend_renews_every_message_a_consumer_holds(redis_client, kind):
+    """A live consumer's whole reservation (running + prefetched) is renewed, not just its first message."""
+    from minique.brokers import make_broker
+    broker = make_broker(redis_client, {"queue_type": kind, "visibility_timeout": 0.5}, 10)
+    broker.ensure_queues(["q"])
+    for i in range(5):
+        broker.send(redis_client, "q", 0, f"m{i}".encode())
+    assert len(broker.fetch("c1", ["q"], 5, 0)) == 5
+    for _ in range(4):                       # 4 x 0.25 s: twice the visibility timeout, renewed all along
+        later = time.time() + 0.25
+        wait_for(lambda: time.time() > later, 2, "a quarter second")
+        broker.extend("c1", ["q"])
+        assert broker.reclaim(["q"]) == 0
+    assert len(broker.held_by("c1", ["q"])) == 5
+
+
+def test_reaper_finds_idle_messages_behind_many_live_ones(redis_client):
+    """XAUTOCLAIM scans a bounded slice of the pending list per call: the reaper must follow its cursor."""
+    from minique.brokers import make_broker
+    broker = make_broker(redis_client, {"visibility_timeout": 10}, 10)
+    broker.ensure_queues(["q"])
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(2500):
+        broker.send(pipe, "q", 0, f"m{i}".encode())
+    pipe.execute()
+    held = broker.fetch("live", ["q"], 2500, 0)
+    assert len(held) == 2500
+    dead = [d.receipt[1] for d in held[-5:]]                      # a dead consumer's, idle for a minute
+    redis_client.xclaim(keys.queue("q", 0), keys.GROUP, "dead", 0, dead, idle=60_000, justid=True)
+    assert broker.reclaim(["q"]) == 5
+    assert broker.reclaim(["q"]) == 0
 
 
 # --- retries end to end ----------------------------------------------------------------------------
@@ -352,7 +386,7 @@ def test_security_key_dead_letters_unsigned_and_forged_messages(procs, client_ap
                     10, "three dead letters")
     assert {f[b"task_id"].decode() for _, f in dead} == {unsigned.id, forged.id, tampered_msg.id}
     assert all(b"unsigned or forged" in f[b"reason"] for _, f in dead)
-    assert redis_client.lrange("sig", 0, -1) == [b"good"]
+    assert Books(redis_client, "sig", []).done() == {"good": 1}
 
 
 # --- URLs with credentials, and TLS ------------------------------------------------------------------

@@ -62,8 +62,8 @@ def test_kill_child_mid_task(procs, client_app, redis_client, acks_late, reject)
     assert pid in worker.children()
     os.kill(pid, signal.SIGKILL)                        # the fault: its body is blocked, certainly mid-task
     books = Books(redis_client, "k1", tokens)
-    wait_for(books.all_done, 30, "the other tasks")
     if acks_late and reject:
+        # (open the gate once the victim runs again: the tasks its process reserved wait behind it)
         wait_for(lambda: [t for t, _, _ in books.starts()].count("victim") == 2, 10, "the victim's redelivery")
         redis_client.rpush("k1:gate", "go")
         assert victim.get(timeout=10) == "victim"
@@ -72,10 +72,12 @@ def test_kill_child_mid_task(procs, client_app, redis_client, acks_late, reject)
     else:
         with pytest.raises(WorkerLostError):
             victim.get(timeout=10)
+    wait_for(books.all_done, 30, "the other tasks")
     wait_for(lambda: settled(app), 10, "the queue to drain")
     figures = books.figures()
     assert figures["done"] == figures["sent"] == 300 and figures["lost"] == 0
-    assert figures["duplicated"] == 0 and figures["started_twice"] == 0 and figures["unknown"] == 0
+    assert figures["duplicated"] == 0 and figures["started_twice"] == 0
+    assert set(books.done()) - set(tokens) == ({"victim"} if reject else set())
     # the killed child's prefetched messages went back uncounted; nothing else was redelivered
     assert all(d == 0 for t, _, d in books.starts() if t != "victim")
     assert redis_client.xlen("minique:dlq") == 0
@@ -123,7 +125,8 @@ def test_kill_whole_worker_under_load(procs, client_app, redis_client, acks_late
     assert figures["duplicated"] <= 2
     if not acks_late:
         assert figures["duplicated"] == 0
-    assert min((d for t, _, d in books.starts() if t in redelivered), default=1) >= 1
+    if acks_late:     # what was running at the kill ran again, as a counted redelivery
+        assert running_at_kill <= redelivered
     assert redis_client.xlen("minique:dlq") == 0
     report(f"kill -9 whole worker under load, second worker finishes ({broker}, "
            f"{'acks_late' if acks_late else 'early ack'})", **figures, done_before_kill=done_at_kill,
@@ -161,11 +164,11 @@ def test_sigterm_under_load_is_warm(procs, client_app, redis_client, acks_late):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", ["SIGTERM twice", "SIGQUIT"])
+@pytest.mark.parametrize("how", ["SIGTERM twice", "SIGQUIT", "SIGTERM past worker_shutdown_timeout"])
 @pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
 def test_cold_shutdown(procs, client_app, redis_client, acks_late, how):
     app = client_app.app
-    first = procs.worker("-c", "2", settings=conf(acks_late))
+    first = procs.worker("-c", "2", settings=conf(acks_late, worker_shutdown_timeout=1))
     gated = [client_app.gated.apply_async(("k3c", f"g{i}"), priority=9) for i in range(2)]
     tokens = send_books(app, "k3c", 100, 0.0)
     books = Books(redis_client, "k3c", tokens)
@@ -173,13 +176,17 @@ def test_cold_shutdown(procs, client_app, redis_client, acks_late, how):
              "both gated tasks to run")
     if how == "SIGQUIT":
         first.signal(signal.SIGQUIT)
-    else:
+    elif how == "SIGTERM twice":
         Fault.SIGTERM_TWICE.inject(first)
+    else:                                   # warm, but the gated tasks outlive the 1 s grace
+        Fault.SIGTERM.inject(first)
     assert first.wait(15) == 0
+    if how.startswith("SIGTERM past"):
+        assert "Warm shutdown" in first.log() and "Cold shutdown" not in first.log()
     procs.worker("-c", "2", settings=conf(acks_late))
-    wait_for(books.all_done, 20, "the other tasks")
     if acks_late:     # interrupted: redelivered, counted, done once
-        wait_for(lambda: len([t for t, _, _ in books.starts() if t.startswith("g")]) == 4, 15, "redeliveries")
+        # (one process may reserve both: open both gates once the first runs again)
+        wait_for(lambda: len([t for t, _, _ in books.starts() if t.startswith("g")]) >= 3, 15, "a redelivery")
         redis_client.rpush("k3c:gate", "go", "go")
         assert sorted(g.get(timeout=10) for g in gated) == ["g0", "g1"]
         assert sorted(d for t, _, d in books.starts() if t.startswith("g")) == [0, 0, 1, 1]
@@ -187,6 +194,7 @@ def test_cold_shutdown(procs, client_app, redis_client, acks_late, how):
         for g in gated:
             with pytest.raises(WorkerLostError):
                 g.get(timeout=10)
+    wait_for(books.all_done, 20, "the other tasks")
     wait_for(lambda: settled(app), 10, "the queue to drain")
     figures = books.figures()
     assert figures["done"] == 100 and figures["lost"] == 0 and figures["duplicated"] == 0
@@ -256,6 +264,10 @@ def test_redis_killed_and_restarted_under_load(fresh_redis, fresh_app, tmp_path,
         ran_unacked = len(set(books.done()) & set(failed_sends))
         assert figures["lost"] == 0 and figures["done"] == len(sent)
         assert figures["unknown"] == ran_unacked
+        # A duplicate needs a request in flight at the instant of the kill whose effect was saved but
+        # whose reply was lost, then retried: a client's send (XADD twice), or with acks_late a worker's
+        # flush. A handful at most; never a loss.
+        assert figures["duplicated"] <= 5
         # results too: every acknowledged task has its SUCCESS
         assert [r.state for r in results].count(states.SUCCESS) == len(sent)
         assert fresh_app.add.delay(2, 2).get(timeout=20) == 4           # the client reconnected

@@ -5,7 +5,7 @@ The broker is MINIQUE_BROKER_URL (the runner's private redis-server).
 from minique import Minique
 
 from . import rtcount
-from .bench_body import count_one
+from .bench_body import incr, tick
 
 rtcount.maybe_install()
 
@@ -13,13 +13,18 @@ app = Minique("mq_bench", include=["benchmarks.apps.mq_bench"])
 
 
 @app.task(ignore_result=True)
-def incr_ignored():
-    count_one()
+def tick_ignored():
+    tick()
 
 
 @app.task(ignore_result=False)
-def incr_stored():
-    count_one()
+def tick_stored():
+    tick()
+
+
+@app.task(ignore_result=True)
+def incr_ignored():
+    incr()
 
 
 @app.task

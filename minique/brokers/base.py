@@ -10,6 +10,7 @@ the dead-letter stream.
 """
 from __future__ import annotations
 
+import math
 import socket
 import time
 from abc import ABC, abstractmethod
@@ -55,7 +56,8 @@ class Broker(ABC):
 
     def send_later(self, pipe: Any, queue: str, priority: int, data: bytes, eta: float) -> None:
         """Park a message in the queue's delayed set until `eta` (epoch seconds)."""
-        pipe.zadd(keys.delayed(queue), {str(priority).encode() + data: int(eta * 1000)})
+        # rounded up to the ms: moved when due on the server's clock, so never before `eta`
+        pipe.zadd(keys.delayed(queue), {str(priority).encode() + data: math.ceil(eta * 1000)})
 
     def move_due(self, queues: Iterable[str], limit: int = 1000) -> Tuple[int, Optional[float]]:
         """Move due delayed messages into their queues (atomic per message, safe to race).

@@ -114,9 +114,14 @@ class StreamsBroker(Broker):
         total = 0
         idle_ms = int(self.visibility_timeout * 1000)
         for key in self._keys(queues):
-            n, dead = SCRIPTS(self.client, "reclaim", [key], [keys.GROUP, REAPER, idle_ms, 100, self.max_deliveries])
-            total += int(n)
-            self._bury(key, dead, "too many deliveries")
+            cursor: Any = "0-0"
+            for _ in range(1000):  # each call scans at most 1,000 pending entries; follow the cursor
+                n, dead, cursor = SCRIPTS(self.client, "reclaim", [key],
+                                          [keys.GROUP, REAPER, idle_ms, 100, self.max_deliveries, cursor])
+                total += int(n)
+                self._bury(key, dead, "too many deliveries")
+                if cursor in (b"0-0", "0-0"):
+                    break
         return total
 
     def _bury(self, key: str, dead: list, reason: str) -> None:

@@ -88,13 +88,16 @@ class Dashboard:
     """The application behind the HTTP handler: state, auth, and the JSON API."""
 
     def __init__(self, app: Any, basic_auth: Optional[List[str]] = None, token: Optional[str] = None,
-                 max_tasks: int = 10000, sample_interval: float = 2.0, refresh: float = 1.5):
+                 max_tasks: int = 10000, sample_interval: float = 2.0, refresh: float = 1.5,
+                 rescan_interval: float = 30.0):
         self.app = app
-        self.state = State(app, max_tasks=max_tasks, sample_interval=sample_interval)
+        self.state = State(app, max_tasks=max_tasks, sample_interval=sample_interval,
+                           rescan_interval=rescan_interval)
         self.basic = [a.encode() for a in (basic_auth or [])]
         self.token = token
         self.csrf = secrets.token_urlsafe(32)
         self.refresh = refresh
+        self.loopback_only = False  # set when bound to a loopback address: then only loopback Host names pass
         self.registry = self._registry()
 
     def _registry(self) -> Any:
@@ -133,6 +136,13 @@ class Dashboard:
             if given and hmac.compare_digest(given.encode(), want):
                 return True, True
         return False, False
+
+    def host_ok(self, headers: Any) -> bool:
+        """Against DNS rebinding: a dashboard bound to loopback answers loopback host names only."""
+        if not self.loopback_only:
+            return True
+        host = urlsplit("//" + (headers.get("Host") or "")).hostname or ""
+        return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
 
     def csrf_ok(self, headers: Any) -> bool:
         token = headers.get("X-CSRF-Token", "")
@@ -329,6 +339,8 @@ class Handler(BaseHTTPRequestHandler):
             self.body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
+        if not dash.host_ok(self.headers):
+            return self._error(421, "unexpected Host header (the dashboard is bound to loopback)")
         if path == "/healthz":
             return self._send(200, b"ok\n", "text/plain; charset=utf-8")
         allowed, set_cookie = dash.authorized(self.headers, query)
@@ -424,6 +436,11 @@ class DashboardServer:
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
+        import ipaddress
+        try:
+            dashboard.loopback_only = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            dashboard.loopback_only = False
 
     @property
     def url(self) -> str:
@@ -449,7 +466,7 @@ class DashboardServer:
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 5555, basic_auth: Optional[List[str]] = None,
           token: Optional[str] = None, max_tasks: int = 10000, sample_interval: float = 2.0,
-          refresh: float = 1.5) -> DashboardServer:
+          refresh: float = 1.5, rescan_interval: float = 30.0) -> DashboardServer:
     """Build the dashboard server for `app` (call .serve_forever() or .start())."""
     for pair in basic_auth or ():
         if ":" not in pair:
@@ -457,7 +474,7 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 5555, basic_auth: Optio
     if os.environ.get("MINIQUE_DASHBOARD_TOKEN") and not token:
         token = os.environ["MINIQUE_DASHBOARD_TOKEN"]
     dash = Dashboard(app, basic_auth=basic_auth, token=token, max_tasks=max_tasks,
-                     sample_interval=sample_interval, refresh=refresh)
+                     sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
     return DashboardServer(dash, host, port)
 
 

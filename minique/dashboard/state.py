@@ -6,7 +6,8 @@ Three daemon threads keep it current:
   into `TaskIndex` (the last `max_tasks` tasks, oldest evicted first) and `WorkerBook`;
 * the sampler measures every queue (one pipelined round trip, see metrics.queue_sample)
   each `sample_interval` seconds into `QueueHistory` (a ring buffer: the chart);
-* queue names are rediscovered with SCAN every 30 s (never KEYS).
+* queue names are rediscovered with SCAN every `rescan_interval` (30 s; never KEYS), and
+  queues named in task events are added as they appear.
 """
 from __future__ import annotations
 
@@ -267,8 +268,10 @@ class QueueHistory:
 class State:
     """Everything above plus the threads that keep it current."""
 
-    def __init__(self, app: Any, max_tasks: int = 10000, sample_interval: float = 2.0, history: int = 900):
+    def __init__(self, app: Any, max_tasks: int = 10000, sample_interval: float = 2.0, history: int = 900,
+                 rescan_interval: float = 30.0):
         self.app = app
+        self.rescan_interval = rescan_interval
         self.index = TaskIndex(max_tasks)
         self.workers = WorkerBook(app)
         self.history = QueueHistory(history)
@@ -276,6 +279,7 @@ class State:
         self.stopped = threading.Event()
         self.queue_names: List[str] = [app.conf.task_default_queue]
         self._queues_at = 0.0
+        self._queues_lock = threading.Lock()
         self.last_event_id = "0-0"
         self.threads = [threading.Thread(target=self._follow, name="minique-dash-events", daemon=True),
                         threading.Thread(target=self._sample, name="minique-dash-queues", daemon=True)]
@@ -288,22 +292,22 @@ class State:
         self.stopped.set()
 
     def queues(self) -> List[str]:
-        now = time.time()
-        if now - self._queues_at > 30:
-            self._queues_at = now
-            try:
-                found = set(self.app.broker.queues_known())
-            except redis.exceptions.RedisError as exc:
-                log.warning("cannot list queues: %s", exc)
-                found = set()
-            with self.index.lock:
-                found.update(r.get("queue") for r in self.index.tasks.values() if r.get("queue"))
-            found.add(self.app.conf.task_default_queue)
-            self.queue_names = sorted(found)
-        return list(self.queue_names)
+        with self._queues_lock:  # one SCAN at a time; callers meanwhile wait for its answer
+            if time.time() - self._queues_at > self.rescan_interval:
+                self._rescan()
+            return list(self.queue_names)
 
-    def refresh_queues(self) -> None:
-        self._queues_at = 0.0
+    def _rescan(self) -> None:
+        try:
+            found = set(self.app.broker.queues_known())
+        except redis.exceptions.RedisError as exc:
+            log.warning("cannot list queues: %s", exc)
+            found = set(self.queue_names)
+        with self.index.lock:
+            found.update(r.get("queue") for r in self.index.tasks.values() if r.get("queue"))
+        found.add(self.app.conf.task_default_queue)
+        self.queue_names = sorted(found)
+        self._queues_at = time.time()
 
     def _follow(self) -> None:
         client = self.app.broker_client

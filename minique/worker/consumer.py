@@ -18,10 +18,11 @@ import redis
 
 from .. import keys
 from ..brokers import Delivery
-from .execute import Batch, Executor
+from .execute import Batch, Executor, NotStarted
 
 log = logging.getLogger("minique.worker")
 FETCH_BLOCK = 1.0  # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
+AUDIT_EVERY = 60.0  # seconds between audits of what this consumer holds (also after any Redis failure)
 
 
 class _Interrupt(BaseException):
@@ -48,6 +49,8 @@ class Consumer:
         self.stopping = False
         self.in_fetch = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
+        self._suspect = False                        # a Redis failure happened since the last audit
+        self._audit_at = time.monotonic() + AUDIT_EVERY
         self.processed = 0
 
     # --- process integration ------------------------------------------------------------------------
@@ -80,6 +83,8 @@ class Consumer:
                     self.flush()
                     if self.stopping:
                         break
+                    if self._suspect or time.monotonic() >= self._audit_at:
+                        self._audit()
                     self._fetch()
                     if os.getppid() != parent and self.slot is not None:
                         log.warning("worker parent is gone; child %s stops", self.name)
@@ -87,8 +92,16 @@ class Consumer:
                     self._check_control()
                     continue
                 delivery = self.buffer.popleft()
-                self._check_control()  # a revocation may concern a message already prefetched
-                self.executor.handle(delivery, self.batch)
+                try:
+                    self._check_control()  # a revocation may concern a message already prefetched
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    self.buffer.appendleft(delivery)
+                    raise
+                try:
+                    self.executor.handle(delivery, self.batch)
+                except NotStarted:
+                    self.buffer.appendleft(delivery)  # its body did not begin: handle it again later
+                    raise
                 self.processed += 1
                 if self.events is not None:
                     self.events.maybe_flush(self.batch.broker)
@@ -97,9 +110,11 @@ class Consumer:
                     break
             except _Interrupt:
                 break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, NotStarted) as exc:
+                # The batch keeps its commands and is flushed again; once Redis answers, the audit
+                # gives back whatever this consumer holds that a cut-off reply left out of its hands.
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, backoff)
-                self.batch.discard()
+                self._suspect = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
         try:
@@ -111,6 +126,21 @@ class Consumer:
 
     def flush(self) -> None:
         self.batch.flush()
+
+    def _audit(self) -> None:
+        """Requeue what Redis says this consumer holds but it does not have in hand.
+
+        Called with the buffer empty and the batch flushed, so every ack is in: anything still held
+        came from a fetch whose reply was lost, or a task cut off by a Redis failure. Unacked, and
+        renewed by the live parent, such a message would otherwise wait forever."""
+        in_hand = {d.receipt for d in self.buffer}
+        orphans = [d for d in self.app.broker.held_by(self.name, self.queues) if d.receipt not in in_hand]
+        for d in orphans:
+            self.app.broker.requeue(d, redelivered=False)
+        if orphans:
+            log.warning("consumer %s gave back %d message(s) a Redis failure had cut off", self.name, len(orphans))
+        self._suspect = False
+        self._audit_at = time.monotonic() + AUDIT_EVERY
 
     def _fetch(self) -> None:
         count = self.prefetch

@@ -56,6 +56,9 @@ class FastPipeline(redis.client.Pipeline):
                     out.append(exc)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             conn.disconnect()
+            # keep the commands: the caller flushes again once Redis answers (results and acks are
+            # idempotent; a message this batch sends may then be sent twice, never lost)
+            self.command_stack = stack + self.command_stack
             raise
         if raise_on_error:
             for r in out:
@@ -91,6 +94,12 @@ class Batch:
         self.broker.reset()
         if self.backend is not self.broker:
             self.backend.reset()
+
+
+class NotStarted(Exception):
+    """Redis failed the flush that comes before a task's body: the task did not start.
+
+    The consumer keeps the delivery and handles it again once Redis answers."""
 
 
 def _raise_soft_limit(signum: int, frame: Any) -> None:
@@ -170,7 +179,10 @@ class Executor:
                                extra={"hostname": self.hostname, "pid": os.getpid()})
         if self.events is not None:
             self.events.task("task-started", msg, hostname=self.hostname, args=args, kwargs=kwargs)
-        batch.flush()
+        try:
+            batch.flush()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc
         request = context.Request(
             id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
             parent_id=msg.parent_id, group=msg.group_id, group_index=msg.group_index, hostname=self.hostname,

@@ -185,8 +185,10 @@ def push_to(value, key):
 
 
 # --- reliability and delivery tests (tests/test_reliability.py, tests/test_delivery.py) ----------------
-# Each execution leaves a line in Redis: "<key>:started" gets "token|pid|delivery_count" when the body
-# starts, "<key>" gets the token when it ends. The books are these lists.
+# Each execution leaves a line in Redis: "<key>:started" gets "token|pid|delivery_count|run" when the
+# body starts, "<key>" gets "token|run" when it ends; "run" is new for every execution of a body, so a
+# line written twice (a client retrying a write whose reply it lost) is not taken for a second execution.
+# The books (tests/procs.py: Books) are these lists.
 
 _durable_store = None
 
@@ -205,17 +207,20 @@ def durable_store():
 
 
 def _started(r, key, token, request):
-    r.rpush(f"{key}:started", f"{token}|{os.getpid()}|{request.delivery_count or 0}")
+    import uuid
+    run = uuid.uuid4().hex[:12]
+    r.rpush(f"{key}:started", f"{token}|{os.getpid()}|{request.delivery_count or 0}|{run}")
+    return run
 
 
 @app.task(bind=True)
 def book(self, key, token, seconds=0.0):
     """One unit of load: record the start, work `seconds`, record the end."""
     r = store()
-    _started(r, key, token, self.request)
+    run = _started(r, key, token, self.request)
     if seconds:
         time.sleep(seconds)
-    r.rpush(key, token)
+    r.rpush(key, f"{token}|{run}")
     return token
 
 
@@ -223,10 +228,10 @@ def book(self, key, token, seconds=0.0):
 def book_durable(self, key, token, seconds=0.0):
     """book() whose records survive a Redis restart in the middle (for the Redis-restart test)."""
     r = durable_store()
-    _started(r, key, token, self.request)
+    run = _started(r, key, token, self.request)
     if seconds:
         time.sleep(seconds)
-    r.rpush(key, token)
+    r.rpush(key, f"{token}|{run}")
     return token
 
 
@@ -234,11 +239,11 @@ def book_durable(self, key, token, seconds=0.0):
 def gated(self, key, token, timeout=30):
     """Record the start, then wait until the test pushes to "<key>:gate" (so a test can act mid-task)."""
     r = store()
-    _started(r, key, token, self.request)
+    run = _started(r, key, token, self.request)
     deadline = time.time() + timeout
     while r.blpop(f"{key}:gate", 1) is None and time.time() < deadline:  # short waits: under socket_timeout
         pass
-    r.rpush(key, token)
+    r.rpush(key, f"{token}|{run}")
     return token
 
 
@@ -289,8 +294,8 @@ def book_and_grow(self, key, token, kib):
     blob = bytearray(kib * 1024)
     blob[::4096] = b"x" * len(blob[::4096])  # touch every page: resident, not just reserved
     _ballast.append(blob)
-    _started(store(), key, token, self.request)
-    store().rpush(key, token)
+    run = _started(store(), key, token, self.request)
+    store().rpush(key, f"{token}|{run}")
     return os.getpid()
 
 

@@ -1,11 +1,14 @@
 -- Redeliver entries no consumer has renewed for the visibility timeout (their worker is gone).
 -- KEYS[1] the stream
 -- ARGV[1] group; ARGV[2] reaper consumer name; ARGV[3] min idle ms (visibility timeout);
--- ARGV[4] batch size; ARGV[5] max deliveries
+-- ARGV[4] batch size; ARGV[5] max deliveries; ARGV[6] where to start in the pending list ('0-0' first)
 -- Each entry is re-added with its delivery count + 1, or, past max deliveries, left pending
 -- (owned by the reaper) and returned for the caller to dead-letter.
--- Returns {redelivered count, {id, data, ...}}
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), '0-0', 'COUNT', tonumber(ARGV[4]))
+-- XAUTOCLAIM looks at no more than 10 x batch size pending entries per call: the caller goes on
+-- from the returned cursor until it is '0-0' again, so idle entries behind many live ones are found.
+-- Returns {redelivered count, {id, data, ...}, next cursor}
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6] or '0-0',
+                     'COUNT', tonumber(ARGV[4]))
 local n, dead = 0, {}
 for _, e in ipairs(r[2]) do
   local id, f = e[1], e[2]
@@ -32,4 +35,4 @@ end
 if r[3] then
   for _, id in ipairs(r[3]) do redis.call('XACK', KEYS[1], ARGV[1], id) end
 end
-return {n, dead}
+return {n, dead, r[1]}

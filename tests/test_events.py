@@ -1,0 +1,169 @@
+"""Task and worker events in the capped stream, and the pieces that consume them (real Redis)."""
+import time
+
+import pytest
+
+from minique import events, keys, states
+from minique.dashboard.state import TaskIndex
+from minique.message import make
+from minique.metrics import CAPACITY, OVERFLOW, MetricsTable
+from minique.worker.observe import RateLimiter, RateLimitTable, parse_rate
+from procs import wait_for
+
+
+def all_events(client):
+    _, found = events.read(client, "0-0", count=10000)
+    return list(found)
+
+
+def task_events(client, task_id):
+    return [e for e in all_events(client) if e.get("uuid") == task_id]
+
+
+def test_task_life_in_events(procs, client_app, redis_client):
+    worker = procs.worker("-c", "1")
+    ok = client_app.add.delay(2, 3)
+    assert ok.get(timeout=10) == 5
+    # the last task's events arrive without waiting for another task (the process went idle)
+    evs = wait_for(lambda: len(task_events(redis_client, ok.id)) == 3 and task_events(redis_client, ok.id), 5,
+                   "the events of the last task")
+    assert [e["type"] for e in evs] == ["task-received", "task-started", "task-succeeded"]
+    received, started, succeeded = evs
+    for e in evs:
+        assert (e["name"], e["queue"], e["hostname"], e["retries"]) == ("testapp.add", "default", worker.hostname, 0)
+        assert e["pid"] in worker.children() and e["ts"] > 0
+    assert received["sent_at"] <= started["ts"] and received["priority"] == 0
+    assert (started["args"], started["kwargs"]) == ("[2, 3]", "{}")
+    assert succeeded["runtime"] >= 0 and succeeded["root_id"] == ok.id
+
+    bad = client_app.fail.delay("nope")
+    bad.get(timeout=10, propagate=False)
+    failed = wait_for(lambda: [e for e in task_events(redis_client, bad.id) if e["type"] == "task-failed"], 5,
+                      "task-failed")[0]
+    assert "nope" in failed["exception"]
+    msg = make("testapp.fail", ("nope",), {})
+    assert failed["body"] == msg.body and failed["content_type"] == "json"  # enough to send it again
+
+    retried = client_app.retry_no_exc.delay("ev-retry")
+    retried.get(timeout=10, propagate=False)
+    wait_for(lambda: len([e for e in task_events(redis_client, retried.id)
+                          if e["type"] in ("task-retried", "task-failed")]) == 2, 5, "both outcomes")
+    kinds = [(e["type"], e["retries"]) for e in task_events(redis_client, retried.id)
+             if e["type"] in ("task-retried", "task-failed")]
+    assert kinds == [("task-retried", 0), ("task-failed", 1)]
+
+    revoked = client_app.add.apply_async((1, 1), countdown=0.3)
+    client_app.app.control.revoke(revoked.id)
+    wait_for(lambda: any(e["type"] == "task-revoked" and e["reason"] == "revoked"
+                         for e in task_events(redis_client, revoked.id)), 10, "task-revoked")
+
+    unknown = client_app.app.send_task("testapp.no_such_task")
+    rejected = wait_for(lambda: [e for e in task_events(redis_client, unknown.id)
+                                 if e["type"] == "task-rejected"], 10, "task-rejected")[0]
+    assert rejected["queue"] == "default" and "unknown task" in rejected["reason"]
+
+
+def test_worker_events_online_heartbeat_offline(procs, client_app, redis_client):
+    worker = procs.worker("-c", "1")
+    wait_for(lambda: {"worker-online", "worker-heartbeat"} <= {e["type"] for e in all_events(redis_client)}, 10,
+             "worker-online and a heartbeat")
+    beat = [e for e in all_events(redis_client) if e["type"] == "worker-heartbeat"][0]
+    assert beat["hostname"] == worker.hostname and beat["freq"] > 0 and beat["concurrency"] == 1
+    assert "processed" in beat and "active" in beat
+    worker.signal(15)
+    assert worker.wait(15) == 0
+    assert all_events(redis_client)[-1]["type"] == "worker-offline"
+
+
+def test_without_events_nothing_is_written(procs, client_app, redis_client):
+    procs.worker("-c", "1", "--without-events")
+    assert client_app.add.delay(1, 1).get(timeout=10) == 2
+    assert redis_client.xlen(keys.EVENTS) == 0
+
+
+def test_big_arguments_cost_a_bounded_repr(procs, client_app, redis_client):
+    procs.worker("-c", "1")
+    r = client_app.identity.delay(list(range(100000)))
+    assert len(r.get(timeout=10)) == 100000
+    started = wait_for(lambda: [e for e in task_events(redis_client, r.id) if e["type"] == "task-started"], 5,
+                       "task-started")[0]
+    assert len(started["args"]) < 600 and started["args"].startswith("[[0, 1, 2")
+
+
+def test_batches_are_capped_and_read_in_order(redis_client):
+    ev = events.Events("h@x")
+    for i in range(5):
+        msg = make("t.x", (i,), {})
+        ev.task("task-received", msg, hostname="h@x")
+    assert redis_client.xlen(keys.EVENTS) == 0  # buffered
+    ev.flush(redis_client)
+    assert redis_client.xlen(keys.EVENTS) == 1  # one entry for the batch
+    last, found = events.read(redis_client)
+    assert [e["type"] for e in found] == ["task-received"] * 5
+    assert list(events.read(redis_client, last)[1]) == []
+    info = redis_client.xinfo_stream(keys.EVENTS)
+    assert info["length"] <= events.MAXLEN
+
+
+# --- the index the dashboard builds from events ---------------------------------------------------------
+def ev(kind, tid, retries=0, **kw):
+    return dict(type=kind, uuid=tid, name="t.x", queue="q", retries=retries, ts=time.time(), hostname="w", **kw)
+
+
+def test_index_orders_by_delivery_not_arrival():
+    index = TaskIndex()
+    # the retry's success can reach the stream before the first run's "retried" (different processes)
+    index.apply([ev("task-received", "a"), ev("task-started", "a"), ev("task-received", "a", 1),
+                 ev("task-started", "a", 1), ev("task-succeeded", "a", 1, runtime=0.1),
+                 ev("task-retried", "a", 0, exception="KeyError()")])
+    rec = index.get("a")
+    assert (rec["state"], rec["retries"], rec["runtime"]) == (states.SUCCESS, 1, 0.1)
+    assert [h["type"] for h in rec["history"]][-1] == "task-retried"
+
+
+def test_index_is_bounded_and_links_children():
+    index = TaskIndex(limit=3)
+    index.apply([ev("task-received", "p"), ev("task-received", "c1", parent_id="p"),
+                 ev("task-received", "c2", parent_id="p")])
+    assert [c["id"] for c in index.children_of("p")] == ["c1", "c2"]
+    index.apply([ev("task-received", "d"), ev("task-received", "e")])
+    assert index.get("p") is None and index.get("c1") is None and len(index.tasks) == 3
+    assert index.children == {}  # evicted with them
+    page = index.summaries(limit=2)
+    assert [t["id"] for t in page["tasks"]] == ["e", "d"] and page["total"] == 3
+
+
+# --- shared-memory metrics and rate limits ----------------------------------------------------------------
+def test_metrics_regions_survive_a_new_writer_and_overflow():
+    table = MetricsTable(2)
+    first = table.recorder(0)
+    first.event(2, "t.a", "q")
+    second = table.recorder(0)  # the next process in the same slot
+    second.event(2, "t.a", "q")
+    table.recorder(1).event(2, "t.a", "q")
+    assert table.snapshot()[(0, "t.a", "q")][2] == 3
+    for i in range(CAPACITY + 10):
+        second.event(0, f"t.{i}", "q")
+    snap = table.snapshot()
+    assert snap[(0, OVERFLOW, OVERFLOW)][0] == 12  # the label sets that did not fit
+    assert sum(v[0] for k, v in snap.items() if k[0] == 0) == CAPACITY + 10
+
+
+def test_rate_parsing_and_token_bucket():
+    assert parse_rate("10/s") == 10 and parse_rate("120/m") == 2 and parse_rate("3600/h") == 1
+    assert parse_rate(5) == 5 and parse_rate("7") == 7 and parse_rate(None) == 0 and parse_rate("0") == 0
+    with pytest.raises(ValueError):
+        parse_rate("10/d")
+    table = RateLimitTable()
+    table.write({"t.x": 0.05})  # one start per 50 ms in this process
+    limiter = RateLimiter(table)
+    t0 = time.monotonic()
+    for _ in range(5):
+        limiter.acquire("t.x")
+        limiter.acquire("t.other")  # not limited: no wait
+    assert 0.19 <= time.monotonic() - t0 < 1.0
+    table.write({})
+    t0 = time.monotonic()
+    for _ in range(5):
+        limiter.acquire("t.x")
+    assert time.monotonic() - t0 < 0.05
