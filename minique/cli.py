@@ -261,6 +261,8 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
     elif command in ("pool_grow", "pool_shrink"):
         replies = getattr(ctl, command)(int(args[0]) if args else 1, destination=dest, reply=True, timeout=timeout)
     elif command == "rate_limit":
+        if len(args) != 2:
+            raise click.UsageError("usage: control rate_limit TASK_NAME RATE (e.g. 10/s, 100/m; 0 to remove)")
         replies = ctl.rate_limit(args[0], args[1], destination=dest, reply=True, timeout=timeout)
     elif command == "revoke":
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)

@@ -7,12 +7,17 @@ import sys
 from typing import Optional
 
 PLAIN = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+TASK_FIELDS = ("task_id", "task_name", "event", "queue", "runtime")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
                "pid": record.process, "message": record.getMessage()}
+        for key in TASK_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -94,3 +94,13 @@ def test_worker_with_embedded_beat(procs, client_app, redis_client):
     worker.signal(15)
     assert worker.wait(15) == 0
     assert redis_client.get("minique:lock:beat") is None  # the lease was released on shutdown
+
+
+def test_json_logs_carry_task_fields(procs, client_app):
+    worker = procs.worker("-c", "1", "--log-json")
+    r = client_app.add.delay(1, 1)
+    r.get(timeout=10)
+    from procs import wait_for
+    line = wait_for(lambda: next((ln for ln in worker.log().splitlines() if r.id in ln), None), 10, "the log line")
+    record = json.loads(line)
+    assert record["task_id"] == r.id and record["task_name"] == "testapp.add" and record["event"] == "succeeded"

@@ -102,6 +102,11 @@ class NotStarted(Exception):
     The consumer keeps the delivery and handles it again once Redis answers."""
 
 
+def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
+    """Structured fields of a task log line (the JSON log format prints them)."""
+    return {"task_id": msg.id, "task_name": msg.task, "event": event, "queue": msg.queue, **more}
+
+
 def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 
@@ -222,7 +227,8 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.SUCCESS, value, serializer=serializer)
         if self.events is not None:
             self.events.task("task-succeeded", msg, hostname=self.hostname, runtime=runtime)
-        log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime)
+        log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
+                 extra=_fields(msg, "succeeded", runtime=runtime))
         follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
         for link in msg.links or ():
             canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
@@ -303,7 +309,8 @@ class Executor:
                                format_traceback(exc.exc) if exc.exc is not None else None)
         if self.events is not None:
             self.events.task("task-retried", msg, hostname=self.hostname, exception=repr(exc.exc))
-        log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc)
+        log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
+                 extra=_fields(msg, "retried"))
 
     def _reject(self, delivery: Delivery, msg: Message, exc: Reject, batch: Batch) -> None:
         if exc.requeue:
@@ -336,7 +343,7 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.FAILURE, exc, tb)
         if self.events is not None:
             self.events.task("task-failed", msg, hostname=self.hostname, exception=repr(exc))
-        log.error("Task %s[%s] raised %r", msg.task, msg.id, exc)
+        log.error("Task %s[%s] raised %r", msg.task, msg.id, exc, extra=_fields(msg, "failed"))
         self.propagate_failure(msg, exc, tb, batch)
 
     def propagate_failure(self, msg: Message, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
@@ -376,7 +383,7 @@ class Executor:
         self.backend.store(batch.backend, msg.id, states.REVOKED, TaskRevokedError(reason), extra={"reason": reason})
         if self.events is not None:
             self.events.task("task-revoked", msg, hostname=self.hostname, reason=reason)
-        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason)
+        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason, extra=_fields(msg, reason))
         self.propagate_failure(msg, TaskRevokedError(reason), None, batch)
 
     def _dead(self, delivery: Delivery, batch: Batch, reason: str, task_id: Optional[str]) -> None:
@@ -384,4 +391,5 @@ class Executor:
         self.broker.ack(batch.broker, delivery)
         if self.events is not None:
             self.events.raw("task-rejected", uuid=task_id, reason=reason, hostname=self.hostname, queue=delivery.queue)
-        log.error("Dead-lettered message %s from %s: %s", task_id or "?", delivery.queue, reason)
+        log.error("Dead-lettered message %s from %s: %s", task_id or "?", delivery.queue, reason,
+                  extra={"task_id": task_id, "event": "dead-lettered", "queue": delivery.queue})

@@ -7,6 +7,7 @@ the message path itself.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from .consumer import Consumer
 from .slots import SlotTable
 
 log = logging.getLogger("minique.worker")
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
 @dataclass
@@ -88,13 +90,22 @@ class PreforkPool(Pool):
         slot = self.slots[index]
         slot.reset()
         member = Member(index, self.new_name(index))
-        pid = os.fork()
+        # Stop signals wait (blocked) until the child has its own handlers: a SIGTERM that came
+        # earlier would run the parent's handler in the child and be lost.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            raise
         if pid == 0:  # the child
             code = 0
             try:
+                multiprocessing.current_process().name = f"PoolWorker-{index + 1}"
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 consumer = self.make_consumer(member.name, slot)
                 consumer.install_signals()
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 consumer.load_revoked()
                 consumer.run()
             except BaseException:  # noqa: BLE001 - a child reports and exits, never returns into the parent
@@ -103,6 +114,7 @@ class PreforkPool(Pool):
             finally:
                 logging.shutdown()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         member.pid = pid
         self.members[index] = member
         return member
