@@ -5,7 +5,7 @@ import hashlib
 import hmac
 import importlib
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -23,11 +23,16 @@ _DIRECT_FIELDS = ("retries", "root_id", "parent_id", "group_id", "group_index", 
                   "time_limit", "soft_time_limit", "headers", "ignore_result")
 
 
-def _epoch(value: Any, now: float) -> Optional[float]:
-    """A datetime, or seconds from now, as epoch seconds."""
+def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[float]:
+    """A datetime, or seconds from now, as epoch seconds.
+
+    A naive datetime is in `naive_tz` (Celery: the app's timezone, UTC by default), not in this
+    host's local time as datetime.timestamp() would take it; None means local time."""
     if value is None:
         return None
     if isinstance(value, datetime):
+        if value.tzinfo is None and naive_tz is not None:
+            value = value.replace(tzinfo=naive_tz)
         return value.timestamp()
     if isinstance(value, timedelta):
         return now + value.total_seconds()
@@ -186,12 +191,12 @@ class Minique:
         fields: Dict[str, Any] = {"queue": queue, "priority": priority}
         eta = options.get("eta")
         if eta is not None:
-            fields["eta"] = _epoch(eta, now) if isinstance(eta, datetime) else float(eta)
+            fields["eta"] = _epoch(eta, now, self._naive_tz()) if isinstance(eta, datetime) else float(eta)
         elif options.get("countdown"):
             fields["eta"] = now + float(options["countdown"])
         expires = options.get("expires", task.expires if task is not None else None)
         if expires is not None:
-            fields["expires"] = _epoch(expires, now)
+            fields["expires"] = _epoch(expires, now, self._naive_tz() if isinstance(expires, datetime) else None)
         for key in _DIRECT_FIELDS:
             value = options.get(key)
             if value is not None:
@@ -219,6 +224,13 @@ class Minique:
         if conf.security_key:
             msg = sign(msg, conf.security_key)
         return msg
+
+    def _naive_tz(self) -> Any:
+        """The zone of naive datetimes given as eta/expires: `timezone`, else UTC (enable_utc), else local."""
+        if self.conf.timezone:
+            from zoneinfo import ZoneInfo
+            return ZoneInfo(self.conf.timezone) if isinstance(self.conf.timezone, str) else self.conf.timezone
+        return timezone.utc if self.conf.enable_utc else None
 
     def publish(self, pipe: Any, msg: message_mod.Message) -> None:
         """Add `msg` to `pipe`: into its queue, or the delayed set when it has a future ETA."""

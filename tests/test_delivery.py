@@ -6,8 +6,6 @@ time limits with acks_late, retries end to end, dead letters through the CLI, me
 and Redis URLs with credentials or TLS.
 """
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from minique import keys, states
-from minique.exceptions import (ContentDisallowed, MaxRetriesExceededError, TaskRevokedError, TimeLimitExceeded,
+from minique.exceptions import (MaxRetriesExceededError, TaskRevokedError, TimeLimitExceeded,
                                 WorkerLostError)
 from procs import Books, Processes, pid_alive, wait_for
 
@@ -64,6 +62,30 @@ def test_eta_datetime_is_honoured(procs, client_app, redis_client):
     _, ran_at, msg_eta, _ = json.loads(line)
     assert abs(msg_eta - eta.timestamp()) < 1e-3
     assert ran_at >= eta.timestamp()
+
+
+def test_naive_datetimes_are_utc_not_the_hosts_local_time(client_app):
+    """Celery takes a naive eta/expires in the app's timezone (UTC by default): the common
+    `eta=datetime.utcnow() + timedelta(...)` must not be hours off on a host whose clock is local."""
+    import os
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    try:
+        app = client_app.app
+        naive_utc = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(seconds=60)
+        msg = app.build_message("testapp.noop", (), None, {"eta": naive_utc, "expires": naive_utc})
+        assert abs(msg.eta - (time.time() + 60)) < 2 and abs(msg.expires - (time.time() + 60)) < 2
+        app.conf.timezone = "America/New_York"
+        from zoneinfo import ZoneInfo
+        naive_ny = datetime.now(ZoneInfo("America/New_York")).replace(tzinfo=None) + timedelta(seconds=60)
+        assert abs(app.build_message("testapp.noop", (), None, {"eta": naive_ny}).eta - (time.time() + 60)) < 2
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 def test_long_delay_is_never_redelivered_or_duplicated(procs, client_app, redis_client):
@@ -421,10 +443,12 @@ def test_urls_with_credentials(tmp_path, monkeypatch, who):
         procs.worker("-c", "1")
         assert testapp.add.delay(20, 22).get(timeout=10) == 42
         assert testapp.on_time.apply_async(("auth", "x"), countdown=0.2).get(timeout=10) == "x"
-        import redis
+        import redis                                   # and the server does insist on credentials
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
         with pytest.raises(redis.exceptions.AuthenticationError):
-            redis.Redis(host="127.0.0.1", port=server.port, password="nope", username=None if who == "requirepass"
-                        else "alice").ping()
+            redis.Redis(host="127.0.0.1", port=server.port, password="nope", retry=Retry(NoBackoff(), 0),
+                        username=None if who == "requirepass" else "alice").ping()
     finally:
         procs.close()
         if testapp is not None:

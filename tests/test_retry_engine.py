@@ -4,7 +4,7 @@ Also the two places that ask it: Task.retry() (inside a request context) and the
 autoretry_for path, checked through their pure inputs and outputs.
 """
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 

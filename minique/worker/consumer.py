@@ -22,7 +22,7 @@ from .execute import Batch, Executor, NotStarted
 
 log = logging.getLogger("minique.worker")
 FETCH_BLOCK = 1.0  # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
-AUDIT_EVERY = 60.0  # seconds between audits of what this consumer holds (also after any Redis failure)
+AUDIT_EVERY = 60.0  # at most this many seconds between audits of what a consumer holds (see _audit)
 
 
 class _Interrupt(BaseException):
@@ -50,7 +50,9 @@ class Consumer:
         self.in_fetch = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
         self._suspect = False                        # a Redis failure happened since the last audit
-        self._audit_at = time.monotonic() + AUDIT_EVERY
+        # an orphan waits no longer than a dead worker's messages do (visibility_timeout), at most a minute
+        self._audit_every = min(AUDIT_EVERY, float(app.broker.visibility_timeout))
+        self._audit_at = time.monotonic() + self._audit_every
         self.processed = 0
 
     # --- process integration ------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class Consumer:
         if orphans:
             log.warning("consumer %s gave back %d message(s) a Redis failure had cut off", self.name, len(orphans))
         self._suspect = False
-        self._audit_at = time.monotonic() + AUDIT_EVERY
+        self._audit_at = time.monotonic() + self._audit_every
 
     def _fetch(self) -> None:
         count = self.prefetch
