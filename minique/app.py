@@ -56,7 +56,8 @@ class Minique:
             self.conf.include = tuple(include)
         self.conf.update(settings)
         self.tasks: Dict[str, Task] = {}
-        self._route_cache: Dict[str, Any] = {}
+        self._defaults_cache: Dict[tuple, Any] = {}
+        self._routers_at: Tuple[int, list] = (-1, [])
         context.set_current_app(self)
         from .canvas import register_builtins
         register_builtins(self)
@@ -81,9 +82,9 @@ class Minique:
 
     def _reset(self) -> None:
         """Forget what was derived from settings (connections, routes) so new settings apply."""
-        for attr in ("broker_client", "backend_client", "broker", "backend", "_routers", "accept"):
+        for attr in ("broker_client", "backend_client", "broker", "backend", "accept"):
             self.__dict__.pop(attr, None)
-        self._route_cache.clear()
+        self._defaults_cache.clear()
 
     def import_modules(self) -> None:
         """Import `include` and `imports` so that their tasks register (the worker does this)."""
@@ -155,75 +156,95 @@ class Minique:
         return Control(self)
 
     # --- sending ------------------------------------------------------------------------------------
-    @cached_property
+    @property
     def _routers(self) -> list:
-        return routing.build_routers(self.conf.task_routes)
+        """task_routes as callables, rebuilt when settings change."""
+        version = self.conf.version
+        if self._routers_at[0] != version:
+            self._routers_at = (version, routing.build_routers(self.conf.task_routes))
+        return self._routers_at[1]
 
-    def _route(self, name: str, args: Any, kwargs: Any, options: dict, task: Optional[Task]) -> dict:
-        cached = self._route_cache.get(name)
-        if cached is not None:
-            return cached
-        found = routing.route(self._routers, name, args, kwargs, options, task) or {}
-        if routing.is_static(self._routers):
-            self._route_cache[name] = found
+    def _defaults(self, name: str) -> Dict[str, Any]:
+        """What a message of task `name` gets unless apply_async says otherwise: queue, priority,
+        serializer, ignore_result, expires. Cached until a setting changes (the send path is hot)."""
+        key = (name, self.conf.version, len(self.tasks))
+        found = self._defaults_cache.get(key)
+        if found is not None:
+            return found
+        conf, task = self.conf, self.tasks.get(name)
+        static = routing.is_static(self._routers)
+        route = (routing.route(self._routers, name, (), {}, {}, task) or {}) if static else {}
+        priority = route.get("priority")
+        if priority is None and task is not None:
+            priority = task.priority
+        if priority is None:
+            priority = conf.task_default_priority or 0
+        ignore = task.ignore_result if task is not None and task.ignore_result is not None else conf.task_ignore_result
+        found = {"task": task, "dynamic_routes": not static and bool(self._routers),
+                 "queue": route.get("queue") or (task and task.queue) or conf.task_default_queue,
+                 "priority": priority, "ignore_result": bool(ignore),
+                 "serializer": serializers.canonical((task and task.serializer) or conf.task_serializer),
+                 "expires": task.expires if task is not None else None, "security_key": conf.security_key}
+        if len(self._defaults_cache) > 10_000:
+            self._defaults_cache.clear()
+        self._defaults_cache[key] = found
         return found
 
     def build_message(self, name: str, args: Any = None, kwargs: Optional[dict] = None,
                       options: Optional[dict] = None) -> message_mod.Message:
         """The message `apply_async(args, kwargs, **options)` sends, with routing and defaults applied."""
         options = options or {}
-        task = self.tasks.get(name)
-        route = self._route(name, args, kwargs, options, task) if self._routers else {}
-        conf = self.conf
-        queue = (options.get("queue") or route.get("queue") or (task and task.queue) or conf.task_default_queue)
-        priority = options.get("priority")
-        if priority is None:
-            priority = route.get("priority")
-        if priority is None and task is not None:
-            priority = task.priority
-        if priority is None:
-            priority = conf.task_default_priority or 0
-        if not isinstance(priority, int) or not 0 <= priority <= 9:
+        d = self._defaults(name)
+        queue, priority = d["queue"], d["priority"]
+        if d["dynamic_routes"]:  # routers that look at the arguments
+            route = routing.route(self._routers, name, args, kwargs, options, d["task"]) or {}
+            queue = route.get("queue") or queue
+            priority = route.get("priority", priority)
+        queue = options.get("queue") or queue
+        if options.get("priority") is not None:
+            priority = options["priority"]
+        if priority.__class__ is not int or not 0 <= priority <= 9:
             raise ValueError(f"priority must be an int from 0 to 9 (higher runs first), not {priority!r}")
-        serializer = options.get("serializer") or (task and task.serializer) or conf.task_serializer
-        serializer = serializers.canonical(serializer)
-        now = time.time()
+        serializer = serializers.canonical(options["serializer"]) if options.get("serializer") else d["serializer"]
         fields: Dict[str, Any] = {"queue": queue, "priority": priority}
+        if d["ignore_result"]:
+            fields["ignore_result"] = True
+        if options:
+            self._apply_options(fields, options, d)
+        parent = context.current()
+        if parent is not None and not parent.called_directly and "parent_id" not in fields:
+            fields["parent_id"] = parent.id
+            fields["root_id"] = parent.root_id or parent.id
+        task_id = options.get("task_id") or message_mod.new_id()
+        if "root_id" not in fields:
+            fields["root_id"] = task_id
+        try:
+            msg = message_mod.make(name, args, kwargs, serializer, task_id=task_id, **fields)
+        except TypeError as exc:
+            raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
+        if d["security_key"]:
+            msg = sign(msg, d["security_key"])
+        return msg
+
+    def _apply_options(self, fields: Dict[str, Any], options: Dict[str, Any], defaults: Dict[str, Any]) -> None:
+        """apply_async options that change the message: times, ids, canvas links, limits, headers."""
+        now = time.time()
         eta = options.get("eta")
         if eta is not None:
             fields["eta"] = _epoch(eta, now, self._naive_tz()) if isinstance(eta, datetime) else float(eta)
         elif options.get("countdown"):
             fields["eta"] = now + float(options["countdown"])
-        expires = options.get("expires", task.expires if task is not None else None)
+        expires = options.get("expires", defaults["expires"])
         if expires is not None:
             fields["expires"] = _epoch(expires, now, self._naive_tz() if isinstance(expires, datetime) else None)
         for key in _DIRECT_FIELDS:
             value = options.get(key)
             if value is not None:
                 fields[key] = value
-        if "ignore_result" not in fields:
-            ignore = task.ignore_result if task is not None and task.ignore_result is not None \
-                else conf.task_ignore_result
-            if ignore:
-                fields["ignore_result"] = True
-        link, link_error = options.get("link"), options.get("link_error")
-        if link:
-            fields["links"] = [dict(s) for s in (link if isinstance(link, (list, tuple)) else [link])]
-        if link_error:
-            fields["errbacks"] = [dict(s) for s in (link_error if isinstance(link_error, (list, tuple)) else [link_error])]
-        parent = context.current()
-        if parent is not None and not parent.called_directly and "parent_id" not in fields:
-            fields["parent_id"] = parent.id
-            fields["root_id"] = parent.root_id or parent.id
-        task_id = options.get("task_id") or message_mod.new_id()
-        fields.setdefault("root_id", task_id)
-        try:
-            msg = message_mod.make(name, args, kwargs, serializer, task_id=task_id, **fields)
-        except TypeError as exc:
-            raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
-        if conf.security_key:
-            msg = sign(msg, conf.security_key)
-        return msg
+        for option, field in (("link", "links"), ("link_error", "errbacks")):
+            sigs = options.get(option)
+            if sigs:
+                fields[field] = [dict(s) for s in (sigs if isinstance(sigs, (list, tuple)) else [sigs])]
 
     def _naive_tz(self) -> Any:
         """The zone of naive datetimes given as eta/expires: `timezone`, else UTC (enable_utc), else local."""
@@ -250,13 +271,15 @@ class Minique:
     def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
         """Send many calls of one task in one pipelined round trip; returns their AsyncResults."""
         from .result import AsyncResult
-        pipe = self.broker_client.pipeline(transaction=False)
-        results = []
+        results, items = [], []
+        now = time.time()
         for args, kwargs in calls:
             msg = self.build_message(name, args, kwargs, options)
-            self.publish(pipe, msg)
+            items.append((msg.queue, msg.priority, msg.encode(), msg.eta if msg.eta is not None and msg.eta > now
+                          else None))
             results.append(AsyncResult(msg.id, app=self, task_name=name))
-        pipe.execute()
+        if items:
+            self.broker.send_many(items)
         return results
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:

@@ -79,10 +79,11 @@ _ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE
 class Settings(Mapping):
     """`app.conf`: attribute and item access over DEFAULTS plus what the user set."""
 
-    __slots__ = ("_data", "_cache")
+    __slots__ = ("_data", "version")
 
     def __init__(self, **values: Any):
         object.__setattr__(self, "_data", {})
+        object.__setattr__(self, "version", 0)  # bumped on every change, so derived values can be cached
         self.update(values)
 
     # Mapping protocol
@@ -114,6 +115,7 @@ class Settings(Mapping):
         if key not in DEFAULTS and not key.isupper():
             warnings.warn(f"unknown setting {key!r} (kept, but minique does not use it)", stacklevel=3)
         self._data[key] = value
+        object.__setattr__(self, "version", self.version + 1)
 
     def update(self, values: Mapping[str, Any] = (), **more: Any) -> None:  # type: ignore[override]
         for key, value in dict(values, **more).items():

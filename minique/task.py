@@ -153,8 +153,9 @@ class Task(Generic[R]):
                 raise exc
             raise MaxRetriesExceededError(
                 f"Can't retry {self.name}[{req.id}] args:{req.args} kwargs:{req.kwargs}")
-        if hasattr(eta, "timestamp"):
-            eta = eta.timestamp()
+        if eta is not None and not isinstance(eta, (int, float)):
+            from .app import _epoch
+            eta = _epoch(eta, time.time(), self.app._naive_tz())
         when = retry_engine.retry_at(time.time(), self.policy, req.retries, countdown, eta)
         signal = Retry(exc=exc, when=when)
         signal.args_override = args

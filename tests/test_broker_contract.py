@@ -150,3 +150,12 @@ def test_dead_letter_replay(broker):
     assert broker.replay_dead_letter(entry_id)
     assert broker.dead_letters() == []
     assert [d.data for d in broker.fetch("c1", ["q"], 1, 0)] == [b"msg"]
+
+
+def test_send_many_in_one_round_trip(broker):
+    broker.send_many([("q", 0, b"a", None), ("q", 9, b"b", None), ("r", 0, b"c", None)])
+    got = broker.fetch("c1", ["q", "r"], 10, 0)
+    assert sorted((d.queue, d.priority, d.data) for d in got) == [("q", 0, b"a"), ("q", 9, b"b"), ("r", 0, b"c")]
+    broker.send_many([("q", 0, b"now", None), ("q", 0, b"later", time.time() + 60)])
+    assert [d.data for d in broker.fetch("c1", ["q"], 10, 0)] == [b"now"]
+    assert broker.delayed_count("q") == 1

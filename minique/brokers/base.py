@@ -54,6 +54,16 @@ class Broker(ABC):
     def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
         """Append a ready message to its queue."""
 
+    def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
+        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path)."""
+        pipe = self.client.pipeline(transaction=False)
+        for queue, priority, data, eta in items:
+            if eta is not None:
+                self.send_later(pipe, queue, priority, data, eta)
+            else:
+                self.send(pipe, queue, priority, data)
+        pipe.execute()
+
     def send_later(self, pipe: Any, queue: str, priority: int, data: bytes, eta: float) -> None:
         """Park a message in the queue's delayed set until `eta` (epoch seconds)."""
         # rounded up to the ms: moved when due on the server's clock, so never before `eta`

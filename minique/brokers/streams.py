@@ -10,7 +10,7 @@ while they run. Acked entries are deleted, so a stream holds only live messages.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -31,6 +31,28 @@ class StreamsBroker(Broker):
 
     def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
         pipe.xadd(keys.queue(queue, priority), {"m": data})
+
+    def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
+        """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
+        packing costs as much as building the message), then every reply is read."""
+        if any(eta is not None for _, _, _, eta in items):
+            return super().send_many(items)
+        chunks = []
+        for queue, priority, data, _ in items:
+            key = keys.queue(queue, priority).encode()
+            chunks.append(b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n%s\r\n"
+                          % (len(key), key, len(data), data))
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(chunks)])
+            for _ in chunks:
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def _keys(self, queues: Sequence[str]) -> list:
         """Stream keys in read order: priority 9 of every queue first, then 8, ..."""
