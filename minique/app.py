@@ -16,6 +16,8 @@ from redis.retry import Retry as RedisRetry
 from . import context, keys, message as message_mod, routing, serializers
 from .config import Settings
 from .exceptions import ConfigurationError, NotRegistered
+from .canvas import Signature, register_builtins, send
+from .result import AsyncResult, GroupResult
 from .task import Task
 
 # apply_async options that become message fields as they are
@@ -59,7 +61,6 @@ class Minique:
         self._defaults_cache: Dict[tuple, Any] = {}
         self._routers_at: Tuple[int, list] = (-1, [])
         context.set_current_app(self)
-        from .canvas import register_builtins
         register_builtins(self)
 
     # --- configuration ------------------------------------------------------------------------------
@@ -263,35 +264,23 @@ class Minique:
 
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
-        from .result import AsyncResult
         msg = self.build_message(name, args, kwargs, options)
         self.publish(self.broker_client, msg)
         return AsyncResult(msg.id, app=self, task_name=name)
 
     def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
         """Send many calls of one task in one pipelined round trip; returns their AsyncResults."""
-        from .result import AsyncResult
-        results, items = [], []
-        now = time.time()
-        for args, kwargs in calls:
-            msg = self.build_message(name, args, kwargs, options)
-            items.append((msg.queue, msg.priority, msg.encode(), msg.eta if msg.eta is not None and msg.eta > now
-                          else None))
-            results.append(AsyncResult(msg.id, app=self, task_name=name))
-        if items:
-            self.broker.send_many(items)
-        return results
+        planned = [(name, args, kwargs, {**options, "task_id": message_mod.new_id()}) for args, kwargs in calls]
+        send(self, planned)
+        return [AsyncResult(o["task_id"], app=self, task_name=name) for *_, o in planned]
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
-        from .result import AsyncResult
         return AsyncResult(task_id, app=self, **kwargs)
 
     def GroupResult(self, group_id: str, results: List[Any]) -> Any:
-        from .result import GroupResult
         return GroupResult(group_id, results, app=self)
 
     def signature(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
-        from .canvas import Signature
         return Signature(name, args, kwargs, options, app=self)
 
     # --- beat ---------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ follow-ups with this same module, so client and worker agree by construction.
 from __future__ import annotations
 
 
+import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import context
 from .message import new_id
+from .result import AsyncResult, GroupResult
 
 Call = Tuple[str, tuple, dict, Dict[str, Any]]  # (task name, args, kwargs, options) of one message to send
 
@@ -103,7 +105,6 @@ class Signature(dict):
 
     def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
         """Fix the task id now (so results can be handed out before sending)."""
-        from .result import AsyncResult
         if _id:
             self.options["task_id"] = _id
         self.options.setdefault("task_id", new_id())
@@ -127,7 +128,6 @@ class Signature(dict):
 
     def result(self) -> Any:
         """The result handle of a frozen signature."""
-        from .result import AsyncResult
         return AsyncResult(self.id, app=self.app, task_name=self.name)
 
     def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
@@ -303,11 +303,9 @@ class group(Signature):
         return calls
 
     def result(self) -> Any:
-        from .result import GroupResult
         return GroupResult(self.id, [t.result() for t in self.tasks], app=self.app)
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
-        from .result import GroupResult
         return GroupResult(None, [t.apply(args, kwargs) for t in self.tasks], app=self.app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -425,18 +423,22 @@ maybe_signature = from_dict
 
 
 def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
-    """Publish planned calls: one pipelined round trip, or into the caller's pipeline."""
-    own = pipe is None
-    if own:
-        if len(calls) == 1:
-            name, a, k, o = calls[0]
-            app.publish(app.broker_client, app.build_message(name, a, k, o))
-            return
-        pipe = app.broker_client.pipeline(transaction=False)
+    """Publish planned calls: into the caller's pipeline, or in one round trip (the bulk path)."""
+    if pipe is not None:
+        for name, a, k, o in calls:
+            app.publish(pipe, app.build_message(name, a, k, o))
+        return
+    if len(calls) == 1:
+        name, a, k, o = calls[0]
+        app.publish(app.broker_client, app.build_message(name, a, k, o))
+        return
+    now = time.time()
+    items = []
     for name, a, k, o in calls:
-        app.publish(pipe, app.build_message(name, a, k, o))
-    if own:
-        pipe.execute()
+        msg = app.build_message(name, a, k, o)
+        items.append((msg.queue, msg.priority, msg.encode(), msg.eta if msg.eta is not None and msg.eta > now else None))
+    if items:
+        app.broker.send_many(items)
 
 
 def task_ids(sig: Any) -> List[str]:

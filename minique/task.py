@@ -6,6 +6,10 @@ from typing import Any, Callable, Dict, Generic, Iterable, Optional, Tuple, Type
 
 from . import context, retry as retry_engine, states
 from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
+from .canvas import Replace, Signature, chunks, xmap, xstarmap
+from .result import AsyncResult, EagerResult
+from .message import new_id
+from .backend import format_traceback
 
 R = TypeVar("R")
 
@@ -62,9 +66,6 @@ class Task(Generic[R]):
     def apply(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None, task_id: Optional[str] = None,
               **options: Any) -> Any:
         """Run the task here and now (eager), retries included; returns an EagerResult."""
-        from .message import new_id
-        from .result import EagerResult
-        from .backend import format_traceback
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         retries = 0
@@ -108,12 +109,10 @@ class Task(Generic[R]):
         return self.app.send_many(self.name, ((tuple(a), None) for a in arglist), **options)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
-        from .result import AsyncResult
         return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
 
     # --- canvas -------------------------------------------------------------------------------------
     def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
-        from .canvas import Signature
         return Signature(self.name, args, kwargs, options, app=self.app,
                          immutable=options.pop("immutable", False))
 
@@ -126,15 +125,12 @@ class Task(Generic[R]):
         return self.signature(args, kwargs, immutable=True)
 
     def map(self, it: Iterable[Any]) -> Any:
-        from .canvas import xmap
         return xmap(self, it)
 
     def starmap(self, it: Iterable[Any]) -> Any:
-        from .canvas import xstarmap
         return xstarmap(self, it)
 
     def chunks(self, it: Iterable[Any], n: int) -> Any:
-        from .canvas import chunks
         return chunks(self, it, n)
 
     # --- inside a running task ----------------------------------------------------------------------
@@ -166,7 +162,6 @@ class Task(Generic[R]):
 
     def replace(self, sig: Any) -> None:
         """Replace this task with `sig`: its result becomes this task's result."""
-        from .canvas import Replace
         raise Replace(sig)
 
     def reject(self, reason: Any = None, requeue: bool = False) -> None:
