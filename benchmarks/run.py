@@ -136,6 +136,8 @@ def fmt(value: Optional[float], unit: str) -> str:
         return f"{value:.1f}"
     if unit in ("%",):
         return f"{value:+.1f}"
+    if unit == "us":
+        return f"{value:.1f}"
     if unit == "per task":
         return f"{value:.3f}"
     return f"{value:.3g}"
@@ -231,6 +233,10 @@ class Runner:
             kind = "stored" if stored else "ignored"
             self.row(fig, f"drain_{kind}", f"drain -c 2, results {kind}", "tasks/s",
                      {s: [r["rate"] for r in rs] for s, rs in res.items()})
+            for part in ("worker", "redis"):
+                self.row(fig, f"drain_{kind}_cpu_{part}", f"  {part} CPU per task", "us",
+                         {s: [r["cpu_us_per_task"][part] for r in rs if r.get("cpu_us_per_task")]
+                          for s, rs in res.items()}, better="lower")
         res = self.measure({s: self.drain_job(s, body="incr") for s in self.systems}, self.runs)
         self.row(fig, "drain_incr", "drain -c 2, ignored, body does a Redis INCR", "tasks/s",
                  {s: [r["rate"] for r in rs] for s, rs in res.items()})
@@ -288,23 +294,31 @@ class Runner:
         self.row(fig, "chord_1000", "chord of 1,000", "s", {s: rs[0]["1000"] if rs else [] for s, rs in res.items()},
                  better="lower")
         big_runs = 1 if self.args.quick else self.runs
+        cap = 60.0 if self.args.quick else 120.0
         jobs = {s: {"job": "chord", "sizes": [10000], "runs": big_runs if s == "minique" else 1}
                 for s in self.systems}
+        jobs.get("celery", {})["timeout"] = cap
         res = self.measure(jobs, 1)
         self.row(fig, "chord_10000", "chord of 10,000", "s", {s: rs[0]["10000"] if rs else [] for s, rs in res.items()},
                  better="lower")
-        fig["notes"].append("one worker per system serves all runs of a size; Celery's chord of 10,000 runs once "
-                            "(it takes tens of seconds)")
+        for s, rs in res.items():
+            if rs and rs[0].get("timed_out"):
+                fig["notes"].append(f"{LABEL[s]}'s chord of 10,000 had no result after {cap:.0f}s (the cap): "
+                                    f"it takes longer than that")
+        fig["notes"].append("one worker per system serves all runs of a size; Celery's chord of 10,000 runs once, "
+                            f"capped at {cap:.0f}s (it is quadratic: 150s in one uncapped run)")
 
     def fig_events(self) -> None:
         fig = self.figure("events", "Events and metrics: cost on drain -c 2, results ignored")
         port = common.free_port()
+        n = self.n if self.args.quick else 50000   # longer runs: the costs sought are a few per cent
         jobs = {
-            "off": {"minique": self.drain_job("minique", flags=["--without-events"]),
+            "off": {"minique": self.drain_job("minique", n=n, flags=["--without-events"]),
                     "celery": self.drain_job("celery")},
-            "on": {"minique": self.drain_job("minique"), "celery": self.drain_job("celery", flags=["-E"])},
-            "metrics": {"minique": self.drain_job("minique", flags=["--without-events", "--metrics-port", str(port)],
-                                                  scrape_port=port), "celery": None},
+            "on": {"minique": self.drain_job("minique", n=n), "celery": self.drain_job("celery", flags=["-E"])},
+            "metrics": {"minique": self.drain_job("minique", n=n, flags=["--without-events", "--metrics-port",
+                                                                            str(port)], scrape_port=port),
+                        "celery": None},
         }
         res = {k: self.measure({s: j for s, j in v.items() if s in self.systems}, self.runs) for k, v in jobs.items()}
         rate = {k: {s: [r["rate"] for r in rs] for s, rs in v.items()} for k, v in res.items()}
@@ -316,6 +330,16 @@ class Runner:
             on = common.summary(rate["on"].get(s, []))["median"]
             cost[s] = [100.0 * (1 - on / off)] if off == off and on == on and off else []
         self.row(fig, "events_cost", "events cost (1 - on/off)", "%", cost, better="lower")
+        cpu = {k: {s: [r["cpu_us_per_task"]["worker"] for r in rs if r.get("cpu_us_per_task")] for s, rs in v.items()}
+               for k, v in res.items()}
+        self.row(fig, "events_cpu_off", "worker CPU per task, events off", "us", cpu["off"], better="lower")
+        self.row(fig, "events_cpu_on", "worker CPU per task, events on", "us", cpu["on"], better="lower")
+        cpu_cost = {}
+        for s in self.systems:
+            off = common.summary(cpu["off"].get(s, []))["median"]
+            on = common.summary(cpu["on"].get(s, []))["median"]
+            cpu_cost[s] = [100.0 * (on / off - 1)] if off == off and on == on and off else []
+        self.row(fig, "events_cpu_cost", "events CPU cost (on/off - 1)", "%", cpu_cost, better="lower")
         if "minique" in self.systems:
             m_rates = rate["metrics"].get("minique", [])
             self.row(fig, "metrics_on", "metrics on (--metrics-port, scraped 2/s, events off)", "tasks/s",
@@ -324,6 +348,12 @@ class Runner:
             on = common.summary(m_rates)["median"]
             self.row(fig, "metrics_cost", "metrics cost (1 - on/off)", "%",
                      {"minique": [100.0 * (1 - on / off)] if off == off and on == on and off else []}, better="lower")
+            self.row(fig, "metrics_cpu", "worker CPU per task, metrics on", "us", {"minique": cpu["metrics"].get(
+                "minique", [])}, better="lower")
+            off = common.summary(cpu["off"].get("minique", []))["median"]
+            on = common.summary(cpu["metrics"].get("minique", []))["median"]
+            self.row(fig, "metrics_cpu_cost", "metrics CPU cost (on/off - 1)", "%",
+                     {"minique": [100.0 * (on / off - 1)] if off == off and on == on and off else []}, better="lower")
             served = [r.get("scrapes_ok", 0) for r in res["metrics"].get("minique", [])]
             if served and not any(served):
                 fig["notes"].append(f"no scrape of --metrics-port {port} succeeded: this minique does not "

@@ -13,9 +13,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 
-from . import context, keys, message as message_mod, routing, serializers
+from . import context, message as message_mod, routing, serializers
 from .config import Settings
-from .exceptions import ConfigurationError, NotRegistered
+from .exceptions import ConfigurationError
 from .canvas import Signature, register_builtins, send
 from .result import AsyncResult, GroupResult
 from .task import Task

@@ -194,9 +194,9 @@ class chain(Signature):
         return NotImplemented
 
     def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
-        results = [t.freeze() for t in self.tasks[:-1]]
-        last = self.tasks[-1].freeze(_id)
-        return last
+        for t in self.tasks[:-1]:
+            t.freeze()
+        return self.tasks[-1].freeze(_id)
 
     def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
         steps = [s for s in self.tasks]

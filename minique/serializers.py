@@ -19,17 +19,25 @@ Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
 
 
-def _json_default(obj: Any) -> Any:
-    # What Celery's json serializer also carries; anything else is a clear error.
+def _portable(obj: Any, fmt: str) -> Any:
+    """What Celery's serializers also carry (dates, UUIDs, decimals, sets); anything else is a clear error."""
     if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
         return obj.isoformat()
     if isinstance(obj, (uuid.UUID, decimal.Decimal)):
         return str(obj)
     if isinstance(obj, (set, frozenset)):
         return list(obj)
-    if isinstance(obj, (bytes, bytearray)):
+    if fmt == "JSON" and isinstance(obj, (bytes, bytearray)):
         raise TypeError("bytes are not JSON serializable: use serializer='msgpack' for this task")
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    raise TypeError(f"Object of type {type(obj).__name__} is not {fmt} serializable")
+
+
+def _json_default(obj: Any) -> Any:
+    return _portable(obj, "JSON")
+
+
+def _msgpack_default(obj: Any) -> Any:
+    return _portable(obj, "msgpack")
 
 
 _json_encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
@@ -37,16 +45,6 @@ _json_encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"), e
 
 def _json_dumps(obj: Any) -> bytes:
     return _json_encoder.encode(obj).encode()
-
-
-def _msgpack_default(obj: Any) -> Any:
-    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
-        return obj.isoformat()
-    if isinstance(obj, (uuid.UUID, decimal.Decimal)):
-        return str(obj)
-    if isinstance(obj, (set, frozenset)):
-        return list(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not msgpack serializable")
 
 
 _packer_opts = dict(use_bin_type=True, default=_msgpack_default)

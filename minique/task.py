@@ -76,7 +76,7 @@ class Task(Generic[R]):
             try:
                 value = self(*args, **kwargs)
                 return EagerResult(task_id, value, states.SUCCESS, app=self.app)
-            except Retry as exc:
+            except Retry:
                 retries += 1
                 continue
             except Exception as exc:
@@ -143,7 +143,6 @@ class Task(Generic[R]):
             if exc is not None:
                 raise exc
             raise Retry("Task can be retried only when run by a worker", exc)
-        override = "max_retries" in options or max_retries is not None
         if not retry_engine.can_retry(self.policy, req.retries, max_retries, override=max_retries is not None):
             if exc is not None:
                 raise exc

@@ -118,12 +118,8 @@ def procs(tmp_path, redis_url):
 def client_app(redis_url, monkeypatch):
     """The test app imported in this process (the client side), pointed at the test's Redis."""
     import sys
-    from procs import APPS
-    monkeypatch.setenv("MINIQUE_BROKER_URL", redis_url)
-    monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
-    monkeypatch.syspath_prepend(str(APPS))
-    sys.modules.pop("testapp", None)
-    import testapp
+    from procs import import_testapp
+    testapp = import_testapp(monkeypatch, redis_url)
     yield testapp
     testapp.app.close()
     sys.modules.pop("testapp", None)

@@ -20,6 +20,16 @@ import redis
 APPS = Path(__file__).parent / "apps"
 
 
+def import_testapp(monkeypatch, url: str):
+    """tests/apps/testapp.py imported fresh in this process (the client side), pointed at `url`."""
+    monkeypatch.setenv("MINIQUE_BROKER_URL", url)
+    monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("testapp", None)
+    import testapp
+    return testapp
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
     """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
     deadline = time.monotonic() + timeout

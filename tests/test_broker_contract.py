@@ -5,7 +5,6 @@ import time
 import pytest
 import redis
 
-from minique import keys
 from minique.brokers import ListsBroker, StreamsBroker
 
 

@@ -1,7 +1,7 @@
 """Canvas against real workers: every form, error propagation, nesting, a 10,000-task chord."""
 import pytest
 
-from minique import chain, chord, group
+from minique import chord, group
 from minique.exceptions import ChordError
 from minique.result import GroupResult
 from procs import wait_for

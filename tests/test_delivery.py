@@ -414,13 +414,8 @@ def test_security_key_dead_letters_unsigned_and_forged_messages(procs, client_ap
 # --- URLs with credentials, and TLS ------------------------------------------------------------------
 
 def _own_client_app(monkeypatch, url):
-    from procs import APPS
-    monkeypatch.setenv("MINIQUE_BROKER_URL", url)
-    monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
-    monkeypatch.syspath_prepend(str(APPS))
-    sys.modules.pop("testapp", None)
-    import testapp
-    return testapp
+    from procs import import_testapp
+    return import_testapp(monkeypatch, url)
 
 
 @pytest.mark.parametrize("who", ["requirepass", "acl_user"])

@@ -212,12 +212,8 @@ def test_cold_shutdown(procs, client_app, redis_client, acks_late, how):
 @pytest.fixture
 def fresh_app(fresh_redis, monkeypatch):
     """testapp imported here, pointed at the AOF server of `fresh_redis`."""
-    from procs import APPS
-    monkeypatch.setenv("MINIQUE_BROKER_URL", fresh_redis.url())
-    monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
-    monkeypatch.syspath_prepend(str(APPS))
-    sys.modules.pop("testapp", None)
-    import testapp
+    from procs import import_testapp
+    testapp = import_testapp(monkeypatch, fresh_redis.url())
     yield testapp
     testapp.app.close()
     sys.modules.pop("testapp", None)

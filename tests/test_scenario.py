@@ -1,5 +1,4 @@
 """The seed article's scenario, run as a user runs it: worker and beat started from its folder."""
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,6 +1,5 @@
 """The worker as users run it: a real `minique worker` subprocess against a private Redis."""
 import json
-import signal
 
 import pytest
 

@@ -213,26 +213,24 @@ def _started(r, key, token, request):
     return run
 
 
-@app.task(bind=True)
-def book(self, key, token, seconds=0.0):
-    """One unit of load: record the start, work `seconds`, record the end."""
-    r = store()
-    run = _started(r, key, token, self.request)
+def _book(r, request, key, token, seconds):
+    run = _started(r, key, token, request)
     if seconds:
         time.sleep(seconds)
     r.rpush(key, f"{token}|{run}")
     return token
+
+
+@app.task(bind=True)
+def book(self, key, token, seconds=0.0):
+    """One unit of load: record the start, work `seconds`, record the end."""
+    return _book(store(), self.request, key, token, seconds)
 
 
 @app.task(bind=True)
 def book_durable(self, key, token, seconds=0.0):
     """book() whose records survive a Redis restart in the middle (for the Redis-restart test)."""
-    r = durable_store()
-    run = _started(r, key, token, self.request)
-    if seconds:
-        time.sleep(seconds)
-    r.rpush(key, f"{token}|{run}")
-    return token
+    return _book(durable_store(), self.request, key, token, seconds)
 
 
 @app.task(bind=True)
