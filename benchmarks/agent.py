@@ -88,7 +88,7 @@ def _reset_stats(d: Driver) -> None:
 def _own(stats: Dict[str, int], own: Dict[str, int]) -> Dict[str, int]:
     """Command counts less the benchmark's own commands (its task bodies, its waiting, its reading)."""
     out = dict(stats)
-    for k in ("info", "config resetstat", "config get", "flushall", "blpop"):
+    for k in ("info", "config resetstat", "config get", "flushall"):
         out.pop(k, None)
     for k, v in own.items():
         if k in out:

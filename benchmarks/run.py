@@ -46,6 +46,7 @@ def celery_python() -> Optional[Path]:
     py = VENV / "bin" / "python"
     check = [str(py), "-c", "import celery, kombu, redis"]
     if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        _hiredis_parity(py)
         return py
     log(f"creating {VENV.relative_to(common.ROOT)} with celery[redis] from PyPI ...")
     try:
@@ -56,7 +57,22 @@ def celery_python() -> Optional[Path]:
     except (subprocess.CalledProcessError, OSError) as exc:
         log(f"WARNING: could not set up the Celery virtualenv ({exc}); measuring minique alone")
         return None
-    return py if subprocess.run(check, capture_output=True).returncode == 0 else None
+    if subprocess.run(check, capture_output=True).returncode != 0:
+        return None
+    _hiredis_parity(py)
+    return py
+
+
+def _hiredis_parity(py: Path) -> None:
+    """Give Celery's redis-py the hiredis parser exactly when minique's has it (a fair comparison)."""
+    try:
+        import hiredis  # noqa: F401
+    except ImportError:
+        return
+    if subprocess.run([str(py), "-c", "import hiredis"], capture_output=True).returncode == 0:
+        return
+    log("installing hiredis into the Celery virtualenv (minique's environment has it)")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "hiredis"])
 
 
 # --- agents ------------------------------------------------------------------------------------------
@@ -306,7 +322,7 @@ class Runner:
                 fig["notes"].append(f"{LABEL[s]}'s chord of 10,000 had no result after {cap:.0f}s (the cap): "
                                     f"it takes longer than that")
         fig["notes"].append("one worker per system serves all runs of a size; Celery's chord of 10,000 runs once, "
-                            f"capped at {cap:.0f}s (it is quadratic: 150s in one uncapped run)")
+                            f"capped at {cap:.0f}s (its time grows faster than n: tens of seconds)")
 
     def fig_events(self) -> None:
         fig = self.figure("events", "Events and metrics: cost on drain -c 2, results ignored")
@@ -391,8 +407,9 @@ class Runner:
                 table["roundtrips"][s] = {k: v / n for k, v in (r.get("roundtrips") or {}).items()}
             fig["tables"].append(table)
             self.print_table(table)
-        fig["notes"].append(f"n = {self.cmd_n:,} for enqueue and drain; commands of the benchmark itself (the task "
-                            "body's INCR, its timestamps, the runner's INFO/CONFIG/FLUSHALL) are taken out")
+        fig["notes"].append(f"n = {self.cmd_n:,} for enqueue and drain; commands of the benchmark itself (the "
+                            "reference body's INCR, the runner's INFO/CONFIG/FLUSHALL) are taken out; "
+                            "commands that Lua scripts run inside Redis are counted too")
 
     def fig_scaling(self) -> None:
         fig = self.figure("scaling", "Scaling: drain with -c 1, 2, 4 (results ignored)")
@@ -512,8 +529,15 @@ class Runner:
             mem = f"{kib / 1024 / 1024:.1f} GiB"
         except (OSError, IndexError, ValueError):
             pass
+        try:
+            import hiredis  # noqa: F401
+            parser = "hiredis"
+        except ImportError:
+            parser = "pure Python"
+        import redis
         return {"cpus": os.cpu_count(), "cpu_model": model, "memory": mem, "kernel": platform.release(),
-                "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+                "python": platform.python_version(), "redis_py": redis.__version__, "parser": parser,
+                "loadavg_start": os.getloadavg()}
 
     def run(self) -> int:
         wanted = FIGURES if not self.args.only else [f.strip() for f in self.args.only.split(",") if f.strip()]
@@ -536,6 +560,7 @@ class Runner:
                 self.info[system] = self.agents[system].run({"job": "info"}, timeout=120)
             m = self.info["machine"]
             print(f"minique benchmarks: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']}, Python {m['python']}, "
+                  f"redis-py {m['redis_py']} ({m['parser']} parser, both sides), "
                   f"redis-server {self.info['redis']} (private, port {server.port}, no persistence)")
             print(f"minique {self.info.get('minique', {}).get('version', '-')}, "
                   f"Celery {self.info.get('celery', {}).get('version', '- (not measured)')}; "
