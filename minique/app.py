@@ -255,17 +255,20 @@ class Minique:
         return timezone.utc if self.conf.enable_utc else None
 
     def publish(self, pipe: Any, msg: message_mod.Message) -> None:
-        """Add `msg` to `pipe`: into its queue, or the delayed set when it has a future ETA."""
+        """Add `msg` to `pipe` (None: send it now): into its queue, or the delayed set for a future ETA."""
         data = msg.encode()
         if msg.eta is not None and msg.eta > time.time():
-            self.broker.send_later(pipe, msg.queue, msg.priority, data, msg.eta)
+            self.broker.send_later(self.broker_client if pipe is None else pipe, msg.queue, msg.priority, data,
+                                   msg.eta)
+        elif pipe is None:
+            self.broker.send_now(msg.queue, msg.priority, data)
         else:
             self.broker.send(pipe, msg.queue, msg.priority, data)
 
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
         msg = self.build_message(name, args, kwargs, options)
-        self.publish(self.broker_client, msg)
+        self.publish(None, msg)
         return AsyncResult(msg.id, app=self, task_name=name)
 
     def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:

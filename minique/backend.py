@@ -119,19 +119,19 @@ class ResultBackend:
         return self.decode_meta(final if final is not None else current)
 
     def wait(self, task_id: str, timeout: Optional[float] = None) -> Dict[str, Any]:
-        """Block until the task is ready (TimeoutError after `timeout` seconds)."""
-        meta = self.get_meta(task_id)
-        if meta["status"] in states.READY_STATES:
-            return meta
+        """Block until the task is ready (TimeoutError after `timeout` seconds).
+
+        One command when the result is there or arrives in time: BRPOPLPUSH returns at once on a
+        non-empty list, so there is no separate check first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ready = keys.ready(task_id)
         while True:
             left = _BLOCK_CHUNK if deadline is None else min(_BLOCK_CHUNK, deadline - time.monotonic())
-            if left <= 0:
-                raise TimeoutError(f"the operation timed out waiting for task {task_id}")
             raw = self.client.brpoplpush(ready, ready, timeout=max(0.001, round(left, 3)))
             if raw is not None:
                 return self.decode_meta(raw)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the operation timed out waiting for task {task_id}")
 
     def forget(self, task_id: str) -> None:
         self.client.delete(keys.result(task_id), keys.ready(task_id))
@@ -147,18 +147,26 @@ class ResultBackend:
     def delete_group(self, group_id: str) -> None:
         self.client.delete(keys.group(group_id))
 
-    def chord_join(self, chord_id: str, index: int, size: int, result: Any, serializer: Optional[str],
-                   lease: float = 60.0) -> Optional[List[Any]]:
-        """Record header member `index`'s result; return all results (in header order) to exactly
-        one caller: the one whose finish completed the chord. Joins by membership, so a
-        redelivered member cannot count twice."""
+    def chord_join(self, pipe: Any, chord_id: str, index: int, size: int, result: Any, serializer: Optional[str],
+                   on_complete: Any, lease: float = 60.0) -> None:
+        """Record header member `index`'s result; `on_complete(results)` (in header order) is called
+        for exactly one member: the one whose finish completed the chord. Joins by membership, so a
+        redelivered member cannot count twice. The join rides on the worker's pipeline and is
+        handled when its reply is read (no round trip of its own)."""
         ct = serializer or self.serializer
         encoded = serializers.pack([ct, serializers.dumps(result, ct)])
-        raw = SCRIPTS(self.client, "chord_join", [keys.chord(chord_id), keys.chord_done(chord_id)],
-                      [index, encoded, size, self.expires or 86400, int(lease)])
-        if raw is None:
-            return None
-        return [serializers.loads(body, ct, self.accept) for ct, body in map(serializers.unpack, raw)]
+        script_args = (2, keys.chord(chord_id), keys.chord_done(chord_id),
+                       index, encoded, size, self.expires or 86400, int(lease))
+
+        def joined(raw: Any) -> None:
+            if isinstance(raw, redis.exceptions.NoScriptError):  # Redis restarted: EVAL loads it again
+                pipe.call(joined, "EVAL", SCRIPTS.sources["chord_join"], *script_args)
+            elif isinstance(raw, Exception):
+                raise raw
+            elif raw is not None:
+                on_complete([serializers.loads(body, ct, self.accept) for ct, body in map(serializers.unpack, raw)])
+
+        pipe.call(joined, "EVALSHA", SCRIPTS.shas["chord_join"], *script_args)
 
     def chord_fail(self, chord_id: str) -> bool:
         """Claim the chord's end for a failure; True for exactly one caller."""

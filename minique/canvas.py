@@ -430,7 +430,7 @@ def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
         return
     if len(calls) == 1:
         name, a, k, o = calls[0]
-        app.publish(app.broker_client, app.build_message(name, a, k, o))
+        app.publish(None, app.build_message(name, a, k, o))
         return
     now = time.time()
     items = []

@@ -63,7 +63,8 @@ def _app(ctx: click.Context) -> Any:
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: task_default_queue).")
 @click.option("-c", "--concurrency", type=int, help="Pool size (default: worker_concurrency or CPU count).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Pool implementation.")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="WARNING", show_default=True,
+              help="As Celery's default; INFO adds one line per task event.")
 @click.option("-f", "--logfile", help="Log to this file instead of stderr.")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.option("-n", "--hostname", help="Node name (%h, %n, %d expand as in Celery).")

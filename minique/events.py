@@ -5,7 +5,9 @@ them on, `--without-events` off). A pool process appends events to a local buffe
 writes them as one stream entry per batch, inside the pipeline it flushes anyway, so
 events cost no extra round trip on the task path. A batch is written when it reaches
 200 events or 0.5 s, or when the process has run everything it had prefetched (so
-the last events never wait for the next message).
+the last events never wait for the next message), and before a task runs when the
+previous one took 0.1 s or more (so long tasks are seen running). A batch is packed
+compactly (see `Events`) and `read()` unpacks it into the dicts described here.
 
 Task events (Celery's names): task-received, task-started, task-succeeded,
 task-failed, task-retried, task-revoked, task-rejected. Each carries uuid, name,
@@ -32,6 +34,7 @@ from . import keys, serializers
 MAXLEN = 10000          # stream entries kept (each a batch of events)
 BATCH_EVENTS = 200
 BATCH_SECONDS = 0.5
+SLOW = 0.1              # seconds: after a task this long, the next one's events leave before it runs
 MAX_BODY = 16 * 1024    # bytes of message body carried by task-failed (larger: not re-sendable from the dashboard)
 
 _repr = reprlib.Repr()
@@ -64,8 +67,21 @@ def short_repr(value: Any) -> str:
         return f"<unrepresentable {type(value).__name__}>"
 
 
+TYPES = ("task-received", "task-started", "task-succeeded", "task-failed", "task-retried", "task-revoked",
+         "task-rejected")
+_CODE = {t: i for i, t in enumerate(TYPES)}
+_OTHER = -1                         # a record that carries its whole event (worker events, raw task events)
+_RECEIVED = ("sent_at", "eta", "expires", "priority")
+_HEADER = ("uuid", "name", "queue", "retries", "root_id", "parent_id", "group_id")
+
+
 class Events:
-    """Buffer of events from one process (one pool process or thread, or the worker parent)."""
+    """Buffer of events from one process (one pool process or thread, or the worker parent).
+
+    The buffer is compact, because it is on the per-task path: a task's fixed fields (id, name,
+    queue, retries, root, parent, group) are written once per batch, and each event is a short
+    record (type code, time, header index, its own fields). `read()` turns a batch back into
+    Celery-style event dicts, so readers never see the packing."""
 
     def __init__(self, hostname: str, send: bool = True, recorder: Any = None, limiter: Any = None):
         self.hostname = hostname
@@ -74,74 +90,117 @@ class Events:
         self.limiter = limiter
         self.pid = os.getpid()
         self.consumer: Any = None   # the pool process's Consumer (its prefetch buffer says when it goes idle)
-        self.buffer: List[Dict[str, Any]] = []
+        self.records: List[tuple] = []
+        self.headers: List[tuple] = []
+        self.index: Dict[tuple, int] = {}
         self.first = 0.0
+        self.slow = False           # the last task took SLOW seconds or more
 
+    # --- task events --------------------------------------------------------------------------------
+    def received(self, msg: Any, batch: Any = None) -> None:
+        """task-received, just before the task runs; waits here for the task's rate limit, if any
+        (after flushing `batch`, so earlier results are not held back by the wait)."""
+        if self.recorder is not None:
+            self.recorder.event(0, msg.task, msg.queue, msg, None)
+        if self.send:
+            self._task(0, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority))
+        if self.limiter is not None:
+            self.limiter.acquire(msg.task, batch)
+
+    def started(self, msg: Any, args: Any, kwargs: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.event(1, msg.task, msg.queue, msg, None)
+        if self.send:
+            self._task(1, msg, (short_repr(args), short_repr(kwargs)))
+
+    def succeeded(self, msg: Any, runtime: float) -> None:
+        self.slow = runtime >= SLOW
+        if self.recorder is not None:
+            self.recorder.event(2, msg.task, msg.queue, msg, runtime)
+        if self.send:
+            self._task(2, msg, runtime)
+
+    def task(self, type: str, msg: Any, **fields: Any) -> None:
+        """Any other task event (failed, retried, revoked, rejected), with its own fields."""
+        code = _CODE[type]
+        rec = self.recorder
+        if rec is not None:
+            rec.event(code, msg.task, msg.queue, msg, fields.get("runtime"))
+            if type == "task-rejected" and fields.get("dead"):
+                rec.dead_letter(msg.queue, fields.get("reason") or "rejected")
+        if not self.send:
+            return
+        if type == "task-failed" and len(msg.body) <= MAX_BODY:
+            fields.update(body=msg.body, content_type=msg.content_type, priority=msg.priority)
+        self._task(code, msg, fields)
+
+    def _task(self, code: int, msg: Any, extra: Any) -> None:
+        key = (msg.id, msg.retries)
+        at = self.index.get(key)
+        if at is None:
+            at = self.index[key] = len(self.headers)
+            self.headers.append((msg.id, msg.task, msg.queue, msg.retries, msg.root_id, msg.parent_id, msg.group_id))
+        if not self.records:
+            self.first = time.monotonic()
+        self.records.append((code, time.time(), at, extra))
+
+    # --- other events -------------------------------------------------------------------------------
     def raw(self, type: str, **fields: Any) -> None:
         rec = self.recorder
         if rec is not None and type == "task-rejected" and fields.get("dead", True):
             rec.dead_letter(fields.get("queue") or "", fields.get("reason") or "")
         if self.send:
-            self._append(type, fields)
-
-    def _append(self, type: str, fields: Dict[str, Any]) -> None:
-        if not self.buffer:
-            self.first = time.monotonic()
-        fields["type"] = type
-        fields["ts"] = time.time()
-        fields.setdefault("pid", self.pid)
-        self.buffer.append(fields)
-
-    def task(self, type: str, msg: Any, **fields: Any) -> None:
-        rec = self.recorder
-        if rec is not None:
-            state = _STATE.get(type)
-            if state is not None:
-                rec.event(state, msg.task, msg.queue, msg, fields.get("runtime"))
-                if type == "task-rejected" and fields.get("dead"):
-                    rec.dead_letter(msg.queue, fields.get("reason") or "rejected")
-        if not self.send:
-            return
-        if type == "task-started":
-            if "args" in fields and not isinstance(fields["args"], str):
-                fields["args"] = short_repr(fields["args"])
-            if "kwargs" in fields and not isinstance(fields["kwargs"], str):
-                fields["kwargs"] = short_repr(fields["kwargs"])
-        elif type == "task-received":
-            fields.update(sent_at=msg.sent_at, eta=msg.eta, expires=msg.expires, priority=msg.priority)
-        elif type == "task-failed" and len(msg.body) <= MAX_BODY:
-            fields.update(body=msg.body, content_type=msg.content_type, priority=msg.priority)
-        fields.update(uuid=msg.id, name=msg.task, queue=msg.queue, retries=msg.retries, root_id=msg.root_id,
-                      parent_id=msg.parent_id, group_id=msg.group_id)
-        self._append(type, fields)
-
-    def received(self, msg: Any, batch: Any = None) -> None:
-        """task-received, just before the task runs; waits here for the task's rate limit, if any
-        (after flushing `batch`, so earlier results are not held back by the wait)."""
-        self.task("task-received", msg, hostname=self.hostname)
-        if self.limiter is not None:
-            self.limiter.acquire(msg.task, batch)
+            self._other(type, fields)
 
     def worker(self, type: str, **fields: Any) -> None:
         if self.send:
-            self._append(type, dict(fields, hostname=self.hostname))
+            self._other(type, fields)
 
+    def _other(self, type: str, fields: Dict[str, Any]) -> None:
+        if not self.records:
+            self.first = time.monotonic()
+        fields["type"] = type
+        self.records.append((_OTHER, time.time(), -1, fields))
+
+    # --- flushing -----------------------------------------------------------------------------------
     def maybe_flush(self, pipe: Any) -> None:
         """Called after each task with the pipeline the consumer flushes next: add the batch to it when
         it is big or old enough, or when the consumer has nothing prefetched left (it is about to wait
         for messages: the events must not wait with it)."""
-        if self.buffer and (len(self.buffer) >= BATCH_EVENTS or time.monotonic() - self.first >= BATCH_SECONDS
-                            or (self.consumer is not None and not self.consumer.buffer)):
+        if self.records and (len(self.records) >= BATCH_EVENTS or time.monotonic() - self.first >= BATCH_SECONDS
+                             or (self.consumer is not None and not self.consumer.buffer)):
+            self.flush(pipe)
+
+    def before_run(self, pipe: Any) -> None:
+        """Called with the pre-run write: where tasks are long, the batch goes out before the next one
+        runs, so it is seen as started while it runs (short tasks' events wait for the batch)."""
+        if self.records and (self.slow or time.monotonic() - self.first >= BATCH_SECONDS):
             self.flush(pipe)
 
     def flush(self, pipe: Any) -> None:
-        if self.buffer:
-            pipe.xadd(keys.EVENTS, {"b": serializers.pack(self.buffer)}, maxlen=MAXLEN, approximate=True)
-            self.buffer = []
+        if self.records:
+            batch = {"v": 2, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
+            pipe.xadd(keys.EVENTS, {"b": serializers.pack(batch)}, maxlen=MAXLEN, approximate=True)
+            self.records, self.headers, self.index = [], [], {}
 
 
-_STATE = {"task-received": 0, "task-started": 1, "task-succeeded": 2, "task-failed": 3, "task-retried": 4,
-          "task-revoked": 5, "task-rejected": 6}
+def expand(batch: Any) -> Iterator[Dict[str, Any]]:
+    """The event dicts of one stream entry's batch."""
+    host, pid, headers = batch["host"], batch["pid"], batch["h"]
+    for code, ts, at, extra in batch["e"]:
+        if code == _OTHER:
+            ev = {"hostname": host, "pid": pid, **extra, "ts": ts}
+        else:
+            ev = dict(zip(_HEADER, headers[at]), type=TYPES[code], hostname=host, pid=pid, ts=ts)
+            if isinstance(extra, dict):
+                ev.update(extra)
+            elif code == 0:
+                ev.update(zip(_RECEIVED, extra))
+            elif code == 1:
+                ev["args"], ev["kwargs"] = extra
+            elif code == 2:
+                ev["runtime"] = extra
+        yield ev
 
 
 def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[float] = None
@@ -156,7 +215,7 @@ def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[fl
         for entry_id, fields in entries:
             last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             try:
-                out.extend(serializers.unpack(fields[b"b"]))
+                out.extend(expand(serializers.unpack(fields[b"b"])))
             except Exception:  # noqa: BLE001 - one bad entry must not stop a reader
                 continue
     return last_id, iter(out)

@@ -54,6 +54,10 @@ class Broker(ABC):
     def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
         """Append a ready message to its queue."""
 
+    def send_now(self, queue: str, priority: int, data: bytes) -> None:
+        """Send one ready message right away (the one-at-a-time `delay()` path)."""
+        self.send(self.client, queue, priority, data)
+
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path)."""
         pipe = self.client.pipeline(transaction=False)
@@ -91,8 +95,12 @@ class Broker(ABC):
         """Create what a consumer needs before it reads (idempotent)."""
 
     @abstractmethod
-    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
-        """Take up to `count` messages for `consumer`, highest priority first; wait up to `block` s."""
+    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
+              pipe: Any = None) -> List[Delivery]:
+        """Take up to `count` messages for `consumer`, highest priority first; wait up to `block` s.
+
+        `pipe` (the worker's FastPipeline) holds writes that must reach Redis first: they go in the
+        same round trip when the broker can, and every reply outstanding on it is read."""
 
     @abstractmethod
     def ack(self, pipe: Any, delivery: Delivery) -> None:

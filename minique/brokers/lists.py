@@ -45,7 +45,10 @@ class ListsBroker(Broker):
     def _script_keys(self, queue: str, consumer: str) -> list:
         return [keys.consumers(queue), keys.processing(queue, consumer)] + keys.queue_priorities(queue)
 
-    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
+    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
+              pipe: Any = None) -> List[Delivery]:
+        if pipe is not None:
+            pipe.execute()
         deadline = time.monotonic() + block
         vis_ms = int(self.visibility_timeout * 1000)
         while True:

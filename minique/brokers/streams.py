@@ -9,6 +9,8 @@ while they run. Acked entries are deleted, so a stream holds only live messages.
 """
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -22,26 +24,47 @@ SCRIPTS = Scripts(Path(__file__).parent / "streams_lua")
 REAPER = "minique-reaper"
 
 
+def _xadd(queue: str, priority: int, data: bytes) -> bytes:
+    """XADD {queue stream} * m <data>, packed as RESP by hand (redis-py's packing costs as much as
+    building the message)."""
+    key = keys.queue(queue, priority).encode()
+    return b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n%s\r\n" % (len(key), key, len(data), data)
+
+
 class StreamsBroker(Broker):
     kind = "streams"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._read_keys: Dict[tuple, list] = {}
+        self._held = threading.local()
 
     def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
         pipe.xadd(keys.queue(queue, priority), {"m": data})
+
+    def send_now(self, queue: str, priority: int, data: bytes) -> None:
+        """One XADD on a connection this thread keeps: no pool checkout and no command machinery per
+        call, which is most of a one-at-a-time `delay()`'s client cost."""
+        held = self._held
+        conn = getattr(held, "conn", None)
+        if conn is None or held.pid != os.getpid():  # first use in this thread, or a forked child
+            conn = held.conn = self.client.connection_pool.get_connection()
+            held.pid = os.getpid()
+        try:
+            conn.send_packed_command([_xadd(queue, priority, data)])
+            conn.read_response()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            # Redis restarted or the idle connection was dropped: once more through redis-py and its
+            # retry policy (if the first XADD did land, the message is sent twice, never lost)
+            conn.disconnect()
+            self.send(self.client, queue, priority, data)
 
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
         packing costs as much as building the message), then every reply is read."""
         if any(eta is not None for _, _, _, eta in items):
             return super().send_many(items)
-        chunks = []
-        for queue, priority, data, _ in items:
-            key = keys.queue(queue, priority).encode()
-            chunks.append(b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n%s\r\n"
-                          % (len(key), key, len(data), data))
+        chunks = [_xadd(queue, priority, data) for queue, priority, data, _ in items]
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -70,10 +93,22 @@ class StreamsBroker(Broker):
             if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
                 raise result
 
-    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
+    def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
+              pipe: Any = None) -> List[Delivery]:
         stream_keys = self._keys(queues)
+        args = [keys.GROUP, consumer, count]
         try:
-            found = SCRIPTS(self.client, "fetch", stream_keys, [keys.GROUP, consumer, count])
+            if pipe is None:
+                found = SCRIPTS(self.client, "fetch", stream_keys, args)
+            else:  # the pending writes and the fetch in one round trip
+                box: list = []
+                pipe.call(box.append, "EVALSHA", SCRIPTS.shas["fetch"], len(stream_keys), *stream_keys, *args)
+                pipe.execute()
+                found = box[0]
+                if isinstance(found, redis.exceptions.NoScriptError):
+                    found = SCRIPTS(self.client, "fetch", stream_keys, args)
+                elif isinstance(found, Exception):
+                    raise found
             if not found and block > 0:
                 found = self.client.xreadgroup(keys.GROUP, consumer, {k: ">" for k in stream_keys},
                                                count=count, block=max(1, int(block * 1000)))

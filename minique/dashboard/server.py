@@ -276,7 +276,7 @@ class Dashboard:
         if self.app.conf.security_key:
             from ..app import sign
             msg = sign(msg, self.app.conf.security_key)
-        self.app.publish(self.app.broker_client, msg)
+        self.app.publish(None, msg)
         self.state.index.annotate(tid, retried_as=new_id)
         self.state.index.add_placeholder(new_id, name=msg.task, queue=msg.queue, retry_of=tid,
                                          args=rec.get("args"), kwargs=rec.get("kwargs"), updated=time.time())

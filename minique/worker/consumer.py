@@ -82,12 +82,12 @@ class Consumer:
         while not self.stopping:
             try:
                 if not self.buffer:
-                    self.flush()
                     if self.stopping:
                         break
                     if self._suspect or time.monotonic() >= self._audit_at:
+                        self.flush()
                         self._audit()
-                    self._fetch()
+                    self._fetch()  # also sends what the batch holds and reads every reply due
                     if os.getppid() != parent and self.slot is not None:
                         log.warning("worker parent is gone; child %s stops", self.name)
                         break
@@ -145,16 +145,23 @@ class Consumer:
         self._audit_at = time.monotonic() + self._audit_every
 
     def _fetch(self) -> None:
+        """Send the batch and take the next messages in one round trip; block only when there are none."""
+        if self.stopping:
+            return
         count = self.prefetch
         if self.max_tasks:
             count = max(1, min(count, self.max_tasks - self.processed))
-        self.in_fetch = True
-        try:
-            if self.stopping:
-                return
-            found: List[Delivery] = self.app.broker.fetch(self.name, self.queues, count, FETCH_BLOCK)
-        finally:
-            self.in_fetch = False
+        broker = self.app.broker
+        self.batch.write()
+        found: List[Delivery] = broker.fetch(self.name, self.queues, count, 0, pipe=self.batch.broker)
+        if not found:
+            self.batch.flush()  # what the replies queued (a chord's callback) must not wait with us
+            self.in_fetch = True  # only the blocking wait may be interrupted: the batch is settled
+            try:
+                if not self.stopping:
+                    found = broker.fetch(self.name, self.queues, count, FETCH_BLOCK)
+            finally:
+                self.in_fetch = False
         self.buffer.extend(found)
 
     def _recycle_due(self) -> bool:

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import redis
 
@@ -28,43 +28,87 @@ from ..message import Message, decode, peek_id
 log = logging.getLogger("minique.worker")
 
 
-class FastPipeline(redis.client.Pipeline):
-    """A pipeline that keeps one connection checked out and skips redis-py's per-call machinery.
+_ON_REPLY = "minique_on_reply"
 
-    The worker flushes one of these per task; holding the connection and writing the packed
-    commands directly saves about a third of the client-side cost of each flush.
-    """
+
+class FastPipeline(redis.client.Pipeline):
+    """A pipeline that keeps one connection checked out and can write now and read the replies later.
+
+    The worker writes one of these before each task and reads the replies when it next has to wait
+    for Redis anyway (the fetch at the end of a prefetched batch), so a task costs no round trip of
+    its own. Commands stay owned by the pipeline until their replies are read: on a connection
+    failure they are written again, so nothing written is lost (results, acks and event batches are
+    idempotent; a follow-up message may then be sent twice, never lost)."""
+
+    MAX_UNREAD = 512  # commands written and not yet answered before a write reads the backlog first
 
     def __init__(self, client: "redis.Redis"):
         super().__init__(client.connection_pool, client.response_callbacks, False, None)
         self._conn: Any = None
+        self._unread: list = []  # commands written whose replies are still on the socket
 
-    def execute(self, raise_on_error: bool = True) -> list:
+    def call(self, on_reply: Callable[[Any], None], *args: Any) -> None:
+        """Queue a command whose reply (or error) is handed to `on_reply` when it is read; `on_reply`
+        may queue more commands (they go with the next write), never wait for Redis itself."""
+        self.command_stack.append((args, {_ON_REPLY: on_reply}))
+
+    def write(self) -> None:
+        """Send the queued commands without waiting for their replies."""
+        if len(self._unread) >= self.MAX_UNREAD:
+            self.collect()
         stack, self.command_stack = self.command_stack, []
         if not stack:
-            return []
+            return
         conn = self._conn
         if conn is None:
             conn = self._conn = self.connection_pool.get_connection()
-        out: list = []
         try:
             conn.send_packed_command(conn.pack_commands([args for args, _ in stack]))
-            for _ in stack:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self._lost(conn, stack)
+            raise
+        self._unread.extend(stack)
+
+    def collect(self, raise_on_error: bool = True) -> list:
+        """Read the replies of every command written so far."""
+        unread, self._unread = self._unread, []
+        if not unread:
+            return []
+        conn = self._conn
+        out: list = []
+        try:
+            for _ in unread:
                 try:
                     out.append(conn.read_response())
                 except redis.exceptions.ResponseError as exc:
                     out.append(exc)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            conn.disconnect()
-            # keep the commands: the caller flushes again once Redis answers (results and acks are
-            # idempotent; a message this batch sends may then be sent twice, never lost)
-            self.command_stack = stack + self.command_stack
+            self._lost(conn, unread)
             raise
-        if raise_on_error:
-            for r in out:
-                if isinstance(r, Exception):
-                    raise r
+        error = None
+        for (_, options), reply in zip(unread, out):
+            on_reply = options.get(_ON_REPLY)
+            try:
+                if on_reply is not None:
+                    on_reply(reply)
+                elif isinstance(reply, Exception):
+                    raise reply
+            except Exception as exc:  # every handler runs; the first error is raised after them
+                error = error or exc
+        if error is not None and raise_on_error:
+            raise error
         return out
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        """Write the queued commands and read the replies of everything written so far, in order."""
+        self.write()
+        return self.collect(raise_on_error)
+
+    def _lost(self, conn: Any, commands: list) -> None:
+        # which of them Redis ran is unknown: keep all of them (and the unread ones) to write again
+        conn.disconnect()
+        self.command_stack = self._unread + commands + self.command_stack
+        self._unread = []
 
     def reset(self) -> None:
         self.command_stack = []
@@ -74,19 +118,32 @@ class FastPipeline(redis.client.Pipeline):
 
 
 class Batch:
-    """Commands for the broker and the result store, flushed together: one round trip per server."""
+    """Commands for the broker and the result store, written together: one write per server."""
 
     def __init__(self, broker_client: Any, backend_client: Any, slot: Any = None):
         self.broker = FastPipeline(broker_client)
         self.backend = self.broker if backend_client is broker_client else FastPipeline(backend_client)
         self.slot = slot
 
-    def flush(self) -> None:
-        # Results first: an ack must never reach Redis before the result it stands for.
-        if self.backend is not self.broker and len(self.backend):
+    def write(self) -> None:
+        """Send what is queued; replies are read at the next flush (or fetch)."""
+        # Results first: an ack must never reach Redis before the result it stands for. On one
+        # connection Redis runs commands in order; across two, the results must be answered first.
+        if self.backend is not self.broker:
             self.backend.execute()
-        if len(self.broker):
+        self.broker.write()
+        if self.slot is not None:
+            self.slot.flushed()
+
+    def flush(self) -> None:
+        """Send what is queued and wait until Redis has answered everything sent so far (and what
+        handling those replies queued: a chord's callback)."""
+        while True:
+            if self.backend is not self.broker:
+                self.backend.execute()
             self.broker.execute()
+            if not len(self.broker) and not len(self.backend):
+                break
         if self.slot is not None:
             self.slot.flushed()
 
@@ -183,9 +240,10 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.STARTED, None,
                                extra={"hostname": self.hostname, "pid": os.getpid()})
         if self.events is not None:
-            self.events.task("task-started", msg, hostname=self.hostname, args=args, kwargs=kwargs)
+            self.events.started(msg, args, kwargs)
+            self.events.before_run(batch.broker)
         try:
-            batch.flush()
+            batch.write()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise NotStarted(str(exc)) from exc
         request = context.Request(
@@ -226,7 +284,7 @@ class Executor:
         if not msg.ignore_result:
             self.backend.store(batch.backend, msg.id, states.SUCCESS, value, serializer=serializer)
         if self.events is not None:
-            self.events.task("task-succeeded", msg, hostname=self.hostname, runtime=runtime)
+            self.events.succeeded(msg, runtime)
         log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
                  extra=_fields(msg, "succeeded", runtime=runtime))
         follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
@@ -241,13 +299,15 @@ class Executor:
 
     def _chord_member_done(self, msg: Message, value: Any, serializer: Optional[str], batch: Batch) -> None:
         info = msg.chord
-        results = self.backend.chord_join(info["id"], msg.group_index or 0, info["n"], value, serializer)
-        if results is None:
-            return
-        callback = canvas.from_dict(info["cb"], self.app)
-        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-        canvas.send(self.app, callback.plan((results,), None, follow), batch.broker)
-        self.backend.chord_sent(batch.backend, info["id"])
+
+        def complete(results: list) -> None:  # called once per chord, when the last member's join is read
+            callback = canvas.from_dict(info["cb"], self.app)
+            follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+            canvas.send(self.app, callback.plan((results,), None, follow), batch.broker)
+            self.backend.chord_sent(batch.backend, info["id"])
+
+        self.backend.chord_join(batch.backend, info["id"], msg.group_index or 0, info["n"], value, serializer,
+                                complete)
 
     def _on_exception(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict,
                       exc: BaseException, batch: Batch, acks_late: bool) -> None:
@@ -308,7 +368,7 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.RETRY, exc.exc if exc.exc is not None else exc,
                                format_traceback(exc.exc) if exc.exc is not None else None)
         if self.events is not None:
-            self.events.task("task-retried", msg, hostname=self.hostname, exception=repr(exc.exc))
+            self.events.task("task-retried", msg, exception=repr(exc.exc))
         log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
                  extra=_fields(msg, "retried"))
 
@@ -321,7 +381,7 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.REJECTED, exc)
         self.broker.ack(batch.broker, delivery)
         if self.events is not None:
-            self.events.task("task-rejected", msg, hostname=self.hostname, reason=f"rejected by the task: {exc.reason}",
+            self.events.task("task-rejected", msg, reason=f"rejected by the task: {exc.reason}",
                              requeue=bool(exc.requeue), dead=not exc.requeue)
 
     def _replace(self, msg: Message, sig: Any, batch: Batch) -> None:
@@ -342,7 +402,7 @@ class Executor:
         if not msg.ignore_result or store_errors:
             self.backend.store(batch.backend, msg.id, states.FAILURE, exc, tb)
         if self.events is not None:
-            self.events.task("task-failed", msg, hostname=self.hostname, exception=repr(exc))
+            self.events.task("task-failed", msg, exception=repr(exc))
         log.error("Task %s[%s] raised %r", msg.task, msg.id, exc, extra=_fields(msg, "failed"))
         self.propagate_failure(msg, exc, tb, batch)
 
@@ -382,7 +442,7 @@ class Executor:
         self.broker.ack(batch.broker, delivery)
         self.backend.store(batch.backend, msg.id, states.REVOKED, TaskRevokedError(reason), extra={"reason": reason})
         if self.events is not None:
-            self.events.task("task-revoked", msg, hostname=self.hostname, reason=reason)
+            self.events.task("task-revoked", msg, reason=reason)
         log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason, extra=_fields(msg, reason))
         self.propagate_failure(msg, TaskRevokedError(reason), None, batch)
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, List, Optional, Sequence
@@ -89,7 +90,10 @@ class Worker:
         app.broker.on_dead_letter = self._on_dead_letter
         from .observe import Telemetry
         self.telemetry = Telemetry(self)  # shared memory the pool processes inherit: made before forking
-        log.info(self.banner())
+        if log.isEnabledFor(logging.INFO):
+            log.info(self.banner())
+        else:  # shown whatever the log level, as Celery's banner is
+            print(self.banner(), file=sys.stderr, flush=True)
         self.pool.start()
         try:
             from .observe import Observer
