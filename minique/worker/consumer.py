@@ -151,11 +151,13 @@ class Consumer:
         count = self.prefetch
         if self.max_tasks:
             count = max(1, min(count, self.max_tasks - self.processed))
-        broker = self.app.broker
-        self.batch.write()
-        found: List[Delivery] = broker.fetch(self.name, self.queues, count, 0, pipe=self.batch.broker)
+        broker, batch = self.app.broker, self.batch
+        batch.settle_results()
+        found: List[Delivery] = broker.fetch(self.name, self.queues, count, 0, pipe=batch.broker)
+        if batch.slot is not None:
+            batch.slot.flushed()
         if not found:
-            self.batch.flush()  # what the replies queued (a chord's callback) must not wait with us
+            batch.flush()  # what the replies queued (a chord's callback) must not wait with us
             self.in_fetch = True  # only the blocking wait may be interrupted: the batch is settled
             try:
                 if not self.stopping:

@@ -127,20 +127,22 @@ class Batch:
 
     def write(self) -> None:
         """Send what is queued; replies are read at the next flush (or fetch)."""
-        # Results first: an ack must never reach Redis before the result it stands for. On one
-        # connection Redis runs commands in order; across two, the results must be answered first.
-        if self.backend is not self.broker:
-            self.backend.execute()
+        self.settle_results()
         self.broker.write()
         if self.slot is not None:
             self.slot.flushed()
+
+    def settle_results(self) -> None:
+        """Results first: an ack must never reach Redis before the result it stands for. On one
+        connection Redis runs commands in order; across two, the results must be answered first."""
+        if self.backend is not self.broker:
+            self.backend.execute()
 
     def flush(self) -> None:
         """Send what is queued and wait until Redis has answered everything sent so far (and what
         handling those replies queued: a chord's callback)."""
         while True:
-            if self.backend is not self.broker:
-                self.backend.execute()
+            self.settle_results()
             self.broker.execute()
             if not len(self.broker) and not len(self.backend):
                 break
