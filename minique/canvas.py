@@ -422,6 +422,9 @@ signature = Signature
 maybe_signature = from_dict
 
 
+SEND_CHUNK = 1000  # messages per round trip on the bulk path
+
+
 def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
     """Publish planned calls: into the caller's pipeline, or in one round trip (the bulk path)."""
     if pipe is not None:
@@ -437,6 +440,9 @@ def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
     for name, a, k, o in calls:
         msg = app.build_message(name, a, k, o)
         items.append((msg.queue, msg.priority, msg.encode(), msg.eta if msg.eta is not None and msg.eta > now else None))
+        if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
+            app.broker.send_many(items)
+            items = []
     if items:
         app.broker.send_many(items)
 

@@ -4,8 +4,8 @@ Events are on by default (`worker_send_task_events = True`, Celery's name; `-E` 
 them on, `--without-events` off). A pool process appends events to a local buffer and
 writes them as one stream entry per batch, inside the pipeline it flushes anyway, so
 events cost no extra round trip on the task path. A batch is written when it reaches
-200 events or 0.5 s, or when the process has run everything it had prefetched (so
-the last events never wait for the next message), and before a task runs when the
+200 events or 0.5 s, or when the process finds no more messages to run (so the
+last events never wait for the next message), and before a task runs when the
 previous one took 0.1 s or more (so long tasks are seen running). A batch is packed
 compactly (see `Events`) and `read()` unpacks it into the dicts described here.
 
@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import keys, serializers
 
-MAXLEN = 10000          # stream entries kept (each a batch of events)
+MAXLEN = 5000           # stream entries kept (each a batch of up to BATCH_EVENTS events: ~7 KB full, ~35 MB in all)
 BATCH_EVENTS = 200
 BATCH_SECONDS = 0.5
 SLOW = 0.1              # seconds: after a task this long, the next one's events leave before it runs
@@ -89,7 +89,6 @@ class Events:
         self.recorder = recorder
         self.limiter = limiter
         self.pid = os.getpid()
-        self.consumer: Any = None   # the pool process's Consumer (its prefetch buffer says when it goes idle)
         self.records: List[tuple] = []
         self.headers: List[tuple] = []
         self.index: Dict[tuple, int] = {}
@@ -164,11 +163,10 @@ class Events:
 
     # --- flushing -----------------------------------------------------------------------------------
     def maybe_flush(self, pipe: Any) -> None:
-        """Called after each task with the pipeline the consumer flushes next: add the batch to it when
-        it is big or old enough, or when the consumer has nothing prefetched left (it is about to wait
-        for messages: the events must not wait with it)."""
-        if self.records and (len(self.records) >= BATCH_EVENTS or time.monotonic() - self.first >= BATCH_SECONDS
-                             or (self.consumer is not None and not self.consumer.buffer)):
+        """Called after each task with the pipeline the consumer writes next: add the batch to it when
+        it is big or old enough. (The consumer also flushes it when it finds no more messages: the
+        events must not wait while it does.)"""
+        if self.records and (len(self.records) >= BATCH_EVENTS or time.monotonic() - self.first >= BATCH_SECONDS):
             self.flush(pipe)
 
     def before_run(self, pipe: Any) -> None:

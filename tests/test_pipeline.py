@@ -65,3 +65,13 @@ def test_batch_flush_settles_what_handlers_queue(redis_client):
     batch.broker.call(lambda reply: batch.broker.rpush("done", reply), "INCR", "k")
     batch.flush()
     assert redis_client.lrange("done", 0, -1) == [b"1"] and len(batch.broker) == 0
+
+
+def test_pure_python_packing_matches_redis_py(redis_client):
+    from minique.worker.execute import _pack_py
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        for args in [("SET", "k", b"v\r\n", 3), ("ZADD", "z", 1.5, "m"), ("XADD", "s", "MAXLEN", "~", 5000, "*", "b", "é")]:
+            assert _pack_py(args) == b"".join(conn.pack_commands([args]))
+    finally:
+        redis_client.connection_pool.release(conn)

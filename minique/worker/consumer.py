@@ -157,7 +157,9 @@ class Consumer:
         if batch.slot is not None:
             batch.slot.flushed()
         if not found:
-            batch.flush()  # what the replies queued (a chord's callback) must not wait with us
+            if self.events is not None:
+                self.events.flush(batch.broker)
+            batch.flush()  # neither the events nor what the replies queued (a chord's callback) wait with us
             self.in_fetch = True  # only the blocking wait may be interrupted: the batch is settled
             try:
                 if not self.stopping:

@@ -73,12 +73,8 @@ class Worker:
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
         events = self.telemetry.events_for(slot) if self.telemetry is not None else None
-        consumer = Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
-                            max_tasks=self.max_tasks, max_memory_kib=self.max_memory,
-                            use_alarm=self.pool_kind == "prefork")
-        if events is not None:
-            events.consumer = consumer  # events also flush when nothing prefetched is left (before going idle)
-        return consumer
+        return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
+                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork")
 
     def start(self) -> None:
         app = self.app
