@@ -261,6 +261,7 @@ class Beat:
                 if acquired:
                     self._lease_until = started + self.lease
                     self._set_leader(True, "lease acquired")
+                    self._forget_removed()
                 else:
                     self._set_leader(False, "lease held by another beat")
                     if isinstance(pttl, int) and pttl != -1:  # retry right when it expires
@@ -271,6 +272,14 @@ class Beat:
             if self._leader and time.monotonic() >= self._lease_until:
                 self._set_leader(False, "lease expired while Redis was unreachable")
         self._next_lease_op = started + wait
+
+    def _forget_removed(self) -> None:
+        """A new leader drops the stored last runs of entries no longer in its schedule."""
+        stale = [k for k in self.client.hkeys(keys.BEAT_LAST) if k.decode() not in self.schedule]
+        if stale:
+            self.client.hdel(keys.BEAT_LAST, *stale)
+            logger.info("beat: forgot the state of %d removed entr%s: %s", len(stale),
+                        "y" if len(stale) == 1 else "ies", ", ".join(k.decode() for k in stale))
 
     def _release(self) -> None:
         if self._leader:

@@ -178,6 +178,7 @@ def test_restart_does_not_refire_and_picks_up_changes(redis_url, redis_client, r
     third = Beat(make_app(redis_url, changed), hostname="third")
     third.tick()
     assert sorted(m.task for m in sent(redis_client)[1:]) == ["t.fresh", "t.slow"]
+    assert not redis_client.hexists(keys.BEAT_LAST, "hourly"), "a removed entry's state stayed behind"
 
 
 @pytest.mark.timeout(20)

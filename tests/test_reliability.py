@@ -405,6 +405,8 @@ def test_poison_messages_end_in_the_dlq_or_failure_and_the_worker_keeps_serving(
         app.AsyncResult(pickled.id).get(timeout=10)
     with pytest.raises(DecodeError):
         app.AsyncResult(bad_body.id).get(timeout=10)
+    with pytest.raises(DecodeError, match="over task_max_message_size"):  # nobody waits on it forever
+        huge.get(timeout=10)
     dead = wait_for(lambda: len(redis_client.xrange("minique:dlq")) >= 7 and redis_client.xrange("minique:dlq"),
                     10, "the dead letters")
     reasons = {f[b"task_id"].decode(): f[b"reason"].decode() for _, f in dead}

@@ -214,12 +214,12 @@ class Executor:
         """Process one delivery; everything it writes goes into `batch`."""
         data = delivery.data
         if self.max_size and len(data) > self.max_size:
-            return self._dead(delivery, batch, f"message of {len(data)} bytes is over task_max_message_size "
-                                               f"({self.max_size})", peek_id(data))
+            return self._dead_unread(delivery, batch, f"message of {len(data)} bytes is over task_max_message_size "
+                                                      f"({self.max_size})")
         try:
             msg = decode(data)
         except DecodeError as exc:
-            return self._dead(delivery, batch, f"undecodable message: {exc}", peek_id(data))
+            return self._dead_unread(delivery, batch, f"undecodable message: {exc}")
         if self.security_key and not verify(msg, self.security_key):
             return self._dead(delivery, batch, "unsigned or forged message (security_key is set)", msg.id)
         task = self.app.tasks.get(msg.task)
@@ -466,6 +466,15 @@ class Executor:
             self.events.task("task-revoked", msg, reason=reason)
         log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason, extra=_fields(msg, reason))
         self.propagate_failure(msg, TaskRevokedError(reason), None, batch)
+
+    def _dead_unread(self, delivery: Delivery, batch: Batch, reason: str) -> None:
+        """Dead-letter a message that cannot be read; where its id can be found, its result becomes
+        FAILURE so nobody waits on it forever (not with security_key: an unverified message must not
+        write anyone's result)."""
+        task_id = peek_id(delivery.data)
+        if task_id and not self.security_key:
+            self.backend.store(batch.backend, task_id, states.FAILURE, DecodeError(f"dead-lettered: {reason}"))
+        self._dead(delivery, batch, reason, task_id)
 
     def _dead(self, delivery: Delivery, batch: Batch, reason: str, task_id: Optional[str]) -> None:
         self.broker.dead_letter(batch.broker, delivery.data, reason, delivery.queue, task_id, self.hostname)
