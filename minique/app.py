@@ -114,13 +114,13 @@ class Minique:
         return f"{module}.{fun.__name__}"
 
     # --- connections (lazy: nothing connects until used) --------------------------------------------
-    def _connect(self, url: str) -> "redis.Redis":
+    def _connect(self, url: str, socket_timeout: Optional[float] = None, retries: int = 8) -> "redis.Redis":
         from .embedded import resolve_url
         url = resolve_url(url)
         return redis.Redis.from_url(
-            url, socket_timeout=self.conf.redis_socket_timeout,
+            url, socket_timeout=socket_timeout or self.conf.redis_socket_timeout,
             socket_connect_timeout=self.conf.broker_connection_timeout, health_check_interval=30,
-            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), 8) if self.conf.broker_connection_retry else None,
+            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries) if self.conf.broker_connection_retry else None,
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
 
     @cached_property

@@ -220,7 +220,10 @@ class Beat:
         self.max_interval = float(conf.beat_max_loop_interval)
         if self.lease <= 0 or self.max_interval <= 0:
             raise ConfigurationError("beat_lease_seconds and beat_max_loop_interval must be positive")
-        self.client: redis.Redis = app.broker_client
+        # its own connection, with a timeout under the lease: a hung connection must not keep a
+        # leader blocked past its lease (another beat takes over; the claims keep slots single)
+        self.client: redis.Redis = app._connect(app.conf.broker_url, socket_timeout=max(0.5, self.lease / 3),
+                                                retries=1)
         self.lock_key = keys.lock("beat")
         self.token = f"{self.hostname}:{uuid.uuid4().hex}"
         self.leadership = threading.Event()   # set while this beat leads (tests wait on it)
@@ -378,6 +381,7 @@ class Beat:
         finally:
             if not self._abandoned:
                 self._release()
+                self.client.close()
             logger.info("beat: %s stopped", self.hostname)
 
     def stop(self) -> None:
