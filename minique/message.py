@@ -82,11 +82,32 @@ _OPTIONAL = tuple((key, _DEFAULTS[attr]) for attr, key in _WIRE[3:])
 
 def encode(message: Message) -> bytes:
     """The message's wire bytes (msgpack map, default-valued fields left out)."""
+    return serializers.pack(_wire_map(message))
+
+
+def _wire_map(message: Message) -> Dict[str, Any]:
     out: Dict[str, Any] = {"v": PROTOCOL_VERSION, "i": message.id, "t": message.task, "b": message.body}
     for (key, default), value in zip(_OPTIONAL, message[3:]):
         if value != default:
             out[key] = value
-    return serializers.pack(out)
+    return out
+
+
+class Template:
+    """Wire bytes of many messages that differ only in id and body (the bulk path: one task, one set
+    of options). A message that is its own root keeps being its own root."""
+
+    def __init__(self, message: Message):
+        self.fields = _wire_map(message)
+        self.own_root = message.root_id == message.id
+
+    def encode(self, task_id: str, body: bytes) -> bytes:
+        out = self.fields.copy()
+        out["i"] = task_id
+        out["b"] = body
+        if self.own_root:
+            out["root"] = task_id
+        return serializers.pack(out)
 
 
 def decode(data: bytes) -> Message:

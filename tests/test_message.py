@@ -81,3 +81,15 @@ def test_celery_content_type_names_are_understood():
     assert serializers.canonical("application/x-msgpack") == "msgpack"
     with pytest.raises(ValueError, match="unknown serializer"):
         serializers.canonical("yaml")
+
+
+def test_template_encodes_like_the_full_path():
+    from minique.message import Template, decode, encode, make
+    own = make("t.x", (1,), {"k": 2}, queue="q", priority=3, expires=5.0, root_id=None)
+    own = own._replace(root_id=own.id)
+    tmpl = Template(own)
+    body = b'[[7], {}]'
+    assert decode(tmpl.encode("id-2", body)) == own._replace(id="id-2", body=body, root_id="id-2")
+    child = make("t.x", (), {}, root_id="r", parent_id="p")
+    assert decode(Template(child).encode("id-3", body)) == child._replace(id="id-3", body=body)
+    assert encode(own) == Template(own).encode(own.id, own.body)

@@ -17,6 +17,16 @@ def test_delay_get_state(procs, client_app):
     assert r.date_done is not None
 
 
+def test_delay_many_sends_each_call_with_the_shared_options(procs, client_app):
+    procs.worker("-c", "2", "-Q", "default,other")
+    results = client_app.add.delay_many([(i, i) for i in range(2500)], priority=7, countdown=0.2)
+    assert len({r.id for r in results}) == 2500
+    assert [r.get(timeout=20) for r in results] == [2 * i for i in range(2500)]
+    assert client_app.add.delay_many([(1, 2)], queue="other")[0].get(timeout=10) == 3
+    with pytest.raises(TypeError, match="cannot serialize"):
+        client_app.add.delay_many([(object(), 1)])
+
+
 def test_failure_is_reraised_with_its_class_and_traceback(procs, client_app):
     procs.worker("-c", "1")
     r = client_app.fail.delay("bad input")
