@@ -102,6 +102,10 @@ class Broker(ABC):
         `pipe` (the worker's FastPipeline) holds writes that must reach Redis first: they go in the
         same round trip when the broker can, and every reply outstanding on it is read."""
 
+    def wait(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
+        """Block up to `block` s for messages, right after a `fetch` found none (may skip its checks)."""
+        return self.fetch(consumer, queues, count, block)
+
     @abstractmethod
     def ack(self, pipe: Any, delivery: Delivery) -> None:
         """Forget a delivered message: it is done (or dead-lettered)."""

@@ -110,13 +110,28 @@ class StreamsBroker(Broker):
                 elif isinstance(found, Exception):
                     raise found
             if not found and block > 0:
-                found = self.client.xreadgroup(keys.GROUP, consumer, {k: ">" for k in stream_keys},
-                                               count=count, block=max(1, int(block * 1000)))
+                found = self._read(consumer, stream_keys, count, block)
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self.ensure_queues(queues)  # a stream was deleted (purge, FLUSHDB): recreate and retry later
             return []
+        return self._deliveries(found)
+
+    def wait(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
+        try:
+            return self._deliveries(self._read(consumer, self._keys(queues), count, block))
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_queues(queues)
+            return []
+
+    def _read(self, consumer: str, stream_keys: list, count: int, block: float) -> Any:
+        return self.client.xreadgroup(keys.GROUP, consumer, {k: ">" for k in stream_keys},
+                                      count=count, block=max(1, int(block * 1000)))
+
+    def _deliveries(self, found: Any) -> List[Delivery]:
         out = []
         for key, entries in found or ():
             key = key.decode() if isinstance(key, bytes) else key

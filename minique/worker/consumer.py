@@ -163,7 +163,7 @@ class Consumer:
             self.in_fetch = True  # only the blocking wait may be interrupted: the batch is settled
             try:
                 if not self.stopping:
-                    found = broker.fetch(self.name, self.queues, count, FETCH_BLOCK)
+                    found = broker.wait(self.name, self.queues, count, FETCH_BLOCK)
             finally:
                 self.in_fetch = False
         self.buffer.extend(found)

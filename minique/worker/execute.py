@@ -306,8 +306,9 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.SUCCESS, value, serializer=serializer)
         if self.events is not None:
             self.events.succeeded(msg, runtime)
-        log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
-                 extra=_fields(msg, "succeeded", runtime=runtime))
+        if log.isEnabledFor(logging.INFO):
+            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
+                     extra=_fields(msg, "succeeded", runtime=runtime))
         follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
         for link in msg.links or ():
             canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
