@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .common import summary
 from .run import RESULTS, SYSTEMS, cell, fmt, ratio
 
 

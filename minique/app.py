@@ -120,7 +120,8 @@ class Minique:
         return redis.Redis.from_url(
             url, socket_timeout=socket_timeout or self.conf.redis_socket_timeout,
             socket_connect_timeout=self.conf.broker_connection_timeout, health_check_interval=30,
-            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries) if self.conf.broker_connection_retry else None,
+            retry=(RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
+                   if self.conf.broker_connection_retry else None),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
 
     @cached_property

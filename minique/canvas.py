@@ -439,7 +439,8 @@ def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
     items = []
     for name, a, k, o in calls:
         msg = app.build_message(name, a, k, o)
-        items.append((msg.queue, msg.priority, msg.encode(), msg.eta if msg.eta is not None and msg.eta > now else None))
+        eta = msg.eta if msg.eta is not None and msg.eta > now else None
+        items.append((msg.queue, msg.priority, msg.encode(), eta))
         if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
             app.broker.send_many(items)
             items = []
