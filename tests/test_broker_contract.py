@@ -151,6 +151,32 @@ def test_dead_letter_replay(broker):
     assert [d.data for d in broker.fetch("c1", ["q"], 1, 0)] == [b"msg"]
 
 
+def test_send_now_from_threads_a_fork_and_after_a_dropped_connection(broker):
+    import os
+    broker.ensure_queues(["q"])
+
+    def burst(prefix):
+        for i in range(200):
+            broker.send_now("q", 0, b"%s-%d" % (prefix, i))
+
+    threads = [threading.Thread(target=burst, args=(b"t%d" % n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    broker.client.client_kill_filter(_type="normal", skipme=True)  # drops any connection it keeps
+    broker.send_now("q", 0, b"after-kill")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            broker.send_now("q", 0, b"from-child")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    got = {d.data for d in broker.fetch("c1", ["q"], 1000, 0)}
+    assert len(got) == 802 and {b"after-kill", b"from-child", b"t3-199"} <= got
+
+
 def test_send_many_in_one_round_trip(broker):
     broker.send_many([("q", 0, b"a", None), ("q", 9, b"b", None), ("r", 0, b"c", None)])
     got = broker.fetch("c1", ["q", "r"], 10, 0)

@@ -37,27 +37,39 @@ class StreamsBroker(Broker):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._read_keys: Dict[tuple, list] = {}
-        self._held = threading.local()
+        self._held: Any = None  # send_now's connection, with the pid that opened it
+        self._held_pid = 0
+        self._held_lock = threading.Lock()
 
     def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
         pipe.xadd(keys.queue(queue, priority), {"m": data})
 
     def send_now(self, queue: str, priority: int, data: bytes) -> None:
-        """One XADD on a connection this thread keeps: no pool checkout and no command machinery per
-        call, which is most of a one-at-a-time `delay()`'s client cost."""
-        held = self._held
-        conn = getattr(held, "conn", None)
-        if conn is None or held.pid != os.getpid():  # first use in this thread, or a forked child
-            conn = held.conn = self.client.connection_pool.get_connection()
-            held.pid = os.getpid()
+        """One XADD written as raw RESP on a connection this process keeps: redis-py's command
+        machinery and pool checkout are most of a one-at-a-time `delay()`'s client cost. A thread
+        that finds the connection busy goes through redis-py instead (no waiting, no per-thread
+        connections left behind)."""
+        if not self._held_lock.acquire(blocking=False):
+            return self.send(self.client, queue, priority, data)
         try:
-            conn.send_packed_command([_xadd(queue, priority, data)])
-            conn.read_response()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            # Redis restarted or the idle connection was dropped: once more through redis-py and its
-            # retry policy (if the first XADD did land, the message is sent twice, never lost)
-            conn.disconnect()
-            self.send(self.client, queue, priority, data)
+            conn = self._held
+            if conn is None or self._held_pid != os.getpid():  # first use, or a forked child
+                conn = self._held = self.client.connection_pool.get_connection()
+                self._held_pid = os.getpid()
+            try:
+                conn.send_packed_command([_xadd(queue, priority, data)])
+                conn.read_response()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                # Redis restarted or the idle connection was dropped: once more through redis-py and
+                # its retry policy (if the first XADD did land, the message is sent twice, never lost)
+                conn.disconnect()
+                self.send(self.client, queue, priority, data)
+            except BaseException:
+                conn.disconnect()  # interrupted mid-reply: start clean next time
+                raise
+        finally:
+            self._held_lock.release()
+        return None
 
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
