@@ -102,6 +102,12 @@ class Broker(ABC):
         `pipe` (the worker's FastPipeline) holds writes that must reach Redis first: they go in the
         same round trip when the broker can, and every reply outstanding on it is read."""
 
+    def fetch_ahead(self, pipe: Any, consumer: str, queues: Sequence[str], count: int,
+                    on_found: Callable[[List[Delivery]], None]) -> bool:
+        """Queue a non-blocking fetch in the worker's `pipe`; `on_found(deliveries)` gets what it took
+        when its reply is read. False when the broker cannot (the consumer then fetches as usual)."""
+        return False
+
     def wait(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
         """Block up to `block` s for messages, right after a `fetch` found none (may skip its checks)."""
         return self.fetch(consumer, queues, count, block)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -129,6 +129,16 @@ class StreamsBroker(Broker):
             self.ensure_queues(queues)  # a stream was deleted (purge, FLUSHDB): recreate and retry later
             return []
         return self._deliveries(found)
+
+    def fetch_ahead(self, pipe: Any, consumer: str, queues: Sequence[str], count: int,
+                    on_found: Callable[[List[Delivery]], None]) -> bool:
+        stream_keys = self._keys(queues)
+
+        def got(found: Any) -> None:  # an error (NOSCRIPT, NOGROUP) finds nothing: the usual fetch handles it
+            on_found([] if isinstance(found, Exception) else self._deliveries(found))
+
+        pipe.call(got, "EVALSHA", SCRIPTS.shas["fetch"], len(stream_keys), *stream_keys, keys.GROUP, consumer, count)
+        return True
 
     def wait(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
         try:

@@ -54,6 +54,7 @@ class Consumer:
         self._audit_every = min(AUDIT_EVERY, float(app.broker.visibility_timeout))
         self._audit_at = time.monotonic() + self._audit_every
         self.processed = 0
+        self._ahead = False  # a fetch-ahead is queued or in flight (see _fetch_ahead)
 
     # --- process integration ------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -94,6 +95,8 @@ class Consumer:
                     self._check_control()
                     continue
                 delivery = self.buffer.popleft()
+                if not self.buffer:
+                    self._fetch_ahead()
                 try:
                     self._check_control()  # a revocation may concern a message already prefetched
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
@@ -144,14 +147,38 @@ class Consumer:
         self._suspect = False
         self._audit_at = time.monotonic() + self._audit_every
 
-    def _fetch(self) -> None:
-        """Send the batch and take the next messages in one round trip; block only when there are none."""
-        if self.stopping:
-            return
+    def _fetch_count(self, running: int = 0) -> int:
         count = self.prefetch
         if self.max_tasks:
-            count = max(1, min(count, self.max_tasks - self.processed))
+            count = min(count, self.max_tasks - self.processed - running)
+        return count
+
+    def _fetch_ahead(self) -> None:
+        """The last prefetched message is about to run: its pre-run write also asks for the next ones,
+        so their reply arrives while it runs instead of being waited for after it. (The process then
+        holds the running message plus at most `prefetch` reserved ones, as a Celery worker does.)"""
+        count = self._fetch_count(running=1)
+        if count > 0 and not self.stopping:
+            self._ahead = self.app.broker.fetch_ahead(self.batch.broker, self.name, self.queues, count,
+                                                      self._got_ahead)
+
+    def _got_ahead(self, found: List[Delivery]) -> None:
+        self._ahead = False
+        self.buffer.extend(found)
+
+    def _fetch(self) -> None:
+        """Send the batch and take the next messages in one round trip; block only when there are none."""
+        if self.stopping or self.buffer:  # (a flush before an audit may have read a fetch-ahead's reply)
+            return
         broker, batch = self.app.broker, self.batch
+        if self._ahead:  # a fetch went out with the last task: its reply is (nearly always) here already
+            batch.broker.collect()
+            if self._ahead:  # the last message did not run, so nothing was written: send it now
+                batch.settle_results()
+                batch.broker.execute()
+            if self.buffer:
+                return
+        count = max(1, self._fetch_count())
         batch.settle_results()
         found: List[Delivery] = broker.fetch(self.name, self.queues, count, 0, pipe=batch.broker)
         if batch.slot is not None:
