@@ -170,19 +170,19 @@ class Consumer:
         """Send the batch and take the next messages in one round trip; block only when there are none."""
         if self.stopping or self.buffer:  # (a flush before an audit may have read a fetch-ahead's reply)
             return
-        broker, batch = self.app.broker, self.batch
+        broker, batch, count = self.app.broker, self.batch, max(1, self._fetch_count())
         if self._ahead:  # a fetch went out with the last task: its reply is (nearly always) here already
+            batch.write()  # the last task's results leave at once (and the fetch, if the task never ran)
             batch.broker.collect()
-            if self._ahead:  # the last message did not run, so nothing was written: send it now
-                batch.settle_results()
-                batch.broker.execute()
+            self._ahead = False
             if self.buffer:
                 return
-        count = max(1, self._fetch_count())
-        batch.settle_results()
-        found: List[Delivery] = broker.fetch(self.name, self.queues, count, 0, pipe=batch.broker)
-        if batch.slot is not None:
-            batch.slot.flushed()
+            found: List[Delivery] = []  # it found nothing: wait for messages
+        else:
+            batch.settle_results()
+            found = broker.fetch(self.name, self.queues, count, 0, pipe=batch.broker)
+            if batch.slot is not None:
+                batch.slot.flushed()
         if not found:
             if self.events is not None:
                 self.events.flush(batch.broker)
