@@ -71,6 +71,7 @@ TYPES = ("task-received", "task-started", "task-succeeded", "task-failed", "task
          "task-rejected")
 _CODE = {t: i for i, t in enumerate(TYPES)}
 _OTHER = -1                         # a record that carries its whole event (worker events, raw task events)
+_RECEIVED_STARTED = len(TYPES)      # task-received and task-started of one task at one moment
 _RECEIVED = ("sent_at", "eta", "expires", "priority")
 _HEADER = ("uuid", "name", "queue", "retries", "root_id", "parent_id", "group_id")
 
@@ -94,23 +95,35 @@ class Events:
         self.index: Dict[tuple, int] = {}
         self.first = 0.0
         self.slow = False           # the last task took SLOW seconds or more
+        self._pending: Any = None   # a message whose task-received waits to go out with its task-started
 
     # --- task events --------------------------------------------------------------------------------
     def received(self, msg: Any, batch: Any = None) -> None:
         """task-received, just before the task runs; waits here for the task's rate limit, if any
-        (after flushing `batch`, so earlier results are not held back by the wait)."""
+        (after flushing `batch`, so earlier results are not held back by the wait). The event is
+        recorded together with task-started (one record) unless a rate-limit wait comes between."""
         if self.recorder is not None:
             self.recorder.event(0, msg.task, msg.queue, msg, None)
-        if self.send:
-            self._task(0, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority))
+        self._pending = msg if self.send else None
         if self.limiter is not None:
-            self.limiter.acquire(msg.task, batch)
+            self.limiter.acquire(msg.task, batch, self._received_now)
+
+    def _received_now(self) -> None:
+        msg, self._pending = self._pending, None
+        if msg is not None:
+            self._task(0, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority))
 
     def started(self, msg: Any, args: Any, kwargs: Any) -> None:
         if self.recorder is not None:
             self.recorder.event(1, msg.task, msg.queue, msg, None)
         if self.send:
-            self._task(1, msg, (short_repr(args), short_repr(kwargs)))
+            if self._pending is msg:  # received and started at once: one record for both
+                self._pending = None
+                self._task(_RECEIVED_STARTED, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority,
+                                                    short_repr(args), short_repr(kwargs)))
+            else:
+                self._received_now()
+                self._task(1, msg, (short_repr(args), short_repr(kwargs)))
 
     def succeeded(self, msg: Any, runtime: float) -> None:
         self.slow = runtime >= SLOW
@@ -185,11 +198,18 @@ class Events:
 def expand(batch: Any) -> Iterator[Dict[str, Any]]:
     """The event dicts of one stream entry's batch."""
     host, pid, headers = batch["host"], batch["pid"], batch["h"]
+
+    def event(type: str, at: int, ts: float) -> Dict[str, Any]:
+        return dict(zip(_HEADER, headers[at]), type=type, hostname=host, pid=pid, ts=ts)
+
     for code, ts, at, extra in batch["e"]:
         if code == _OTHER:
-            ev = {"hostname": host, "pid": pid, **extra, "ts": ts}
+            yield {"hostname": host, "pid": pid, **extra, "ts": ts}
+        elif code == _RECEIVED_STARTED:
+            yield dict(event("task-received", at, ts), **dict(zip(_RECEIVED, extra)))
+            yield dict(event("task-started", at, ts), args=extra[4], kwargs=extra[5])
         else:
-            ev = dict(zip(_HEADER, headers[at]), type=TYPES[code], hostname=host, pid=pid, ts=ts)
+            ev = event(TYPES[code], at, ts)
             if isinstance(extra, dict):
                 ev.update(extra)
             elif code == 0:
@@ -198,7 +218,7 @@ def expand(batch: Any) -> Iterator[Dict[str, Any]]:
                 ev["args"], ev["kwargs"] = extra
             elif code == 2:
                 ev["runtime"] = extra
-        yield ev
+            yield ev
 
 
 def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[float] = None

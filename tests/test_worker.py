@@ -27,7 +27,7 @@ def test_delay_many_sends_each_call_with_the_shared_options(procs, client_app):
         client_app.add.delay_many([(object(), 1)])
 
 
-def test_a_process_reserves_at_most_its_prefetch_besides_the_running_task(procs, client_app, redis_client):
+def test_a_process_running_long_tasks_reserves_at_most_its_prefetch(procs, client_app, redis_client):
     import time
     procs.worker("-c", "1", "--prefetch-multiplier", "2")
     results = [client_app.sleep_record.delay("pf", i, 0.2) for i in range(8)]
@@ -36,7 +36,9 @@ def test_a_process_reserves_at_most_its_prefetch_besides_the_running_task(procs,
         held.append(redis_client.xpending("minique:{default}:p0", "minique")["pending"])
         time.sleep(0.01)
     assert [r.get(timeout=10) for r in results] == list(range(8))
-    assert 2 <= max(held) <= 3, held  # the running message and at most 2 reserved (the fetch-ahead included)
+    # early ack: the running message is acked, so what Redis shows held is what the process reserves;
+    # after a long task there is no fetch-ahead, so never more than the prefetch (2)
+    assert 1 <= max(held) <= 2, held
 
 
 def test_failure_is_reraised_with_its_class_and_traceback(procs, client_app):

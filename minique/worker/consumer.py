@@ -22,6 +22,7 @@ from .execute import Batch, Executor, NotStarted
 
 log = logging.getLogger("minique.worker")
 FETCH_BLOCK = 1.0  # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
+FETCH_AHEAD_BELOW = 0.005  # seconds: fetch ahead only after a task shorter than this (see _fetch_ahead)
 AUDIT_EVERY = 60.0  # at most this many seconds between audits of what a consumer holds (see _audit)
 
 
@@ -154,11 +155,12 @@ class Consumer:
         return count
 
     def _fetch_ahead(self) -> None:
-        """The last prefetched message is about to run: its pre-run write also asks for the next ones,
-        so their reply arrives while it runs instead of being waited for after it. (The process then
-        holds the running message plus at most `prefetch` reserved ones, as a Celery worker does.)"""
+        """The last prefetched message is about to run: when tasks are short, its pre-run write also
+        asks for the next ones, so their reply arrives while it runs instead of being waited for after
+        it. (The process then holds the running message plus at most `prefetch` reserved ones; after a
+        long task it does not, so a message never waits behind a long task while others are idle.)"""
         count = self._fetch_count(running=1)
-        if count > 0 and not self.stopping:
+        if count > 0 and not self.stopping and self.executor.last_runtime < FETCH_AHEAD_BELOW:
             self._ahead = self.app.broker.fetch_ahead(self.batch.broker, self.name, self.queues, count,
                                                       self._got_ahead)
 

@@ -206,6 +206,7 @@ class Executor:
         self.security_key = self.conf.security_key
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
+        self.last_runtime = float("inf")  # seconds the last task body took (none yet: unknown, long)
         if use_alarm:
             signal.signal(signal.SIGALRM, _raise_soft_limit)
 
@@ -281,6 +282,7 @@ class Executor:
         try:
             value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
+            self.last_runtime = time.monotonic() - started
             if soft and self.use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             context.pop()
@@ -290,12 +292,13 @@ class Executor:
                 raise
             self._on_exception(task, delivery, msg, args, kwargs, exc, batch, acks_late)
         else:
+            runtime = self.last_runtime = time.monotonic() - started
             if soft and self.use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             context.pop()
             if self.slot is not None:
                 self.slot.end()
-            self._on_success(task, msg, value, batch, time.monotonic() - started)
+            self._on_success(task, msg, value, batch, runtime)
             if acks_late:
                 self.broker.ack(batch.broker, delivery)
 

@@ -106,7 +106,7 @@ class RateLimiter:
         self.intervals: Dict[str, float] = {}
         self.next_at: Dict[str, float] = {}
 
-    def acquire(self, name: str, batch: Any = None) -> None:
+    def acquire(self, name: str, batch: Any = None, before_wait: Any = None) -> None:
         seq = self.table.seq()
         if seq != self.seen:
             table = self.table.read()
@@ -118,6 +118,8 @@ class RateLimiter:
         now = time.monotonic()
         at = self.next_at.get(name, 0.0)
         if at > now:
+            if before_wait is not None:
+                before_wait()
             if batch is not None:
                 batch.flush()  # what earlier tasks wrote must not wait with us
             while True:
