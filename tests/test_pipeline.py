@@ -71,7 +71,8 @@ def test_pure_python_packing_matches_redis_py(redis_client):
     from minique.worker.execute import _pack_py
     conn = redis_client.connection_pool.get_connection()
     try:
-        for args in [("SET", "k", b"v\r\n", 3), ("ZADD", "z", 1.5, "m"), ("XADD", "s", "MAXLEN", "~", 5000, "*", "b", "é")]:
+        for args in [("SET", "k", b"v\r\n", 3), ("ZADD", "z", 1.5, "m"),
+                     ("XADD", "s", "MAXLEN", "~", 5000, "*", "b", "é")]:
             assert _pack_py(args) == b"".join(conn.pack_commands([args]))
     finally:
         redis_client.connection_pool.release(conn)
