@@ -96,7 +96,7 @@ class Consumer:
                     self._check_control()
                     continue
                 delivery = self.buffer.popleft()
-                if not self.buffer:
+                if not self.buffer and not self._ahead:  # (one already queued survives a Redis failure)
                     self._fetch_ahead()
                 try:
                     self._check_control()  # a revocation may concern a message already prefetched
