@@ -1,7 +1,8 @@
-"""One pool process's loop: fetch a few messages, run them one by one, flush what they wrote.
+"""One pool process's loop: fetch a few messages, run them one by one, write what they wrote.
 
 Children consume for themselves (their own connection and prefetch); the parent
-only supervises. See ARCHITECTURE.md for why (measured against a parent that
+only supervises. Writes are not waited for: their replies are read with the next
+fetch, which, after short tasks, goes out ahead with the batch's last task. See ARCHITECTURE.md for why (measured against a parent that
 fetches for its children).
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ class _Interrupt(BaseException):
 
 
 class Consumer:
-    """Fetch-run-flush loop for one consumer name (one pool process or thread)."""
+    """Fetch-run-write loop for one consumer name (one pool process or thread)."""
 
     def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
                  slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,

@@ -3,8 +3,9 @@
 `Executor.handle()` turns a Delivery into exactly one of: done (result stored,
 follow-ups sent), retried (a new message with retries+1 and an ETA), failed
 (FAILURE stored, errbacks sent, chain and chord told), revoked/expired, or
-dead-lettered with its reason. Every command goes into a Batch that the consumer
-flushes, so a task costs one round trip in the steady state.
+dead-lettered with its reason. Every command goes into a Batch, written before the
+next task runs and confirmed when the consumer next reads from Redis, so a task
+costs one write and no wait of its own in the steady state.
 """
 from __future__ import annotations
 
