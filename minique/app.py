@@ -16,7 +16,7 @@ from redis.retry import Retry as RedisRetry
 from . import context, message as message_mod, routing, serializers
 from .config import Settings
 from .exceptions import ConfigurationError
-from .canvas import SEND_CHUNK, Signature, register_builtins, send
+from .canvas import Signature, register_builtins, send
 from .result import AsyncResult, GroupResult
 from .task import Task
 
@@ -276,31 +276,9 @@ class Minique:
         """Send many calls of one task, pipelined (a round trip per 1,000); returns their AsyncResults.
 
         The options are applied once: each call only gets its own id and encoded arguments."""
-        if options.get("task_id") or self.conf.security_key or self._defaults(name)["dynamic_routes"]:
-            planned = [(name, args, kwargs, {**options, "task_id": message_mod.new_id()}) for args, kwargs in calls]
-            send(self, planned)
-            return [AsyncResult(o["task_id"], app=self, task_name=name) for *_, o in planned]
-        first = self.build_message(name, (), None, options)
-        template, serializer = message_mod.Template(first), first.content_type
-        queue, priority = first.queue, first.priority
-        eta = first.eta if first.eta is not None and first.eta > time.time() else None
-        new_id, dumps, send_chunk = message_mod.new_id, serializers.dumps, self.broker.send_many
-        ids: List[str] = []
-        items: list = []
-        for args, kwargs in calls:
-            task_id = new_id()
-            try:
-                body = dumps([list(args or ()), kwargs or {}], serializer)
-            except TypeError as exc:
-                raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
-            ids.append(task_id)
-            items.append((queue, priority, template.encode(task_id, body), eta))
-            if len(items) == SEND_CHUNK:
-                send_chunk(items)
-                items = []
-        if items:
-            send_chunk(items)
-        return [AsyncResult(i, app=self, task_name=name) for i in ids]
+        planned = [(name, args, kwargs, {**options, "task_id": message_mod.new_id()}) for args, kwargs in calls]
+        send(self, planned)
+        return [AsyncResult(o["task_id"], app=self, task_name=name) for *_, o in planned]
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
         return AsyncResult(task_id, app=self, **kwargs)

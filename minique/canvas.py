@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import context
-from .message import new_id
+from .message import Template, encode_args, new_id
 from .result import AsyncResult, GroupResult
 
 Call = Tuple[str, tuple, dict, Dict[str, Any]]  # (task name, args, kwargs, options) of one message to send
@@ -423,6 +423,7 @@ maybe_signature = from_dict
 
 
 SEND_CHUNK = 1000  # messages per round trip on the bulk path
+_VARYING = ("task_id", "group_index")  # what may differ between calls that share a Template
 
 
 def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
@@ -437,10 +438,24 @@ def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
         return
     now = time.time()
     items = []
+    last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
+    templates = not app.conf.security_key  # a signed message is signed whole
     for name, a, k, o in calls:
-        msg = app.build_message(name, a, k, o)
-        eta = msg.eta if msg.eta is not None and msg.eta > now else None
-        items.append((msg.queue, msg.priority, msg.encode(), eta))
+        shape = {key: v for key, v in o.items() if key not in _VARYING}
+        if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
+            template, queue, priority, eta = last[2:]
+            try:
+                body = encode_args(a, k, template.content_type)
+            except TypeError as exc:
+                raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
+            data = template.encode(o.get("task_id") or new_id(), body, o.get("group_index"))
+        else:
+            msg = app.build_message(name, a, k, o)
+            queue, priority, data = msg.queue, msg.priority, msg.encode()
+            eta = msg.eta if msg.eta is not None and msg.eta > now else None
+            if templates and not app._defaults(name)["dynamic_routes"]:
+                last = (name, shape, Template(msg), queue, priority, eta)
+        items.append((queue, priority, data, eta))
         if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
             app.broker.send_many(items)
             items = []

@@ -94,19 +94,24 @@ def _wire_map(message: Message) -> Dict[str, Any]:
 
 
 class Template:
-    """Wire bytes of many messages that differ only in id and body (the bulk path: one task, one set
-    of options). A message that is its own root keeps being its own root."""
+    """Wire bytes of many messages that differ only in id, body and group index (the bulk path: one
+    task, one set of options). A message that is its own root keeps being its own root."""
 
     def __init__(self, message: Message):
         self.fields = _wire_map(message)
+        self.content_type = message.content_type
         self.own_root = message.root_id == message.id
 
-    def encode(self, task_id: str, body: bytes) -> bytes:
+    def encode(self, task_id: str, body: bytes, group_index: Optional[int] = None) -> bytes:
         out = self.fields.copy()
         out["i"] = task_id
         out["b"] = body
         if self.own_root:
             out["root"] = task_id
+        if group_index is None:
+            out.pop("gi", None)
+        else:
+            out["gi"] = group_index
         return serializers.pack(out)
 
 
@@ -142,6 +147,10 @@ def peek_id(data: bytes) -> Optional[str]:
 def make(task: str, args: Any = (), kwargs: Optional[dict] = None, serializer: str = "json",
          task_id: Optional[str] = None, **fields: Any) -> Message:
     """Build a message, serializing [args, kwargs] with `serializer`."""
-    body = serializers.dumps([list(args or ()), kwargs or {}], serializer)
-    return Message(id=task_id or new_id(), task=task, body=body, content_type=serializer,
-                   sent_at=time.time(), **fields)
+    return Message(id=task_id or new_id(), task=task, body=encode_args(args, kwargs, serializer),
+                   content_type=serializer, sent_at=time.time(), **fields)
+
+
+def encode_args(args: Any, kwargs: Optional[dict], serializer: str) -> bytes:
+    """The body: [args, kwargs] serialized (TypeError when they cannot be)."""
+    return serializers.dumps([list(args or ()), kwargs or {}], serializer)

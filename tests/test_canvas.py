@@ -126,3 +126,24 @@ def test_chord_of_10000_across_two_workers_calls_back_once(procs, t, redis_clien
     res = chord([t.identity.s(i) for i in range(10_000)], t.collect.s("big")).apply_async()
     assert res.get(timeout=150) == list(range(10_000))
     assert redis_client.lrange("big", 0, -1) == [b"10000"]
+
+
+def test_bulk_send_shares_a_template_only_where_options_match(client_app, redis_client):
+    """A group's members are encoded from one template while name and options match (not a worker test)."""
+    from minique.message import decode
+    add = client_app.add
+    members = [add.s(1, 1), add.s(2, 2), add.s(3, 3).set(queue="other"), add.s(4, 4).set(queue="other"),
+               add.s(5, 5).set(priority=5), add.s(6, 6), client_app.mul.s(7, 7), client_app.mul.s(8, 8)]
+    res = group(members).apply_async()
+    sent = {}
+    for key in ("minique:{default}:p0", "minique:{other}:p0", "minique:{default}:p5"):
+        for _, fields in redis_client.xrange(key):
+            msg = decode(fields[b"m"])
+            sent[msg.id] = msg
+    ids = [r.id for r in res.results]
+    assert set(ids) == set(sent)
+    got = [(sent[i].task.split(".")[-1], sent[i].args_kwargs({"json"})[0], sent[i].queue, sent[i].priority,
+            sent[i].group_index, sent[i].group_id, sent[i].root_id) for i in ids]
+    expected = [("add", 1, "default", 0), ("add", 2, "default", 0), ("add", 3, "other", 0), ("add", 4, "other", 0),
+                ("add", 5, "default", 5), ("add", 6, "default", 0), ("mul", 7, "default", 0), ("mul", 8, "default", 0)]
+    assert got == [(name, [n, n], q, p, i, res.id, ids[i]) for i, (name, n, q, p) in enumerate(expected)]

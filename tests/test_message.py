@@ -93,3 +93,11 @@ def test_template_encodes_like_the_full_path():
     child = make("t.x", (), {}, root_id="r", parent_id="p")
     assert decode(Template(child).encode("id-3", body)) == child._replace(id="id-3", body=body)
     assert encode(own) == Template(own).encode(own.id, own.body)
+
+
+def test_template_sets_or_drops_the_group_index():
+    from minique.message import Template, decode, make
+    member = make("t.x", (), {}, group_id="g", group_index=0)
+    tmpl = Template(member)
+    assert decode(tmpl.encode("a", member.body, 7)).group_index == 7
+    assert decode(tmpl.encode("b", member.body, None)).group_index is None
