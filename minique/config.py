@@ -50,6 +50,7 @@ DEFAULTS: Dict[str, Any] = {
     # Worker
     "worker_concurrency": None,                  # None: the CPU count
     "worker_prefetch_multiplier": 4,
+    "worker_early_ack_window": 0.005,            # seconds an early ack may wait to share a write (0: never)
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,         # KiB
     "worker_pool": "prefork",

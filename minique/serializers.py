@@ -112,3 +112,10 @@ def loads(data: bytes, content_type: str, accept: Iterable[str]) -> Any:
 
 pack = _msgpack_dumps
 unpack = _msgpack_loads
+
+
+def unpack_all(data: bytes) -> list:
+    """Every msgpack object in `data`, packed one after another."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(data)
+    return list(unpacker)

@@ -89,6 +89,53 @@ def test_kill_child_mid_task(procs, client_app, redis_client, acks_late, reject)
            victim="redelivered, done once" if reject else "FAILURE WorkerLostError")
 
 
+# --- 1b. a child lost while its early acks wait to share a write ----------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("window", [None, 0], ids=["default-window", "window-0"])
+def test_child_lost_while_early_acks_wait_to_share_a_write(procs, client_app, redis_client, window):
+    """Between short tasks of one prefetched batch, early acks wait for one shared write (Batch.defer).
+    A child that dies then has not sent them: its parent acks what it had started, so nothing it
+    started runs again, and what it had not started runs once elsewhere. With
+    worker_early_ack_window = 0 every ack is written before its task: the parent has none to send."""
+    app = client_app.app
+    tokens = send_books(app, "k1b", 2, prefix="a")           # a0 (written before it runs), a1 (deferred)
+    victim = client_app.die.apply_async(("k1b:died",))       # deferred too: dies before its ack is sent
+    tokens += send_books(app, "k1b", 1, prefix="b")          # prefetched with them, not started
+    more = {} if window is None else {"worker_early_ack_window": window}
+    worker = procs.worker("-c", "1", settings=conf(**more))  # one batch of 4: a0, a1, die, b0
+    with pytest.raises(WorkerLostError):
+        victim.get(timeout=10)
+    books = Books(redis_client, "k1b", tokens)
+    wait_for(books.all_done, 20, "the other tasks")
+    wait_for(lambda: settled(app), 10, "the queue to drain")
+    parent_acked = "had started (their acks were waiting to share a write)" in worker.log()
+    assert parent_acked == (window is None)                  # (with the default window: the fault bit)
+    assert redis_client.llen("k1b:died") == 1                # the victim ran once: acked by the parent
+    figures = books.figures()
+    assert figures["done"] == figures["sent"] == 3 and figures["duplicated"] == 0
+    assert figures["started_twice"] == 0
+    assert redis_client.xlen("minique:dlq") == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_deferred_early_ack_is_sent_while_its_long_task_runs(procs, client_app, redis_client):
+    """A task whose early ack was deferred (a short task before it, more in hand) and that runs long:
+    the ack leaves within a few milliseconds anyway (SIGALRM), not when the task ends."""
+    app = client_app.app
+    tokens = send_books(app, "k1c", 1, prefix="a")
+    client_app.gated.apply_async(("k1c", "gated"))
+    tokens += send_books(app, "k1c", 1, prefix="b")
+    procs.worker("-c", "1", settings=conf())
+    wait_for(lambda: "gated" in {t for t, _, _ in Books(redis_client, "k1c", []).starts()}, 10, "the gated task")
+    # held: the gated task until its ack lands, and b0, prefetched
+    wait_for(lambda: sum(app.broker.held(["default"]).values()) == 1, 2, "the running task's ack")
+    redis_client.rpush("k1c:gate", "go")
+    books = Books(redis_client, "k1c", tokens + ["gated"])
+    wait_for(books.all_done, 10, "every task")
+    assert books.figures()["duplicated"] == 0
+
+
 # --- 2. kill -9 the whole worker under load; a second worker finishes --------------------------------
 
 @pytest.mark.timeout(60)

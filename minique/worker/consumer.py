@@ -2,8 +2,10 @@
 
 Children consume for themselves (their own connection and prefetch); the parent
 only supervises. Writes are not waited for: their replies are read with the next
-fetch, which, after short tasks, goes out ahead with the batch's last task. See ARCHITECTURE.md for why (measured against a parent that
-fetches for its children).
+fetch, which, after short tasks, goes out ahead with the batch's last task; between
+short tasks the writes themselves wait (Batch.defer), so a prefetched batch of them
+costs one write. See ARCHITECTURE.md for why (measured against a parent that fetches
+for its children).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from .execute import Batch, Executor, NotStarted
 
 log = logging.getLogger("minique.worker")
 FETCH_BLOCK = 1.0  # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
-FETCH_AHEAD_BELOW = 0.005  # seconds: fetch ahead only after a task shorter than this (see _fetch_ahead)
+SHORT_TASK = 0.005  # seconds: after a task shorter than this, fetch ahead and defer writes (see run, _fetch_ahead)
 AUDIT_EVERY = 60.0  # at most this many seconds between audits of what a consumer holds (see _audit)
 
 
@@ -104,8 +106,10 @@ class Consumer:
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                     self.buffer.appendleft(delivery)
                     raise
+                # more messages in hand after a short task: its write may wait for theirs
+                defer = bool(self.buffer) and self.executor.last_runtime < SHORT_TASK
                 try:
-                    self.executor.handle(delivery, self.batch)
+                    self.executor.handle(delivery, self.batch, defer)
                 except NotStarted:
                     self.buffer.appendleft(delivery)  # its body did not begin: handle it again later
                     raise
@@ -161,7 +165,7 @@ class Consumer:
         it. (The process then holds the running message plus at most `prefetch` reserved ones; after a
         long task it does not, so a message never waits behind a long task while others are idle.)"""
         count = self._fetch_count(running=1)
-        if count > 0 and not self.stopping and self.executor.last_runtime < FETCH_AHEAD_BELOW:
+        if count > 0 and not self.stopping and self.executor.last_runtime < SHORT_TASK:
             self._ahead = self.app.broker.fetch_ahead(self.batch.broker, self.name, self.queues, count,
                                                       self._got_ahead)
 
@@ -184,8 +188,7 @@ class Consumer:
         else:
             batch.settle_results()
             found = broker.fetch(self.name, self.queues, count, 0, pipe=batch.broker)
-            if batch.slot is not None:
-                batch.slot.flushed()
+            batch.sent()
         if not found:
             if self.events is not None:
                 self.events.flush(batch.broker)

@@ -5,7 +5,8 @@ follow-ups sent), retried (a new message with retries+1 and an ETA), failed
 (FAILURE stored, errbacks sent, chain and chord told), revoked/expired, or
 dead-lettered with its reason. Every command goes into a Batch, written before the
 next task runs and confirmed when the consumer next reads from Redis, so a task
-costs one write and no wait of its own in the steady state.
+costs no wait of its own in the steady state; between short tasks of one prefetched
+batch even the write waits (Batch.defer), so a batch of them costs one write.
 """
 from __future__ import annotations
 
@@ -144,11 +145,31 @@ class Batch:
         self.broker = FastPipeline(broker_client)
         self.backend = self.broker if backend_client is broker_client else FastPipeline(backend_client)
         self.slot = slot
+        self.deferred_at: Optional[float] = None  # when a write was first left for later (defer)
+
+    def defer(self, window: float) -> bool:
+        """Leave what is queued (the next task's early ack, the last tasks' results) for the next
+        write, if the first such deferral is under `window` seconds old. Arms SIGALRM for that
+        moment: the executor's handler writes the batch if a task is still running then, so an ack
+        is never more than `window` late, however long the task. False: write now."""
+        now = time.monotonic()
+        if self.deferred_at is None:
+            self.deferred_at = now
+            signal.setitimer(signal.ITIMER_REAL, window)
+            return True
+        return now - self.deferred_at < window
 
     def write(self) -> None:
         """Send what is queued; replies are read at the next flush (or fetch)."""
         self.settle_results()
         self.broker.write()
+        self.sent()
+
+    def sent(self) -> None:
+        """Everything queued has been written: the finished tasks are flushed, nothing is deferred."""
+        if self.deferred_at is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.deferred_at = None
         if self.slot is not None:
             self.slot.flushed()
 
@@ -166,8 +187,7 @@ class Batch:
             self.broker.execute()
             if not len(self.broker) and not len(self.backend):
                 break
-        if self.slot is not None:
-            self.slot.flushed()
+        self.sent()
 
     def discard(self) -> None:
         self.broker.reset()
@@ -186,10 +206,6 @@ def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
     return {"task_id": msg.id, "task_name": msg.task, "event": event, "queue": msg.queue, **more}
 
 
-def _raise_soft_limit(signum: int, frame: Any) -> None:
-    raise SoftTimeLimitExceeded()
-
-
 class Executor:
     """Executes deliveries for one consumer (one pool slot)."""
 
@@ -205,15 +221,31 @@ class Executor:
         self.revoked: set = set()
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.security_key = self.conf.security_key
+        self.ack_window = float(self.conf.worker_early_ack_window or 0) if use_alarm else 0.0
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
         self.last_runtime = float("inf")  # seconds the last task body took (none yet: unknown, long)
+        self._soft_armed = False   # SIGALRM now means the running task's soft time limit
+        self._running_in: Optional[Batch] = None  # the batch of the task whose body runs now
+        self._slot_room = True     # the slot can record one more finished, unflushed task
         if use_alarm:
-            signal.signal(signal.SIGALRM, _raise_soft_limit)
+            signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        """SIGALRM: the running task's soft time limit, or the end of a deferral (Batch.defer)."""
+        if self._soft_armed:
+            raise SoftTimeLimitExceeded()
+        batch = self._running_in
+        if batch is not None and batch.deferred_at is not None:
+            try:  # a task body runs: the batch's connection is not in use
+                batch.write()
+            except Exception as exc:  # noqa: BLE001 - kept and written again with the next write
+                log.warning("could not write deferred acks while a task runs: %s", exc)
 
     # --- entry point --------------------------------------------------------------------------------
-    def handle(self, delivery: Delivery, batch: Batch) -> None:
-        """Process one delivery; everything it writes goes into `batch`."""
+    def handle(self, delivery: Delivery, batch: Batch, defer: bool = False) -> None:
+        """Process one delivery; everything it writes goes into `batch`. `defer`: the consumer
+        holds more messages and the last task was short, so the pre-run write may wait (Batch.defer)."""
         data = delivery.data
         if self.max_size and len(data) > self.max_size:
             return self._dead_unread(delivery, batch, f"message of {len(data)} bytes is over task_max_message_size "
@@ -245,11 +277,12 @@ class Executor:
             return self._dead(delivery, batch, str(exc), msg.id)
         if self.events is not None:
             self.events.received(msg, batch)  # also where the task's rate limit (if any) waits
-        self._run(task, delivery, msg, args, kwargs, batch)
+        self._run(task, delivery, msg, args, kwargs, batch, defer)
         return None
 
     # --- running ------------------------------------------------------------------------------------
-    def _run(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict, batch: Batch) -> None:
+    def _run(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict, batch: Batch,
+             defer: bool = False) -> None:
         conf = self.conf
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
         soft = msg.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
@@ -265,10 +298,13 @@ class Executor:
         if self.events is not None:
             self.events.started(msg, args, kwargs)
             self.events.before_run(batch.broker)
-        try:
-            batch.write()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise NotStarted(str(exc)) from exc
+        # Deferred only without a soft time limit (SIGALRM is then the limit's) and while the slot
+        # can record the task, so a lost process's parent still acks it (Worker._ack_started).
+        if not (defer and self.ack_window > 0 and not soft and self._slot_room and batch.defer(self.ack_window)):
+            try:
+                batch.write()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                raise NotStarted(str(exc)) from exc
         request = context.Request(
             id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
             parent_id=msg.parent_id, group=msg.group_id, group_index=msg.group_index, hostname=self.hostname,
@@ -279,26 +315,32 @@ class Executor:
         context.push(request)
         started = time.monotonic()
         if soft and self.use_alarm:
+            self._soft_armed = True
             signal.setitimer(signal.ITIMER_REAL, soft)
+        self._running_in = batch
         try:
             value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
+            self._running_in = None
             self.last_runtime = time.monotonic() - started
             if soft and self.use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                self._soft_armed = False
             context.pop()
             if self.slot is not None:
-                self.slot.end()
+                self._slot_room = self.slot.end()
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             self._on_exception(task, delivery, msg, args, kwargs, exc, batch, acks_late)
         else:
+            self._running_in = None
             runtime = self.last_runtime = time.monotonic() - started
             if soft and self.use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+                self._soft_armed = False
             context.pop()
             if self.slot is not None:
-                self.slot.end()
+                self._slot_room = self.slot.end()
             self._on_success(task, msg, value, batch, runtime)
             if acks_late:
                 self.broker.ack(batch.broker, delivery)

@@ -187,9 +187,8 @@ class Worker:
             started, _, running = slot.running()
             if running:
                 lost.append((running, True))
-            unflushed = slot.unflushed()
-            if unflushed:
-                lost.append((unflushed, False))
+            lost += [(payload, False) for payload in slot.unflushed()]
+            self._ack_started(member, [payload for payload, _ in lost])
             for payload, was_running in lost:
                 self._handle_lost(member, payload, was_running, how)
             returned = self._release(member.name)
@@ -201,13 +200,42 @@ class Worker:
                 log.info("pool process %s ended; %d unstarted message(s) returned", member.name, returned)
 
     def _release(self, consumer: str) -> int:
+        returned = self._retrying(lambda: self.app.broker.release(consumer, self.queues))
+        if returned is None:
+            log.error("could not return messages held by %s; the reaper will after visibility_timeout", consumer)
+        return returned or 0
+
+    def _ack_started(self, member: Member, payloads: List[list]) -> None:
+        """Ack the early-ack tasks a lost process had started: their ack may have been waiting to
+        share a write (Batch.defer), and they must not run again when the rest is handed back."""
+        ids = {p[0] for p in payloads if p and not p[3]}  # [task_id, name, data, acks_late, ...]
+        if not ids:
+            return
+        app = self.app
+
+        def ack() -> bool:
+            held = [d for d in app.broker.held_by(member.name, self.queues) if _peek(d.data) in ids]
+            batch = Batch(app.broker_client, app.backend_client)
+            for delivery in held:
+                app.broker.ack(batch.broker, delivery)
+            batch.flush()
+            if held:
+                log.warning("acked %d task(s) that %s had started (their acks were waiting to share a write)",
+                            len(held), member.name)
+            return True
+
+        if self._retrying(ack) is None:
+            log.error("could not ack the tasks %s had started; they may run again", member.name)
+
+    @staticmethod
+    def _retrying(call: Any) -> Any:
+        """call() until Redis answers (5 s at most); None if it never did."""
         for attempt in range(50):
             try:
-                return self.app.broker.release(consumer, self.queues)
+                return call()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 time.sleep(0.1)
-        log.error("could not return messages held by %s; the reaper will after visibility_timeout", consumer)
-        return 0
+        return None
 
     def _handle_lost(self, member: Member, payload: list, was_running: bool, how: str) -> None:
         """A pool process ended holding a task: redeliver it or fail it, by the task's settings."""

@@ -1,24 +1,26 @@
 """Shared memory between the worker parent and each pool child: what the child is doing now.
 
 The child writes, the parent reads: no system call per task. A slot holds the task
-running now (for hard time limits and for a child lost mid-task) and the task that
-finished but whose result is not yet flushed to Redis (so a crash in that window is
-seen too), plus counters and a control sequence number the parent bumps when it
-has news (revocations) for the child.
+running now (for hard time limits and for a child lost mid-task) and the tasks that
+finished but whose writes (results, and early acks that waited to share a write:
+see Batch.defer) are not yet sent to Redis, so a crash in that window is seen too,
+plus counters and a control sequence number the parent bumps when it has news
+(revocations) for the child.
 """
 from __future__ import annotations
 
 import mmap
 import struct
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .. import serializers
 
 _HEAD = struct.Struct("<ddQIIII")  # started_at, hard_limit, processed, ctl_seq, stop, cur_len, prev_len
-PAYLOAD = 8192
+PAYLOAD = 8192     # the running task's record
+UNFLUSHED = 2 * PAYLOAD  # records of finished tasks not yet flushed, one after another
 TARGET = 128  # the task id a revoke(terminate=True) aims at (parent writes, child reads)
-SLOT_SIZE = _HEAD.size + 2 * PAYLOAD + TARGET
+SLOT_SIZE = _HEAD.size + PAYLOAD + UNFLUSHED + TARGET
 
 
 class Slot:
@@ -39,15 +41,19 @@ class Slot:
         self.buf[base:base + len(payload)] = payload
         self._set(started_at=time.time(), hard_limit=hard_limit, cur_len=len(payload))
 
-    def end(self) -> None:
-        """The task returned; keep it as 'finished, not flushed' until flushed()."""
-        started, hard, processed, seq, stop, cur_len, _ = self._head()
-        base = self.off + _HEAD.size
-        self.buf[base + PAYLOAD:base + PAYLOAD + cur_len] = self.buf[base:base + cur_len]
-        _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, processed + 1, seq, stop, 0, cur_len)
+    def end(self) -> bool:
+        """The task returned: add it to 'finished, not flushed' until flushed(). Returns whether a
+        next one surely fits there too; when not, the caller flushes before the next task ends."""
+        started, hard, processed, seq, stop, cur_len, prev_len = self._head()
+        at = self.off + _HEAD.size
+        if prev_len + cur_len <= UNFLUSHED:  # (always, when the caller heeds the return value)
+            self.buf[at + PAYLOAD + prev_len:at + PAYLOAD + prev_len + cur_len] = self.buf[at:at + cur_len]
+            prev_len += cur_len
+        _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, processed + 1, seq, stop, 0, prev_len)
+        return prev_len + PAYLOAD <= UNFLUSHED
 
     def flushed(self) -> None:
-        """Everything the finished task wrote is in Redis."""
+        """Everything the finished tasks wrote is sent to Redis."""
         started, hard, processed, seq, stop, cur_len, prev_len = self._head()
         if prev_len:
             _HEAD.pack_into(self.buf, self.off, started, hard, processed, seq, stop, cur_len, 0)
@@ -66,11 +72,11 @@ class Slot:
     def set_terminate(self, task_id: Optional[str]) -> None:
         """Name the running task a revoke(terminate=True) is for, before signalling the child."""
         raw = (task_id or "").encode()[:TARGET - 1]
-        base = self.off + _HEAD.size + 2 * PAYLOAD
+        base = self.off + _HEAD.size + PAYLOAD + UNFLUSHED
         self.buf[base:base + TARGET] = raw + b"\0" * (TARGET - len(raw))
 
     def terminate_target(self) -> Optional[str]:
-        base = self.off + _HEAD.size + 2 * PAYLOAD
+        base = self.off + _HEAD.size + PAYLOAD + UNFLUSHED
         raw = bytes(self.buf[base:base + TARGET]).split(b"\0", 1)[0]
         return raw.decode() if raw else None
 
@@ -91,10 +97,16 @@ class Slot:
             return 0.0, 0.0, None
         return started, hard, self._payload(0, cur_len)
 
-    def unflushed(self) -> Optional[list]:
-        """The finished task whose writes may not have reached Redis, if any."""
+    def unflushed(self) -> List[list]:
+        """The finished tasks whose writes may not have reached Redis, oldest first."""
         *_, prev_len = self._head()
-        return self._payload(PAYLOAD, prev_len) if prev_len else None
+        if not prev_len:
+            return []
+        base = self.off + _HEAD.size + PAYLOAD
+        try:
+            return serializers.unpack_all(bytes(self.buf[base:base + prev_len]))
+        except Exception:
+            return []
 
     @property
     def processed(self) -> int:

@@ -1,0 +1,50 @@
+"""The shared-memory slot a pool child writes and its parent reads (pure: no Redis, no processes)."""
+from types import SimpleNamespace
+
+from minique.worker.slots import PAYLOAD, UNFLUSHED, SlotTable
+
+
+def _task(i, data=b"m"):
+    return SimpleNamespace(id=f"id{i}", task="t", ignore_result=False), SimpleNamespace(data=data, queue="q")
+
+
+def test_finished_tasks_are_kept_until_flushed_in_order():
+    slot = SlotTable(2)[1]
+    assert slot.running() == (0.0, 0.0, None) and slot.unflushed() == []
+    for i in range(3):
+        msg, delivery = _task(i)
+        slot.begin(msg, delivery, 0.0, acks_late=i == 1)
+        assert slot.running()[2][0] == f"id{i}"
+        assert slot.end() is True
+        assert slot.running()[2] is None
+    assert [(p[0], p[3]) for p in slot.unflushed()] == [("id0", False), ("id1", True), ("id2", False)]
+    assert slot.processed == 3
+    slot.flushed()
+    assert slot.unflushed() == []
+
+
+def test_end_says_when_the_next_finished_task_might_not_fit():
+    slot = SlotTable(1)[0]
+    big = b"x" * (PAYLOAD - 600)  # the largest message a record keeps whole
+    kept = 0
+    while True:
+        msg, delivery = _task(kept, big)
+        slot.begin(msg, delivery, 0.0, acks_late=False)
+        kept += 1
+        if not slot.end():
+            break
+    assert kept * len(big) <= UNFLUSHED
+    assert [p[0] for p in slot.unflushed()] == [f"id{i}" for i in range(kept)]  # none was cut off
+    assert all(p[2] == big for p in slot.unflushed())
+
+
+def test_slots_do_not_overlap():
+    table = SlotTable(3)
+    for i in range(3):
+        msg, delivery = _task(i, bytes([65 + i]) * 100)
+        table[i].begin(msg, delivery, 1.5, acks_late=False)
+        table[i].end()
+        table[i].set_terminate(f"target{i}")
+    for i in range(3):
+        assert [p[2] for p in table[i].unflushed()] == [bytes([65 + i]) * 100]
+        assert table[i].terminate_target() == f"target{i}"
