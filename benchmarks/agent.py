@@ -48,7 +48,7 @@ class Driver:
 
     # workers
     def start_worker(self, concurrency: int, flags: List[str], count_file: str = "",
-                     rtcount_dir: Optional[str] = None) -> common.WorkerProc:
+                     rtcount_dir: Optional[str] = None, settings: Optional[Dict[str, Any]] = None) -> common.WorkerProc:
         self.nworkers += 1
         name = f"bench{self.nworkers}@{self.name}"
         env = dict(os.environ)
@@ -58,6 +58,9 @@ class Driver:
         env.pop("BENCH_RTCOUNT_DIR", None)
         if rtcount_dir:
             env["BENCH_RTCOUNT_DIR"] = rtcount_dir
+        env.pop("BENCH_SETTINGS", None)
+        if settings:
+            env["BENCH_SETTINGS"] = json.dumps(settings)  # the bench app's app.conf.update (minique only)
         log = self.workdir / f"{self.name}-worker{self.nworkers}.log"
         return common.WorkerProc(self.worker_argv(concurrency, name, flags), env, log)
 
@@ -135,7 +138,7 @@ class _Scraper:
 
 def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, flags: Optional[List[str]] = None,
               body: str = "tick", pss: bool = False, commands: bool = False, timeout: Optional[float] = None,
-              scrape_port: int = 0) -> Dict[str, Any]:
+              scrape_port: int = 0, settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Preload n no-op tasks with no worker running, start the worker with `-c concurrency`, and
     time the first task to the n-th: the tasks append a byte each to a file this job watches."""
     _fresh(d)
@@ -150,7 +153,8 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
     if commands:
         _reset_stats(d)
     count = _count_file(d)
-    worker = d.start_worker(concurrency, list(flags or []), count_file=str(count), rtcount_dir=rt_dir)
+    worker = d.start_worker(concurrency, list(flags or []), count_file=str(count), rtcount_dir=rt_dir,
+                            settings=settings)
     scraper = _Scraper(scrape_port) if scrape_port else None
     out: Dict[str, Any] = {"n": n, "preload_s": preload_s, "redis_bytes_per_msg": (mem1 - mem0) / n}
     try:

@@ -253,6 +253,12 @@ class Runner:
                 self.row(fig, f"drain_{kind}_cpu_{part}", f"  {part} CPU per task", "us",
                          {s: [r["cpu_us_per_task"][part] for r in rs if r.get("cpu_us_per_task")]
                           for s, rs in res.items()}, better="lower")
+        if "minique" in self.systems:
+            res = self.measure({"minique": self.drain_job("minique", settings={"worker_early_ack_window": 0})},
+                               self.runs)
+            self.row(fig, "drain_ignored_strict", "drain -c 2, ignored, worker_early_ack_window = 0", "tasks/s",
+                     {"minique": [r["rate"] for r in res["minique"]]},
+                     note="every early ack written before its task starts (strict at-most-once)")
         res = self.measure({s: self.drain_job(s, body="incr") for s in self.systems}, self.runs)
         self.row(fig, "drain_incr", "drain -c 2, ignored, body does a Redis INCR", "tasks/s",
                  {s: [r["rate"] for r in rs] for s, rs in res.items()})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 _local = threading.local()
 _current_app: Any = None
@@ -31,14 +31,15 @@ class Request:
         return f"<Request {self.task}[{self.id}] retries={self.retries}>"
 
 
-def _stack() -> List[Request]:
+def _stack() -> List[Any]:
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     return stack
 
 
-def push(request: Request) -> None:
+def push(request: Union[Request, Callable[[], Request]]) -> None:
+    """Make `request` current; a callable is called only if someone asks (most tasks never do)."""
     _stack().append(request)
 
 
@@ -49,7 +50,12 @@ def pop() -> None:
 def current() -> Optional[Request]:
     """The request of the task running in this thread (None outside tasks or when called directly)."""
     stack = _stack()
-    return stack[-1] if stack else None
+    if not stack:
+        return None
+    top = stack[-1]
+    if top.__class__ is not Request:
+        top = stack[-1] = top()
+    return top
 
 
 def set_current_app(app: Any) -> None:

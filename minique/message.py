@@ -7,6 +7,7 @@ Fields at their default value are left out, which keeps the hot path small.
 """
 from __future__ import annotations
 
+import operator
 import os
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -78,6 +79,8 @@ _WIRE = (
 _DEFAULTS = Message._field_defaults
 assert tuple(attr for attr, _ in _WIRE) == Message._fields  # encode() relies on the order
 _OPTIONAL = tuple((key, _DEFAULTS[attr]) for attr, key in _WIRE[3:])
+_WIRE_DEFAULTS = {key: _DEFAULTS.get(attr) for attr, key in _WIRE}
+_pick = operator.itemgetter(*(key for _, key in _WIRE))  # wire map -> field values, in field order
 
 
 def encode(message: Message) -> bytes:
@@ -125,11 +128,10 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"message is a {type(raw).__name__}, not a map")
     if raw.get("v") != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {raw.get('v')!r}")
-    try:
-        fields = {attr: raw[key] for attr, key in _WIRE if key in raw}
-        message = Message(**fields)
-    except (KeyError, TypeError) as exc:
-        raise DecodeError(f"malformed message: {exc}") from exc
+    if "i" not in raw or "t" not in raw or "b" not in raw:
+        missing = ", ".join(repr(key) for key in ("i", "t", "b") if key not in raw)
+        raise DecodeError(f"malformed message: missing {missing}")
+    message = Message._make(_pick({**_WIRE_DEFAULTS, **raw}))
     if not isinstance(message.id, str) or not isinstance(message.task, str) or not isinstance(message.body, bytes):
         raise DecodeError("message lacks a string id, a string task name or a bytes body")
     return message

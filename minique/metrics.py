@@ -132,6 +132,7 @@ class Recorder:
         self.base = region * REGION
         self.index: Dict[tuple, int] = {key: at for key, at in table.entries(region)}
         self.run_started = 0.0       # monotonic start of the task running now (one at a time per recorder)
+        self._last: tuple = (None, None, 0)  # (task, queue, at) of the last count: a task's events come together
 
     def _at(self, kind: int, a: str, b: str) -> int:
         key = (kind, a, b)
@@ -158,7 +159,10 @@ class Recorder:
 
     # --- recording ----------------------------------------------------------------------------------
     def count(self, state: int, task: str, queue: str) -> int:
-        at = self._at(KIND_TASK, task, queue)
+        last_task, last_queue, at = self._last
+        if task != last_task or queue != last_queue:
+            at = self._at(KIND_TASK, task, queue)
+            self._last = (task, queue, at)
         self.v[at + state] += 1.0
         return at
 

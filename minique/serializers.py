@@ -47,6 +47,17 @@ def _json_dumps(obj: Any) -> bytes:
     return _json_encoder.encode(obj).encode()
 
 
+_json_decode = json.JSONDecoder().decode
+
+
+def _json_loads(data: bytes) -> Any:
+    """json.loads without its encoding detection for the usual UTF-8 (a tenth of a task's decode)."""
+    try:
+        return _json_decode(data.decode("utf-8"))
+    except (UnicodeDecodeError, AttributeError):
+        return json.loads(data)  # UTF-16/32 JSON, or a str
+
+
 _packer_opts = dict(use_bin_type=True, default=_msgpack_default)
 
 
@@ -69,7 +80,7 @@ def _pickle_loads(data: bytes) -> Any:
 
 
 _REGISTRY: Dict[str, Tuple[Encoder, Decoder]] = {
-    "json": (_json_dumps, json.loads),
+    "json": (_json_dumps, _json_loads),
     "msgpack": (_msgpack_dumps, _msgpack_loads),
     "pickle": (_pickle_dumps, _pickle_loads),
 }

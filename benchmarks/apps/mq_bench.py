@@ -2,6 +2,9 @@
 
 The broker is MINIQUE_BROKER_URL (the runner's private redis-server).
 """
+import json
+import os
+
 from minique import Minique
 
 from . import rtcount
@@ -10,6 +13,8 @@ from .bench_body import incr, tick
 rtcount.maybe_install()
 
 app = Minique("mq_bench", include=["benchmarks.apps.mq_bench"])
+if os.environ.get("BENCH_SETTINGS"):  # a figure that measures a setting (the runner sets it per job)
+    app.conf.update(json.loads(os.environ["BENCH_SETTINGS"]))
 
 
 @app.task(ignore_result=True)

@@ -169,9 +169,9 @@ class StreamsBroker(Broker):
         return out
 
     def ack(self, pipe: Any, delivery: Delivery) -> None:
-        key, entry_id = delivery.receipt
-        pipe.xack(key, keys.GROUP, entry_id)
-        pipe.xdel(key, entry_id)
+        key, entry_id = delivery.receipt  # (queued as they are: redis-py's xack/xdel cost more than the rest)
+        pipe.pipeline_execute_command("XACK", key, keys.GROUP, entry_id)
+        pipe.pipeline_execute_command("XDEL", key, entry_id)
 
     def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
         key, entry_id = delivery.receipt

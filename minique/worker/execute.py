@@ -224,6 +224,8 @@ class Executor:
         self.ack_window = float(self.conf.worker_early_ack_window or 0) if use_alarm else 0.0
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
+        self._options: Dict[str, tuple] = {}  # per task name, see _task_options
+        self._options_version = -1
         self.last_runtime = float("inf")  # seconds the last task body took (none yet: unknown, long)
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
         self._running_in: Optional[Batch] = None  # the batch of the task whose body runs now
@@ -283,15 +285,13 @@ class Executor:
     # --- running ------------------------------------------------------------------------------------
     def _run(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict, batch: Batch,
              defer: bool = False) -> None:
-        conf = self.conf
-        acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
-        soft = msg.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
-        hard = msg.time_limit or task.time_limit or conf.task_time_limit
+        acks_late, soft, hard, track = self._task_options(task)
+        soft = msg.soft_time_limit or soft
+        hard = msg.time_limit or hard
         if self.slot is not None:
             self.slot.begin(msg, delivery, hard or 0.0, acks_late)
         if not acks_late:
             self.broker.ack(batch.broker, delivery)
-        track = conf.task_track_started if task.track_started is None else task.track_started
         if track and not msg.ignore_result:
             self.backend.store(batch.backend, msg.id, states.STARTED, None,
                                extra={"hostname": self.hostname, "pid": os.getpid()})
@@ -305,14 +305,7 @@ class Executor:
                 batch.write()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 raise NotStarted(str(exc)) from exc
-        request = context.Request(
-            id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
-            parent_id=msg.parent_id, group=msg.group_id, group_index=msg.group_index, hostname=self.hostname,
-            delivery_info={"queue": delivery.queue, "priority": delivery.priority, "redelivered": delivery.deliveries > 0},
-            eta=msg.eta, expires=msg.expires, headers=msg.headers, chord=msg.chord, chain=msg.chain,
-            callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
-            time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
-        context.push(request)
+        context.push(lambda: self._request(delivery, msg, args, kwargs, hard, soft))  # built if asked for
         started = time.monotonic()
         if soft and self.use_alarm:
             self._soft_armed = True
@@ -344,6 +337,34 @@ class Executor:
             self._on_success(task, msg, value, batch, runtime)
             if acks_late:
                 self.broker.ack(batch.broker, delivery)
+
+    def _task_options(self, task: Any) -> tuple:
+        """(acks_late, soft_time_limit, time_limit, track_started) of a task under the settings: read
+        once per task (the settings' lookups cost more than a no-op task's body)."""
+        conf = self.conf
+        if self._options_version == conf.version:
+            options = self._options.get(task.name)
+            if options is not None:
+                return options
+        else:
+            self._options.clear()
+            self._options_version = conf.version
+        options = self._options[task.name] = (
+            conf.task_acks_late if task.acks_late is None else task.acks_late,
+            task.soft_time_limit or conf.task_soft_time_limit,
+            task.time_limit or conf.task_time_limit,
+            conf.task_track_started if task.track_started is None else task.track_started)
+        return options
+
+    def _request(self, delivery: Delivery, msg: Message, args: list, kwargs: dict, hard: Optional[float],
+                 soft: Optional[float]) -> context.Request:
+        return context.Request(
+            id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
+            parent_id=msg.parent_id, group=msg.group_id, group_index=msg.group_index, hostname=self.hostname,
+            delivery_info={"queue": delivery.queue, "priority": delivery.priority, "redelivered": delivery.deliveries > 0},
+            eta=msg.eta, expires=msg.expires, headers=msg.headers, chord=msg.chord, chain=msg.chain,
+            callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
+            time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
 
     # --- outcomes -----------------------------------------------------------------------------------
     def _on_success(self, task: Any, msg: Message, value: Any, batch: Batch, runtime: float) -> None:
