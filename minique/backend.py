@@ -82,15 +82,18 @@ class ResultBackend:
               serializer: Optional[str] = None, extra: Optional[Dict[str, Any]] = None) -> None:
         """Add the commands that record `state` for `task_id` to `pipe`."""
         meta = self.encode_meta(task_id, state, result, traceback, serializer, extra)
+        command = pipe.pipeline_execute_command  # (queued as they are: redis-py's wrappers cost 4x more)
         if state in states.READY_STATES:
             ready = keys.ready(task_id)
-            pipe.delete(ready)
-            pipe.rpush(ready, meta)
-            pipe.delete(keys.result(task_id))
+            command("DEL", ready)           # one final state: a redelivered task's replaces the first
+            command("RPUSH", ready, meta)   # what get() blocks on
+            command("DEL", keys.result(task_id))
             if self.expires:
-                pipe.expire(ready, self.expires)
+                command("EXPIRE", ready, self.expires)
+        elif self.expires:
+            command("SET", keys.result(task_id), meta, "EX", self.expires)
         else:
-            pipe.set(keys.result(task_id), meta, ex=self.expires)
+            command("SET", keys.result(task_id), meta)
 
     def mark(self, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None, **kw: Any) -> None:
         """Store a state right away (outside the worker's batched path)."""

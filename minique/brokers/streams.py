@@ -31,6 +31,11 @@ def _xadd(queue: str, priority: int, data: bytes) -> bytes:
     return b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n%s\r\n" % (len(key), key, len(data), data)
 
 
+def _ack_commands(key: str, entry_ids: list) -> List[tuple]:
+    """Ack = leave the group's pending list and delete the entry (a stream keeps only live messages)."""
+    return [("XACK", key, keys.GROUP, *entry_ids), ("XDEL", key, *entry_ids)]
+
+
 class StreamsBroker(Broker):
     kind = "streams"
 
@@ -169,9 +174,13 @@ class StreamsBroker(Broker):
         return out
 
     def ack(self, pipe: Any, delivery: Delivery) -> None:
-        key, entry_id = delivery.receipt  # (queued as they are: redis-py's xack/xdel cost more than the rest)
-        pipe.pipeline_execute_command("XACK", key, keys.GROUP, entry_id)
-        pipe.pipeline_execute_command("XDEL", key, entry_id)
+        key, entry_id = delivery.receipt
+        gather = getattr(pipe, "gather", None)
+        if gather is not None:  # the worker's pipeline: one XACK and one XDEL per stream and write
+            gather(_ack_commands, key, entry_id)
+        else:
+            pipe.xack(key, keys.GROUP, entry_id)
+            pipe.xdel(key, entry_id)
 
     def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
         key, entry_id = delivery.receipt

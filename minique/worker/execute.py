@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import redis
 
@@ -63,6 +63,16 @@ class FastPipeline(redis.client.Pipeline):
         super().__init__(client.connection_pool, client.response_callbacks, False, None)
         self._conn: Any = None
         self._unread: list = []  # commands written whose replies are still on the socket
+        self._gathered: Dict[tuple, list] = {}  # (emit, key) -> items, see gather
+
+    def gather(self, emit: Callable[[Any, list], List[tuple]], key: Any, item: Any) -> None:
+        """Queue `item` to leave with the others of the same (emit, key) in few commands: at the next
+        write, emit(key, items) gives them (one XACK for every message a write acks on a stream)."""
+        items = self._gathered.get((emit, key))
+        if items is None:
+            self._gathered[(emit, key)] = [item]
+        else:
+            items.append(item)
 
     def call(self, on_reply: Callable[[Any], None], *args: Any) -> None:
         """Queue a command whose reply (or error) is handed to `on_reply` when it is read; `on_reply`
@@ -73,6 +83,10 @@ class FastPipeline(redis.client.Pipeline):
         """Send the queued commands without waiting for their replies."""
         if len(self._unread) >= self.MAX_UNREAD:
             self.collect()
+        if self._gathered:  # last: after the results and follow-ups queued with them
+            gathered, self._gathered = self._gathered, {}
+            self.command_stack.extend((args, {}) for (emit, key), items in gathered.items()
+                                      for args in emit(key, items))
         stack, self.command_stack = self.command_stack, []
         if not stack:
             return
@@ -133,9 +147,10 @@ class FastPipeline(redis.client.Pipeline):
 
     def reset(self) -> None:
         self.command_stack = []
+        self._gathered = {}
 
     def __len__(self) -> int:
-        return len(self.command_stack)
+        return len(self.command_stack) + len(self._gathered)
 
 
 class Batch:
