@@ -59,6 +59,8 @@ class Consumer:
         self._audit_at = time.monotonic() + self._audit_every
         self.processed = 0
         self._ahead = False  # a fetch-ahead is queued or in flight (see _fetch_ahead)
+        self._ahead_count = 0
+        self._drained = False  # the last fetch took fewer messages than it asked for: the queues were empty
 
     # --- process integration ------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -99,15 +101,16 @@ class Consumer:
                     self._check_control()
                     continue
                 delivery = self.buffer.popleft()
-                if not self.buffer and not self._ahead:  # (one already queued survives a Redis failure)
-                    self._fetch_ahead()
+                if not self.buffer and not self._ahead and not self._drained:  # (a queued one survives
+                    self._fetch_ahead()                                           # a Redis failure)
                 try:
                     self._check_control()  # a revocation may concern a message already prefetched
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                     self.buffer.appendleft(delivery)
                     raise
-                # more messages in hand after a short task: its write may wait for theirs
-                defer = bool(self.buffer) and self.executor.last_runtime < SHORT_TASK
+                # after a short task, the pre-run write may wait to go with the next ones (unless it
+                # carries a fetch-ahead): a batch of short tasks, or a lone one, costs one write
+                defer = not self._ahead and self.executor.last_runtime < SHORT_TASK
                 try:
                     self.executor.handle(delivery, self.batch, defer)
                 except NotStarted:
@@ -164,13 +167,14 @@ class Consumer:
         asks for the next ones, so their reply arrives while it runs instead of being waited for after
         it. (The process then holds the running message plus at most `prefetch` reserved ones; after a
         long task it does not, so a message never waits behind a long task while others are idle.)"""
-        count = self._fetch_count(running=1)
+        count = self._ahead_count = self._fetch_count(running=1)
         if count > 0 and not self.stopping and self.executor.last_runtime < SHORT_TASK:
             self._ahead = self.app.broker.fetch_ahead(self.batch.broker, self.name, self.queues, count,
                                                       self._got_ahead)
 
     def _got_ahead(self, found: List[Delivery]) -> None:
         self._ahead = False
+        self._drained = len(found) < self._ahead_count
         self.buffer.extend(found)
 
     def _fetch(self) -> None:
@@ -185,10 +189,13 @@ class Consumer:
             if self.buffer:
                 return
             found: List[Delivery] = []  # it found nothing: wait for messages
+        elif self._drained:  # the last fetch emptied the queues: straight to the blocking wait
+            found = []
         else:
             batch.settle_results()
             found = broker.fetch(self.name, self.queues, count, 0, pipe=batch.broker)
             batch.sent()
+            self._drained = len(found) < count
         if not found:
             if self.events is not None:
                 self.events.flush(batch.broker)
@@ -197,6 +204,7 @@ class Consumer:
             try:
                 if not self.stopping:
                     found = broker.wait(self.name, self.queues, count, FETCH_BLOCK)
+                    self._drained = len(found) < count
             finally:
                 self.in_fetch = False
         self.buffer.extend(found)
