@@ -101,8 +101,9 @@ class Task(Generic[R]):
         """Send the task with options: countdown, eta, expires, queue, priority, serializer, headers, ..."""
         if self.app.conf.task_always_eager:
             return self.apply(args or (), kwargs or {}, task_id=task_id, **options)
-        return self.app.send_task(self.name, args, kwargs, task_id=task_id, link=link, link_error=link_error,
-                                  **options)
+        if task_id is not None or link is not None or link_error is not None:  # (plain calls skip the options)
+            options.update(task_id=task_id, link=link, link_error=link_error)
+        return self.app.send_task(self.name, args, kwargs, **options)
 
     def delay_many(self, arglist: Iterable[Tuple[Any, ...]], **options: Any) -> list:
         """Send one task per args tuple in a single pipelined round trip (the bulk path)."""
