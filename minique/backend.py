@@ -85,9 +85,10 @@ class ResultBackend:
         command = pipe.pipeline_execute_command  # (queued as they are: redis-py's wrappers cost 4x more)
         if state in states.READY_STATES:
             ready = keys.ready(task_id)
-            command("DEL", ready)           # one final state: a redelivered task's replaces the first
+            # one final state (a redelivered task's replaces the first), and no stale non-final one
+            # (written together, Redis runs them back to back as it reads them)
+            command("DEL", ready, keys.result(task_id))
             command("RPUSH", ready, meta)   # what get() blocks on
-            command("DEL", keys.result(task_id))
             if self.expires:
                 command("EXPIRE", ready, self.expires)
         elif self.expires:

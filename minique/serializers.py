@@ -45,6 +45,8 @@ _json_encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"), e
 
 
 def _json_dumps(obj: Any) -> bytes:
+    if obj is None:  # the commonest result, and encode() costs a new C encoder per call
+        return b"null"
     return _json_encoder.encode(obj).encode()
 
 

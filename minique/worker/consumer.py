@@ -85,6 +85,7 @@ class Consumer:
     # --- loop ---------------------------------------------------------------------------------------
     def run(self) -> None:
         parent = os.getppid()
+        fetches = 0
         backoff = 0.05
         while not self.stopping:
             try:
@@ -95,7 +96,8 @@ class Consumer:
                         self.flush()
                         self._audit()
                     self._fetch()  # also sends what the batch holds and reads every reply due
-                    if os.getppid() != parent and self.slot is not None:
+                    fetches += 1  # (getppid is a system call: looked at when idle, or every 256 fetches)
+                    if (not self.buffer or not fetches % 256) and os.getppid() != parent and self.slot is not None:
                         log.warning("worker parent is gone; child %s stops", self.name)
                         break
                     self._check_control()
