@@ -48,3 +48,17 @@ def test_slots_do_not_overlap():
     for i in range(3):
         assert [p[2] for p in table[i].unflushed()] == [bytes([65 + i]) * 100]
         assert table[i].terminate_target() == f"target{i}"
+
+
+def test_the_child_never_overwrites_what_the_parent_wrote():
+    slot = SlotTable(1)[0]
+    slot.bump_ctl()
+    slot.request_stop()
+    msg, delivery = _task(0)
+    slot.begin(msg, delivery, 2.0, acks_late=False)
+    slot.bump_ctl()                       # news arrive while the task runs
+    assert slot.end() is True
+    slot.flushed()
+    assert slot.ctl_seq() == 2 and slot.stop_requested() and slot.processed == 1
+    slot.reset()
+    assert slot.ctl_seq() == 0 and not slot.stop_requested() and slot.processed == 0

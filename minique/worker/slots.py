@@ -16,11 +16,15 @@ from typing import Any, List, Optional, Tuple
 
 from .. import serializers
 
-_HEAD = struct.Struct("<ddQIIII")  # started_at, hard_limit, processed, ctl_seq, stop, cur_len, prev_len
+# Head of a slot. Each side writes only its own fields, never a read-modify-write of the other's.
+_RUN = struct.Struct("<ddQI")   # @0  started_at, hard_limit, processed, cur_len  (child)
+_U32 = struct.Struct("<I")
+PREV_AT, CTL_AT, STOP_AT = 28, 32, 36  # prev_len (child); ctl_seq, stop (parent)
+HEAD = 40
 PAYLOAD = 8192     # the running task's record
 UNFLUSHED = 2 * PAYLOAD  # records of finished tasks not yet flushed, one after another
 TARGET = 128  # the task id a revoke(terminate=True) aims at (parent writes, child reads)
-SLOT_SIZE = _HEAD.size + PAYLOAD + UNFLUSHED + TARGET
+SLOT_SIZE = HEAD + PAYLOAD + UNFLUSHED + TARGET
 
 
 class Slot:
@@ -29,7 +33,7 @@ class Slot:
     def __init__(self, buf: mmap.mmap, offset: int):
         self.buf = buf
         self.off = offset
-        self._cur: Optional[bytes] = None
+        self._processed = self._cur_len = self._prev_len = 0  # the child's own copies of its fields
 
     # --- child side ---------------------------------------------------------------------------------
     def begin(self, msg: Any, delivery: Any, hard_limit: float, acks_late: bool) -> None:
@@ -37,95 +41,83 @@ class Slot:
         payload = serializers.pack([msg.id, msg.task, data, acks_late, delivery.queue, msg.ignore_result])
         if len(payload) > PAYLOAD:
             payload = serializers.pack([msg.id, msg.task, None, acks_late, delivery.queue, msg.ignore_result])
-        base = self.off + _HEAD.size
-        self.buf[base:base + len(payload)] = payload
-        self._set(started_at=time.time(), hard_limit=hard_limit, cur_len=len(payload))
+        at = self.off + HEAD
+        self.buf[at:at + len(payload)] = payload
+        self._cur_len = len(payload)
+        _RUN.pack_into(self.buf, self.off, time.time(), hard_limit, self._processed, self._cur_len)
 
     def end(self) -> bool:
         """The task returned: add it to 'finished, not flushed' until flushed(). Returns whether a
         next one surely fits there too; when not, the caller flushes before the next task ends."""
-        started, hard, processed, seq, stop, cur_len, prev_len = self._head()
-        at = self.off + _HEAD.size
+        at, cur_len, prev_len = self.off + HEAD, self._cur_len, self._prev_len
         if prev_len + cur_len <= UNFLUSHED:  # (always, when the caller heeds the return value)
             self.buf[at + PAYLOAD + prev_len:at + PAYLOAD + prev_len + cur_len] = self.buf[at:at + cur_len]
-            prev_len += cur_len
-        _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, processed + 1, seq, stop, 0, prev_len)
+            prev_len = self._prev_len = prev_len + cur_len
+            _U32.pack_into(self.buf, self.off + PREV_AT, prev_len)  # listed as finished before no longer running
+        self._processed += 1
+        _RUN.pack_into(self.buf, self.off, 0.0, 0.0, self._processed, 0)
         return prev_len + PAYLOAD <= UNFLUSHED
 
     def flushed(self) -> None:
         """Everything the finished tasks wrote is sent to Redis."""
-        started, hard, processed, seq, stop, cur_len, prev_len = self._head()
-        if prev_len:
-            _HEAD.pack_into(self.buf, self.off, started, hard, processed, seq, stop, cur_len, 0)
+        if self._prev_len:
+            self._prev_len = 0
+            _U32.pack_into(self.buf, self.off + PREV_AT, 0)
 
     def ctl_seq(self) -> int:
-        return _HEAD.unpack_from(self.buf, self.off)[3]
+        return _U32.unpack_from(self.buf, self.off + CTL_AT)[0]
 
     def stop_requested(self) -> bool:
-        return bool(_HEAD.unpack_from(self.buf, self.off)[4])
+        return bool(_U32.unpack_from(self.buf, self.off + STOP_AT)[0])
 
     # --- parent side --------------------------------------------------------------------------------
     def reset(self) -> None:
-        _HEAD.pack_into(self.buf, self.off, 0.0, 0.0, 0, 0, 0, 0, 0)
+        self.buf[self.off:self.off + HEAD] = bytes(HEAD)
+        self._processed = self._cur_len = self._prev_len = 0
         self.set_terminate(None)
 
     def set_terminate(self, task_id: Optional[str]) -> None:
         """Name the running task a revoke(terminate=True) is for, before signalling the child."""
         raw = (task_id or "").encode()[:TARGET - 1]
-        base = self.off + _HEAD.size + PAYLOAD + UNFLUSHED
+        base = self.off + HEAD + PAYLOAD + UNFLUSHED
         self.buf[base:base + TARGET] = raw + b"\0" * (TARGET - len(raw))
 
     def terminate_target(self) -> Optional[str]:
-        base = self.off + _HEAD.size + PAYLOAD + UNFLUSHED
+        base = self.off + HEAD + PAYLOAD + UNFLUSHED
         raw = bytes(self.buf[base:base + TARGET]).split(b"\0", 1)[0]
         return raw.decode() if raw else None
 
     def bump_ctl(self) -> None:
-        head = list(self._head())
-        head[3] = (head[3] + 1) & 0xFFFFFFFF
-        _HEAD.pack_into(self.buf, self.off, *head)
+        _U32.pack_into(self.buf, self.off + CTL_AT, (self.ctl_seq() + 1) & 0xFFFFFFFF)
 
     def request_stop(self) -> None:
-        head = list(self._head())
-        head[4] = 1
-        _HEAD.pack_into(self.buf, self.off, *head)
+        _U32.pack_into(self.buf, self.off + STOP_AT, 1)
 
     def running(self) -> Tuple[float, float, Optional[list]]:
         """(started_at, hard_limit, payload) of the task running now; started_at 0 when idle."""
-        started, hard, _, _, _, cur_len, _ = self._head()
+        started, hard, _, cur_len = _RUN.unpack_from(self.buf, self.off)
         if not started or not cur_len:
             return 0.0, 0.0, None
-        return started, hard, self._payload(0, cur_len)
+        at = self.off + HEAD
+        try:
+            return started, hard, serializers.unpack(bytes(self.buf[at:at + cur_len]))
+        except Exception:
+            return started, hard, None
 
     def unflushed(self) -> List[list]:
         """The finished tasks whose writes may not have reached Redis, oldest first."""
-        *_, prev_len = self._head()
+        prev_len = _U32.unpack_from(self.buf, self.off + PREV_AT)[0]
         if not prev_len:
             return []
-        base = self.off + _HEAD.size + PAYLOAD
+        at = self.off + HEAD + PAYLOAD
         try:
-            return serializers.unpack_all(bytes(self.buf[base:base + prev_len]))
+            return serializers.unpack_all(bytes(self.buf[at:at + prev_len]))
         except Exception:
             return []
 
     @property
     def processed(self) -> int:
-        return self._head()[2]
-
-    # --- internals ----------------------------------------------------------------------------------
-    def _head(self) -> tuple:
-        return _HEAD.unpack_from(self.buf, self.off)
-
-    def _set(self, started_at: float, hard_limit: float, cur_len: int) -> None:
-        _, _, processed, seq, stop, _, prev_len = self._head()
-        _HEAD.pack_into(self.buf, self.off, started_at, hard_limit, processed, seq, stop, cur_len, prev_len)
-
-    def _payload(self, at: int, length: int) -> Optional[list]:
-        base = self.off + _HEAD.size + at
-        try:
-            return serializers.unpack(bytes(self.buf[base:base + length]))
-        except Exception:
-            return None
+        return _RUN.unpack_from(self.buf, self.off)[2]
 
 
 class SlotTable:
