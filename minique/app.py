@@ -276,7 +276,9 @@ class Minique:
         """Send many calls of one task, pipelined (a round trip per 1,000); returns their AsyncResults.
 
         The options are applied once: each call only gets its own id and encoded arguments."""
-        planned = [(name, args, kwargs, {**options, "task_id": message_mod.new_id()}) for args, kwargs in calls]
+        calls = list(calls)
+        planned = [(name, args, kwargs, {**options, "task_id": task_id})
+                   for (args, kwargs), task_id in zip(calls, message_mod.new_ids(len(calls)))]
         send(self, planned)
         return [AsyncResult(o["task_id"], app=self, task_name=name) for *_, o in planned]
 

@@ -178,9 +178,11 @@ def test_send_now_from_threads_a_fork_and_after_a_dropped_connection(broker):
 
 
 def test_send_many_in_one_round_trip(broker):
-    broker.send_many([("q", 0, b"a", None), ("q", 9, b"b", None), ("r", 0, b"c", None)])
+    broker.send_many([("q", 0, b"a", None), ("q", 9, b"b", None), ("r", 0, b"c", None), ("q", 0, b"a2", None)])
     got = broker.fetch("c1", ["q", "r"], 10, 0)
-    assert sorted((d.queue, d.priority, d.data) for d in got) == [("q", 0, b"a"), ("q", 9, b"b"), ("r", 0, b"c")]
+    assert sorted((d.queue, d.priority, d.data) for d in got) == [("q", 0, b"a"), ("q", 0, b"a2"), ("q", 9, b"b"),
+                                                                  ("r", 0, b"c")]
+    assert [d.data for d in got if d.queue == "q" and d.priority == 0] == [b"a", b"a2"]  # in the order sent
     broker.send_many([("q", 0, b"now", None), ("q", 0, b"later", time.time() + 60)])
     assert [d.data for d in broker.fetch("c1", ["q"], 10, 0)] == [b"now"]
     assert broker.delayed_count("q") == 1

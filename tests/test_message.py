@@ -101,3 +101,13 @@ def test_template_sets_or_drops_the_group_index():
     tmpl = Template(member)
     assert decode(tmpl.encode("a", member.body, 7)).group_index == 7
     assert decode(tmpl.encode("b", member.body, None)).group_index is None
+
+
+def test_new_ids_are_distinct_uuid4_strings():
+    import uuid
+    ids = message.new_ids(500) + [message.new_id() for _ in range(10)]
+    assert len(set(ids)) == 510
+    for i in ids:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 4 and u.variant == uuid.RFC_4122
+    assert message.new_ids(0) == []
