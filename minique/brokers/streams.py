@@ -77,19 +77,22 @@ class StreamsBroker(Broker):
         return None
 
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
-        """Bulk XADD in one script call (send_many.lua): one reply for all of them, where reading a
-        reply per XADD cost the client as much as building the message."""
+        """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
+        packing costs as much as building the message), then every reply is read."""
         if any(eta is not None for _, _, _, eta in items):
             return super().send_many(items)
-        stream_keys: Dict[Tuple[str, int], int] = {}
-        args: list = []
-        for queue, priority, data, _ in items:
-            at = stream_keys.get((queue, priority))
-            if at is None:
-                at = stream_keys[(queue, priority)] = len(stream_keys) + 1
-            args += (at, data)
-        SCRIPTS(self.client, "send_many", [keys.queue(q, p) for q, p in stream_keys], args)
-        return None
+        chunks = [_xadd(queue, priority, data) for queue, priority, data, _ in items]
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(chunks)])
+            for _ in chunks:
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def _keys(self, queues: Sequence[str]) -> list:
         """Stream keys in read order: priority 9 of every queue first, then 8, ..."""
