@@ -90,11 +90,15 @@ def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int]
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
+    from .exceptions import ConfigurationError
     from .worker import Worker
-    w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-               concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
-               max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat)
+    try:
+        w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+                   concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
+                   max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
+                   events=False if without_events else task_events, metrics_port=metrics_port, beat=beat)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc))
     w.install_signals()
     sys.exit(w.run())
 

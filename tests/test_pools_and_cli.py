@@ -62,6 +62,12 @@ def test_cli_errors_are_clear(procs):
     assert out.returncode != 0 and "cannot import app module 'no_such_module'" in out.stderr
     out = run_cli(procs, "call", "testapp.add", "--args", "not json")
     assert out.returncode != 0 and "not JSON" in out.stderr
+    for bad in (-1, "5ms"):
+        out = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", "worker"], cwd=procs.tmp_path,
+                             env=procs.env(json.dumps({"worker_early_ack_window": bad})), capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode != 0 and "worker_early_ack_window must be seconds" in out.stderr
+        assert "Traceback" not in out.stderr
 
 
 def test_version_and_help():
@@ -82,7 +88,8 @@ def test_quick_start_demo_runs_on_an_embedded_redis(tmp_path):
                          text=True, timeout=100)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "chord(mul(i, i) ..) -> total    = 285" in out.stdout
-    assert (tmp_path / ".minique-demo" / "appendonlydir").exists()
+    data = tmp_path / ".minique-demo"  # the AOF is persisted: a directory since Redis 7, one file before
+    assert (data / "appendonlydir").exists() or (data / "appendonly.aof").exists()
 
 
 def test_worker_with_embedded_beat(procs, client_app, redis_client):

@@ -185,8 +185,10 @@ class Consumer:
             return
         broker, batch, count = self.app.broker, self.batch, max(1, self._fetch_count())
         if self._ahead:  # a fetch went out with the last task: its reply is (nearly always) here already
-            batch.write()  # the last task's results leave at once (and the fetch, if the task never ran)
-            batch.broker.collect()
+            batch.broker.collect()  # (the last task's results go with the next write, as the others')
+            if self._ahead:  # that message never ran, so its fetch is still queued: send it now
+                batch.write()
+                batch.broker.collect()
             self._ahead = False
             if self.buffer:
                 return

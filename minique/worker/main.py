@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Sequence
 import redis
 
 from .. import keys, serializers, states
-from ..exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..message import decode
 from .consumer import Consumer
 from .execute import Batch, Executor
@@ -54,6 +54,10 @@ class Worker:
             self.concurrency = 1
         self.hostname = expand_hostname(hostname)
         self.prefetch = int(prefetch_multiplier if prefetch_multiplier is not None else conf.worker_prefetch_multiplier)
+        window = conf.worker_early_ack_window
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
+            raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
+                                     f"early ack), not {window!r}")
         self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
         self.max_memory = max_memory_per_child if max_memory_per_child is not None else conf.worker_max_memory_per_child
         self.send_events = conf.worker_send_task_events if events is None else events
