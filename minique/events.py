@@ -36,6 +36,8 @@ BATCH_EVENTS = 200
 BATCH_SECONDS = 0.5
 SLOW = 0.1              # seconds: after a task this long, the next one's events leave before it runs
 MAX_BODY = 16 * 1024    # bytes of message body carried by task-failed (larger: not re-sendable from the dashboard)
+SMALL_BODY = 256        # bytes: a task-started carries a body up to this size instead of reprs of its arguments
+_READABLE = frozenset({"json", "msgpack"})  # bodies a reader may decode (never pickle: readers trust no worker)
 
 _repr = reprlib.Repr()
 _repr.maxstring = 120
@@ -81,7 +83,8 @@ class Events:
 
     The buffer is compact, because it is on the per-task path: a task's fixed fields (id, name,
     queue, retries, root, parent, group) are written once per batch, and each event is a short
-    record (type code, time, header index, its own fields). `read()` turns a batch back into
+    record (type code, time, header index, its own fields), and a task-started carries a small
+    body as it is rather than reprs of its arguments. `read()` turns a batch back into
     Celery-style event dicts, so readers never see the packing."""
 
     def __init__(self, hostname: str, send: bool = True, recorder: Any = None, limiter: Any = None):
@@ -117,13 +120,17 @@ class Events:
         if self.recorder is not None:
             self.recorder.event(1, msg.task, msg.queue, msg, None)
         if self.send:
+            # args and kwargs as the reader will show them: a small JSON or msgpack body is carried as
+            # it is (its bounded reprs are made by whoever reads the event, off the task path)
+            body = msg.body
+            shown = ((body, msg.content_type) if len(body) <= SMALL_BODY and msg.content_type in _READABLE
+                     else (short_repr(args), short_repr(kwargs)))
             if self._pending is msg:  # received and started at once: one record for both
                 self._pending = None
-                self._task(_RECEIVED_STARTED, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority,
-                                                    short_repr(args), short_repr(kwargs)))
+                self._task(_RECEIVED_STARTED, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority) + shown)
             else:
                 self._received_now()
-                self._task(1, msg, (short_repr(args), short_repr(kwargs)))
+                self._task(1, msg, shown)
 
     def succeeded(self, msg: Any, runtime: float) -> None:
         self.slow = runtime >= SLOW
@@ -151,7 +158,8 @@ class Events:
         at = self.index.get(key)
         if at is None:
             at = self.index[key] = len(self.headers)
-            self.headers.append((msg.id, msg.task, msg.queue, msg.retries, msg.root_id, msg.parent_id, msg.group_id))
+            root = 0 if msg.root_id == msg.id else msg.root_id  # (a task that is its own root: 1 byte, not 37)
+            self.headers.append((msg.id, msg.task, msg.queue, msg.retries, root, msg.parent_id, msg.group_id))
         if not self.records:
             self.first = time.monotonic()
         self.records.append((code, time.time(), at, extra))
@@ -190,7 +198,7 @@ class Events:
 
     def flush(self, pipe: Any) -> None:
         if self.records:
-            batch = {"v": 2, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
+            batch = {"v": 3, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
             pipe.xadd(keys.EVENTS, {"b": serializers.pack(batch)}, maxlen=MAXLEN, approximate=True)
             self.records, self.headers, self.index = [], [], {}
 
@@ -200,14 +208,18 @@ def expand(batch: Any) -> Iterator[Dict[str, Any]]:
     host, pid, headers = batch["host"], batch["pid"], batch["h"]
 
     def event(type: str, at: int, ts: float) -> Dict[str, Any]:
-        return dict(zip(_HEADER, headers[at]), type=type, hostname=host, pid=pid, ts=ts)
+        ev = dict(zip(_HEADER, headers[at]), type=type, hostname=host, pid=pid, ts=ts)
+        if ev["root_id"] == 0:
+            ev["root_id"] = ev["uuid"]
+        return ev
 
     for code, ts, at, extra in batch["e"]:
         if code == _OTHER:
             yield {"hostname": host, "pid": pid, **extra, "ts": ts}
         elif code == _RECEIVED_STARTED:
             yield dict(event("task-received", at, ts), **dict(zip(_RECEIVED, extra)))
-            yield dict(event("task-started", at, ts), args=extra[4], kwargs=extra[5])
+            args, kwargs = _shown(extra[4], extra[5])
+            yield dict(event("task-started", at, ts), args=args, kwargs=kwargs)
         else:
             ev = event(TYPES[code], at, ts)
             if isinstance(extra, dict):
@@ -215,10 +227,21 @@ def expand(batch: Any) -> Iterator[Dict[str, Any]]:
             elif code == 0:
                 ev.update(zip(_RECEIVED, extra))
             elif code == 1:
-                ev["args"], ev["kwargs"] = extra
+                ev["args"], ev["kwargs"] = _shown(*extra)
             elif code == 2:
                 ev["runtime"] = extra
             yield ev
+
+
+def _shown(first: Any, second: Any) -> Tuple[str, str]:
+    """A task-started's args and kwargs: its reprs, or its small body (bytes) and content type."""
+    if not isinstance(first, bytes):
+        return first, second
+    try:
+        args, kwargs = serializers.loads(first, second, _READABLE)
+        return short_repr(list(args)), short_repr(kwargs)
+    except Exception:  # noqa: BLE001 - a reader shows what it can
+        return "<undecodable body>", ""
 
 
 def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[float] = None

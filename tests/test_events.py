@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from minique import events, keys, states
+from minique import events, keys, serializers, states
 from minique.dashboard.state import TaskIndex
 from minique.message import make
 from minique.metrics import CAPACITY, OVERFLOW, MetricsTable
@@ -103,6 +103,31 @@ def test_batches_are_capped_and_read_in_order(redis_client):
     assert list(events.read(redis_client, last)[1]) == []
     info = redis_client.xinfo_stream(keys.EVENTS)
     assert info["length"] <= events.MAXLEN
+
+
+def test_started_events_carry_small_bodies_and_readers_show_the_same_reprs():
+    """Pure: a small JSON/msgpack body rides as it is and the reader makes the reprs the worker would have;
+    pickle and big bodies are shown by the worker; a task that is its own root reads back its own id."""
+    ev, entries = events.Events("h@x"), []
+
+    class Pipe:
+        def xadd(self, key, fields, **kw):
+            entries.append(fields["b"])
+
+    msgs = [make("t.x", (1, "a", [2]), {"k": None}, task_id="id-0", root_id="id-0"), make("t.x", (1.5,), {}, serializer="msgpack"),
+            make("t.x", ({"s"},), {}, serializer="pickle"), make("t.x", ("x" * 1000,), {}),
+            make("t.x", (), {}, root_id="root-1")]
+    broken = make("t.x", (), {})._replace(body=b"{not json")
+    for msg in msgs + [broken]:
+        ev.received(msg)
+        ev.started(msg, *((["?"], {}) if msg is broken else msg.args_kwargs({"json", "msgpack", "pickle"})))
+    ev.flush(Pipe())
+    started = [e for e in events.expand(serializers.unpack(entries[0])) if e["type"] == "task-started"]
+    shown = [(e["args"], e["kwargs"]) for e in started]
+    assert shown[:3] == [("[1, 'a', [2]]", "{'k': None}"), ("[1.5]", "{}"), ("[{'s'}]", "{}")]
+    assert shown[3][0].startswith("['xxxx") and len(shown[3][0]) < 200
+    assert shown[5] == ("<undecodable body>", "")
+    assert [e["root_id"] for e in started[:2]] == ["id-0", None] and started[4]["root_id"] == "root-1"
 
 
 # --- the index the dashboard builds from events ---------------------------------------------------------
