@@ -76,6 +76,15 @@ def test_json_serializer_extras():
     assert serializers.loads(data, "json", {"json"}) == {"d": "2024-01-02", "s": [1]}
 
 
+def test_json_bodies_from_other_producers():
+    """Whitespace around the value and UTF-16 are JSON too; trailing data or a cut body is an error."""
+    for text in (b'[[1],{}]', b' [[1], {}]\n', "[[1],{}]".encode("utf-16")):
+        assert serializers.loads(text, "json", {"json"}) == [[1], {}]
+    for bad, why in ((b'[[1],{}] x', "Extra data"), (b'[[1],{', "Expecting"), (b'', "Expecting value")):
+        with pytest.raises(DecodeError, match=why):
+            serializers.loads(bad, "json", {"json"})
+
+
 def test_celery_content_type_names_are_understood():
     assert serializers.canonical("application/json") == "json"
     assert serializers.canonical("application/x-msgpack") == "msgpack"
