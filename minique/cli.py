@@ -11,6 +11,7 @@ from typing import Any, Optional
 import click
 
 from . import __version__
+from .exceptions import ConfigurationError
 
 
 def load_app(spec: str) -> Any:
@@ -42,7 +43,17 @@ def setup_logging(loglevel: str, logfile: Optional[str] = None, json_format: boo
     configure(loglevel, logfile, json_format)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A broken setting met by any command (a worker's, beat's, a client's) is a clear error, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="minique")
 @click.option("-A", "--app", "app_spec", envvar="MINIQUE_APP", help="Module with the app: 'tasks' or 'proj.tasks:app'.")
 @click.pass_context
@@ -90,15 +101,11 @@ def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int]
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
-    from .exceptions import ConfigurationError
     from .worker import Worker
-    try:
-        w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-                   concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
-                   max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-                   events=False if without_events else task_events, metrics_port=metrics_port, beat=beat)
-    except ConfigurationError as exc:
-        raise click.ClickException(str(exc))
+    w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+               concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
+               max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
+               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat)
     w.install_signals()
     sys.exit(w.run())
 

@@ -114,9 +114,9 @@ def test_started_events_carry_small_bodies_and_readers_show_the_same_reprs():
         def xadd(self, key, fields, **kw):
             entries.append(fields["b"])
 
-    msgs = [make("t.x", (1, "a", [2]), {"k": None}, task_id="id-0", root_id="id-0"), make("t.x", (1.5,), {}, serializer="msgpack"),
-            make("t.x", ({"s"},), {}, serializer="pickle"), make("t.x", ("x" * 1000,), {}),
-            make("t.x", (), {}, root_id="root-1")]
+    msgs = [make("t.x", (1, "a", [2]), {"k": None}, task_id="id-0", root_id="id-0"),
+            make("t.x", (1.5,), {}, serializer="msgpack"), make("t.x", ({"s"},), {}, serializer="pickle"),
+            make("t.x", ("x" * 1000,), {}), make("t.x", (), {}, root_id="root-1")]
     broken = make("t.x", (), {})._replace(body=b"{not json")
     for msg in msgs + [broken]:
         ev.received(msg)

@@ -62,11 +62,15 @@ def test_cli_errors_are_clear(procs):
     assert out.returncode != 0 and "cannot import app module 'no_such_module'" in out.stderr
     out = run_cli(procs, "call", "testapp.add", "--args", "not json")
     assert out.returncode != 0 and "not JSON" in out.stderr
-    for bad in (-1, "5ms"):
-        out = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", "worker"], cwd=procs.tmp_path,
-                             env=procs.env(json.dumps({"worker_early_ack_window": bad})), capture_output=True,
-                             text=True, timeout=30)
-        assert out.returncode != 0 and "worker_early_ack_window must be seconds" in out.stderr
+    # a broken setting, whichever command meets it, is one clear line
+    for command, settings, said in (("worker", {"worker_early_ack_window": -1}, "worker_early_ack_window must be"),
+                                    ("worker", {"worker_early_ack_window": "5ms"}, "worker_early_ack_window must be"),
+                                    ("worker", {"broker_transport_options": {"queue_type": "nope"}},
+                                     "unknown queue_type 'nope'"),
+                                    ("beat", {"beat_schedule": {"x": "t.task"}}, "beat_schedule entry 'x'")):
+        out = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", command], cwd=procs.tmp_path,
+                             env=procs.env(json.dumps(settings)), capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0 and said in out.stderr, (command, settings, out.stderr[-500:])
         assert "Traceback" not in out.stderr
 
 
