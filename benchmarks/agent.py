@@ -224,9 +224,57 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
     return out
 
 
-def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False) -> Dict[str, Any]:
-    """Send n tasks from this process with no worker running: one call at a time, or in bulk."""
+def _ping_loop(d: Driver, n: int) -> float:
+    """Seconds for n PINGs, one at a time, on a raw socket: the round trip that one-at-a-time calls pay."""
+    import socket
+    kw = d.r.connection_pool.connection_kwargs
+    if kw.get("path"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(kw["path"])
+    else:
+        sock = socket.create_connection((kw.get("host", "127.0.0.1"), kw.get("port", 6379)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with sock:
+        ping = b"*1\r\n$4\r\nPING\r\n"
+        for _ in range(50):
+            sock.sendall(ping)
+            sock.recv(64)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sock.sendall(ping)
+            sock.recv(64)   # +PONG arrives whole (7 bytes)
+        return time.perf_counter() - t0
+
+
+def _pin(d: Driver, cpu: Optional[int]) -> Any:
+    """Put this process and redis-server on one CPU (cpu=None: leave them); returns what undoes it."""
+    if cpu is None:
+        return lambda: None
+    redis_pid = int(d.r.info("server")["process_id"])
+    before = {pid: os.sched_getaffinity(pid) for pid in (0, redis_pid)}
+    for pid in before:
+        os.sched_setaffinity(pid, {cpu})
+
+    def undo() -> None:
+        for pid, cpus in before.items():
+            os.sched_setaffinity(pid, cpus)
+    return undo
+
+
+def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False, cpu: Optional[int] = None
+                ) -> Dict[str, Any]:
+    """Send n tasks from this process with no worker running: one call at a time, or in bulk.
+
+    mode "ping" times raw-socket PINGs instead (the round-trip floor of "one"); with `cpu`, the
+    client and redis-server share that CPU while timed, so no round trip crosses CPUs."""
     _fresh(d)
+    if mode == "ping":
+        undo = _pin(d, cpu)
+        try:
+            elapsed = _ping_loop(d, n)
+        finally:
+            undo()
+        return {"n": n, "seconds": elapsed, "rate": n / elapsed}
     send = {"one": None, "bulk": d.send_bulk, "group": d.send_group}[mode]
     if mode == "one":  # warm the connection and the code path
         for i in range(50):
@@ -236,14 +284,18 @@ def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False) ->
         _reset_stats(d)
         rtcount.install()
         rtcount.reset()
-    t0 = time.perf_counter()
-    if mode == "one":
-        one = d.send_one
-        for i in range(n):
-            one(i)
-    else:
-        send(n)
-    elapsed = time.perf_counter() - t0
+    undo = _pin(d, cpu)
+    try:
+        t0 = time.perf_counter()
+        if mode == "one":
+            one = d.send_one
+            for i in range(n):
+                one(i)
+        else:
+            send(n)
+        elapsed = time.perf_counter() - t0
+    finally:
+        undo()
     out: Dict[str, Any] = {"n": n, "seconds": elapsed, "rate": n / elapsed}
     if commands:
         out["roundtrips"] = {"client": rtcount.count()}

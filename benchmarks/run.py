@@ -142,7 +142,7 @@ class Agent:
 def fmt(value: Optional[float], unit: str) -> str:
     if value is None or value != value:
         return "-"
-    if unit in ("tasks/s", "calls/s", "B"):
+    if unit in ("tasks/s", "calls/s", "round trips/s", "B"):
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.2f}"
@@ -288,6 +288,16 @@ class Runner:
         res = self.measure(one, self.runs)
         self.row(fig, "enqueue_one", "add.delay(i, i), one at a time", "tasks/s",
                  {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        pinned = {s: dict(j, cpu=0) for s, j in one.items()}
+        res = self.measure(pinned, self.runs)
+        self.row(fig, "enqueue_one_pinned", "  the same, client and redis-server on one CPU", "tasks/s",
+                 {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        for label, cpu in (("", None), (", on one CPU", 0)):
+            ping = {"minique": {"job": "enqueue", "n": self.enq_n, "mode": "ping", "cpu": cpu}, "celery": None}
+            res = self.measure({s: j for s, j in ping.items() if s in self.systems}, self.runs)
+            self.row(fig, "ping" + ("_pinned" if cpu is not None else ""),
+                     f"  floor: raw-socket PING, one at a time{label}", "round trips/s",
+                     {"minique": [r["rate"] for r in res.get("minique", [])]})
         bulk = {s: {"job": "enqueue", "n": self.n if s == "minique" else self.celery_n, "mode": "bulk"}
                 for s in self.systems}
         res = self.measure(bulk, self.runs)
@@ -301,6 +311,9 @@ class Runner:
                                                                                       sort_keys=True), [])]})
         fig["notes"].append(f"n = {self.enq_n:,} (one at a time) and {self.n:,} (bulk) for minique, "
                             f"{self.celery_n:,} for Celery; Celery has no bulk call, group.apply_async is its bulk path")
+        fig["notes"].append("'on one CPU': the agent and redis-server are pinned to CPU 0 (sched_setaffinity) while "
+                            "timed, so a round trip never wakes another CPU; the PING rows are the round trip alone "
+                            "(a raw socket, no client library)")
 
     def fig_roundtrip(self) -> None:
         fig = self.figure("roundtrip", f"Round trip: add.delay(1, 2).get(), idle warm worker -c 2, "
