@@ -30,6 +30,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import keys, serializers
+from .message import decode
 
 MAXLEN = 5000           # stream entries kept (each a batch of up to BATCH_EVENTS events: ~7 KB full, ~35 MB in all)
 BATCH_EVENTS = 200
@@ -37,6 +38,7 @@ BATCH_SECONDS = 0.5
 SLOW = 0.1              # seconds: after a task this long, the next one's events leave before it runs
 MAX_BODY = 16 * 1024    # bytes of message body carried by task-failed (larger: not re-sendable from the dashboard)
 SMALL_BODY = 256        # bytes: a task-started carries a body up to this size instead of reprs of its arguments
+SMALL_MESSAGE = 512     # bytes: a task's header is its wire message, up to this size, rather than fields taken out
 _READABLE = frozenset({"json", "msgpack"})  # bodies a reader may decode (never pickle: readers trust no worker)
 
 _repr = reprlib.Repr()
@@ -74,6 +76,7 @@ TYPES = ("task-received", "task-started", "task-succeeded", "task-failed", "task
 _CODE = {t: i for i, t in enumerate(TYPES)}
 _OTHER = -1                         # a record that carries its whole event (worker events, raw task events)
 _RECEIVED_STARTED = len(TYPES)      # task-received and task-started of one task at one moment
+_SUCCEEDED_RUN = _RECEIVED_STARTED + 1  # those two and the task-succeeded of a task that ran in one batch
 _RECEIVED = ("sent_at", "eta", "expires", "priority")
 _HEADER = ("uuid", "name", "queue", "retries", "root_id", "parent_id", "group_id")
 
@@ -81,11 +84,13 @@ _HEADER = ("uuid", "name", "queue", "retries", "root_id", "parent_id", "group_id
 class Events:
     """Buffer of events from one process (one pool process or thread, or the worker parent).
 
-    The buffer is compact, because it is on the per-task path: a task's fixed fields (id, name,
-    queue, retries, root, parent, group) are written once per batch, and each event is a short
-    record (type code, time, header index, its own fields), and a task-started carries a small
-    body as it is rather than reprs of its arguments. `read()` turns a batch back into
-    Celery-style event dicts, so readers never see the packing."""
+    The buffer is compact, because it is on the per-task path: a task's fixed fields are written
+    once per batch as its header, and each event is a short record (type code, time, header index,
+    its own fields). In the usual case nothing is taken out of the message at all: a small JSON or
+    msgpack message is its own header (its wire bytes, which hold every field of task-received and
+    task-started), and a task that succeeds before the next flush makes one record for its three
+    events. `read()` turns a batch back into Celery-style event dicts, so readers never see the
+    packing."""
 
     def __init__(self, hostname: str, send: bool = True, recorder: Any = None, limiter: Any = None):
         self.hostname = hostname
@@ -94,20 +99,27 @@ class Events:
         self.limiter = limiter
         self.pid = os.getpid()
         self.records: List[tuple] = []
-        self.headers: List[tuple] = []
-        self.index: Dict[tuple, int] = {}
+        self.headers: List[Any] = []
         self.first = 0.0
         self.slow = False           # the last task took SLOW seconds or more
         self._pending: Any = None   # a message whose task-received waits to go out with its task-started
+        self._data: Optional[bytes] = None  # its wire bytes
+        self._last: Any = None      # the message of the last header, and that header's index
+        self._last_at = -1
+        self._running: Any = None   # a task started but not recorded yet: it is, with its outcome
+        self._running_at = 0.0      # its start (epoch seconds)
+        self._running_data = b""    # its wire bytes
 
     # --- task events --------------------------------------------------------------------------------
-    def received(self, msg: Any, batch: Any = None) -> None:
+    def received(self, msg: Any, batch: Any = None, data: Optional[bytes] = None) -> None:
         """task-received, just before the task runs; waits here for the task's rate limit, if any
         (after flushing `batch`, so earlier results are not held back by the wait). The event is
-        recorded together with task-started (one record) unless a rate-limit wait comes between."""
+        recorded together with task-started (one record) unless a rate-limit wait comes between.
+        `data`: the message's wire bytes, which a small message's events carry as its header."""
         if self.recorder is not None:
             self.recorder.event(0, msg.task, msg.queue, msg, None)
         self._pending = msg if self.send else None
+        self._data = data
         if self.limiter is not None:
             self.limiter.acquire(msg.task, batch, self._received_now)
 
@@ -120,6 +132,17 @@ class Events:
         if self.recorder is not None:
             self.recorder.event(1, msg.task, msg.queue, msg, None)
         if self.send:
+            data = self._data
+            if self._pending is msg and data is not None and len(data) <= SMALL_MESSAGE and \
+                    msg.content_type in _READABLE:
+                # the usual case: the wire message is the header and holds every field of both events,
+                # so nothing is taken out of it here (the reader decodes it, off the task path); the
+                # record waits for the outcome, so a task that succeeds makes one record in all
+                self._pending = None
+                if not self.records:
+                    self.first = time.monotonic()
+                self._running, self._running_at, self._running_data = msg, time.time(), data
+                return
             # args and kwargs as the reader will show them: a small JSON or msgpack body is carried as
             # it is (its bounded reprs are made by whoever reads the event, off the task path)
             body = msg.body
@@ -136,7 +159,13 @@ class Events:
         self.slow = runtime >= SLOW
         if self.recorder is not None:
             self.recorder.event(2, msg.task, msg.queue, msg, runtime)
-        if self.send:
+        if not self.send:
+            return
+        if self._running is msg:
+            self._running = None
+            self.headers.append(self._running_data)
+            self.records.append((_SUCCEEDED_RUN, self._running_at, len(self.headers) - 1, runtime))
+        else:
             self._task(2, msg, runtime)
 
     def task(self, type: str, msg: Any, **fields: Any) -> None:
@@ -153,16 +182,28 @@ class Events:
             fields.update(body=msg.body, content_type=msg.content_type, priority=msg.priority)
         self._task(code, msg, fields)
 
-    def _task(self, code: int, msg: Any, extra: Any) -> None:
-        key = (msg.id, msg.retries)
-        at = self.index.get(key)
-        if at is None:
-            at = self.index[key] = len(self.headers)
-            root = 0 if msg.root_id == msg.id else msg.root_id  # (a task that is its own root: 1 byte, not 37)
-            self.headers.append((msg.id, msg.task, msg.queue, msg.retries, root, msg.parent_id, msg.group_id))
+    def _record_running(self) -> None:
+        """The started task's task-received and task-started, as a record of their own (another event
+        or a flush comes before its outcome)."""
+        msg, self._running = self._running, None
+        self._task(_RECEIVED_STARTED, msg, None, self._running_data, self._running_at)
+
+    def _task(self, code: int, msg: Any, extra: Any, data: Optional[bytes] = None, ts: float = 0.0) -> None:
+        if self._running is not None:
+            self._record_running()
+        if msg is self._last:  # a task's events follow one another: its header is the last one
+            at = self._last_at
+        else:
+            at = self._last_at = len(self.headers)
+            self._last = msg
+            if data is not None:
+                self.headers.append(data)
+            else:
+                root = 0 if msg.root_id == msg.id else msg.root_id  # (a task that is its own root: 1 byte, not 37)
+                self.headers.append((msg.id, msg.task, msg.queue, msg.retries, root, msg.parent_id, msg.group_id))
         if not self.records:
             self.first = time.monotonic()
-        self.records.append((code, time.time(), at, extra))
+        self.records.append((code, ts or time.time(), at, extra))
 
     # --- other events -------------------------------------------------------------------------------
     def raw(self, type: str, **fields: Any) -> None:
@@ -177,6 +218,8 @@ class Events:
             self._other(type, fields)
 
     def _other(self, type: str, fields: Dict[str, Any]) -> None:
+        if self._running is not None:
+            self._record_running()
         if not self.records:
             self.first = time.monotonic()
         fields["type"] = type
@@ -193,19 +236,22 @@ class Events:
     def before_run(self, pipe: Any) -> None:
         """Called with the pre-run write: where tasks are long, the batch goes out before the next one
         runs, so it is seen as started while it runs (short tasks' events wait for the batch)."""
-        if self.records and (self.slow or time.monotonic() - self.first >= BATCH_SECONDS):
+        if (self.records or self._running is not None) and (self.slow or time.monotonic() - self.first >= BATCH_SECONDS):
             self.flush(pipe)
 
     def flush(self, pipe: Any) -> None:
+        if self._running is not None:
+            self._record_running()
         if self.records:
-            batch = {"v": 3, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
+            batch = {"v": 4, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
             pipe.xadd(keys.EVENTS, {"b": serializers.pack(batch)}, maxlen=MAXLEN, approximate=True)
-            self.records, self.headers, self.index = [], [], {}
+            self.records, self.headers, self._last = [], [], None
 
 
 def expand(batch: Any) -> Iterator[Dict[str, Any]]:
     """The event dicts of one stream entry's batch."""
-    host, pid, headers = batch["host"], batch["pid"], batch["h"]
+    host, pid = batch["host"], batch["pid"]
+    headers, wire = _headers(batch["h"])
 
     def event(type: str, at: int, ts: float) -> Dict[str, Any]:
         ev = dict(zip(_HEADER, headers[at]), type=type, hostname=host, pid=pid, ts=ts)
@@ -216,10 +262,14 @@ def expand(batch: Any) -> Iterator[Dict[str, Any]]:
     for code, ts, at, extra in batch["e"]:
         if code == _OTHER:
             yield {"hostname": host, "pid": pid, **extra, "ts": ts}
-        elif code == _RECEIVED_STARTED:
-            yield dict(event("task-received", at, ts), **dict(zip(_RECEIVED, extra)))
-            args, kwargs = _shown(extra[4], extra[5])
+        elif code == _RECEIVED_STARTED or code == _SUCCEEDED_RUN:
+            fields = extra if code == _RECEIVED_STARTED and extra is not None else (
+                wire.get(at) or (None, None, None, 0, b"", ""))   # a wire-message header holds them
+            yield dict(event("task-received", at, ts), **dict(zip(_RECEIVED, fields)))
+            args, kwargs = _shown(fields[4], fields[5])
             yield dict(event("task-started", at, ts), args=args, kwargs=kwargs)
+            if code == _SUCCEEDED_RUN:  # its time: the start plus the runtime
+                yield dict(event("task-succeeded", at, ts + extra), runtime=extra)
         else:
             ev = event(TYPES[code], at, ts)
             if isinstance(extra, dict):
@@ -231,6 +281,26 @@ def expand(batch: Any) -> Iterator[Dict[str, Any]]:
             elif code == 2:
                 ev["runtime"] = extra
             yield ev
+
+
+def _headers(raw: List[Any]) -> Tuple[List[Any], Dict[int, tuple]]:
+    """Headers as field lists, and for each wire-message header its task-received and task-started
+    fields ([sent_at, eta, expires, priority, body, content_type])."""
+    headers: List[Any] = []
+    wire: Dict[int, tuple] = {}
+    for at, h in enumerate(raw):
+        if isinstance(h, bytes):
+            try:
+                m = decode(h)
+            except Exception:  # noqa: BLE001 - a reader shows what it can
+                headers.append(("?", "<undecodable message>", None, 0, None, None, None))
+                wire[at] = (None, None, None, 0, b"?", "")
+                continue
+            headers.append((m.id, m.task, m.queue, m.retries, m.root_id, m.parent_id, m.group_id))
+            wire[at] = (m.sent_at, m.eta, m.expires, m.priority, m.body, m.content_type)
+        else:
+            headers.append(h)
+    return headers, wire
 
 
 def _shown(first: Any, second: Any) -> Tuple[str, str]:

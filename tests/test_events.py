@@ -130,6 +130,42 @@ def test_started_events_carry_small_bodies_and_readers_show_the_same_reprs():
     assert [e["root_id"] for e in started[:2]] == ["id-0", None] and started[4]["root_id"] == "root-1"
 
 
+def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
+    """Pure: the usual task (small JSON/msgpack message, received and started together, then succeeded
+    before the next flush) is one record whose header is the wire message; a flush while it runs
+    records its start at once, and its outcome follows on its own; the reader sees the same events."""
+    ev, entries = events.Events("h@x"), []
+
+    class Pipe:
+        def xadd(self, key, fields, **kw):
+            entries.append(serializers.unpack(fields["b"]))
+
+    quick = make("t.quick", (1, "a"), {"k": 2}, task_id="q-1", root_id="q-1", queue="fast", priority=3)
+    slow = make("t.slow", (), {}, task_id="s-1", parent_id="q-1", serializer="msgpack")
+    ev.received(quick, None, quick.encode())
+    ev.started(quick, [1, "a"], {"k": 2})
+    ev.succeeded(quick, 0.25)
+    ev.received(slow, None, slow.encode())
+    ev.started(slow, [], {})
+    ev.flush(Pipe())            # it is running: its start goes out now
+    ev.task("task-failed", slow, exception="KeyError()")
+    ev.flush(Pipe())
+    first, second = entries
+    assert first["h"][0] == quick.encode() and len(first["e"]) == 2  # quick: one record; slow: its start
+    assert [len(e) for e in (first["e"], second["e"])] == [2, 1] and second["h"][0][0] == "s-1"
+    evs = [e for batch in entries for e in events.expand(batch)]
+    assert [(e["type"], e["uuid"]) for e in evs] == [
+        ("task-received", "q-1"), ("task-started", "q-1"), ("task-succeeded", "q-1"),
+        ("task-received", "s-1"), ("task-started", "s-1"), ("task-failed", "s-1")]
+    received, started, succeeded = evs[:3]
+    assert (received["name"], received["queue"], received["priority"], received["sent_at"]) == (
+        "t.quick", "fast", 3, quick.sent_at)
+    assert (started["args"], started["kwargs"], started["root_id"]) == ("[1, 'a']", "{'k': 2}", "q-1")
+    assert succeeded["runtime"] == 0.25 and succeeded["ts"] == started["ts"] + 0.25
+    assert evs[3]["parent_id"] == "q-1" and (evs[4]["args"], evs[4]["kwargs"]) == ("[]", "{}")
+    assert evs[5]["exception"] == "KeyError()" and evs[5]["hostname"] == "h@x"
+
+
 # --- the index the dashboard builds from events ---------------------------------------------------------
 def ev(kind, tid, retries=0, **kw):
     return dict(type=kind, uuid=tid, name="t.x", queue="q", retries=retries, ts=time.time(), hostname="w", **kw)

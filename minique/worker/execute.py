@@ -293,7 +293,7 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
             return self._dead(delivery, batch, str(exc), msg.id)
         if self.events is not None:
-            self.events.received(msg, batch)  # also where the task's rate limit (if any) waits
+            self.events.received(msg, batch, data)  # also where the task's rate limit (if any) waits
         self._run(task, delivery, msg, args, kwargs, batch, defer)
         return None
 
