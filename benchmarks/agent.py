@@ -48,7 +48,8 @@ class Driver:
 
     # workers
     def start_worker(self, concurrency: int, flags: List[str], count_file: str = "",
-                     rtcount_dir: Optional[str] = None, settings: Optional[Dict[str, Any]] = None) -> common.WorkerProc:
+                     rtcount_dir: Optional[str] = None, settings: Optional[Dict[str, Any]] = None,
+                     prefix: Optional[List[str]] = None) -> common.WorkerProc:
         self.nworkers += 1
         name = f"bench{self.nworkers}@{self.name}"
         env = dict(os.environ)
@@ -62,7 +63,7 @@ class Driver:
         if settings:
             env["BENCH_SETTINGS"] = json.dumps(settings)  # the bench app's app.conf.update (minique only)
         log = self.workdir / f"{self.name}-worker{self.nworkers}.log"
-        return common.WorkerProc(self.worker_argv(concurrency, name, flags), env, log)
+        return common.WorkerProc([*(prefix or []), *self.worker_argv(concurrency, name, flags)], env, log)
 
     def wait_ready(self, worker: common.WorkerProc, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -222,6 +223,40 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
         worker.stop()
         count.unlink()
     return out
+
+
+def job_instructions(d: Driver, n: int, flags: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Instructions executed by a `-c 1` worker draining n preloaded no-op tasks, counted by
+    valgrind's callgrind: the same count for the same code on any load, where times move by 10-20%.
+    The runner takes two n and divides the difference, so start-up and shut-down cancel out."""
+    import shutil
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        return {"skipped": "valgrind is not installed (apt-get install valgrind)"}
+    _fresh(d)
+    d.preload("tick_ignored", n)
+    count = _count_file(d)
+    out_dir = Path(tempfile.mkdtemp(prefix="callgrind-", dir=str(d.workdir)))
+    worker = d.start_worker(1, list(flags or []), count_file=str(count), prefix=[
+        valgrind, "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out_dir}/cg.%p"])
+    try:
+        deadline = time.monotonic() + max(300.0, n / 10.0)
+        while os.path.getsize(count) < n:
+            worker.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} tasks not done under valgrind in time\n{worker.log_tail()}")
+            time.sleep(0.2)
+    finally:
+        worker.stop(timeout=120)   # callgrind writes its counts as each process exits
+        count.unlink()
+    totals = {}
+    for path in out_dir.glob("cg.*"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                totals[int(path.suffix[1:])] = int(line.split()[1])
+    parent = totals.pop(worker.pid, 0)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"n": n, "parent": parent, "children": sum(totals.values()), "processes": len(totals) + 1}
 
 
 def _ping_loop(d: Driver, n: int) -> float:
@@ -385,7 +420,7 @@ def job_info(d: Driver) -> Dict[str, Any]:
 
 
 JOBS = {"drain": job_drain, "enqueue": job_enqueue, "roundtrip": job_roundtrip, "chord": job_chord,
-        "info": job_info}
+        "instructions": job_instructions, "info": job_info}
 
 
 def serve(driver_cls: type) -> None:

@@ -142,7 +142,7 @@ class Agent:
 def fmt(value: Optional[float], unit: str) -> str:
     if value is None or value != value:
         return "-"
-    if unit in ("tasks/s", "calls/s", "round trips/s", "B"):
+    if unit in ("tasks/s", "calls/s", "round trips/s", "instructions", "B"):
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.2f}"
@@ -376,6 +376,7 @@ class Runner:
             cpu_cost[s] = [100.0 * (on / off - 1)] if off == off and on == on and off else []
         self.row(fig, "events_cpu_cost", "events CPU cost (on/off - 1)", "%", cpu_cost, better="lower")
         if "minique" in self.systems:
+            self._instructions(fig)
             m_rates = rate["metrics"].get("minique", [])
             self.row(fig, "metrics_on", "metrics on (--metrics-port, scraped 2/s, events off)", "tasks/s",
                      {"minique": m_rates})
@@ -396,6 +397,27 @@ class Runner:
             else:
                 fig["notes"].append("metrics counters are kept in shared memory whether or not the port is open; "
                                     "'metrics on' adds the /metrics server, scraped twice a second during the drain")
+
+    def _instructions(self, fig: Dict[str, Any]) -> None:
+        """Pool-process instructions per task, events off and on (callgrind; one run: it repeats exactly)."""
+        small, big = (1000, 3000) if self.args.quick else (2000, 6000)
+        per_task: Dict[str, List[float]] = {}
+        for key, flags in (("off", ["--without-events"]), ("on", [])):
+            a, b = ((self.measure({"minique": {"job": "instructions", "n": n, "flags": flags}}, 1).get("minique")
+                     or [{}])[0] for n in (small, big))
+            if "children" not in a or "children" not in b:
+                fig["notes"].append("instructions: " + (a.get("skipped") or b.get("skipped") or "not measured"))
+                return
+            per_task[key] = [(b["children"] - a["children"]) / (big - small)]
+        self.row(fig, "events_instr_off", "pool process instructions per task, events off (callgrind)", "instructions",
+                 {"minique": per_task["off"]}, better="lower")
+        self.row(fig, "events_instr_on", "pool process instructions per task, events on (callgrind)", "instructions",
+                 {"minique": per_task["on"]}, better="lower")
+        self.row(fig, "events_instr_cost", "events instruction cost (on/off - 1)", "%",
+                 {"minique": [100.0 * (per_task["on"][0] / per_task["off"][0] - 1)]}, better="lower")
+        fig["notes"].append(f"instructions: a -c 1 worker under valgrind --tool=callgrind drains {small:,} and then "
+                            f"{big:,} tasks; the difference of the pool process's counts over {big - small:,} is per "
+                            "task (start-up cancels out); a count repeats exactly, where times move by 10-20%")
 
     def fig_commands(self) -> None:
         fig = self.figure("commands", "Redis commands and round trips per task (INFO commandstats deltas)")
