@@ -355,41 +355,46 @@ class Runner:
                                                                             str(port)], scrape_port=port),
                         "celery": None},
         }
-        res = {k: self.measure({s: j for s, j in v.items() if s in self.systems}, self.runs) for k, v in jobs.items()}
+        # paired runs, interleaved (off, on, metrics, off, on, ...): the costs sought are a few per cent, less
+        # than the drift of a shared VM over the minutes between a block of "off" runs and one of "on" runs
+        runs = self.runs if self.args.quick else max(self.runs, 5)
+        res: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+        for i in range(1, runs + 1):
+            for k, v in jobs.items():
+                res[k] = self.measure({s: j for s, j in v.items() if s in self.systems}, i)
         rate = {k: {s: [r["rate"] for r in rs] for s, rs in v.items()} for k, v in res.items()}
-        self.row(fig, "events_off", "events off (minique --without-events; Celery default)", "tasks/s", rate["off"])
-        self.row(fig, "events_on", "events on (minique default; Celery -E)", "tasks/s", rate["on"])
-        cost = {}
-        for s in self.systems:
-            off = common.summary(rate["off"].get(s, []))["median"]
-            on = common.summary(rate["on"].get(s, []))["median"]
-            cost[s] = [100.0 * (1 - on / off)] if off == off and on == on and off else []
-        self.row(fig, "events_cost", "events cost (1 - on/off)", "%", cost, better="lower")
         cpu = {k: {s: [r["cpu_us_per_task"]["worker"] for r in rs if r.get("cpu_us_per_task")] for s, rs in v.items()}
                for k, v in res.items()}
+
+        def paired(values: Dict[str, Dict[str, List[float]]], key: str, cost: Callable[[float, float], float],
+                   systems: Sequence[str]) -> Dict[str, List[float]]:
+            """The cost of each run against the "off" run it was paired with."""
+            return {s: [100.0 * cost(off, on) for off, on in zip(values["off"].get(s, []), values[key].get(s, []))
+                        if off] for s in systems}
+
+        slower = lambda off, on: 1 - on / off      # noqa: E731 - rates: the share of the rate lost
+        dearer = lambda off, on: on / off - 1      # noqa: E731 - CPU per task: the share added
+        self.row(fig, "events_off", "events off (minique --without-events; Celery default)", "tasks/s", rate["off"])
+        self.row(fig, "events_on", "events on (minique default; Celery -E)", "tasks/s", rate["on"])
+        self.row(fig, "events_cost", "events cost (1 - on/off), per pair of runs", "%",
+                 paired(rate, "on", slower, self.systems), better="lower")
         self.row(fig, "events_cpu_off", "worker CPU per task, events off", "us", cpu["off"], better="lower")
         self.row(fig, "events_cpu_on", "worker CPU per task, events on", "us", cpu["on"], better="lower")
-        cpu_cost = {}
-        for s in self.systems:
-            off = common.summary(cpu["off"].get(s, []))["median"]
-            on = common.summary(cpu["on"].get(s, []))["median"]
-            cpu_cost[s] = [100.0 * (on / off - 1)] if off == off and on == on and off else []
-        self.row(fig, "events_cpu_cost", "events CPU cost (on/off - 1)", "%", cpu_cost, better="lower")
+        self.row(fig, "events_cpu_cost", "events CPU cost (on/off - 1), per pair of runs", "%",
+                 paired(cpu, "on", dearer, self.systems), better="lower")
+        fig["notes"].append(f"{runs} runs of each, interleaved (off, on, metrics, off, ...); a cost is taken per pair "
+                            "of neighbouring runs, then its median (Celery's 'off' runs are partly those of the "
+                            "drain figure, made earlier)")
         if "minique" in self.systems:
             self._instructions(fig)
-            m_rates = rate["metrics"].get("minique", [])
             self.row(fig, "metrics_on", "metrics on (--metrics-port, scraped 2/s, events off)", "tasks/s",
-                     {"minique": m_rates})
-            off = common.summary(rate["off"].get("minique", []))["median"]
-            on = common.summary(m_rates)["median"]
-            self.row(fig, "metrics_cost", "metrics cost (1 - on/off)", "%",
-                     {"minique": [100.0 * (1 - on / off)] if off == off and on == on and off else []}, better="lower")
+                     {"minique": rate["metrics"].get("minique", [])})
+            self.row(fig, "metrics_cost", "metrics cost (1 - on/off), per pair of runs", "%",
+                     paired(rate, "metrics", slower, ["minique"]), better="lower")
             self.row(fig, "metrics_cpu", "worker CPU per task, metrics on", "us", {"minique": cpu["metrics"].get(
                 "minique", [])}, better="lower")
-            off = common.summary(cpu["off"].get("minique", []))["median"]
-            on = common.summary(cpu["metrics"].get("minique", []))["median"]
-            self.row(fig, "metrics_cpu_cost", "metrics CPU cost (on/off - 1)", "%",
-                     {"minique": [100.0 * (on / off - 1)] if off == off and on == on and off else []}, better="lower")
+            self.row(fig, "metrics_cpu_cost", "metrics CPU cost (on/off - 1), per pair of runs", "%",
+                     paired(cpu, "metrics", dearer, ["minique"]), better="lower")
             served = [r.get("scrapes_ok", 0) for r in res["metrics"].get("minique", [])]
             if served and not any(served):
                 fig["notes"].append(f"no scrape of --metrics-port {port} succeeded: this minique does not "
