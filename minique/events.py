@@ -100,7 +100,7 @@ class Events:
         self.pid = os.getpid()
         self.records: List[tuple] = []
         self.headers: List[Any] = []
-        self.first = 0.0
+        self.due = 0.0              # when the batch is old enough to go (monotonic)
         self.slow = False           # the last task took SLOW seconds or more
         self._pending: Any = None   # a message whose task-received waits to go out with its task-started
         self._data: Optional[bytes] = None  # its wire bytes
@@ -140,8 +140,10 @@ class Events:
                 # record waits for the outcome, so a task that succeeds makes one record in all
                 self._pending = None
                 if not self.records:
-                    self.first = time.monotonic()
-                self._running, self._running_at, self._running_data = msg, time.time(), data
+                    self.due = time.monotonic() + BATCH_SECONDS
+                self._running = msg
+                self._running_at = time.time()
+                self._running_data = data
                 return
             # args and kwargs as the reader will show them: a small JSON or msgpack body is carried as
             # it is (its bounded reprs are made by whoever reads the event, off the task path)
@@ -202,7 +204,7 @@ class Events:
                 root = 0 if msg.root_id == msg.id else msg.root_id  # (a task that is its own root: 1 byte, not 37)
                 self.headers.append((msg.id, msg.task, msg.queue, msg.retries, root, msg.parent_id, msg.group_id))
         if not self.records:
-            self.first = time.monotonic()
+            self.due = time.monotonic() + BATCH_SECONDS
         self.records.append((code, ts or time.time(), at, extra))
 
     # --- other events -------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class Events:
         if self._running is not None:
             self._record_running()
         if not self.records:
-            self.first = time.monotonic()
+            self.due = time.monotonic() + BATCH_SECONDS
         fields["type"] = type
         self.records.append((_OTHER, time.time(), -1, fields))
 
@@ -230,13 +232,16 @@ class Events:
         """Called after each task with the pipeline the consumer writes next: add the batch to it when
         it is big or old enough. (The consumer also flushes it when it finds no more messages: the
         events must not wait while it does.)"""
-        if self.records and (len(self.records) >= BATCH_EVENTS or time.monotonic() - self.first >= BATCH_SECONDS):
+        if self.records and (len(self.records) >= BATCH_EVENTS or time.monotonic() >= self.due):
             self.flush(pipe)
 
     def before_run(self, pipe: Any) -> None:
         """Called with the pre-run write: where tasks are long, the batch goes out before the next one
         runs, so it is seen as started while it runs (short tasks' events wait for the batch)."""
-        if (self.records or self._running is not None) and (self.slow or time.monotonic() - self.first >= BATCH_SECONDS):
+        if self.slow:
+            if self.records or self._running is not None:
+                self.flush(pipe)
+        elif self.records and time.monotonic() >= self.due:  # (a task started on an empty batch is not due)
             self.flush(pipe)
 
     def flush(self, pipe: Any) -> None:

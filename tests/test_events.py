@@ -166,6 +166,31 @@ def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
     assert evs[5]["exception"] == "KeyError()" and evs[5]["hostname"] == "h@x"
 
 
+def test_after_a_slow_task_the_next_one_is_seen_running_before_it_ends():
+    """Pure: short tasks' events wait for their batch; after a task of SLOW seconds or more, the next
+    task's task-received and task-started go out with the write made before it runs."""
+    ev, entries = events.Events("h@x"), []
+
+    class Pipe:
+        def xadd(self, key, fields, **kw):
+            entries.append([e["type"] for e in events.expand(serializers.unpack(fields["b"]))])
+
+    def start(msg):
+        ev.received(msg, None, msg.encode())
+        ev.started(msg, [], {})
+        ev.before_run(Pipe())
+
+    first, second, third = (make("t.x", (), {}) for _ in range(3))
+    start(first)
+    assert entries == []                     # nothing was slow: it waits
+    ev.succeeded(first, events.SLOW)
+    start(second)
+    assert entries == [["task-received", "task-started", "task-succeeded", "task-received", "task-started"]]
+    ev.succeeded(second, 0.001)
+    start(third)
+    assert len(entries) == 1                 # the one before was quick
+
+
 # --- the index the dashboard builds from events ---------------------------------------------------------
 def ev(kind, tid, retries=0, **kw):
     return dict(type=kind, uuid=tid, name="t.x", queue="q", retries=retries, ts=time.time(), hostname="w", **kw)
