@@ -4,7 +4,7 @@ Events are on by default (`worker_send_task_events = True`, Celery's name; `-E` 
 them on, `--without-events` off). A pool process appends events to a local buffer and
 writes them as one stream entry per batch, inside the pipeline it flushes anyway, so
 events cost no extra round trip on the task path. A batch is written when it reaches
-200 events or 0.5 s, or when the process finds no more messages to run (so the
+100 records (~100 tasks) or 0.5 s, or when the process finds no more messages to run (so the
 last events never wait for the next message), and before a task runs when the
 previous one took 0.1 s or more (so long tasks are seen running). A batch is packed
 compactly (see `Events`) and `read()` unpacks it into the dicts described here.
@@ -32,8 +32,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from . import keys, serializers
 from .message import decode
 
-MAXLEN = 5000           # stream entries kept (each a batch of up to BATCH_EVENTS events: ~7 KB full, ~35 MB in all)
-BATCH_EVENTS = 200
+MAXLEN = 5000           # stream entries kept (each a batch of up to BATCH_RECORDS records: ~13 KB full, ~65 MB in all)
+BATCH_RECORDS = 100     # a record: one event, or the three of a task that succeeded (~130 bytes with its header)
 BATCH_SECONDS = 0.5
 SLOW = 0.1              # seconds: after a task this long, the next one's events leave before it runs
 MAX_BODY = 16 * 1024    # bytes of message body carried by task-failed (larger: not re-sendable from the dashboard)
@@ -232,7 +232,7 @@ class Events:
         """Called after each task with the pipeline the consumer writes next: add the batch to it when
         it is big or old enough. (The consumer also flushes it when it finds no more messages: the
         events must not wait while it does.)"""
-        if self.records and (len(self.records) >= BATCH_EVENTS or time.monotonic() >= self.due):
+        if self.records and (len(self.records) >= BATCH_RECORDS or time.monotonic() >= self.due):
             self.flush(pipe)
 
     def before_run(self, pipe: Any) -> None:
