@@ -227,7 +227,8 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
 
 def job_instructions(d: Driver, n: int, flags: Optional[List[str]] = None) -> Dict[str, Any]:
     """Instructions executed by a `-c 1` worker draining n preloaded no-op tasks, counted by
-    valgrind's callgrind: the same count for the same code on any load, where times move by 10-20%.
+    valgrind's callgrind: a count that moves by ~0.5% between runs (batch sizes and timers depend on
+    timing) whatever else the machine does, where times move by 10-20%.
     The runner takes two n and divides the difference, so start-up and shut-down cancel out."""
     import shutil
     valgrind = shutil.which("valgrind")

@@ -159,6 +159,21 @@ def fmt(value: Optional[float], unit: str) -> str:
     return f"{value:.3g}"
 
 
+def paired(values: Dict[str, Dict[str, List[float]]], key: str, cost: Callable[[float, float], float],
+           systems: Sequence[str]) -> Dict[str, List[float]]:
+    """Per system, the cost (in %) of each run of `key` against the "off" run made next to it."""
+    return {s: [100.0 * cost(off, on) for off, on in zip(values["off"].get(s, []), values[key].get(s, [])) if off]
+            for s in systems}
+
+
+def rate_lost(off: float, on: float) -> float:
+    return 1 - on / off
+
+
+def cost_added(off: float, on: float) -> float:
+    return on / off - 1
+
+
 def cell(values: Sequence[float], unit: str) -> str:
     s = common.summary(values)
     if not s["n"]:
@@ -365,23 +380,14 @@ class Runner:
         rate = {k: {s: [r["rate"] for r in rs] for s, rs in v.items()} for k, v in res.items()}
         cpu = {k: {s: [r["cpu_us_per_task"]["worker"] for r in rs if r.get("cpu_us_per_task")] for s, rs in v.items()}
                for k, v in res.items()}
-
-        def paired(values: Dict[str, Dict[str, List[float]]], key: str, cost: Callable[[float, float], float],
-                   systems: Sequence[str]) -> Dict[str, List[float]]:
-            """The cost of each run against the "off" run it was paired with."""
-            return {s: [100.0 * cost(off, on) for off, on in zip(values["off"].get(s, []), values[key].get(s, []))
-                        if off] for s in systems}
-
-        slower = lambda off, on: 1 - on / off      # noqa: E731 - rates: the share of the rate lost
-        dearer = lambda off, on: on / off - 1      # noqa: E731 - CPU per task: the share added
         self.row(fig, "events_off", "events off (minique --without-events; Celery default)", "tasks/s", rate["off"])
         self.row(fig, "events_on", "events on (minique default; Celery -E)", "tasks/s", rate["on"])
         self.row(fig, "events_cost", "events cost (1 - on/off), per pair of runs", "%",
-                 paired(rate, "on", slower, self.systems), better="lower")
+                 paired(rate, "on", rate_lost, self.systems), better="lower")
         self.row(fig, "events_cpu_off", "worker CPU per task, events off", "us", cpu["off"], better="lower")
         self.row(fig, "events_cpu_on", "worker CPU per task, events on", "us", cpu["on"], better="lower")
         self.row(fig, "events_cpu_cost", "events CPU cost (on/off - 1), per pair of runs", "%",
-                 paired(cpu, "on", dearer, self.systems), better="lower")
+                 paired(cpu, "on", cost_added, self.systems), better="lower")
         fig["notes"].append(f"{runs} runs of each, interleaved (off, on, metrics, off, ...); a cost is taken per pair "
                             "of neighbouring runs, then its median (Celery's 'off' runs are partly those of the "
                             "drain figure, made earlier)")
@@ -390,11 +396,11 @@ class Runner:
             self.row(fig, "metrics_on", "metrics on (--metrics-port, scraped 2/s, events off)", "tasks/s",
                      {"minique": rate["metrics"].get("minique", [])})
             self.row(fig, "metrics_cost", "metrics cost (1 - on/off), per pair of runs", "%",
-                     paired(rate, "metrics", slower, ["minique"]), better="lower")
+                     paired(rate, "metrics", rate_lost, ["minique"]), better="lower")
             self.row(fig, "metrics_cpu", "worker CPU per task, metrics on", "us", {"minique": cpu["metrics"].get(
                 "minique", [])}, better="lower")
             self.row(fig, "metrics_cpu_cost", "metrics CPU cost (on/off - 1), per pair of runs", "%",
-                     paired(cpu, "metrics", dearer, ["minique"]), better="lower")
+                     paired(cpu, "metrics", cost_added, ["minique"]), better="lower")
             served = [r.get("scrapes_ok", 0) for r in res["metrics"].get("minique", [])]
             if served and not any(served):
                 fig["notes"].append(f"no scrape of --metrics-port {port} succeeded: this minique does not "
@@ -404,7 +410,7 @@ class Runner:
                                     "'metrics on' adds the /metrics server, scraped twice a second during the drain")
 
     def _instructions(self, fig: Dict[str, Any]) -> None:
-        """Pool-process instructions per task, events off and on (callgrind; one run: it repeats exactly)."""
+        """Pool-process instructions per task, events off and on (callgrind; one run: a count moves ~0.5%)."""
         small, big = (1000, 3000) if self.args.quick else (2000, 6000)
         per_task: Dict[str, List[float]] = {}
         for key, flags in (("off", ["--without-events"]), ("on", [])):
@@ -422,7 +428,7 @@ class Runner:
                  {"minique": [100.0 * (per_task["on"][0] / per_task["off"][0] - 1)]}, better="lower")
         fig["notes"].append(f"instructions: a -c 1 worker under valgrind --tool=callgrind drains {small:,} and then "
                             f"{big:,} tasks; the difference of the pool process's counts over {big - small:,} is per "
-                            "task (start-up cancels out); a count repeats exactly, where times move by 10-20%")
+                            "task (start-up cancels out); a count moves by ~0.5% between runs, where times move by 10-20%")
 
     def fig_commands(self) -> None:
         fig = self.figure("commands", "Redis commands and round trips per task (INFO commandstats deltas)")
