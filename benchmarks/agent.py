@@ -9,6 +9,7 @@ starts a worker.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import redis
 
@@ -282,19 +283,21 @@ def _ping_loop(d: Driver, n: int) -> float:
         return time.perf_counter() - t0
 
 
-def _pin(d: Driver, cpu: Optional[int]) -> Any:
-    """Put this process and redis-server on one CPU (cpu=None: leave them); returns what undoes it."""
+@contextlib.contextmanager
+def _pinned(d: Driver, cpu: Optional[int]) -> Iterator[None]:
+    """This process and redis-server on one CPU while inside (cpu=None: left as they are)."""
     if cpu is None:
-        return lambda: None
+        yield
+        return
     redis_pid = int(d.r.info("server")["process_id"])
     before = {pid: os.sched_getaffinity(pid) for pid in (0, redis_pid)}
     for pid in before:
         os.sched_setaffinity(pid, {cpu})
-
-    def undo() -> None:
+    try:
+        yield
+    finally:
         for pid, cpus in before.items():
             os.sched_setaffinity(pid, cpus)
-    return undo
 
 
 def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False, cpu: Optional[int] = None
@@ -305,11 +308,8 @@ def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False, cp
     client and redis-server share that CPU while timed, so no round trip crosses CPUs."""
     _fresh(d)
     if mode == "ping":
-        undo = _pin(d, cpu)
-        try:
+        with _pinned(d, cpu):
             elapsed = _ping_loop(d, n)
-        finally:
-            undo()
         return {"n": n, "seconds": elapsed, "rate": n / elapsed}
     send = {"one": None, "bulk": d.send_bulk, "group": d.send_group}[mode]
     if mode == "one":  # warm the connection and the code path
@@ -320,8 +320,7 @@ def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False, cp
         _reset_stats(d)
         rtcount.install()
         rtcount.reset()
-    undo = _pin(d, cpu)
-    try:
+    with _pinned(d, cpu):
         t0 = time.perf_counter()
         if mode == "one":
             one = d.send_one
@@ -330,8 +329,6 @@ def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False, cp
         else:
             send(n)
         elapsed = time.perf_counter() - t0
-    finally:
-        undo()
     out: Dict[str, Any] = {"n": n, "seconds": elapsed, "rate": n / elapsed}
     if commands:
         out["roundtrips"] = {"client": rtcount.count()}

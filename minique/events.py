@@ -79,6 +79,7 @@ _RECEIVED_STARTED = len(TYPES)      # task-received and task-started of one task
 _SUCCEEDED_RUN = _RECEIVED_STARTED + 1  # those two and the task-succeeded of a task that ran in one batch
 _RECEIVED = ("sent_at", "eta", "expires", "priority")
 _HEADER = ("uuid", "name", "queue", "retries", "root_id", "parent_id", "group_id")
+_NO_FIELDS = (None, None, None, 0, b"", "")  # received/started fields of a header that cannot be read
 
 
 class Events:
@@ -269,7 +270,7 @@ def expand(batch: Any) -> Iterator[Dict[str, Any]]:
             yield {"hostname": host, "pid": pid, **extra, "ts": ts}
         elif code == _RECEIVED_STARTED or code == _SUCCEEDED_RUN:
             fields = extra if code == _RECEIVED_STARTED and extra is not None else (
-                wire.get(at) or (None, None, None, 0, b"", ""))   # a wire-message header holds them
+                wire.get(at, _NO_FIELDS))   # a wire-message header holds them
             yield dict(event("task-received", at, ts), **dict(zip(_RECEIVED, fields)))
             args, kwargs = _shown(fields[4], fields[5])
             yield dict(event("task-started", at, ts), args=args, kwargs=kwargs)
@@ -299,7 +300,7 @@ def _headers(raw: List[Any]) -> Tuple[List[Any], Dict[int, tuple]]:
                 m = decode(h)
             except Exception:  # noqa: BLE001 - a reader shows what it can
                 headers.append(("?", "<undecodable message>", None, 0, None, None, None))
-                wire[at] = (None, None, None, 0, b"?", "")
+                wire[at] = _NO_FIELDS
                 continue
             headers.append((m.id, m.task, m.queue, m.retries, m.root_id, m.parent_id, m.group_id))
             wire[at] = (m.sent_at, m.eta, m.expires, m.priority, m.body, m.content_type)

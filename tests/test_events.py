@@ -105,15 +105,17 @@ def test_batches_are_capped_and_read_in_order(redis_client):
     assert info["length"] <= events.MAXLEN
 
 
+class Batches(list):
+    """Stands in for the consumer's pipeline in the pure tests: keeps each written batch, unpacked."""
+
+    def xadd(self, key, fields, **kw):
+        self.append(serializers.unpack(fields["b"]))
+
+
 def test_started_events_carry_small_bodies_and_readers_show_the_same_reprs():
     """Pure: a small JSON/msgpack body rides as it is and the reader makes the reprs the worker would have;
     pickle and big bodies are shown by the worker; a task that is its own root reads back its own id."""
-    ev, entries = events.Events("h@x"), []
-
-    class Pipe:
-        def xadd(self, key, fields, **kw):
-            entries.append(fields["b"])
-
+    ev, entries = events.Events("h@x"), Batches()
     msgs = [make("t.x", (1, "a", [2]), {"k": None}, task_id="id-0", root_id="id-0"),
             make("t.x", (1.5,), {}, serializer="msgpack"), make("t.x", ({"s"},), {}, serializer="pickle"),
             make("t.x", ("x" * 1000,), {}), make("t.x", (), {}, root_id="root-1")]
@@ -121,8 +123,8 @@ def test_started_events_carry_small_bodies_and_readers_show_the_same_reprs():
     for msg in msgs + [broken]:
         ev.received(msg)
         ev.started(msg, *((["?"], {}) if msg is broken else msg.args_kwargs({"json", "msgpack", "pickle"})))
-    ev.flush(Pipe())
-    started = [e for e in events.expand(serializers.unpack(entries[0])) if e["type"] == "task-started"]
+    ev.flush(entries)
+    started = [e for e in events.expand(entries[0]) if e["type"] == "task-started"]
     shown = [(e["args"], e["kwargs"]) for e in started]
     assert shown[:3] == [("[1, 'a', [2]]", "{'k': None}"), ("[1.5]", "{}"), ("[{'s'}]", "{}")]
     assert shown[3][0].startswith("['xxxx") and len(shown[3][0]) < 200
@@ -134,12 +136,7 @@ def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
     """Pure: the usual task (small JSON/msgpack message, received and started together, then succeeded
     before the next flush) is one record whose header is the wire message; a flush while it runs
     records its start at once, and its outcome follows on its own; the reader sees the same events."""
-    ev, entries = events.Events("h@x"), []
-
-    class Pipe:
-        def xadd(self, key, fields, **kw):
-            entries.append(serializers.unpack(fields["b"]))
-
+    ev, entries = events.Events("h@x"), Batches()
     quick = make("t.quick", (1, "a"), {"k": 2}, task_id="q-1", root_id="q-1", queue="fast", priority=3)
     slow = make("t.slow", (), {}, task_id="s-1", parent_id="q-1", serializer="msgpack")
     ev.received(quick, None, quick.encode())
@@ -147,9 +144,9 @@ def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
     ev.succeeded(quick, 0.25)
     ev.received(slow, None, slow.encode())
     ev.started(slow, [], {})
-    ev.flush(Pipe())            # it is running: its start goes out now
+    ev.flush(entries)           # it is running: its start goes out now
     ev.task("task-failed", slow, exception="KeyError()")
-    ev.flush(Pipe())
+    ev.flush(entries)
     first, second = entries
     assert first["h"][0] == quick.encode() and len(first["e"]) == 2  # quick: one record; slow: its start
     assert [len(e) for e in (first["e"], second["e"])] == [2, 1] and second["h"][0][0] == "s-1"
@@ -169,26 +166,20 @@ def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
 def test_after_a_slow_task_the_next_one_is_seen_running_before_it_ends():
     """Pure: short tasks' events wait for their batch; after a task of SLOW seconds or more, the next
     task's task-received and task-started go out with the write made before it runs."""
-    ev, entries = events.Events("h@x"), []
-
-    class Pipe:
-        def xadd(self, key, fields, **kw):
-            entries.append([e["type"] for e in events.expand(serializers.unpack(fields["b"]))])
+    ev, batches = events.Events("h@x"), Batches()
 
     def start(msg):
         ev.received(msg, None, msg.encode())
         ev.started(msg, [], {})
-        ev.before_run(Pipe())
+        ev.before_run(batches)
+        return [[e["type"] for e in events.expand(batch)] for batch in batches]
 
     first, second, third = (make("t.x", (), {}) for _ in range(3))
-    start(first)
-    assert entries == []                     # nothing was slow: it waits
+    assert start(first) == []                # nothing was slow: it waits
     ev.succeeded(first, events.SLOW)
-    start(second)
-    assert entries == [["task-received", "task-started", "task-succeeded", "task-received", "task-started"]]
+    assert start(second) == [["task-received", "task-started", "task-succeeded", "task-received", "task-started"]]
     ev.succeeded(second, 0.001)
-    start(third)
-    assert len(entries) == 1                 # the one before was quick
+    assert len(start(third)) == 1            # the one before was quick
 
 
 # --- the index the dashboard builds from events ---------------------------------------------------------
