@@ -15,8 +15,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import redis
 
 from . import keys, serializers, states
-from .exceptions import RemoteError, TimeoutError
+from .exceptions import EncodeError, RemoteError, TimeoutError
 from .lua import Scripts
+from .pipe import ClientPipe, Commands, Pipe
 
 SCRIPTS = Scripts(Path(__file__).parent / "backend_lua")
 _BLOCK_CHUNK = 30.0  # seconds one blocking wait may take, below the socket timeout
@@ -63,14 +64,14 @@ class ResultBackend:
     # --- writing ------------------------------------------------------------------------------------
     def encode_meta(self, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None,
                     serializer: Optional[str] = None, extra: Optional[Dict[str, Any]] = None) -> bytes:
+        """The stored record of a state; EncodeError when `result` cannot be encoded."""
         ct = serializer or self.serializer
         if isinstance(result, BaseException):
             result = exception_to_dict(result)
         try:
             body = serializers.dumps(result, ct)
-        except TypeError as exc:  # an unserializable return value is the task's failure, said plainly
-            state, traceback = states.FAILURE, None
-            ct, body = "json", serializers.dumps(exception_to_dict(exc), "json")
+        except Exception as exc:  # TypeError, a circular value's ValueError, RecursionError, OverflowError...
+            raise EncodeError(f"cannot encode the result with {ct}: {type(exc).__name__}: {exc}"[:1000]) from None
         meta = {"id": task_id, "s": state, "ct": ct, "r": body, "t": time.time()}
         if traceback:
             meta["tb"] = traceback
@@ -78,11 +79,19 @@ class ResultBackend:
             meta.update(extra)
         return serializers.pack(meta)
 
-    def store(self, pipe: Any, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None,
+    def store(self, pipe: Commands, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None,
               serializer: Optional[str] = None, extra: Optional[Dict[str, Any]] = None) -> None:
-        """Add the commands that record `state` for `task_id` to `pipe`."""
-        meta = self.encode_meta(task_id, state, result, traceback, serializer, extra)
-        command = pipe.pipeline_execute_command  # (queued as they are: redis-py's wrappers cost 4x more)
+        """Add the commands that record `state` for `task_id` to `pipe`. A result that cannot be
+        encoded is the task's failure, said plainly (FAILURE with the EncodeError)."""
+        try:
+            meta = self.encode_meta(task_id, state, result, traceback, serializer, extra)
+        except EncodeError as exc:
+            state, meta = states.FAILURE, self.encode_meta(task_id, states.FAILURE, exc, None, "json")
+        self.write_meta(pipe, task_id, state, meta)
+
+    def write_meta(self, pipe: Commands, task_id: str, state: str, meta: bytes) -> None:
+        """Add the commands that store an encoded record (encode_meta) of `state` to `pipe`."""
+        command = pipe.execute_command
         if state in states.READY_STATES:
             ready = keys.ready(task_id)
             # one final state (a redelivered task's replaces the first), and no stale non-final one
@@ -98,7 +107,7 @@ class ResultBackend:
 
     def mark(self, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None, **kw: Any) -> None:
         """Store a state right away (outside the worker's batched path)."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = ClientPipe(self.client)
         self.store(pipe, task_id, state, result, traceback, **kw)
         pipe.execute()
 
@@ -151,7 +160,7 @@ class ResultBackend:
     def delete_group(self, group_id: str) -> None:
         self.client.delete(keys.group(group_id))
 
-    def chord_join(self, pipe: Any, chord_id: str, index: int, size: int, result: Any, serializer: Optional[str],
+    def chord_join(self, pipe: Pipe, chord_id: str, index: int, size: int, result: Any, serializer: Optional[str],
                    on_complete: Any, lease: float = 60.0) -> None:
         """Record header member `index`'s result; `on_complete(results)` (in header order) is called
         for exactly one member: the one whose finish completed the chord. Joins by membership, so a
@@ -159,27 +168,24 @@ class ResultBackend:
         handled when its reply is read (no round trip of its own)."""
         ct = serializer or self.serializer
         encoded = serializers.pack([ct, serializers.dumps(result, ct)])
-        script_args = (2, keys.chord(chord_id), keys.chord_done(chord_id),
-                       index, encoded, size, self.expires or 86400, int(lease))
 
         def joined(raw: Any) -> None:
-            if isinstance(raw, redis.exceptions.NoScriptError):  # Redis restarted: EVAL loads it again
-                pipe.call(joined, "EVAL", SCRIPTS.sources["chord_join"], *script_args)
-            elif isinstance(raw, Exception):
+            if isinstance(raw, Exception):
                 raise raw
-            elif raw is not None:
+            if raw is not None:
                 on_complete([serializers.loads(body, ct, self.accept) for ct, body in map(serializers.unpack, raw)])
 
-        pipe.call(joined, "EVALSHA", SCRIPTS.shas["chord_join"], *script_args)
+        SCRIPTS.queue(pipe, "chord_join", [keys.chord(chord_id), keys.chord_done(chord_id)],
+                      [index, encoded, size, self.expires or 86400, int(lease)], joined)
 
     def chord_fail(self, chord_id: str) -> bool:
         """Claim the chord's end for a failure; True for exactly one caller."""
         return bool(self.client.set(keys.chord_done(chord_id), b"failed", nx=True, ex=self.expires or 86400))
 
-    def chord_sent(self, pipe: Any, chord_id: str) -> None:
+    def chord_sent(self, pipe: Commands, chord_id: str) -> None:
         """Mark the callback as sent (after its message is in the broker) and drop the partial results."""
-        pipe.set(keys.chord_done(chord_id), b"sent", ex=self.expires or 86400)
-        pipe.delete(keys.chord(chord_id))
+        pipe.execute_command("SET", keys.chord_done(chord_id), b"sent", "EX", self.expires or 86400)
+        pipe.execute_command("DEL", keys.chord(chord_id))
 
 
 def format_traceback(exc: BaseException) -> str:

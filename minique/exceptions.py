@@ -5,6 +5,7 @@
     ├── NotRegistered             unknown task name
     ├── ContentDisallowed         a content type not in accept_content
     ├── DecodeError               a message that cannot be decoded
+    ├── EncodeError               a value the serializer cannot encode (a task's return value)
     ├── TimeoutError              AsyncResult.get() waited too long
     ├── TaskRevokedError          the task was revoked (or expired)
     ├── MaxRetriesExceededError   retry() past max_retries with no exception to re-raise
@@ -46,6 +47,10 @@ class ContentDisallowed(MiniqueError):
 
 class DecodeError(MiniqueError):
     """The message or result could not be decoded."""
+
+
+class EncodeError(MiniqueError):
+    """A value the serializer cannot encode (kombu's EncodeError for Celery users)."""
 
 
 class TimeoutError(MiniqueError, builtins.TimeoutError):  # noqa: A001 - Celery's name

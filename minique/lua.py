@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Sequence
 
 import redis
+
+if TYPE_CHECKING:
+    from .pipe import Pipe
 
 
 class Scripts:
@@ -29,3 +32,17 @@ class Scripts:
         except redis.exceptions.NoScriptError:
             client.script_load(self.sources[name])
             return client.evalsha(self.shas[name], len(keys), *keys, *args)
+
+    def queue(self, pipe: "Pipe", name: str, keys: Sequence[Any], args: Sequence[Any],
+              on_reply: Callable[[Any], None]) -> None:
+        """EVALSHA `name` in a pipe, its reply (or error) handed to `on_reply` when read; a server that
+        lost its scripts (a restart) gets it again as EVAL, which also loads it for later calls."""
+        script_args = (len(keys), *keys, *args)
+
+        def reply(raw: Any) -> None:
+            if isinstance(raw, redis.exceptions.NoScriptError):
+                pipe.call(on_reply, "EVAL", self.sources[name], *script_args)
+            else:
+                on_reply(raw)
+
+        pipe.call(reply, "EVALSHA", self.shas[name], *script_args)

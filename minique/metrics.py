@@ -259,10 +259,10 @@ class WorkerCollector:
         running, running_held = 0, 0
         members = list(pool.members.values()) if pool is not None else []
         for m in members:
-            started, _, payload = pool.slots[m.index].running()
+            started, _, record = pool.slots[m.index].running()
             if started:
                 running += 1
-                if payload and payload[3]:  # acks_late: its message is still held while it runs
+                if record and record.acks_late:  # its message is still held while it runs
                     running_held += 1
         info = GaugeMetricFamily("minique_worker_info", "Constant 1, labelled with the worker's identity.",
                                  labels=["worker", "pool", "queues"])

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
+
+from . import serializers
+from .message import Message
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY = 180.0
@@ -65,3 +68,29 @@ def retry_at(now: float, policy: RetryPolicy, retries: int, countdown: Optional[
     if eta is not None:
         return float(eta)
     return now + countdown_for(policy, retries, countdown, rng)
+
+
+def autoretry_at(now: float, policy: RetryPolicy, retries: int, exc: BaseException, autoretry_for: tuple,
+                 retry_kwargs: Optional[dict]) -> Optional[float]:
+    """When a task that raised `exc` runs again under `autoretry_for` (None: it does not retry).
+
+    `retry_kwargs` are Celery's: its `max_retries` overrides the task's, its `countdown` the back-off."""
+    if not autoretry_for or not isinstance(exc, autoretry_for):
+        return None
+    rk = retry_kwargs or {}
+    if not can_retry(policy, retries, rk.get("max_retries"), override="max_retries" in rk):
+        return None
+    return retry_at(now, policy, retries, rk.get("countdown"))
+
+
+def next_message(msg: Message, when: Optional[float], args: Optional[Any] = None,
+                 kwargs: Optional[dict] = None, accept: Any = None) -> Message:
+    """The message of retry number `msg.retries + 1`: same id, root, parent and options, due at
+    `when`; new arguments where `self.retry(args=..., kwargs=...)` gave them. Unsigned: the caller
+    signs it again when a security key is set."""
+    changes: Dict[str, Any] = {"retries": msg.retries + 1, "eta": when, "signature": None}
+    if args is not None or kwargs is not None:
+        old_args, old_kwargs = msg.args_kwargs(accept) if args is None or kwargs is None else ([], {})
+        changes["body"] = serializers.dumps([list(args if args is not None else old_args),
+                                             kwargs if kwargs is not None else old_kwargs], msg.content_type)
+    return msg._replace(**changes)

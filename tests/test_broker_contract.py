@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from minique.brokers import ListsBroker, StreamsBroker
+from minique.pipe import ClientPipe
 
 
 @pytest.fixture(params=["streams", "lists"])
@@ -27,7 +28,9 @@ def test_send_fetch_ack(broker):
     [d] = broker.fetch("c1", ["q"], 10, 0)
     assert (d.data, d.queue, d.priority, d.deliveries) == (b"m1", "q", 0, 0)
     assert broker.held(["q"]) == {"q": 1}
-    broker.ack(broker.client, d)
+    pipe = ClientPipe(broker.client)
+    broker.ack(pipe, d)
+    pipe.execute()
     assert broker.held(["q"]) == {"q": 0}
     assert broker.fetch("c1", ["q"], 10, 0) == []
 

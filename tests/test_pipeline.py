@@ -2,7 +2,8 @@
 import pytest
 import redis
 
-from minique.worker.execute import Batch, FastPipeline
+from minique.pipe import FastPipeline
+from minique.worker.outbox import Outbox
 
 
 def test_write_now_read_later_in_order(redis_client):
@@ -60,15 +61,32 @@ def test_unanswered_commands_are_written_again_after_a_dropped_connection(redis_
     assert redis_client.smembers("set") == {b"a", b"b", b"c"}
 
 
-def test_batch_flush_settles_what_handlers_queue(redis_client):
-    batch = Batch(redis_client, redis_client)
-    batch.broker.call(lambda reply: batch.broker.rpush("done", reply), "INCR", "k")
-    batch.flush()
-    assert redis_client.lrange("done", 0, -1) == [b"1"] and len(batch.broker) == 0
+def test_outbox_flush_settles_what_handlers_queue(redis_client, redis_url):
+    from minique import Minique
+    app = Minique("t", broker=redis_url, backend=redis_url)
+    outbox = Outbox(app, "c", ["q"], use_alarm=False)
+    outbox.broker.call(lambda reply: outbox.broker.execute_command("RPUSH", "done", reply), "INCR", "k")
+    outbox.flush()
+    assert redis_client.lrange("done", 0, -1) == [b"1"] and len(outbox.broker) == 0
+    app.close()
+
+
+def test_rollback_takes_back_what_was_queued_after_the_mark(redis_client):
+    from minique.brokers.streams import _ack_commands
+    pipe = FastPipeline(redis_client)
+    pipe.execute_command("SET", "kept", 1)
+    pipe.gather(_ack_commands, "s", b"1-1")
+    mark = pipe.mark()
+    pipe.execute_command("SET", "dropped", 1)
+    pipe.gather(_ack_commands, "s", b"1-2")
+    pipe.gather(_ack_commands, "t", b"1-3")
+    pipe.rollback(mark)
+    assert [args for args, _ in pipe.command_stack] == [("SET", "kept", 1)]
+    assert pipe._gathered == {(_ack_commands, "s"): [b"1-1"]}
 
 
 def test_pure_python_packing_matches_redis_py(redis_client):
-    from minique.worker.execute import _pack_py
+    from minique.pipe import _pack_py
     conn = redis_client.connection_pool.get_connection()
     try:
         for args in [("SET", "k", b"v\r\n", 3), ("ZADD", "z", 1.5, "m"),

@@ -227,43 +227,29 @@ def test_task_policy_reflects_options(app):
 
 # --- the worker's retried message ------------------------------------------------------------------
 
-def test_worker_retry_message_keeps_id_root_parent_and_counts(app, monkeypatch):
-    """Executor._retry sends the same message with retries+1 and the ETA; nothing else changes."""
-    from minique.worker.execute import Executor
+def test_retry_message_keeps_id_root_parent_and_counts(app):
+    """The retry of a message is the same message with retries+1 and the ETA; nothing else changes."""
+    from minique.retry import next_message
 
     @app.task
     def t(x):
         return x
 
-    sent = []
-    stored = []
-
-    class FakePipe(list):
-        pass
-
-    class FakeBatch:
-        broker = FakePipe()
-        backend = FakePipe()
-
-    ex = Executor.__new__(Executor)
-    ex.app, ex.accept, ex.security_key, ex.events, ex.hostname = app, app.accept, None, None, "h"
-    ex.backend = type("B", (), {"store": lambda self, pipe, *a, **k: stored.append(a)})()
-    monkeypatch.setattr(app, "publish", lambda pipe, msg: sent.append(msg))
     msg = app.build_message(t.name, (1,), None, {"root_id": "R", "parent_id": "P", "expires": 60})
-    ex._retry(t, msg, Retry(exc=KeyError("x"), when=1234.5), FakeBatch())
-    (new,) = sent
+    new = next_message(msg, 1234.5)
     assert (new.id, new.root_id, new.parent_id, new.retries, new.eta) == (msg.id, "R", "P", 1, 1234.5)
     assert new.body == msg.body and new.expires == msg.expires and new.task == msg.task
-    assert stored[0][0] == msg.id and stored[0][1] == "RETRY"
+    again = next_message(new, None, kwargs={"y": 2}, accept=app.accept)
+    assert again.retries == 2 and again.eta is None and again.args_kwargs(app.accept) == ([1], {"y": 2})
 
 
 def test_autoretry_respects_retry_kwargs_max_retries(app):
-    from minique.worker.execute import Executor
+    from minique.retry import autoretry_at
 
-    @app.task(autoretry_for=(KeyError,), retry_kwargs={"max_retries": 5})
+    @app.task(autoretry_for=(KeyError,), retry_kwargs={"max_retries": 5, "countdown": 7})
     def t():
         pass
 
-    limit, override = Executor._retry_kwargs_max(t)
-    assert (limit, override) == (5, True)
-    assert can_retry(t.policy, 4, limit, override) and not can_retry(t.policy, 5, limit, override)
+    assert autoretry_at(100.0, t.policy, 4, KeyError("x"), t.autoretry_for, t.retry_kwargs) == 107.0
+    assert autoretry_at(100.0, t.policy, 5, KeyError("x"), t.autoretry_for, t.retry_kwargs) is None
+    assert autoretry_at(100.0, t.policy, 0, ValueError("x"), t.autoretry_for, t.retry_kwargs) is None

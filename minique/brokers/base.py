@@ -21,6 +21,7 @@ import redis
 
 from .. import keys
 from ..lua import Scripts
+from ..pipe import ClientPipe, Commands, Pipe
 
 COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
 
@@ -33,6 +34,16 @@ class Delivery(NamedTuple):
     priority: int
     deliveries: int          # earlier deliveries of this message (0 the first time)
     receipt: Any             # broker-specific handle for ack / requeue
+    problem: Optional[str] = None  # the broker's record is malformed (said why): dead-letter, never run
+
+
+def count_of(raw: Any) -> Tuple[int, Optional[str]]:
+    """A stored delivery count, or (0, what is wrong with it)."""
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        return 0, f"delivery count {raw!r} is not a number"
+    return (n, None) if n >= 0 else (0, f"delivery count {n} is negative")
 
 
 class Broker(ABC):
@@ -51,7 +62,7 @@ class Broker(ABC):
 
     # --- producing ---------------------------------------------------------------------------------
     @abstractmethod
-    def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
+    def send(self, pipe: Commands, queue: str, priority: int, data: bytes) -> None:
         """Append a ready message to its queue."""
 
     def send_now(self, queue: str, priority: int, data: bytes) -> None:
@@ -68,10 +79,10 @@ class Broker(ABC):
                 self.send(pipe, queue, priority, data)
         pipe.execute()
 
-    def send_later(self, pipe: Any, queue: str, priority: int, data: bytes, eta: float) -> None:
+    def send_later(self, pipe: Commands, queue: str, priority: int, data: bytes, eta: float) -> None:
         """Park a message in the queue's delayed set until `eta` (epoch seconds)."""
         # rounded up to the ms: moved when due on the server's clock, so never before `eta`
-        pipe.zadd(keys.delayed(queue), {str(priority).encode() + data: math.ceil(eta * 1000)})
+        pipe.execute_command("ZADD", keys.delayed(queue), math.ceil(eta * 1000), str(priority).encode() + data)
 
     def move_due(self, queues: Iterable[str], limit: int = 1000) -> Tuple[int, Optional[float]]:
         """Move due delayed messages into their queues (atomic per message, safe to race).
@@ -96,13 +107,13 @@ class Broker(ABC):
 
     @abstractmethod
     def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
-              pipe: Any = None) -> List[Delivery]:
+              pipe: Optional[Pipe] = None) -> List[Delivery]:
         """Take up to `count` messages for `consumer`, highest priority first; wait up to `block` s.
 
         `pipe` (the worker's FastPipeline) holds writes that must reach Redis first: they go in the
         same round trip when the broker can, and every reply outstanding on it is read."""
 
-    def fetch_ahead(self, pipe: Any, consumer: str, queues: Sequence[str], count: int,
+    def fetch_ahead(self, pipe: Pipe, consumer: str, queues: Sequence[str], count: int,
                     on_found: Callable[[List[Delivery]], None]) -> bool:
         """Queue a non-blocking fetch in the worker's `pipe`; `on_found(deliveries)` gets what it took
         when its reply is read. False when the broker cannot (the consumer then fetches as usual)."""
@@ -113,14 +124,28 @@ class Broker(ABC):
         return self.fetch(consumer, queues, count, block)
 
     @abstractmethod
-    def ack(self, pipe: Any, delivery: Delivery) -> None:
+    def ack(self, pipe: Pipe, delivery: Delivery) -> None:
         """Forget a delivered message: it is done (or dead-lettered)."""
 
-    @abstractmethod
-    def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
-        """Put one held message back in its queue; count a delivery if it had started.
+    def requeue(self, delivery: Delivery, redelivered: bool, pipe: Optional[Pipe] = None) -> bool:
+        """Put one held message back in its queue; count a delivery if it had started. Past
+        max_deliveries it is dead-lettered instead (the worker's settle() decides that first; this
+        is the backstop for other callers).
 
-        Past max_deliveries it is dead-lettered instead; returns True then."""
+        Queued in `pipe` (sent with the writes before it, so a requeue never overtakes the result
+        written for the same task), or sent now without one; then returns whether it was
+        dead-lettered."""
+        own = pipe is None
+        target: Pipe = ClientPipe(self.client) if pipe is None else pipe
+        buried: List[bool] = []
+        self._requeue(target, delivery, redelivered, lambda: buried.append(True))
+        if own:
+            target.execute()  # type: ignore[attr-defined]  # (a ClientPipe)
+        return bool(buried)
+
+    @abstractmethod
+    def _requeue(self, pipe: Pipe, delivery: Delivery, redelivered: bool, on_dead: Callable[[], None]) -> None:
+        """Queue the requeue in `pipe`; past max_deliveries, the dead letter instead, and `on_dead()`."""
 
     @abstractmethod
     def release(self, consumer: str, queues: Sequence[str]) -> int:
@@ -151,11 +176,11 @@ class Broker(ABC):
         """Delete every waiting message of `queue` (all priorities, delayed too); returns the count."""
 
     # --- dead letters ------------------------------------------------------------------------------
-    def dead_letter(self, pipe: Any, data: bytes, reason: str, queue: str = "", task_id: Optional[str] = None,
+    def dead_letter(self, pipe: Commands, data: bytes, reason: str, queue: str = "", task_id: Optional[str] = None,
                     worker: str = "") -> None:
         """Record a message that cannot run, with why, where and when."""
-        pipe.xadd(keys.DLQ, {"m": data, "reason": reason, "queue": queue, "task_id": task_id or "",
-                             "worker": worker or self.hostname, "time": repr(time.time())})
+        pipe.execute_command("XADD", keys.DLQ, "*", "m", data, "reason", reason, "queue", queue,
+                             "task_id", task_id or "", "worker", worker or self.hostname, "time", repr(time.time()))
 
     def dead_letters(self, count: int = 100, start: str = "-") -> List[Tuple[str, Dict[str, Any]]]:
         """The oldest `count` dead letters from `start` on, as (id, fields)."""

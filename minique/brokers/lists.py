@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import keys
 from ..lua import Scripts
 from ..message import peek_id
+from ..pipe import ClientPipe, Commands, Pipe
 from .base import Broker, Delivery
 
 SCRIPTS = Scripts(Path(__file__).parent / "lists_lua")
@@ -36,8 +37,8 @@ class ListsBroker(Broker):
         super().__init__(*args, **kwargs)
         self._idle = _IDLE_MIN
 
-    def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
-        pipe.lpush(keys.queue(queue, priority), _header(0, priority) + data)
+    def send(self, pipe: Commands, queue: str, priority: int, data: bytes) -> None:
+        pipe.execute_command("LPUSH", keys.queue(queue, priority), _header(0, priority) + data)
 
     def ensure_queues(self, queues: Sequence[str]) -> None:
         """Lists need no set-up."""
@@ -46,9 +47,9 @@ class ListsBroker(Broker):
         return [keys.consumers(queue), keys.processing(queue, consumer)] + keys.queue_priorities(queue)
 
     def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
-              pipe: Any = None) -> List[Delivery]:
+              pipe: Optional[Pipe] = None) -> List[Delivery]:
         if pipe is not None:
-            pipe.execute()
+            pipe.execute()  # type: ignore[attr-defined]  # (the worker's FastPipeline: what must go first)
         deadline = time.monotonic() + block
         vis_ms = int(self.visibility_timeout * 1000)
         while True:
@@ -59,7 +60,7 @@ class ListsBroker(Broker):
                 proc = keys.processing(queue, consumer)
                 for element in SCRIPTS(self.client, "fetch", self._script_keys(queue, consumer),
                                        [consumer, count - len(out), vis_ms]):
-                    out.append(Delivery(element[2:], queue, element[1], element[0], (proc, element)))
+                    out.append(_delivery(queue, proc, element))
             if out or time.monotonic() >= deadline:
                 self._idle = _IDLE_MIN
                 out.sort(key=lambda d: -d.priority)
@@ -67,16 +68,22 @@ class ListsBroker(Broker):
             time.sleep(min(self._idle, max(0.0, deadline - time.monotonic())))
             self._idle = min(_IDLE_MAX, self._idle * 2)
 
-    def ack(self, pipe: Any, delivery: Delivery) -> None:
+    def ack(self, pipe: Pipe, delivery: Delivery) -> None:
         proc, element = delivery.receipt
-        pipe.lrem(proc, -1, element)
+        pipe.execute_command("LREM", proc, -1, element)
 
-    def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
+    def _requeue(self, pipe: Pipe, delivery: Delivery, redelivered: bool, on_dead: Callable[[], None]) -> None:
         proc, element = delivery.receipt
-        dead = SCRIPTS(self.client, "requeue", [proc] + keys.queue_priorities(delivery.queue)[::-1],
-                       [1 if redelivered else 0, self.max_deliveries, element])
-        self._bury(delivery.queue, proc, dead)
-        return bool(dead)
+
+        def done(dead: Any) -> None:
+            if isinstance(dead, Exception):
+                raise dead
+            if dead:
+                self._bury(pipe, delivery.queue, proc, dead)
+                on_dead()
+
+        SCRIPTS.queue(pipe, "requeue", [proc] + keys.queue_priorities(delivery.queue)[::-1],
+                      [1 if redelivered else 0, self.max_deliveries, element], done)
 
     def release(self, consumer: str, queues: Sequence[str]) -> int:
         total = 0
@@ -91,7 +98,7 @@ class ListsBroker(Broker):
         for queue in queues:
             proc = keys.processing(queue, consumer)
             for element in self.client.lrange(proc, 0, -1):
-                out.append(Delivery(element[2:], queue, element[1], element[0], (proc, element)))
+                out.append(_delivery(queue, proc, element))
         return out
 
     def extend(self, consumer: str, queues: Sequence[str]) -> None:
@@ -111,20 +118,19 @@ class ListsBroker(Broker):
                 n, dead = SCRIPTS(self.client, "return_all", [keys.consumers(queue), proc]
                                   + keys.queue_priorities(queue)[::-1], [consumer, 1, self.max_deliveries])
                 total += int(n)
-                self._bury(queue, proc, dead)
+                if dead:
+                    pipe = ClientPipe(self.client)
+                    self._bury(pipe, queue, proc, dead)
+                    pipe.execute()
         return total
 
-    def _bury(self, queue: str, proc: str, dead: list) -> None:
-        if not dead:
-            return
-        pipe = self.client.pipeline(transaction=False)
+    def _bury(self, pipe: Commands, queue: str, proc: str, dead: list) -> None:
         ids = []
         for element in dead:
             data = element[2:]
             ids.append(peek_id(data))
             self.dead_letter(pipe, data, "too many deliveries", queue, ids[-1])
-            pipe.lrem(proc, -1, element)
-        pipe.execute()
+            pipe.execute_command("LREM", proc, -1, element)
         self._buried(ids, "too many deliveries")
 
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
@@ -147,3 +153,12 @@ class ListsBroker(Broker):
         pipe.zcard(keys.delayed(queue))
         pipe.delete(*keys.queue_priorities(queue), keys.delayed(queue))
         return sum(pipe.execute()[:-1])
+
+
+def _delivery(queue: str, proc: str, element: bytes) -> Delivery:
+    """A processing-list element as a Delivery (2-byte header: count, priority); a malformed one is
+    delivered with its problem named, to be dead-lettered rather than crash its consumer."""
+    if len(element) < 2 or element[1] > 9:
+        return Delivery(element[2:], queue, 0, 0, (proc, element),
+                        f"list element without a valid 2-byte header ({element[:8]!r})")
+    return Delivery(element[2:], queue, element[1], element[0], (proc, element))

@@ -18,7 +18,9 @@ import redis
 
 from .. import keys
 from ..lua import Scripts
-from .base import Broker, Delivery
+from ..message import peek_id
+from ..pipe import ClientPipe, Commands, Pipe
+from .base import Broker, Delivery, count_of
 
 SCRIPTS = Scripts(Path(__file__).parent / "streams_lua")
 REAPER = "minique-reaper"
@@ -46,8 +48,8 @@ class StreamsBroker(Broker):
         self._held_pid = 0
         self._held_lock = threading.Lock()
 
-    def send(self, pipe: Any, queue: str, priority: int, data: bytes) -> None:
-        pipe.xadd(keys.queue(queue, priority), {"m": data})
+    def send(self, pipe: Commands, queue: str, priority: int, data: bytes) -> None:
+        pipe.execute_command("XADD", keys.queue(queue, priority), "*", "m", data)
 
     def send_now(self, queue: str, priority: int, data: bytes) -> None:
         """One XADD written as raw RESP on a connection this process keeps: redis-py's command
@@ -111,7 +113,7 @@ class StreamsBroker(Broker):
                 raise result
 
     def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
-              pipe: Any = None) -> List[Delivery]:
+              pipe: Optional[Pipe] = None) -> List[Delivery]:
         stream_keys = self._keys(queues)
         args = [keys.GROUP, consumer, count]
         try:
@@ -135,7 +137,7 @@ class StreamsBroker(Broker):
             return []
         return self._deliveries(found)
 
-    def fetch_ahead(self, pipe: Any, consumer: str, queues: Sequence[str], count: int,
+    def fetch_ahead(self, pipe: Pipe, consumer: str, queues: Sequence[str], count: int,
                     on_found: Callable[[List[Delivery]], None]) -> bool:
         stream_keys = self._keys(queues)
 
@@ -162,31 +164,32 @@ class StreamsBroker(Broker):
         out = []
         for key, entries in found or ():
             key = key.decode() if isinstance(key, bytes) else key
-            queue, priority = keys.queue_name_of(key), keys.priority_of(key)
             for entry_id, fields in entries:
                 if isinstance(fields, list):  # from Lua: a flat [k, v, k, v]
                     fields = dict(zip(fields[::2], fields[1::2]))
                 if not fields:  # deleted after delivery (a purge): nothing to run
                     continue
-                out.append(Delivery(fields[b"m"], queue, priority, int(fields.get(b"d", 0)), (key, entry_id)))
+                out.append(_delivery(key, entry_id, fields))
         if len(out) > 1:
             out.sort(key=lambda d: -d.priority)
         return out
 
-    def ack(self, pipe: Any, delivery: Delivery) -> None:
+    def ack(self, pipe: Pipe, delivery: Delivery) -> None:
         key, entry_id = delivery.receipt
-        gather = getattr(pipe, "gather", None)
-        if gather is not None:  # the worker's pipeline: one XACK and one XDEL per stream and write
-            gather(_ack_commands, key, entry_id)
-        else:
-            pipe.xack(key, keys.GROUP, entry_id)
-            pipe.xdel(key, entry_id)
+        pipe.gather(_ack_commands, key, entry_id)  # one XACK and one XDEL per stream and write
 
-    def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
+    def _requeue(self, pipe: Pipe, delivery: Delivery, redelivered: bool, on_dead: Callable[[], None]) -> None:
         key, entry_id = delivery.receipt
-        dead = SCRIPTS(self.client, "requeue", [key], [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id])
-        self._bury(key, dead, "too many deliveries")
-        return bool(dead)
+
+        def done(dead: Any) -> None:
+            if isinstance(dead, Exception):
+                raise dead
+            if dead:
+                self._bury(pipe, key, dead, "too many deliveries")
+                on_dead()
+
+        SCRIPTS.queue(pipe, "requeue", [key], [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id],
+                      done)
 
     def release(self, consumer: str, queues: Sequence[str]) -> int:
         total = 0
@@ -204,9 +207,7 @@ class StreamsBroker(Broker):
             for p in pending:
                 entries = self.client.xrange(key, p["message_id"], p["message_id"])
                 if entries and entries[0][1]:
-                    fields = entries[0][1]
-                    out.append(Delivery(fields[b"m"], keys.queue_name_of(key), keys.priority_of(key),
-                                        int(fields.get(b"d", 0)), (key, entries[0][0])))
+                    out.append(_delivery(key, entries[0][0], entries[0][1]))
         return out
 
     def extend(self, consumer: str, queues: Sequence[str]) -> None:
@@ -222,24 +223,22 @@ class StreamsBroker(Broker):
                 n, dead, cursor = SCRIPTS(self.client, "reclaim", [key],
                                           [keys.GROUP, REAPER, idle_ms, 100, self.max_deliveries, cursor])
                 total += int(n)
-                self._bury(key, dead, "too many deliveries")
+                if dead:
+                    pipe = ClientPipe(self.client)
+                    self._bury(pipe, key, dead, "too many deliveries")
+                    pipe.execute()
                 if cursor in (b"0-0", "0-0"):
                     break
         return total
 
-    def _bury(self, key: str, dead: list, reason: str) -> None:
+    def _bury(self, pipe: Pipe, key: str, dead: list, reason: str) -> None:
         """Dead-letter the entries a script left pending because they were delivered too often."""
-        if not dead:
-            return
-        from ..message import peek_id
-        pipe = self.client.pipeline(transaction=False)
         ids = []
         for entry_id, data in zip(dead[::2], dead[1::2]):
             ids.append(peek_id(data))
             self.dead_letter(pipe, data, reason, keys.queue_name_of(key), ids[-1])
-            pipe.xack(key, keys.GROUP, entry_id)
-            pipe.xdel(key, entry_id)
-        pipe.execute()
+            pipe.execute_command("XACK", key, keys.GROUP, entry_id)
+            pipe.execute_command("XDEL", key, entry_id)
         self._buried(ids, reason)
 
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
@@ -270,3 +269,14 @@ class StreamsBroker(Broker):
             SCRIPTS(self.client, "purge", [key], [keys.GROUP])
         self.client.delete(keys.delayed(queue))
         return n
+
+
+def _delivery(key: str, entry_id: Any, fields: Dict[bytes, Any]) -> Delivery:
+    """A stream entry as a Delivery; a malformed entry (no message field, a bad delivery count) is
+    delivered with its problem named, to be dead-lettered rather than crash its consumer."""
+    queue, priority = keys.queue_name_of(key), keys.priority_of(key)
+    count, problem = count_of(fields.get(b"d", 0))
+    data = fields.get(b"m")
+    if data is None:
+        data, problem = b"", f"stream entry without its message field (fields: {sorted(fields)!r:.200})"
+    return Delivery(data, queue, priority, count, (key, entry_id), problem)

@@ -1,12 +1,16 @@
-"""Runs one delivered message and records what happened: the heart of the worker.
+"""Runs one delivered message and writes what becomes of it.
 
-`Executor.handle()` turns a Delivery into exactly one of: done (result stored,
-follow-ups sent), retried (a new message with retries+1 and an ETA), failed
-(FAILURE stored, errbacks sent, chain and chord told), revoked/expired, or
-dead-lettered with its reason. Every command goes into a Batch, written before the
-next task runs and confirmed when the consumer next reads from Redis, so a task
-costs no wait of its own in the steady state; between short tasks of one prefetched
-batch even the write waits (Batch.defer), so a batch of them costs one write.
+`Executor.handle(delivery)` finds how the delivery ends — before any body (a malformed record,
+undecodable, forged, unknown task, revoked, expired, early) or after its body (success,
+exception, retry, reject, ignore, replace) — as an `Outcome`, asks `settle()`
+(minique/settle.py, the one place the rules live) what becomes of the message, and queues
+what that says in the Outbox: the result, then the follow-ups (links, the next chain step,
+the chord join, errbacks, the retry message), then the message's own fate. The Outbox
+decides when those writes reach Redis.
+
+Containment: any error while decoding, settling or writing one message (a bug, a value that
+will not encode) becomes that message's INTERNAL outcome — dead letter plus FAILURE with the
+reason — and never ends the process or touches the other messages of its batch.
 """
 from __future__ import annotations
 
@@ -15,205 +19,33 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import redis
 
-from .. import canvas, context, retry as retry_engine, states
-from ..app import verify
+from .. import canvas, context, retry as retry_engine, settle as fate, states
 from ..backend import format_traceback
 from ..brokers import Delivery
-from ..exceptions import (ChordError, ContentDisallowed, DecodeError, Ignore, NotRegistered, Reject, Retry,
-                          SoftTimeLimitExceeded, TaskRevokedError)
+from ..exceptions import (ChordError, ContentDisallowed, DecodeError, EncodeError, Ignore, NotRegistered, Reject,
+                          Retry, SoftTimeLimitExceeded, TaskRevokedError, WorkerLostError)
 from ..message import Message, decode, peek_id
+from ..settle import Outcome, Policy, Settlement, settle
+from ..app import sign, verify
+from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
+_PASS = (NotStarted, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # the consumer's to handle
 
 
-_ON_REPLY = "minique_on_reply"
+class Job(NamedTuple):
+    """One delivery being handled, with what is known of it so far."""
 
-
-def _pack_py(args: tuple) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        t = type(a)
-        b = a if t is bytes else a.encode() if t is str else b"%d" % a if t is int else repr(float(a)).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-try:  # packing is a fifth of a pool process's Python time: hiredis's packer is 4x cheaper than redis-py's
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - without the hiredis extra
-    _pack = _pack_py
-
-
-class FastPipeline(redis.client.Pipeline):
-    """A pipeline that keeps one connection checked out and can write now and read the replies later.
-
-    The worker writes one of these before each task and reads the replies when it next has to wait
-    for Redis anyway (the fetch at the end of a prefetched batch), so a task costs no round trip of
-    its own. Commands stay owned by the pipeline until their replies are read: on a connection
-    failure they are written again, so nothing written is lost (results, acks and event batches are
-    idempotent; a follow-up message may then be sent twice, never lost)."""
-
-    MAX_UNREAD = 512  # commands written and not yet answered before a write reads the backlog first
-
-    def __init__(self, client: "redis.Redis"):
-        super().__init__(client.connection_pool, client.response_callbacks, False, None)
-        self._conn: Any = None
-        self._unread: list = []  # commands written whose replies are still on the socket
-        self._gathered: Dict[tuple, list] = {}  # (emit, key) -> items, see gather
-
-    def gather(self, emit: Callable[[Any, list], List[tuple]], key: Any, item: Any) -> None:
-        """Queue `item` to leave with the others of the same (emit, key) in few commands: at the next
-        write, emit(key, items) gives them (one XACK for every message a write acks on a stream)."""
-        items = self._gathered.get((emit, key))
-        if items is None:
-            self._gathered[(emit, key)] = [item]
-        else:
-            items.append(item)
-
-    def call(self, on_reply: Callable[[Any], None], *args: Any) -> None:
-        """Queue a command whose reply (or error) is handed to `on_reply` when it is read; `on_reply`
-        may queue more commands (they go with the next write), never wait for Redis itself."""
-        self.command_stack.append((args, {_ON_REPLY: on_reply}))
-
-    def write(self) -> None:
-        """Send the queued commands without waiting for their replies."""
-        if len(self._unread) >= self.MAX_UNREAD:
-            self.collect()
-        if self._gathered:  # last: after the results and follow-ups queued with them
-            gathered, self._gathered = self._gathered, {}
-            self.command_stack.extend((args, {}) for (emit, key), items in gathered.items()
-                                      for args in emit(key, items))
-        stack, self.command_stack = self.command_stack, []
-        if not stack:
-            return
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self.connection_pool.get_connection()
-        try:
-            try:
-                packed = [b"".join([_pack(args) for args, _ in stack])]
-            except TypeError:  # an argument type only redis-py's encoder knows
-                packed = conn.pack_commands([args for args, _ in stack])
-            conn.send_packed_command(packed)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            self._lost(conn, stack)
-            raise
-        self._unread.extend(stack)
-
-    def collect(self, raise_on_error: bool = True) -> list:
-        """Read the replies of every command written so far."""
-        unread, self._unread = self._unread, []
-        if not unread:
-            return []
-        conn = self._conn
-        out: list = []
-        try:
-            for _ in unread:
-                try:
-                    out.append(conn.read_response())
-                except redis.exceptions.ResponseError as exc:
-                    out.append(exc)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            self._lost(conn, unread)
-            raise
-        error = None
-        for (_, options), reply in zip(unread, out):
-            on_reply = options.get(_ON_REPLY)
-            try:
-                if on_reply is not None:
-                    on_reply(reply)
-                elif isinstance(reply, Exception):
-                    raise reply
-            except Exception as exc:  # every handler runs; the first error is raised after them
-                error = error or exc
-        if error is not None and raise_on_error:
-            raise error
-        return out
-
-    def execute(self, raise_on_error: bool = True) -> list:
-        """Write the queued commands and read the replies of everything written so far, in order."""
-        self.write()
-        return self.collect(raise_on_error)
-
-    def _lost(self, conn: Any, commands: list) -> None:
-        # which of them Redis ran is unknown: keep all of them (and the unread ones) to write again
-        conn.disconnect()
-        self.command_stack = self._unread + commands + self.command_stack
-        self._unread = []
-
-    def reset(self) -> None:
-        self.command_stack = []
-        self._gathered = {}
-
-    def __len__(self) -> int:
-        return len(self.command_stack) + len(self._gathered)
-
-
-class Batch:
-    """Commands for the broker and the result store, written together: one write per server."""
-
-    def __init__(self, broker_client: Any, backend_client: Any, slot: Any = None):
-        self.broker = FastPipeline(broker_client)
-        self.backend = self.broker if backend_client is broker_client else FastPipeline(backend_client)
-        self.slot = slot
-        self.deferred_at: Optional[float] = None  # when a write was first left for later (defer)
-
-    def defer(self, window: float) -> bool:
-        """Leave what is queued (the next task's early ack, the last tasks' results) for the next
-        write, if the first such deferral is under `window` seconds old. Arms SIGALRM for that
-        moment: the executor's handler writes the batch if a task is still running then, so an ack
-        is never more than `window` late, however long the task. False: write now."""
-        now = time.monotonic()
-        if self.deferred_at is None:
-            self.deferred_at = now
-            signal.setitimer(signal.ITIMER_REAL, window)
-            return True
-        return now - self.deferred_at < window
-
-    def write(self) -> None:
-        """Send what is queued; replies are read at the next flush (or fetch)."""
-        self.settle_results()
-        self.broker.write()
-        self.sent()
-
-    def sent(self) -> None:
-        """Everything queued has been written: the finished tasks are flushed, nothing is deferred."""
-        if self.deferred_at is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self.deferred_at = None
-        if self.slot is not None:
-            self.slot.flushed()
-
-    def settle_results(self) -> None:
-        """Results first: an ack must never reach Redis before the result it stands for. On one
-        connection Redis runs commands in order; across two, the results must be answered first."""
-        if self.backend is not self.broker:
-            self.backend.execute()
-
-    def flush(self) -> None:
-        """Send what is queued and wait until Redis has answered everything sent so far (and what
-        handling those replies queued: a chord's callback)."""
-        while True:
-            self.settle_results()
-            self.broker.execute()
-            if not len(self.broker) and not len(self.backend):
-                break
-        self.sent()
-
-    def discard(self) -> None:
-        self.broker.reset()
-        if self.backend is not self.broker:
-            self.backend.reset()
-
-
-class NotStarted(Exception):
-    """Redis failed the flush that comes before a task's body: the task did not start.
-
-    The consumer keeps the delivery and handles it again once Redis answers."""
+    delivery: Delivery
+    msg: Optional[Message] = None
+    task: Any = None
+    policy: Policy = Policy()
+    result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
+    runtime: float = 0.0
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -222,153 +54,199 @@ def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
 
 
 class Executor:
-    """Executes deliveries for one consumer (one pool slot)."""
+    """Executes deliveries for one consumer (one pool slot), writing through its Outbox."""
 
-    def __init__(self, app: Any, hostname: str, slot: Any = None, events: Any = None, use_alarm: bool = True):
+    def __init__(self, app: Any, hostname: str, outbox: Outbox, events: Any = None, use_alarm: bool = True):
         self.app = app
         self.conf = app.conf
-        self.broker = app.broker
         self.backend = app.backend
         self.accept = app.accept
         self.hostname = hostname
-        self.slot = slot
+        self.outbox = outbox
         self.events = events
         self.revoked: set = set()
         self.max_size = int(self.conf.task_max_message_size or 0)
+        self.max_deliveries = int(app.broker.max_deliveries)
         self.security_key = self.conf.security_key
-        self.ack_window = float(self.conf.worker_early_ack_window or 0) if use_alarm else 0.0
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
         self._options: Dict[str, tuple] = {}  # per task name, see _task_options
         self._options_version = -1
-        self.last_runtime = float("inf")  # seconds the last task body took (none yet: unknown, long)
+        self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
-        self._running_in: Optional[Batch] = None  # the batch of the task whose body runs now
-        self._slot_room = True     # the slot can record one more finished, unflushed task
+        self._in_body = False      # a task body runs now (the Outbox's connection is idle)
         if use_alarm:
             signal.signal(signal.SIGALRM, self._on_alarm)
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
-        """SIGALRM: the running task's soft time limit, or the end of a deferral (Batch.defer)."""
+        """SIGALRM: the running task's soft time limit, or the end of a deferred write (Outbox)."""
         if self._soft_armed:
             raise SoftTimeLimitExceeded()
-        batch = self._running_in
-        if batch is not None and batch.deferred_at is not None:
-            try:  # a task body runs: the batch's connection is not in use
-                batch.write()
-            except Exception as exc:  # noqa: BLE001 - kept and written again with the next write
-                log.warning("could not write deferred acks while a task runs: %s", exc)
+        if self._in_body:
+            self.outbox.on_alarm()
 
     # --- entry point --------------------------------------------------------------------------------
-    def handle(self, delivery: Delivery, batch: Batch, defer: bool = False) -> None:
-        """Process one delivery; everything it writes goes into `batch`. `defer`: the consumer
-        holds more messages and the last task was short, so the pre-run write may wait (Batch.defer)."""
+    def handle(self, delivery: Delivery) -> None:
+        """Handle one delivery to its end; only a Redis failure (the consumer's to retry) escapes."""
+        try:
+            self._handle(delivery)
+        except _PASS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained: this message ends, nothing else does
+            log.exception("internal error handling a message from %s", delivery.queue)
+            msg = self._decoded(delivery)
+            job = Job(delivery, msg, result_id=msg.id if msg is not None and not self.security_key else None)
+            self._last_resort(job, exc)
+
+    def _handle(self, delivery: Delivery) -> None:
+        if delivery.problem:
+            return self._unread(delivery, fate.MALFORMED, f"malformed record: {delivery.problem}")
         data = delivery.data
         if self.max_size and len(data) > self.max_size:
-            return self._dead_unread(delivery, batch, f"message of {len(data)} bytes is over task_max_message_size "
-                                                      f"({self.max_size})")
+            return self._unread(delivery, fate.OVERSIZE, f"message of {len(data)} bytes is over "
+                                                         f"task_max_message_size ({self.max_size})")
         try:
             msg = decode(data)
         except DecodeError as exc:
-            return self._dead_unread(delivery, batch, f"undecodable message: {exc}")
+            return self._unread(delivery, fate.UNDECODABLE, f"undecodable message: {exc}")
         if self.security_key and not verify(msg, self.security_key):
-            return self._dead(delivery, batch, "unsigned or forged message (security_key is set)", msg.id)
+            return self._record(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
+                                                                                "(security_key is set)"))
         task = self.app.tasks.get(msg.task)
         if task is None:
-            exc = NotRegistered(f"Received unregistered task of type {msg.task!r}: is its module in include=?")
-            self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
-            return self._dead(delivery, batch, f"unknown task {msg.task!r}", msg.id)
+            return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
+                fate.UNKNOWN_TASK, NotRegistered(f"Received unregistered task of type {msg.task!r}: "
+                                                 f"is its module in include=?"), f"unknown task {msg.task!r}"))
+        acks_late, soft, hard, track, policy = self._task_options(task, msg.ignore_result)
+        job = Job(delivery, msg, task, policy, msg.id)
+        if delivery.deliveries > self.max_deliveries:
+            return self._record(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
+                f"dead-lettered: delivered {delivery.deliveries + 1} times (task_max_deliveries {self.max_deliveries})"),
+                f"too many deliveries ({delivery.deliveries + 1})"))
         if msg.id in self.revoked:
-            return self._finish_unrun(delivery, msg, batch, "revoked")
+            return self._record(job, Outcome(fate.REVOKED, TaskRevokedError("revoked")))
         now = time.time()
         if msg.expires is not None and now > msg.expires:
-            return self._finish_unrun(delivery, msg, batch, "expired")
+            return self._record(job, Outcome(fate.EXPIRED, TaskRevokedError("expired")))
         if msg.eta is not None and msg.eta > now + 0.001:
-            self.app.publish(batch.broker, msg)  # early (a clock step): park it again
-            self.broker.ack(batch.broker, delivery)
-            return None
+            return self._record(job, Outcome(fate.EARLY))
         try:
             args, kwargs = msg.args_kwargs(self.accept)
         except (ContentDisallowed, DecodeError) as exc:
-            self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
-            return self._dead(delivery, batch, str(exc), msg.id)
+            return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
         if self.events is not None:
-            self.events.received(msg, batch, data)  # also where the task's rate limit (if any) waits
-        self._run(task, delivery, msg, args, kwargs, batch, defer)
+            self.events.received(msg, self.outbox, data)  # also where the task's rate limit (if any) waits
+        self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
         return None
 
+    def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
+        """A message that cannot be read: where its id can be found, its result becomes FAILURE so
+        nobody waits on it forever (not with security_key: an unverified message writes no result)."""
+        task_id = peek_id(delivery.data)
+        job = Job(delivery, result_id=None if self.security_key else task_id)
+        self._record(job, Outcome(kind, DecodeError(f"dead-lettered: {reason}"), reason))
+
     # --- running ------------------------------------------------------------------------------------
-    def _run(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict, batch: Batch,
-             defer: bool = False) -> None:
-        acks_late, soft, hard, track = self._task_options(task)
-        soft = msg.soft_time_limit or soft
-        hard = msg.time_limit or hard
-        if self.slot is not None:
-            self.slot.begin(msg, delivery, hard or 0.0, acks_late)
+    def _run(self, job: Job, args: list, kwargs: dict, acks_late: bool, soft: Optional[float],
+             hard: Optional[float], track: bool) -> None:
+        delivery, msg, task, outbox = job.delivery, job.msg, job.task, self.outbox
+        assert msg is not None
+        outbox.begin(msg, delivery, hard or 0.0, acks_late)
         if not acks_late:
-            self.broker.ack(batch.broker, delivery)
+            self.app.broker.ack(outbox.broker, delivery)
         if track and not msg.ignore_result:
-            self.backend.store(batch.backend, msg.id, states.STARTED, None,
+            self.backend.store(outbox.backend, msg.id, states.STARTED, None,
                                extra={"hostname": self.hostname, "pid": os.getpid()})
         if self.events is not None:
             self.events.started(msg, args, kwargs)
-            self.events.before_run(batch.broker)
-        # Deferred only without a soft time limit (SIGALRM is then the limit's) and while the slot
-        # can record the task, so a lost process's parent still acks it (Worker._ack_started).
-        if not (defer and self.ack_window > 0 and not soft and self._slot_room and batch.defer(self.ack_window)):
-            try:
-                batch.write()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                raise NotStarted(str(exc)) from exc
+            self.events.before_run(outbox.broker)
+        outbox.before_body(bool(soft))
         context.push(lambda: self._request(delivery, msg, args, kwargs, hard, soft))  # built if asked for
         started = time.monotonic()
         if soft and self.use_alarm:
             self._soft_armed = True
             signal.setitimer(signal.ITIMER_REAL, soft)
-        self._running_in = batch
+        self._in_body = True
         try:
             value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
-            self._running_in = None
-            self.last_runtime = time.monotonic() - started
-            if soft and self.use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self._soft_armed = False
-            context.pop()
-            if self.slot is not None:
-                self._slot_room = self.slot.end()
+            self._body_ended(started, soft)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            self._on_exception(task, delivery, msg, args, kwargs, exc, batch, acks_late)
+            self._record(job._replace(runtime=self.outbox.last_runtime), self._failed(job, args, kwargs, exc))
         else:
-            self._running_in = None
-            runtime = self.last_runtime = time.monotonic() - started
-            if soft and self.use_alarm:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self._soft_armed = False
-            context.pop()
-            if self.slot is not None:
-                self._slot_room = self.slot.end()
-            self._on_success(task, msg, value, batch, runtime)
-            if acks_late:
-                self.broker.ack(batch.broker, delivery)
+            self._body_ended(started, soft)
+            self._succeeded_with(job._replace(runtime=self.outbox.last_runtime), value)
 
-    def _task_options(self, task: Any) -> tuple:
-        """(acks_late, soft_time_limit, time_limit, track_started) of a task under the settings: read
-        once per task (the settings' lookups cost more than a no-op task's body)."""
+    def _body_ended(self, started: float, soft: Optional[float]) -> None:
+        self._in_body = False
+        if soft and self.use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._soft_armed = False
+        context.pop()
+        self.outbox.end(time.monotonic() - started)
+
+    def _succeeded_with(self, job: Job, value: Any) -> None:
+        """The body returned: encode its result first, since a value that will not encode is the
+        task's failure (EncodeError), not the worker's."""
+        msg, policy = job.msg, job.policy
+        assert msg is not None
+        encoded = None
+        if not msg.ignore_result:
+            try:
+                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer)
+            except EncodeError as exc:
+                return self._record(job, Outcome(fate.FAILURE, exc))
+        settlement = self._succeeded.get(policy)
+        if settlement is None:
+            settlement = self._succeeded[policy] = settle(Outcome(fate.SUCCESS), policy)
+        self._record(job, Outcome(fate.SUCCESS, value), settlement, encoded)
+        return None
+
+    def _failed(self, job: Job, args: list, kwargs: dict, exc: BaseException) -> Outcome:
+        """The outcome a body that raised `exc` ends with."""
+        task, msg = job.task, job.msg
+        assert msg is not None
+        if isinstance(exc, canvas.Replace):
+            return Outcome(fate.REPLACE, exc)
+        if isinstance(exc, Retry):
+            return Outcome(fate.RETRY, exc)
+        if isinstance(exc, Reject):
+            return Outcome(fate.REJECT, exc)
+        if isinstance(exc, Ignore):
+            return Outcome(fate.IGNORE, exc)
+        if isinstance(exc, TypeError) and not self._args_fit(task, args, kwargs):
+            return Outcome(fate.BAD_ARGUMENTS, TypeError(f"{msg.task}() called with wrong arguments: {exc}"))
+        when = retry_engine.autoretry_at(time.time(), task.policy, msg.retries, exc, task.autoretry_for,
+                                         task.retry_kwargs)
+        if when is not None:
+            return Outcome(fate.RETRY, Retry(exc=exc, when=when))
+        return Outcome(fate.FAILURE, exc)
+
+    def _task_options(self, task: Any, ignore_result: bool) -> tuple:
+        """(acks_late, soft_time_limit, time_limit, track_started, policy) of a task under the
+        settings: read once per task (the settings' lookups cost more than a no-op task's body)."""
         conf = self.conf
-        if self._options_version == conf.version:
-            options = self._options.get(task.name)
-            if options is not None:
-                return options
-        else:
+        if self._options_version != conf.version:
             self._options.clear()
+            self._succeeded.clear()
             self._options_version = conf.version
-        options = self._options[task.name] = (
-            conf.task_acks_late if task.acks_late is None else task.acks_late,
-            task.soft_time_limit or conf.task_soft_time_limit,
-            task.time_limit or conf.task_time_limit,
-            conf.task_track_started if task.track_started is None else task.track_started)
+        key = (task.name, ignore_result)
+        options = self._options.get(key)
+        if options is None:
+            acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+            store_errors = task.store_errors_even_if_ignored
+            policy = Policy(
+                acks_late=bool(acks_late), acks_on_failure_or_timeout=bool(conf.task_acks_on_failure_or_timeout),
+                reject_on_worker_lost=bool(conf.task_reject_on_worker_lost if task.reject_on_worker_lost is None
+                                           else task.reject_on_worker_lost),
+                max_deliveries=self.max_deliveries, ignore_result=ignore_result,
+                store_errors_even_if_ignored=bool(conf.task_store_errors_even_if_ignored if store_errors is None
+                                                  else store_errors))
+            options = self._options[key] = (
+                policy.acks_late, task.soft_time_limit or conf.task_soft_time_limit,
+                task.time_limit or conf.task_time_limit,
+                conf.task_track_started if task.track_started is None else task.track_started, policy)
         return options
 
     def _request(self, delivery: Delivery, msg: Message, args: list, kwargs: dict, hard: Optional[float],
@@ -381,68 +259,6 @@ class Executor:
             callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
             time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
 
-    # --- outcomes -----------------------------------------------------------------------------------
-    def _on_success(self, task: Any, msg: Message, value: Any, batch: Batch, runtime: float) -> None:
-        serializer = task.serializer
-        if not msg.ignore_result:
-            self.backend.store(batch.backend, msg.id, states.SUCCESS, value, serializer=serializer)
-        if self.events is not None:
-            self.events.succeeded(msg, runtime)
-        if log.isEnabledFor(logging.INFO):
-            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
-                     extra=_fields(msg, "succeeded", runtime=runtime))
-        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-        for link in msg.links or ():
-            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
-        if msg.chain:
-            nxt, rest = msg.chain[0], msg.chain[1:]
-            sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)
-            canvas.send(self.app, sig.plan((value,), None, dict(follow)), batch.broker)
-        if msg.chord:
-            self._chord_member_done(msg, value, serializer, batch)
-
-    def _chord_member_done(self, msg: Message, value: Any, serializer: Optional[str], batch: Batch) -> None:
-        info = msg.chord
-
-        def complete(results: list) -> None:  # called once per chord, when the last member's join is read
-            callback = canvas.from_dict(info["cb"], self.app)
-            follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-            canvas.send(self.app, callback.plan((results,), None, follow), batch.broker)
-            self.backend.chord_sent(batch.backend, info["id"])
-
-        self.backend.chord_join(batch.backend, info["id"], msg.group_index or 0, info["n"], value, serializer,
-                                complete)
-
-    def _on_exception(self, task: Any, delivery: Delivery, msg: Message, args: list, kwargs: dict,
-                      exc: BaseException, batch: Batch, acks_late: bool) -> None:
-        if isinstance(exc, canvas.Replace):
-            self._replace(msg, exc.sig, batch)
-        elif isinstance(exc, Retry):
-            self._retry(task, msg, exc, batch)
-        elif isinstance(exc, Reject):
-            self._reject(delivery, msg, exc, batch)
-            return  # _reject acks
-        elif isinstance(exc, Ignore):
-            pass
-        elif isinstance(exc, TypeError) and not self._args_fit(task, args, kwargs):
-            self._fail(task, msg, TypeError(f"{msg.task}() called with wrong arguments: {exc}"), batch, None)
-        elif task.autoretry_for and isinstance(exc, task.autoretry_for) and \
-                retry_engine.can_retry(task.policy, msg.retries, *self._retry_kwargs_max(task)):
-            countdown = (task.retry_kwargs or {}).get("countdown")
-            when = retry_engine.retry_at(time.time(), task.policy, msg.retries, countdown)
-            self._retry(task, msg, Retry(exc=exc, when=when), batch)
-        else:
-            self._fail(task, msg, exc, batch, format_traceback(exc))
-        if acks_late and (self.conf.task_acks_on_failure_or_timeout or isinstance(exc, (Retry, canvas.Replace))):
-            self.broker.ack(batch.broker, delivery)
-        elif acks_late:
-            self.broker.requeue(delivery, redelivered=True)
-
-    @staticmethod
-    def _retry_kwargs_max(task: Any) -> tuple:
-        rk = task.retry_kwargs or {}
-        return (rk["max_retries"], True) if "max_retries" in rk else (None, False)
-
     def _args_fit(self, task: Any, args: list, kwargs: dict) -> bool:
         sig = self._signatures.get(task.name)
         if sig is None:
@@ -453,42 +269,132 @@ class Executor:
         except TypeError:
             return False
 
-    def _retry(self, task: Any, msg: Message, exc: Retry, batch: Batch) -> None:
-        changes: Dict[str, Any] = {"retries": msg.retries + 1, "eta": exc.when}
-        new_args = getattr(exc, "args_override", None)
-        new_kwargs = getattr(exc, "kwargs_override", None)
-        if new_args is not None or new_kwargs is not None:
-            old_args, old_kwargs = msg.args_kwargs(self.accept)
-            from .. import serializers
-            changes["body"] = serializers.dumps([list(new_args if new_args is not None else old_args),
-                                                 new_kwargs if new_kwargs is not None else old_kwargs],
-                                                msg.content_type)
-        new = msg._replace(signature=None, **changes)
+    # --- writing what settle() decided --------------------------------------------------------------
+    def _record(self, job: Job, outcome: Outcome, settlement: Optional[Settlement] = None,
+                encoded: Optional[bytes] = None) -> None:
+        """Settle the outcome and queue its writes; if that fails, take them back and end the
+        message as INTERNAL instead (dead letter + FAILURE with the reason)."""
+        if settlement is None:
+            settlement = settle(outcome, job.policy, job.delivery.deliveries)
+        mark = self.outbox.mark()
+        try:
+            self._write(job, outcome, settlement, encoded)
+        except _PASS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained (see the module docstring)
+            self.outbox.rollback(mark)
+            if outcome.kind == fate.INTERNAL:
+                raise
+            log.exception("internal error recording %s of %s", outcome.kind, job.msg and job.msg.id)
+            self._last_resort(job, exc)
+
+    def _last_resort(self, job: Job, exc: BaseException) -> None:
+        """INTERNAL: the message goes to the dead letters with the error; its result becomes FAILURE."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+        self._record(job, Outcome(fate.INTERNAL, exc, reason), settle(Outcome(fate.INTERNAL, exc, reason), job.policy))
+
+    def _write(self, job: Job, outcome: Outcome, s: Settlement, encoded: Optional[bytes]) -> None:
+        """Results, then follow-ups, then the message's fate (the Outbox keeps that order on the wire)."""
+        msg, outbox = job.msg, self.outbox
+        result = s.result if s.result is not None else outcome.value
+        if s.state is not None and job.result_id is not None:
+            if encoded is not None and s.state == states.SUCCESS:
+                self.backend.write_meta(outbox.backend, job.result_id, s.state, encoded)
+            else:
+                extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
+                tb = format_traceback(result) if isinstance(result, BaseException) and result.__traceback__ else None
+                serializer = job.task.serializer if job.task is not None and s.state == states.SUCCESS else None
+                self.backend.store(outbox.backend, job.result_id, s.state, result, tb, serializer, extra)
+        if msg is not None:
+            if s.park:
+                self.app.publish(outbox.broker, msg)
+            if s.retry:
+                self._send_retry(msg, outcome.value)
+            if s.follow == fate.FOLLOW_SUCCESS:
+                self._on_success(job, outcome.value)
+            elif s.follow == fate.FOLLOW_FAILURE:
+                self.propagate_failure(msg, result, outbox)
+            elif s.follow == fate.FOLLOW_REPLACE:
+                self._replace(msg, outcome.value.sig)
+        outbox.apply(job.delivery, s, msg.id if msg is not None else peek_id(job.delivery.data), self.hostname)
+        self._tell(job, outcome, s, result)
+
+    def _tell(self, job: Job, outcome: Outcome, s: Settlement, result: Any) -> None:
+        """The task event and the log line of a settlement."""
+        msg, events = job.msg, self.events
+        if msg is None or s.dead_letter is not None and outcome.kind in fate.PRE_RUN | {fate.INTERNAL}:
+            task_id = msg.id if msg is not None else peek_id(job.delivery.data)
+            if events is not None:
+                events.raw("task-rejected", uuid=task_id, reason=s.dead_letter, hostname=self.hostname,
+                           queue=job.delivery.queue)
+            log.error("Dead-lettered message %s from %s: %s", task_id or "?", job.delivery.queue, s.dead_letter,
+                      extra={"task_id": task_id, "event": "dead-lettered", "queue": job.delivery.queue})
+            return
+        kind = outcome.kind
+        if kind == fate.SUCCESS:
+            if events is not None:
+                events.succeeded(msg, job.runtime)
+            if log.isEnabledFor(logging.INFO):
+                log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, job.runtime,
+                         extra=_fields(msg, "succeeded", runtime=job.runtime))
+        elif s.event == "task-retried":
+            exc = outcome.value
+            if events is not None:
+                events.task("task-retried", msg, exception=repr(exc.exc))
+            log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
+                     extra=_fields(msg, "retried"))
+        elif kind == fate.REJECT or (s.requeue and kind == fate.REJECT):
+            reason = f"rejected by the task: {outcome.value.reason}"
+            if events is not None:
+                events.task("task-rejected", msg, reason=reason, requeue=bool(outcome.value.requeue),
+                            dead=s.dead_letter is not None)
+            log.warning("Task %s[%s] %s (%s)", msg.task, msg.id, reason,
+                        "requeued" if s.requeue or s.resend else "dead-lettered", extra=_fields(msg, "rejected"))
+        elif s.event == "task-revoked":
+            if events is not None:
+                events.task("task-revoked", msg, reason=kind)
+            log.info("Task %s[%s] %s: not run", msg.task, msg.id, kind, extra=_fields(msg, kind))
+        elif s.event == "task-failed":
+            if events is not None:
+                events.task("task-failed", msg, exception=repr(result))
+            log.error("Task %s[%s] raised %r%s", msg.task, msg.id, result,
+                      f"; dead-lettered: {s.dead_letter}" if s.dead_letter else "", extra=_fields(msg, "failed"))
+
+    def _send_retry(self, msg: Message, exc: Retry) -> None:
+        new = retry_engine.next_message(msg, exc.when, getattr(exc, "args_override", None),
+                                        getattr(exc, "kwargs_override", None), self.accept)
         if self.security_key:
-            from ..app import sign
             new = sign(new, self.security_key)
-        self.app.publish(batch.broker, new)
-        if not msg.ignore_result:
-            self.backend.store(batch.backend, msg.id, states.RETRY, exc.exc if exc.exc is not None else exc,
-                               format_traceback(exc.exc) if exc.exc is not None else None)
-        if self.events is not None:
-            self.events.task("task-retried", msg, exception=repr(exc.exc))
-        log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
-                 extra=_fields(msg, "retried"))
+        self.app.publish(self.outbox.broker, new)
 
-    def _reject(self, delivery: Delivery, msg: Message, exc: Reject, batch: Batch) -> None:
-        if exc.requeue:
-            self.broker.send(batch.broker, msg.queue, msg.priority, delivery.data)
-        else:
-            self.broker.dead_letter(batch.broker, delivery.data, f"rejected by the task: {exc.reason}",
-                                    delivery.queue, msg.id, self.hostname)
-            self.backend.store(batch.backend, msg.id, states.REJECTED, exc)
-        self.broker.ack(batch.broker, delivery)
-        if self.events is not None:
-            self.events.task("task-rejected", msg, reason=f"rejected by the task: {exc.reason}",
-                             requeue=bool(exc.requeue), dead=not exc.requeue)
+    # --- the canvas ---------------------------------------------------------------------------------
+    def _on_success(self, job: Job, value: Any) -> None:
+        msg = job.msg
+        assert msg is not None
+        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+        for link in msg.links or ():
+            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), self.outbox.broker)
+        if msg.chain:
+            nxt, rest = msg.chain[0], msg.chain[1:]
+            sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)
+            canvas.send(self.app, sig.plan((value,), None, dict(follow)), self.outbox.broker)
+        if msg.chord:
+            self._chord_member_done(msg, value, job.task.serializer)
 
-    def _replace(self, msg: Message, sig: Any, batch: Batch) -> None:
+    def _chord_member_done(self, msg: Message, value: Any, serializer: Optional[str]) -> None:
+        info, outbox = msg.chord, self.outbox
+        assert info is not None
+
+        def complete(results: list) -> None:  # called once per chord, when the last member's join is read
+            callback = canvas.from_dict(info["cb"], self.app)
+            follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+            canvas.send(self.app, callback.plan((results,), None, follow), outbox.broker)
+            self.backend.chord_sent(outbox.backend, info["id"])
+
+        self.backend.chord_join(outbox.backend, info["id"], msg.group_index or 0, info["n"], value, serializer,
+                                complete)
+
+    def _replace(self, msg: Message, sig: Any) -> None:
         sig = canvas.from_dict(sig, self.app)
         if isinstance(sig, canvas.group):
             sig = canvas.chord(sig, self.app.tasks["minique.identity"].s(), app=self.app)
@@ -497,72 +403,58 @@ class Executor:
                            ("group_index", msg.group_index), ("link", msg.links), ("link_error", msg.errbacks)):
             if value is not None:
                 own[key] = value
-        canvas.send(self.app, sig.plan((), None, own), batch.broker)
+        canvas.send(self.app, sig.plan((), None, own), self.outbox.broker)
 
-    def _fail(self, task: Any, msg: Message, exc: BaseException, batch: Batch, tb: Optional[str]) -> None:
-        store_errors = task.store_errors_even_if_ignored
-        if store_errors is None:
-            store_errors = self.conf.task_store_errors_even_if_ignored
-        if not msg.ignore_result or store_errors:
-            self.backend.store(batch.backend, msg.id, states.FAILURE, exc, tb)
-        if self.events is not None:
-            self.events.task("task-failed", msg, exception=repr(exc))
-        log.error("Task %s[%s] raised %r", msg.task, msg.id, exc, extra=_fields(msg, "failed"))
-        self.propagate_failure(msg, exc, tb, batch)
-
-    def propagate_failure(self, msg: Message, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
+    def propagate_failure(self, msg: Message, exc: BaseException, outbox: Any) -> None:
         """What a failure means downstream: errbacks run, later chain steps and the chord callback fail."""
         for errback in msg.errbacks or ():
             canvas.send(self.app, canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
-                        batch.broker)
+                        outbox.broker)
         for step in msg.chain or ():
-            self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
-        self._fail_chord(msg.chord, msg.id, exc, batch)
+            self._fail_signature(canvas.from_dict(step, self.app), exc, outbox)
+        self._fail_chord(msg.chord, msg.id, exc, outbox)
 
-    def _fail_chord(self, info: Optional[dict], member_id: str, exc: BaseException, batch: Batch) -> None:
+    def _fail_chord(self, info: Optional[dict], member_id: str, exc: BaseException, outbox: Any) -> None:
         if info and self.backend.chord_fail(info["id"]):
             error = ChordError(f"Dependency {member_id} raised {exc!r}")
-            self._fail_signature(canvas.from_dict(info["cb"], self.app), error, None, batch)
+            self._fail_signature(canvas.from_dict(info["cb"], self.app), error, outbox)
 
-    def _fail_signature(self, sig: Any, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
+    def _fail_signature(self, sig: Any, exc: BaseException, outbox: Any) -> None:
         """A signature that will never run: its tasks fail, its errbacks run, and what waits on it fails too."""
         for task_id in canvas.task_ids(sig):
-            self.backend.store(batch.backend, task_id, states.FAILURE, exc, tb)
+            self.backend.store(outbox.backend, task_id, states.FAILURE, exc)
         last = sig
         while isinstance(last, (canvas.chain, canvas.chord)):
             last = last.tasks[-1] if isinstance(last, canvas.chain) else last.body
         if isinstance(last, canvas.group):
             for member in last.tasks:
-                self._fail_signature(member, exc, tb, batch)
+                self._fail_signature(member, exc, outbox)
             return
         for errback in last.options.get("link_error") or ():
-            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((last.id,), None, {}), batch.broker)
+            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((last.id,), None, {}), outbox.broker)
         for step in last.options.get("chain") or ():
-            self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
-        self._fail_chord(last.options.get("chord"), last.id, exc, batch)
+            self._fail_signature(canvas.from_dict(step, self.app), exc, outbox)
+        self._fail_chord(last.options.get("chord"), last.id, exc, outbox)
 
-    def _finish_unrun(self, delivery: Delivery, msg: Message, batch: Batch, reason: str) -> None:
-        """A message that must not run (revoked or expired): ack it, record REVOKED with the reason."""
-        self.broker.ack(batch.broker, delivery)
-        self.backend.store(batch.backend, msg.id, states.REVOKED, TaskRevokedError(reason), extra={"reason": reason})
-        if self.events is not None:
-            self.events.task("task-revoked", msg, reason=reason)
-        log.info("Task %s[%s] %s: not run", msg.task, msg.id, reason, extra=_fields(msg, reason))
-        self.propagate_failure(msg, TaskRevokedError(reason), None, batch)
+    # --- the parent's side -------------------------------------------------------------------------
+    def settle_lost(self, outcome: Outcome, task_id: str, task_name: str, data: Optional[bytes],
+                    delivery: Optional[Delivery], ignore_result: bool = False) -> Settlement:
+        """Write the fate of a task whose pool process is gone (lost, killed at its hard time limit,
+        terminated, cut off by a cold shutdown); `delivery`: its message, if still held (acks_late)."""
+        task = self.app.tasks.get(task_name)
+        policy = (self._task_options(task, ignore_result)[4] if task is not None
+                  else Policy(max_deliveries=self.max_deliveries, ignore_result=ignore_result))
+        if delivery is None:  # acked already (early ack): nothing left to ack, requeue or dead-letter
+            policy = policy._replace(acks_late=False)
+        msg = self._decoded(Delivery(data, "", 0, 0, None)) if data is not None else None
+        job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
+        settlement = settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
+        self._write(job, outcome, settlement, None)
+        return settlement
 
-    def _dead_unread(self, delivery: Delivery, batch: Batch, reason: str) -> None:
-        """Dead-letter a message that cannot be read; where its id can be found, its result becomes
-        FAILURE so nobody waits on it forever (not with security_key: an unverified message must not
-        write anyone's result)."""
-        task_id = peek_id(delivery.data)
-        if task_id and not self.security_key:
-            self.backend.store(batch.backend, task_id, states.FAILURE, DecodeError(f"dead-lettered: {reason}"))
-        self._dead(delivery, batch, reason, task_id)
-
-    def _dead(self, delivery: Delivery, batch: Batch, reason: str, task_id: Optional[str]) -> None:
-        self.broker.dead_letter(batch.broker, delivery.data, reason, delivery.queue, task_id, self.hostname)
-        self.broker.ack(batch.broker, delivery)
-        if self.events is not None:
-            self.events.raw("task-rejected", uuid=task_id, reason=reason, hostname=self.hostname, queue=delivery.queue)
-        log.error("Dead-lettered message %s from %s: %s", task_id or "?", delivery.queue, reason,
-                  extra={"task_id": task_id, "event": "dead-lettered", "queue": delivery.queue})
+    @staticmethod
+    def _decoded(delivery: Delivery) -> Optional[Message]:
+        try:
+            return decode(delivery.data)
+        except Exception:  # noqa: BLE001 - only to name the message in the dead letter
+            return None

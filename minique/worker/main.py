@@ -18,12 +18,16 @@ from typing import Any, List, Optional, Sequence
 
 import redis
 
-from .. import keys, serializers, states
+from .. import keys, serializers, settle as fate, states
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from ..message import decode
+from ..message import peek_id
+from ..pipe import ClientPipe
+from ..settle import Outcome
 from .consumer import Consumer
-from .execute import Batch, Executor
+from .execute import Executor
+from .outbox import Outbox
 from .pool import Member, Pool, PreforkPool, ThreadPool
+from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
@@ -68,7 +72,6 @@ class Worker:
         self.pool: Optional[Pool] = None
         self.started_at = time.time()
         self.child_restarts = 0
-        self.revoked_terminate: dict = {}
         self.parent_executor: Optional[Executor] = None
         self.observer: Any = None
         self.beat: Any = None
@@ -86,7 +89,9 @@ class Worker:
         app.broker.ensure_queues(self.queues)
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
-        self.parent_executor = Executor(app, self.hostname, use_alarm=False)
+        # the parent writes the fate of tasks lost with their process through the same executor code
+        self.parent_executor = Executor(app, self.hostname, Outbox(app, self.hostname, self.queues, use_alarm=False),
+                                        use_alarm=False)
         app.broker.on_dead_letter = self._on_dead_letter
         from .observe import Telemetry
         self.telemetry = Telemetry(self)  # shared memory the pool processes inherit: made before forking
@@ -189,17 +194,22 @@ class Worker:
             slot = self.pool.slots[member.index]
             lost = []
             started, _, running = slot.running()
-            if running:
-                lost.append((running, True))
-            lost += [(payload, False) for payload in slot.unflushed()]
-            self._ack_started(member, [payload for payload, _ in lost])
-            for payload, was_running in lost:
-                self._handle_lost(member, payload, was_running, how)
+            lost: List[tuple] = [(running, True)] if running else []
+            lost += [(record, False) for record in slot.unflushed()]
+            self._ack_started(member, [record for record, _ in lost])
+            for record, was_running in lost:
+                try:
+                    self._handle_lost(member, record, was_running, how)
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    raise
+                except Exception:  # noqa: BLE001 - one task's bad record must not stop the worker
+                    log.exception("could not settle task %s lost with %s", record.task_id, member.name)
             returned = self._release(member.name)
             if not clean or lost:
                 self.child_restarts += 1 if not self.stopping else 0
                 log.error("pool process %s ended (%s)%s; %d unstarted message(s) returned to the queue",
-                          member.name, how, f" while running {running[1]}[{running[0]}]" if running else "", returned)
+                          member.name, how, f" while running {running.name}[{running.task_id}]" if running else "",
+                          returned)
             elif returned:
                 log.info("pool process %s ended; %d unstarted message(s) returned", member.name, returned)
 
@@ -209,20 +219,20 @@ class Worker:
             log.error("could not return messages held by %s; the reaper will after visibility_timeout", consumer)
         return returned or 0
 
-    def _ack_started(self, member: Member, payloads: List[list]) -> None:
+    def _ack_started(self, member: Member, records: List[Running]) -> None:
         """Ack the early-ack tasks a lost process had started: their ack may have been waiting to
-        share a write (Batch.defer), and they must not run again when the rest is handed back."""
-        ids = {p[0] for p in payloads if p and not p[3]}  # [task_id, name, data, acks_late, ...]
+        share a write (the Outbox defers them), and they must not run again when the rest is handed back."""
+        ids = {r.task_id for r in records if not r.acks_late}
         if not ids:
             return
         app = self.app
 
         def ack() -> bool:
-            held = [d for d in app.broker.held_by(member.name, self.queues) if _peek(d.data) in ids]
-            batch = Batch(app.broker_client, app.backend_client)
+            held = [d for d in app.broker.held_by(member.name, self.queues) if peek_id(d.data) in ids]
+            pipe = ClientPipe(app.broker_client)
             for delivery in held:
-                app.broker.ack(batch.broker, delivery)
-            batch.flush()
+                app.broker.ack(pipe, delivery)
+            pipe.execute()
             if held:
                 log.warning("acked %d task(s) that %s had started (their acks were waiting to share a write)",
                             len(held), member.name)
@@ -241,54 +251,44 @@ class Worker:
                 time.sleep(0.1)
         return None
 
-    def _handle_lost(self, member: Member, payload: list, was_running: bool, how: str) -> None:
-        """A pool process ended holding a task: redeliver it or fail it, by the task's settings."""
-        task_id, task_name, data, acks_late, queue, ignore_result = (payload + [None] * 6)[:6]
+    def _handle_lost(self, member: Member, record: Running, was_running: bool, how: str) -> None:
+        """A pool process ended holding a task: settle() says whether it is redelivered or failed."""
         app = self.app
         if not was_running:
-            meta = app.backend.get_meta(task_id)
-            if meta["status"] in states.READY_STATES or ignore_result:
+            meta = app.backend.get_meta(record.task_id)
+            if meta["status"] in states.READY_STATES or record.ignore_result:
                 return  # its writes made it; the ack (if late) went with them
-        task = app.tasks.get(task_name)
-        reject = app.conf.task_reject_on_worker_lost if task is None or task.reject_on_worker_lost is None \
-            else task.reject_on_worker_lost
-        timed_out = member.kill_reason == "time limit"
+        assert self.pool is not None and self.parent_executor is not None
+        name, task_id = record.name, record.task_id
         # revoke(terminate=True): only when the process died running the very task it was aimed at
-        terminated = (was_running and member.kill_reason == "terminate"
-                      and self.pool is not None and self.pool.slots[member.index].terminate_target() == task_id)
-        delivery = None
-        if acks_late:
-            delivery = next((d for d in app.broker.held_by(member.name, [queue])
-                             if _peek(d.data) == task_id), None)
-        if delivery is not None and reject and not timed_out and not terminated and self.stopping != "cold":
-            if not app.broker.requeue(delivery, redelivered=True):
-                log.warning("Task %s[%s] lost with its process (%s): redelivered", task_name, task_id, how)
-            return
-        if delivery is not None and self.stopping == "cold" and not timed_out and not terminated:
-            if not app.broker.requeue(delivery, redelivered=True):
-                log.warning("Task %s[%s] interrupted by cold shutdown: redelivered (acks_late)", task_name, task_id)
-            return
-        extra = None
-        if timed_out:
-            exc: BaseException = TimeLimitExceeded(f"Task {task_name}[{task_id}] time limit exceeded")
-        elif terminated:
-            exc, extra = TaskRevokedError("terminated"), {"reason": "terminated"}
+        if member.kill_reason == "time limit":
+            outcome = Outcome(fate.TIME_LIMIT, TimeLimitExceeded(f"Task {name}[{task_id}] time limit exceeded"))
+        elif (was_running and member.kill_reason == "terminate"
+              and self.pool.slots[member.index].terminate_target() == task_id):
+            outcome = Outcome(fate.TERMINATED, TaskRevokedError("terminated"))
+        elif self.stopping == "cold":
+            outcome = Outcome(fate.SHUTDOWN, WorkerLostError(f"Worker stopped (cold shutdown). Task {name}[{task_id}]"))
         else:
-            exc = WorkerLostError(f"Worker exited prematurely: {how}. Task {task_name}[{task_id}]")
-        state = states.REVOKED if terminated else states.FAILURE
-        batch = Batch(app.broker_client, app.backend_client)
-        if delivery is not None:
-            app.broker.ack(batch.broker, delivery)
-        app.backend.store(batch.backend, task_id, state, exc, extra=extra)
-        if data is not None and self.parent_executor is not None:
-            try:
-                self.parent_executor.propagate_failure(decode(data), exc, None, batch)
-            except Exception as err:  # noqa: BLE001 - best effort downstream; the task itself is recorded
-                log.warning("could not propagate the failure of %s: %s", task_id, err)
-        batch.flush()
+            outcome = Outcome(fate.WORKER_LOST, WorkerLostError(f"Worker exited prematurely: {how}. "
+                                                                f"Task {name}[{task_id}]"))
+        delivery = None
+        if record.acks_late:
+            delivery = next((d for d in app.broker.held_by(member.name, [record.queue])
+                             if peek_id(d.data) == task_id), None)
+        executor = self.parent_executor
+        try:
+            settlement = executor.settle_lost(outcome, task_id, name, record.data, delivery, record.ignore_result)
+            executor.outbox.flush()
+        except Exception:
+            executor.outbox.discard()
+            raise
+        if settlement.requeue:
+            log.warning("Task %s[%s] %s: redelivered (acks_late)", name, task_id, outcome.kind)
+            return
+        state = settlement.state or states.FAILURE
         if self.telemetry is not None:
-            self.telemetry.lost(task_name, task_id, queue, state, exc, data)
-        log.error("Task %s[%s] %s: %s", task_name, task_id, state, exc)
+            self.telemetry.lost(name, task_id, record.queue, state, outcome.value, record.data)
+        log.error("Task %s[%s] %s: %s", name, task_id, state, outcome.value)
 
     def _on_dead_letter(self, task_id: Optional[str], reason: str) -> None:
         """The broker dead-lettered a message it redelivered too often: its task will not run again, so
@@ -304,10 +304,10 @@ class Worker:
         if not self.pool.hard_time_limits:
             return
         for member in list(self.pool.members.values()):
-            started, hard, payload = self.pool.slots[member.index].running()
+            started, hard, record = self.pool.slots[member.index].running()
             if started and hard and now - started > hard and member.kill_reason is None:
-                log.error("Task %s[%s] hit its hard time limit (%ss): killing %s", payload and payload[1],
-                          payload and payload[0], hard, member.name)
+                log.error("Task %s[%s] hit its hard time limit (%ss): killing %s", record and record.name,
+                          record and record.task_id, hard, member.name)
                 self.pool.kill(member, signal.SIGKILL, "time limit")
 
     def _reclaim(self) -> None:
@@ -332,20 +332,20 @@ class Worker:
         if terminate and self.pool.hard_time_limits:
             wanted = set(task_ids)
             for m in list(self.pool.members.values()):
-                _, _, payload = self.pool.slots[m.index].running()
-                if payload and payload[0] in wanted:
+                _, _, record = self.pool.slots[m.index].running()
+                if record and record.task_id in wanted:
                     # name the task first: the child dies of the signal only while it still runs that task
-                    self.pool.slots[m.index].set_terminate(payload[0])
+                    self.pool.slots[m.index].set_terminate(record.task_id)
                     self.pool.kill(m, getattr(signal, sig, signal.SIGTERM), "terminate")
 
     def active(self) -> List[dict]:
         assert self.pool is not None
         out = []
         for m in self.pool.members.values():
-            started, _, payload = self.pool.slots[m.index].running()
-            if payload:
-                out.append({"id": payload[0], "name": payload[1], "time_start": started, "worker_pid": m.pid,
-                            "hostname": self.hostname, "delivery_info": {"queue": payload[4]}})
+            started, _, record = self.pool.slots[m.index].running()
+            if record:
+                out.append({"id": record.task_id, "name": record.name, "time_start": started, "worker_pid": m.pid,
+                            "hostname": self.hostname, "delivery_info": {"queue": record.queue}})
         return out
 
     def stats(self) -> dict:
@@ -377,7 +377,3 @@ class Worker:
             pass
         log.info("worker %s stopped", self.hostname)
 
-
-def _peek(data: bytes) -> Optional[str]:
-    from ..message import peek_id
-    return peek_id(data)

@@ -324,10 +324,10 @@ class Observer:
         pool = self.worker.pool
         out = []
         for m in list(pool.members.values()):
-            started, _, payload = pool.slots[m.index].running()
-            if not payload:
+            started, _, record = pool.slots[m.index].running()
+            if not record:
                 continue
-            task_id, name, data, acks_late, queue = (list(payload) + [None] * 5)[:5]
+            task_id, name, data, acks_late, queue = record.task_id, record.name, record.data, record.acks_late, record.queue
             item = {"id": task_id, "name": name, "type": name, "args": None, "kwargs": None}
             item.update(self._describe(data))
             item.update({"hostname": self.worker.hostname, "time_start": started, "worker_pid": m.pid,

@@ -12,9 +12,20 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from .. import serializers
+
+
+class Running(NamedTuple):
+    """What a slot records of a task it runs (and keeps until the task's writes are sent)."""
+
+    task_id: str
+    name: str
+    data: Optional[bytes]   # the message's wire bytes (None when too large for the slot)
+    acks_late: bool
+    queue: str
+    ignore_result: bool
 
 # Head of a slot. Each side writes only its own fields, never a read-modify-write of the other's.
 _RUN = struct.Struct("<ddQI")   # @0  started_at, hard_limit, processed, cur_len  (child)
@@ -38,9 +49,9 @@ class Slot:
     # --- child side ---------------------------------------------------------------------------------
     def begin(self, msg: Any, delivery: Any, hard_limit: float, acks_late: bool) -> None:
         data = delivery.data if len(delivery.data) < PAYLOAD - 512 else None
-        payload = serializers.pack([msg.id, msg.task, data, acks_late, delivery.queue, msg.ignore_result])
+        payload = serializers.pack(Running(msg.id, msg.task, data, acks_late, delivery.queue, msg.ignore_result))
         if len(payload) > PAYLOAD:
-            payload = serializers.pack([msg.id, msg.task, None, acks_late, delivery.queue, msg.ignore_result])
+            payload = serializers.pack(Running(msg.id, msg.task, None, acks_late, delivery.queue, msg.ignore_result))
         at = self.off + HEAD
         self.buf[at:at + len(payload)] = payload
         self._cur_len = len(payload)
@@ -93,25 +104,25 @@ class Slot:
     def request_stop(self) -> None:
         _U32.pack_into(self.buf, self.off + STOP_AT, 1)
 
-    def running(self) -> Tuple[float, float, Optional[list]]:
-        """(started_at, hard_limit, payload) of the task running now; started_at 0 when idle."""
+    def running(self) -> Tuple[float, float, Optional[Running]]:
+        """(started_at, hard_limit, record) of the task running now; started_at 0 when idle."""
         started, hard, _, cur_len = _RUN.unpack_from(self.buf, self.off)
         if not started or not cur_len:
             return 0.0, 0.0, None
         at = self.off + HEAD
         try:
-            return started, hard, serializers.unpack(bytes(self.buf[at:at + cur_len]))
+            return started, hard, Running(*serializers.unpack(bytes(self.buf[at:at + cur_len])))
         except Exception:
             return started, hard, None
 
-    def unflushed(self) -> List[list]:
+    def unflushed(self) -> List[Running]:
         """The finished tasks whose writes may not have reached Redis, oldest first."""
         prev_len = _U32.unpack_from(self.buf, self.off + PREV_AT)[0]
         if not prev_len:
             return []
         at = self.off + HEAD + PAYLOAD
         try:
-            return serializers.unpack_all(bytes(self.buf[at:at + prev_len]))
+            return [Running(*r) for r in serializers.unpack_all(bytes(self.buf[at:at + prev_len]))]
         except Exception:
             return []
 

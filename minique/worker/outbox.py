@@ -1,0 +1,227 @@
+"""The Outbox: when a pool process's writes reach Redis, and how its next messages are fetched.
+
+Every write of a pool process goes through here: results, follow-up messages, acks,
+requeues, dead letters and event batches are queued in two pipes (`broker`, and `backend`
+for the result store; one and the same when both live in one Redis), and the Outbox alone
+decides when they leave:
+
+    queued ──before_body()──▶ written ──(next fetch / flush)──▶ answered
+       │                         ▲
+       └─ deferred ──(window over: the next before_body, or SIGALRM while a body runs)
+
+- before_body(): the pre-run write. The running task's early ack and the previous tasks'
+  results leave before the body runs, without waiting for the replies (they are read with
+  the next fetch). Between short tasks (< SHORT_TASK) of one prefetched batch the write is
+  *deferred*: it waits, at most `worker_early_ack_window` (SIGALRM writes it while a body
+  runs), to leave with the next ones, so a batch of short tasks costs one write. A deferral
+  needs room in the slot, which lists every task started since the last write, so that the
+  parent of a lost process acks them (worker/main.py) and nothing it started runs again.
+- apply(): a message's own fate (ack / requeue / dead letter / park / resend) is queued
+  behind the result and follow-ups already queued for it; acks are gathered into one XACK
+  and one XDEL per stream, emitted last at the write. Results therefore precede acks on one
+  connection (Redis runs them in order); with a separate result store its replies are read
+  before the broker write (`_settle_results`).
+- fetch(): a round trip that also sends what is queued; it blocks only when the queues are
+  empty. When the last fetched message is about to run and tasks are short, its pre-run
+  write carries the next fetch (`next()`: fetch-ahead), whose reply arrives while it runs.
+- flush(): everything written and answered, including what reply handlers queued (the
+  callback a chord's last join fires).
+Commands stay in the pipes until answered: a lost connection re-sends them (pipe.py).
+"""
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from typing import Any, Deque, List, Optional, Sequence
+
+import redis
+
+from ..brokers import Delivery
+from ..pipe import FastPipeline
+from ..settle import Settlement
+
+SHORT_TASK = 0.005  # seconds: after a task shorter than this, fetch ahead and defer writes
+FETCH_BLOCK = 1.0   # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class NotStarted(Exception):
+    """Redis failed the write that comes before a task's body: the task did not start.
+
+    The consumer keeps the delivery and handles it again once Redis answers."""
+
+
+class Outbox:
+    """One pool process's writes and fetches (see the module docstring for the states)."""
+
+    def __init__(self, app: Any, consumer: str, queues: Sequence[str], slot: Any = None, window: float = 0.0,
+                 use_alarm: bool = True):
+        self.app = app
+        self.consumer = consumer
+        self.queues = list(queues)
+        self.slot = slot
+        self.window = window if use_alarm else 0.0
+        self.broker = FastPipeline(app.broker_client)
+        self.backend = self.broker if app.backend_client is app.broker_client else FastPipeline(app.backend_client)
+        self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
+        self.last_runtime = float("inf")  # seconds the last body took (none yet: unknown, long)
+        self.stopping = False
+        self.in_wait = False           # blocked in the fetch that may be interrupted (nothing left unsent)
+        self._deferred_at: Optional[float] = None  # when a pre-run write was first left for later
+        self._slot_room = True         # the slot can list one more finished, unwritten task
+        self._ahead = False            # a fetch-ahead is queued or in flight
+        self._ahead_count = 0
+        self._drained = False          # the last fetch took fewer than it asked for: the queues were empty
+
+    # --- around a task body -------------------------------------------------------------------------
+    def begin(self, msg: Any, delivery: Delivery, hard_limit: float, acks_late: bool) -> None:
+        """A task starts: the slot names it, so the parent can fail or redeliver it if we die."""
+        if self.slot is not None:
+            self.slot.begin(msg, delivery, hard_limit, acks_late)
+
+    def before_body(self, soft_limit: bool) -> None:
+        """The pre-run write, or its deferral (never with a soft time limit: SIGALRM is the limit's)."""
+        if (not self._ahead and self.last_runtime < SHORT_TASK and self.window > 0 and not soft_limit
+                and self._slot_room and self._defer()):
+            return
+        try:
+            self.write()
+        except _CONNECTION_ERRORS as exc:
+            raise NotStarted(str(exc)) from exc
+
+    def end(self, runtime: float) -> None:
+        """The body returned: the slot lists the task as finished until its writes leave."""
+        self.last_runtime = runtime
+        if self.slot is not None:
+            self._slot_room = self.slot.end()
+
+    def _defer(self) -> bool:
+        now = time.monotonic()
+        if self._deferred_at is None:
+            self._deferred_at = now
+            signal.setitimer(signal.ITIMER_REAL, self.window)
+            return True
+        return now - self._deferred_at < self.window
+
+    def on_alarm(self) -> None:
+        """SIGALRM while a body runs (the pipes' connection is idle then): send a deferred write."""
+        if self._deferred_at is not None:
+            try:
+                self.write()
+            except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
+                import logging
+                logging.getLogger("minique.worker").warning("could not write deferred acks while a task runs: %s",
+                                                            exc)
+
+    # --- a message's fate ---------------------------------------------------------------------------
+    def apply(self, delivery: Delivery, settlement: Settlement, task_id: Optional[str], hostname: str) -> None:
+        """Queue the message's own fate, behind what was queued for it (its result, its follow-ups)."""
+        broker = self.app.broker
+        if settlement.dead_letter is not None:
+            broker.dead_letter(self.broker, delivery.data, settlement.dead_letter, delivery.queue, task_id, hostname)
+        if settlement.resend:
+            broker.send(self.broker, delivery.queue, delivery.priority, delivery.data)
+        if settlement.requeue:
+            broker.requeue(delivery, redelivered=True, pipe=self.broker)
+        elif settlement.ack or settlement.dead_letter is not None:
+            broker.ack(self.broker, delivery)
+
+    def mark(self) -> tuple:
+        return self.broker.mark(), self.backend.mark()
+
+    def rollback(self, mark: tuple) -> None:
+        """Take back what was queued since `mark` (handling one message failed half-way)."""
+        self.broker.rollback(mark[0])
+        if self.backend is not self.broker:
+            self.backend.rollback(mark[1])
+
+    # --- writing ------------------------------------------------------------------------------------
+    def write(self) -> None:
+        """Send what is queued; the replies are read at the next fetch or flush."""
+        self._settle_results()
+        self.broker.write()
+        self._sent()
+
+    def flush(self) -> None:
+        """Send what is queued and wait until Redis has answered everything sent so far (and what
+        handling those replies queued: a chord's callback)."""
+        while True:
+            self._settle_results()
+            self.broker.execute()
+            if not len(self.broker) and not len(self.backend):
+                break
+        self._sent()
+
+    def _settle_results(self) -> None:
+        """Results first: an ack must never reach Redis before the result it stands for. On one
+        connection Redis runs commands in order; across two, the results must be answered first."""
+        if self.backend is not self.broker:
+            self.backend.execute()
+
+    def _sent(self) -> None:
+        """Everything queued is written: the finished tasks are off the slot, nothing is deferred."""
+        if self._deferred_at is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._deferred_at = None
+        if self.slot is not None:
+            self.slot.flushed()
+
+    def discard(self) -> None:
+        self.broker.reset()
+        if self.backend is not self.broker:
+            self.backend.reset()
+
+    # --- fetching -----------------------------------------------------------------------------------
+    def next(self, count: int) -> Delivery:
+        """The next fetched message. When it is the last one and tasks are short, its pre-run write
+        also asks for up to `count` more, so their reply arrives while it runs. (The process then
+        holds the running message plus at most `count` reserved ones; after a long task it does
+        not, so a message never waits behind a long task while other processes are idle.)"""
+        delivery = self.buffer.popleft()
+        if (not self.buffer and not self._ahead and not self._drained and count > 0 and not self.stopping
+                and self.last_runtime < SHORT_TASK):
+            self._ahead_count = count
+            self._ahead = self.app.broker.fetch_ahead(self.broker, self.consumer, self.queues, count,
+                                                      self._got_ahead)
+        return delivery
+
+    def _got_ahead(self, found: List[Delivery]) -> None:
+        self._ahead = False
+        self._drained = len(found) < self._ahead_count
+        self.buffer.extend(found)
+
+    def fetch(self, count: int, on_idle: Any = None) -> None:
+        """Send what is queued and take up to `count` messages into the buffer in one round trip;
+        block (FETCH_BLOCK at most) only when there are none. `on_idle()` runs before blocking."""
+        if self.stopping or self.buffer:  # (a flush before an audit may have read a fetch-ahead's reply)
+            return
+        broker, count = self.app.broker, max(1, count)
+        if self._ahead:  # a fetch went out with the last task: its reply is (nearly always) here already
+            self.broker.collect()  # (the last task's results go with the next write, as the others')
+            if self._ahead:  # that message never ran, so its fetch is still queued: send it now
+                self.write()
+                self.broker.collect()
+            self._ahead = False
+            if self.buffer:
+                return
+            found: List[Delivery] = []  # it found nothing: wait for messages
+        elif self._drained:  # the last fetch emptied the queues: straight to the blocking wait
+            found = []
+        else:
+            self._settle_results()
+            found = broker.fetch(self.consumer, self.queues, count, 0, pipe=self.broker)
+            self._sent()
+            self._drained = len(found) < count
+        if not found:
+            if on_idle is not None:
+                on_idle()
+            self.flush()  # neither the events nor what the replies queued (a chord's callback) wait with us
+            self.in_wait = True  # only the blocking wait may be interrupted: everything is answered
+            try:
+                if not self.stopping:
+                    found = broker.wait(self.consumer, self.queues, count, FETCH_BLOCK)
+                    self._drained = len(found) < count
+            finally:
+                self.in_wait = False
+        self.buffer.extend(found)
