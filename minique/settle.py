@@ -95,7 +95,7 @@ class Settlement(NamedTuple):
     requeue: bool = False               # put it back at the end of its queue, one more delivery counted
     resend: bool = False                # send its bytes again as a new message (already acked: Reject(requeue))
     park: bool = False                  # send it again as it is (its ETA parks it in the delayed set), then ack
-    dead_letter: Optional[str] = None   # reason: the message goes to the dead-letter stream (and is acked)
+    dead_letter: Optional[str] = None   # reason: a copy goes to the dead-letter stream (ack is then set too)
     state: Optional[str] = None         # result state to store for the task, if any
     result: Any = None                  # stored with `state` instead of the outcome's value, if set
     retry: bool = False                 # send the retry message (retries + 1, due when the Retry says)
@@ -108,9 +108,11 @@ def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
     kind, value = outcome.kind, outcome.value
     late = policy.acks_late
     if kind in _DEAD:
-        # FORGED stores nothing: an unverified message must not write anyone's result
+        # FORGED stores nothing: an unverified message must not write anyone's result; what waits on
+        # the others fails too (INTERNAL excepted: the follow-ups may be what failed)
         return Settlement(ack=True, dead_letter=outcome.reason or kind,
-                          state=None if kind == FORGED else states.FAILURE, event="task-rejected")
+                          state=None if kind == FORGED else states.FAILURE,
+                          follow=None if kind == FORGED or kind == INTERNAL else FOLLOW_FAILURE, event="task-rejected")
     if kind == REVOKED or kind == EXPIRED:
         return Settlement(ack=True, state=states.REVOKED, result=None if value is not None else TaskRevokedError(kind),
                           follow=FOLLOW_FAILURE, event="task-revoked")
@@ -133,7 +135,7 @@ def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
             if not late:  # already acked before the body ran: only a new copy can go back
                 return Settlement(resend=True, event="task-rejected")
             return _requeue(policy, deliveries, value)
-        return Settlement(ack=late, dead_letter=reason, state=states.REJECTED, follow=FOLLOW_FAILURE,
+        return Settlement(ack=True, dead_letter=reason, state=states.REJECTED, follow=FOLLOW_FAILURE,
                           event="task-rejected")
     if kind in _FAILED:
         return _failed(policy, deliveries, value, requeue=False, reason=outcome.reason)

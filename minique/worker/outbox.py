@@ -124,7 +124,7 @@ class Outbox:
             broker.send(self.broker, delivery.queue, delivery.priority, delivery.data)
         if settlement.requeue:
             broker.requeue(delivery, redelivered=True, pipe=self.broker)
-        elif settlement.ack or settlement.dead_letter is not None:
+        elif settlement.ack:  # (an ack of a message acked before its body ran changes nothing)
             broker.ack(self.broker, delivery)
 
     def mark(self) -> tuple:

@@ -319,3 +319,28 @@ def fail_first(key):
     if n == 1:
         raise RuntimeError(f"first attempt fails ({key})")
     return n
+
+
+# --- settle tests (tests/test_settle_worker.py) -----------------------------------------------------
+
+@app.task
+def fail_counted(key):
+    """Record the run, then fail."""
+    store().rpush(key, os.getpid())
+    raise ValueError(f"failed on purpose ({key})")
+
+
+@app.task
+def ignore_counted(key):
+    """Record the run, then raise Ignore."""
+    from minique.exceptions import Ignore
+    store().rpush(key, os.getpid())
+    raise Ignore()
+
+
+@app.task
+def circular():
+    """Return a value no serializer can encode (a list that holds itself)."""
+    value = [1]
+    value.append(value)
+    return value
