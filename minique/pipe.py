@@ -121,19 +121,14 @@ class FastPipeline(redis.client.Pipeline):
         may queue more commands (they go with the next write), never wait for Redis itself."""
         self.command_stack.append((args, {_ON_REPLY: on_reply}))
 
-    def mark(self) -> Tuple[int, Dict[tuple, int]]:
-        """Where the queue stands now, to take back what is queued after it (rollback)."""
-        return len(self.command_stack), {key: len(items) for key, items in self._gathered.items()}
+    def mark(self) -> int:
+        """Where the queue stands now, to take back what is queued after it (rollback). Gathered
+        items are not covered: whoever marks queues them last, after anything that can fail."""
+        return len(self.command_stack)
 
-    def rollback(self, mark: Tuple[int, Dict[tuple, int]]) -> None:
-        """Forget what was queued since `mark` (a message whose handling failed half-way)."""
-        del self.command_stack[mark[0]:]
-        for key in list(self._gathered):
-            kept = mark[1].get(key, 0)
-            if kept:
-                del self._gathered[key][kept:]
-            else:
-                del self._gathered[key]
+    def rollback(self, mark: int) -> None:
+        """Forget the commands queued since `mark` (a message whose handling failed half-way)."""
+        del self.command_stack[mark:]
 
     def write(self) -> None:
         """Send the queued commands without waiting for their replies."""

@@ -45,7 +45,6 @@ class Job(NamedTuple):
     task: Any = None
     policy: Policy = Policy()
     result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
-    runtime: float = 0.0
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -173,10 +172,10 @@ class Executor:
             self._body_ended(started, soft)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            self._record(job._replace(runtime=self.outbox.last_runtime), self._failed(job, args, kwargs, exc))
+            self._record(job, self._failed(job, args, kwargs, exc))
         else:
             self._body_ended(started, soft)
-            self._succeeded_with(job._replace(runtime=self.outbox.last_runtime), value)
+            self._succeeded_with(job, value)
 
     def _body_ended(self, started: float, soft: Optional[float]) -> None:
         self._in_body = False
@@ -286,7 +285,12 @@ class Executor:
             if outcome.kind == fate.INTERNAL:
                 raise
             log.exception("internal error recording %s of %s", outcome.kind, job.msg and job.msg.id)
-            self._last_resort(job, exc)
+            return self._last_resort(job, exc)
+        try:
+            self._tell(job, outcome, settlement)
+        except Exception:  # noqa: BLE001 - an event or a log line never changes a message's fate
+            log.exception("could not report %s of %s", outcome.kind, job.msg and job.msg.id)
+        return None
 
     def _last_resort(self, job: Job, exc: BaseException) -> None:
         """INTERNAL: the message goes to the dead letters with the error; its result becomes FAILURE."""
@@ -317,11 +321,11 @@ class Executor:
             elif s.follow == fate.FOLLOW_REPLACE:
                 self._replace(msg, outcome.value.sig)
         outbox.apply(job.delivery, s, msg.id if msg is not None else peek_id(job.delivery.data), self.hostname)
-        self._tell(job, outcome, s, result)
 
-    def _tell(self, job: Job, outcome: Outcome, s: Settlement, result: Any) -> None:
+    def _tell(self, job: Job, outcome: Outcome, s: Settlement) -> None:
         """The task event and the log line of a settlement."""
         msg, events = job.msg, self.events
+        result = s.result if s.result is not None else outcome.value
         if msg is None or s.dead_letter is not None and outcome.kind in fate.PRE_RUN | {fate.INTERNAL}:
             task_id = msg.id if msg is not None else peek_id(job.delivery.data)
             if events is not None:
@@ -332,11 +336,12 @@ class Executor:
             return
         kind = outcome.kind
         if kind == fate.SUCCESS:
+            runtime = self.outbox.last_runtime
             if events is not None:
-                events.succeeded(msg, job.runtime)
+                events.succeeded(msg, runtime)
             if log.isEnabledFor(logging.INFO):
-                log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, job.runtime,
-                         extra=_fields(msg, "succeeded", runtime=job.runtime))
+                log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
+                         extra=_fields(msg, "succeeded", runtime=runtime))
         elif s.event == "task-retried":
             exc = outcome.value
             if events is not None:

@@ -116,7 +116,8 @@ class Outbox:
 
     # --- a message's fate ---------------------------------------------------------------------------
     def apply(self, delivery: Delivery, settlement: Settlement, task_id: Optional[str], hostname: str) -> None:
-        """Queue the message's own fate, behind what was queued for it (its result, its follow-ups)."""
+        """Queue the message's own fate, behind what was queued for it (its result, its follow-ups).
+        The ack is gathered, and comes last: nothing that can fail follows it (see mark/rollback)."""
         broker = self.app.broker
         if settlement.dead_letter is not None:
             broker.dead_letter(self.broker, delivery.data, settlement.dead_letter, delivery.queue, task_id, hostname)
@@ -128,6 +129,7 @@ class Outbox:
             broker.ack(self.broker, delivery)
 
     def mark(self) -> tuple:
+        """Where the pipes stand, before a message's writes are queued (see rollback)."""
         return self.broker.mark(), self.backend.mark()
 
     def rollback(self, mark: tuple) -> None:
