@@ -113,7 +113,8 @@ class ResultBackend:
             value = exception_from_dict(value, meta.get("tb"))
         return {"status": status, "result": value, "traceback": meta.get("tb"),
                 "date_done": meta.get("t") if status in states.READY_STATES else None,
-                "task_id": meta.get("id"), **{k: v for k, v in meta.items() if k not in ("s", "ct", "r", "tb", "t", "id")}}
+                "task_id": meta.get("id"),
+                **{k: v for k, v in meta.items() if k not in ("s", "ct", "r", "tb", "t", "id")}}
 
     def get_meta(self, task_id: str) -> Dict[str, Any]:
         pipe = self.client.pipeline(transaction=False)

@@ -87,7 +87,8 @@ def parse_entries(beat_schedule: Any, tz: Any = None, app: Any = None) -> Dict[s
     out: Dict[str, Entry] = {}
     for name, spec in beat_schedule.items():
         def bad(msg: str) -> ConfigurationError:
-            return ConfigurationError(f"beat_schedule entry {name!r}: {msg}")
+            # called only within this iteration, so the late-bound ``name`` is this entry's
+            return ConfigurationError(f"beat_schedule entry {name!r}: {msg}")  # noqa: B023
         if not isinstance(name, str) or not name:
             raise bad("the entry name must be a non-empty string")
         if not isinstance(spec, dict):
@@ -415,6 +416,7 @@ def run_beat(app: Any, loglevel: str = "INFO") -> int:
 def _load_app(spec: str) -> Any:
     """The Minique app named by ``module`` or ``module:attr``."""
     import importlib
+
     from .app import Minique
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)

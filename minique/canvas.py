@@ -10,7 +10,6 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -50,7 +49,8 @@ class Signature(dict):
         init.setdefault("immutable", False)
         init.setdefault("subtask_type", self.subtask_type)
         super().__init__(init)
-        self._app = app if app is not None else (getattr(task, "app", None) if not isinstance(task, (str, dict)) else None)
+        self._app = app if app is not None else (
+            getattr(task, "app", None) if not isinstance(task, (str, dict)) else None)
 
     # dict-backed attributes
     name = property(lambda self: self["task"])

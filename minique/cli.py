@@ -27,7 +27,7 @@ def load_app(spec: str) -> Any:
             module_name, _, attr = module_name.rpartition(".")
             module = importlib.import_module(module_name)
         else:
-            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}")
+            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}") from exc
     if attr:
         app = getattr(module, attr, None)
     else:
@@ -143,7 +143,7 @@ def call(ctx: click.Context, name: str, args: str, kwargs: str, countdown: Optio
     try:
         a, k = json.loads(args), json.loads(kwargs)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}")
+        raise click.BadParameter(f"not JSON: {exc}") from exc
     if not isinstance(a, list) or not isinstance(k, dict):
         raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
     res = app.send_task(name, a, k, countdown=countdown, queue=queue, priority=priority)
@@ -183,8 +183,9 @@ def purge(ctx: click.Context, queues: Optional[str], force: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Queues with their lengths, and the workers alive."""
-    from . import keys, serializers
     import time
+
+    from . import keys, serializers
     app = _app(ctx)
     broker = app.broker
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
@@ -243,7 +244,8 @@ def dlq_purge(ctx: click.Context, force: bool) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["active", "reserved", "scheduled", "stats", "registered", "ping", "revoked"]))
+@click.argument("what", type=click.Choice(["active", "reserved", "scheduled", "stats", "registered", "ping",
+                                           "revoked"]))
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
 @click.pass_context
@@ -311,7 +313,7 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
         server = serve(app, host=host, port=port, basic_auth=pairs, token=token, max_tasks=max_tasks,
                        sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
     except (ValueError, OSError) as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     log = logging.getLogger("minique.dashboard")
     if not pairs and not token:
         log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks",

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import copy
 import heapq
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from collections.abc import Iterable, Iterator
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Optional, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 

@@ -5,11 +5,11 @@ import time
 from typing import Any, Callable, Dict, Generic, Iterable, Optional, Tuple, TypeVar
 
 from . import context, retry as retry_engine, states
-from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
-from .canvas import Replace, Signature, chunks, xmap, xstarmap
-from .result import AsyncResult, EagerResult
-from .message import new_id
 from .backend import format_traceback
+from .canvas import Replace, Signature, chunks, xmap, xstarmap
+from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
+from .message import new_id
+from .result import AsyncResult, EagerResult
 
 R = TypeVar("R")
 

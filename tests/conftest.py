@@ -118,6 +118,7 @@ def procs(tmp_path, redis_url):
 def client_app(redis_url, monkeypatch):
     """The test app imported in this process (the client side), pointed at the test's Redis."""
     import sys
+
     from procs import import_testapp
     testapp = import_testapp(monkeypatch, redis_url)
     yield testapp

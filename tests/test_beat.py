@@ -14,8 +14,7 @@ from typing import Any, Callable, List
 import pytest
 import redis
 
-from minique import Minique, crontab, keys
-from minique import message as message_mod
+from minique import Minique, crontab, keys, message as message_mod
 from minique.beat import Beat
 
 STREAM = keys.queue("default", 0)

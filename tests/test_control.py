@@ -7,6 +7,7 @@ import time
 import pytest
 
 from minique import states
+from minique.exceptions import TaskRevokedError
 from procs import wait_for
 
 
@@ -118,7 +119,7 @@ def test_revoke_waiting_and_terminate_running(procs, client_app, redis_client):
     waiting = client_app.add.apply_async((1, 1), countdown=0.5)
     client_app.app.control.revoke(waiting.id)
     worker = procs.worker("-c", "1")
-    with pytest.raises(Exception):
+    with pytest.raises(TaskRevokedError):
         waiting.get(timeout=10)
     assert waiting.state == states.REVOKED
     running = client_app.hold.delay("rv")
@@ -126,7 +127,7 @@ def test_revoke_waiting_and_terminate_running(procs, client_app, redis_client):
     answer = replies(client_app.app.control.revoke(running.id, destination=[worker.hostname], terminate=True,
                                                   reply=True, timeout=2.0))
     assert running.id in answer[worker.hostname]["ok"]
-    with pytest.raises(Exception):
+    with pytest.raises(TaskRevokedError):
         running.get(timeout=10)
     assert running.state == states.REVOKED
     assert client_app.add.delay(1, 2).get(timeout=10) == 3

@@ -184,7 +184,8 @@ class StreamsBroker(Broker):
 
     def requeue(self, delivery: Delivery, redelivered: bool) -> bool:
         key, entry_id = delivery.receipt
-        dead = SCRIPTS(self.client, "requeue", [key], [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id])
+        dead = SCRIPTS(self.client, "requeue", [key],
+                       [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id])
         self._bury(key, dead, "too many deliveries")
         return bool(dead)
 

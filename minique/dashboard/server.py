@@ -102,6 +102,7 @@ class Dashboard:
 
     def _registry(self) -> Any:
         from prometheus_client import CollectorRegistry
+
         from ..metrics import ClusterCollector
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ClusterCollector(self.app, self.state.queues))
@@ -179,7 +180,7 @@ class Dashboard:
             try:
                 return float(v) if v else None
             except ValueError:
-                raise HTTPError(400, f"{name} must be a number")
+                raise HTTPError(400, f"{name} must be a number") from None
         limit = int(num("limit") or 100)
         out = self.state.index.summaries(state=one("state"), name=one("name"), worker=one("worker"),
                                          since=num("since"), until=num("until"), search=one("search"),
@@ -389,7 +390,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            raise HTTPError(400, "the request body must be JSON")
+            raise HTTPError(400, "the request body must be JSON") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the request body must be a JSON object")
         m = re.fullmatch(r"/api/tasks/([\w\-.:]{1,200})/(retry|revoke)", path)

@@ -45,7 +45,8 @@ def parse_rate(value: Any) -> float:
 
 
 def initial_rates(app: Any) -> Dict[str, float]:
-    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}}) and task_default_rate_limit."""
+    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}})
+    and task_default_rate_limit."""
     conf = app.conf
     annotations = conf.task_annotations if isinstance(conf.task_annotations, dict) else {}
     default = annotations.get("*", {}).get("rate_limit") or conf.task_default_rate_limit
@@ -211,8 +212,8 @@ class Telemetry:
     def lost(self, task_name: Optional[str], task_id: str, queue: Optional[str], state: str, exc: BaseException,
              data: Optional[bytes]) -> None:
         """A task failed (or was terminated) with its pool process: the parent counts it and sends its event."""
-        from ..message import decode
         from .. import states
+        from ..message import decode
         type = "task-revoked" if state == states.REVOKED else "task-failed"
         msg = None
         if data is not None:
@@ -263,7 +264,8 @@ class Observer:
             "registered": lambda a: sorted(n for n in worker.app.tasks if not n.startswith("minique.")),
             "stats": self._stats,
             "active_queues": lambda a: [{"name": q} for q in worker.queues],
-            "revoked": lambda a: sorted(r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
+            "revoked": lambda a: sorted(
+                r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
             "revoke": self._revoke,
             "shutdown": lambda a: worker.shutdown("warm") or {"ok": "shutting down"},
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
