@@ -210,7 +210,7 @@ def dlq() -> None:
 @click.pass_context
 def dlq_list(ctx: click.Context, count: int) -> None:
     """Show dead letters, oldest first."""
-    app = _app(ctx.parent)
+    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
     for entry_id, f in app.broker.dead_letters(count):
         click.echo(f"{entry_id}  task={f.get('task_id') or '?'} queue={f.get('queue')} "
                    f"worker={f.get('worker')} reason={f.get('reason')}")
@@ -223,7 +223,7 @@ def dlq_list(ctx: click.Context, count: int) -> None:
 @click.pass_context
 def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional[str]) -> None:
     """Send dead letters back to their queue."""
-    app = _app(ctx.parent)
+    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if replay_all:
         ids = tuple(i for i, _ in app.broker.dead_letters(1_000_000))
     if not ids:
@@ -237,7 +237,7 @@ def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional
 @click.pass_context
 def dlq_purge(ctx: click.Context, force: bool) -> None:
     """Delete every dead letter."""
-    app = _app(ctx.parent)
+    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if not force:
         click.confirm("Delete all dead letters?", abort=True)
     click.echo(f"Deleted {app.broker.purge_dead_letters()} dead letter(s).")

@@ -30,11 +30,11 @@ def backoff(retries: int, base: float, maximum: float = DEFAULT_BACKOFF_MAX, jit
             rng: Optional[random.Random] = None) -> float:
     """Exponential back-off: min(maximum, base * 2**retries), with full jitter when asked."""
     try:
-        delay = min(maximum, base * (2 ** retries))
+        delay: float = min(maximum, base * (2 ** retries))
     except OverflowError:  # retrying forever: 2**retries outgrew a float long after the cap applied
         delay = maximum
     if jitter:
-        delay = (rng or random).uniform(0, delay)
+        delay = rng.uniform(0, delay) if rng is not None else random.uniform(0, delay)
     return max(0.0, delay)
 
 

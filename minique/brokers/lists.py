@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, cast
 
 from .. import keys
 from ..lua import Scripts
@@ -90,7 +90,8 @@ class ListsBroker(Broker):
         out = []
         for queue in queues:
             proc = keys.processing(queue, consumer)
-            for element in self.client.lrange(proc, 0, -1):
+            # redis-py types replies as bytes | str; decode_responses is off: bytes
+            for element in cast(List[bytes], self.client.lrange(proc, 0, -1)):
                 out.append(Delivery(element[2:], queue, element[1], element[0], (proc, element)))
         return out
 
@@ -105,8 +106,9 @@ class ListsBroker(Broker):
         total = 0
         now_ms = int(time.time() * 1000)
         for queue in queues:
-            for consumer in self.client.zrangebyscore(keys.consumers(queue), "-inf", now_ms):
-                consumer = consumer.decode()
+            expired = cast(List[bytes], self.client.zrangebyscore(keys.consumers(queue), "-inf", now_ms))  # as above
+            for name in expired:
+                consumer = name.decode()
                 proc = keys.processing(queue, consumer)
                 n, dead = SCRIPTS(self.client, "return_all", [keys.consumers(queue), proc]
                                   + keys.queue_priorities(queue)[::-1], [consumer, 1, self.max_deliveries])
@@ -130,7 +132,7 @@ class ListsBroker(Broker):
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}
         for queue in queues:
-            consumers = self.client.zrange(keys.consumers(queue), 0, -1)
+            consumers = cast(List[bytes], self.client.zrange(keys.consumers(queue), 0, -1))  # as above
             pipe = self.client.pipeline(transaction=False)
             for c in consumers:
                 pipe.llen(keys.processing(queue, c.decode()))

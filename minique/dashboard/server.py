@@ -133,8 +133,8 @@ class Dashboard:
             cookie = SimpleCookie(headers.get("Cookie", ""))
             if "minique_token" in cookie and hmac.compare_digest(cookie["minique_token"].value.encode(), want):
                 return True, False
-            given = (query.get("token") or [""])[0]
-            if given and hmac.compare_digest(given.encode(), want):
+            given_token = (query.get("token") or [""])[0]
+            if given_token and hmac.compare_digest(given_token.encode(), want):
                 return True, True
         return False, False
 
@@ -436,7 +436,10 @@ class DashboardServer:
         handler = type("BoundHandler", (Handler,), {"dashboard": dashboard})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self.host, self.port = self.httpd.server_address[:2]
+        bound, self.port = self.httpd.server_address[:2]
+        # typeshed allows the bytes that bind() accepts; getsockname() of an AF_INET(6) socket gives str
+        assert isinstance(bound, str)
+        self.host = bound
         import ipaddress
         try:
             dashboard.loopback_only = ipaddress.ip_address(self.host).is_loopback

@@ -190,7 +190,7 @@ class Telemetry:
             self.parent.flush(self.worker.app.broker_client)
         except redis.exceptions.RedisError as exc:
             log.debug("could not send %s: %s", type, exc)
-            self.parent.buffer = []
+            self.parent.drop()
 
     def online(self) -> None:
         w = self.worker
@@ -235,7 +235,7 @@ class Telemetry:
                 self.parent.flush(self.worker.app.broker_client)
         except redis.exceptions.RedisError as err:
             log.debug("could not send the event of lost task %s: %s", task_id, err)
-            self.parent.buffer = []
+            self.parent.drop()
 
     def close(self) -> None:
         self.offline()
@@ -347,7 +347,7 @@ class Observer:
                 tid = peek_id(d.data)
                 if tid in active:
                     continue
-                item = {"id": tid}
+                item: Dict[str, Any] = {"id": tid}
                 item.update(self._describe(d.data))
                 item.update({"hostname": self.worker.hostname, "acknowledged": False,
                              "delivery_info": {"queue": d.queue, "priority": d.priority,
