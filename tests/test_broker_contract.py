@@ -152,6 +152,7 @@ def test_dead_letter_replay(broker):
     assert [d.data for d in broker.fetch("c1", ["q"], 1, 0)] == [b"msg"]
 
 
+@pytest.mark.fault  # drops a connection
 def test_send_now_from_threads_a_fork_and_after_a_dropped_connection(broker):
     import os
     broker.ensure_queues(["q"])

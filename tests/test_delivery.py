@@ -241,6 +241,7 @@ def test_ack_timing_early_or_late(procs, client_app, redis_client, acks_late):
     wait_for(lambda: pending() == 0, 5, "the ack")
 
 
+@pytest.mark.fault  # kills a worker
 def test_killed_worker_acks_late_task_is_redelivered_after_visibility_timeout(procs, client_app, redis_client):
     first = procs.worker("-c", "1", settings=settings(task_acks_late=True, **VIS2))
     r = client_app.gated.delay("vis", "g")
@@ -419,6 +420,7 @@ def _own_client_app(monkeypatch, url):
     return import_testapp(monkeypatch, url)
 
 
+@pytest.mark.integration  # starts its own redis-server
 @pytest.mark.parametrize("who", ["requirepass", "acl_user"])
 def test_urls_with_credentials(tmp_path, monkeypatch, who):
     from redis_server import RedisServer
@@ -463,6 +465,7 @@ def _make_cert(tmp_path):
     return cert, key
 
 
+@pytest.mark.integration  # starts its own redis-server
 def test_rediss_url_with_tls(tmp_path, monkeypatch):
     import shutil
     if not shutil.which("openssl"):
