@@ -253,10 +253,6 @@ class Events:
             pipe.xadd(keys.EVENTS, {"b": serializers.pack(batch)}, maxlen=MAXLEN, approximate=True)
             self.records, self.headers, self._last = [], [], None
 
-    def drop(self) -> None:
-        """Forget the events buffered so far (their send failed: Redis is unreachable)."""
-        self.records, self.headers, self._last = [], [], None
-
 
 def expand(batch: Any) -> Iterator[Dict[str, Any]]:
     """The event dicts of one stream entry's batch."""
