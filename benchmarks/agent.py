@@ -25,7 +25,6 @@ from . import common
 from .apps import rtcount
 
 
-
 class Driver:
     """How one system sends tasks and runs workers. Subclassed in agent_minique / agent_celery."""
 

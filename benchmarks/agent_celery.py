@@ -15,8 +15,9 @@ class CeleryDriver(agent.Driver):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        from .apps import celery_bench
         import celery
+
+        from .apps import celery_bench
         self.c = celery_bench
         self.celery = celery
 

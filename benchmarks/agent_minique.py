@@ -12,8 +12,9 @@ class MiniqueDriver(agent.Driver):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        from .apps import mq_bench
         from minique import canvas
+
+        from .apps import mq_bench
         self.m = mq_bench
         self.canvas = canvas
 

@@ -14,9 +14,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 
 from . import context, message as message_mod, routing, serializers
+from .canvas import Signature, register_builtins, send
 from .config import Settings
 from .exceptions import ConfigurationError
-from .canvas import Signature, register_builtins, send
 from .result import AsyncResult, GroupResult
 from .task import Task
 
@@ -296,7 +296,8 @@ class Minique:
                           name: Optional[str] = None, **opts: Any) -> str:
         """Add a beat entry, as Celery's add_periodic_task; returns the entry name."""
         entry = {"task": sig["task"], "schedule": schedule, "args": tuple(sig.get("args") or args),
-                 "kwargs": dict(sig.get("kwargs") or kwargs or {}), "options": {**dict(sig.get("options") or {}), **opts}}
+                 "kwargs": dict(sig.get("kwargs") or kwargs or {}),
+                 "options": {**dict(sig.get("options") or {}), **opts}}
         name = name or f"{sig['task']}({entry['args']!r}, {entry['kwargs']!r})"
         schedule_conf = dict(self.conf.beat_schedule or {})
         schedule_conf[name] = entry

@@ -10,7 +10,7 @@ import importlib
 import time
 import traceback as tb_module
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, cast
 
 import redis
 
@@ -122,7 +122,8 @@ class ResultBackend:
             value = exception_from_dict(value, meta.get("tb"))
         return {"status": status, "result": value, "traceback": meta.get("tb"),
                 "date_done": meta.get("t") if status in states.READY_STATES else None,
-                "task_id": meta.get("id"), **{k: v for k, v in meta.items() if k not in ("s", "ct", "r", "tb", "t", "id")}}
+                "task_id": meta.get("id"),
+                **{k: v for k, v in meta.items() if k not in ("s", "ct", "r", "tb", "t", "id")}}
 
     def get_meta(self, task_id: str) -> Dict[str, Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -140,7 +141,8 @@ class ResultBackend:
         ready = keys.ready(task_id)
         while True:
             left = _BLOCK_CHUNK if deadline is None else min(_BLOCK_CHUNK, deadline - time.monotonic())
-            raw = self.client.brpoplpush(ready, ready, timeout=max(0.001, round(left, 3)))
+            raw = cast(Optional[bytes],  # redis-py: bytes | str; decode_responses is off
+                       self.client.brpoplpush(ready, ready, timeout=max(0.001, round(left, 3))))
             if raw is not None:
                 return self.decode_meta(raw)
             if deadline is not None and time.monotonic() >= deadline:
@@ -154,7 +156,7 @@ class ResultBackend:
         self.client.set(keys.group(group_id), serializers.pack(list(task_ids)), ex=self.expires)
 
     def restore_group(self, group_id: str) -> Optional[List[str]]:
-        raw = self.client.get(keys.group(group_id))
+        raw = cast(Optional[bytes], self.client.get(keys.group(group_id)))  # as in wait()
         return None if raw is None else serializers.unpack(raw)
 
     def delete_group(self, group_id: str) -> None:

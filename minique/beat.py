@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, cast
 
 import redis
 
@@ -87,7 +87,8 @@ def parse_entries(beat_schedule: Any, tz: Any = None, app: Any = None) -> Dict[s
     out: Dict[str, Entry] = {}
     for name, spec in beat_schedule.items():
         def bad(msg: str) -> ConfigurationError:
-            return ConfigurationError(f"beat_schedule entry {name!r}: {msg}")
+            # called only within this iteration, so the late-bound ``name`` is this entry's
+            return ConfigurationError(f"beat_schedule entry {name!r}: {msg}")  # noqa: B023
         if not isinstance(name, str) or not name:
             raise bad("the entry name must be a non-empty string")
         if not isinstance(spec, dict):
@@ -278,7 +279,8 @@ class Beat:
 
     def _forget_removed(self) -> None:
         """A new leader drops the stored last runs of entries no longer in its schedule."""
-        stale = [k for k in self.client.hkeys(keys.BEAT_LAST) if k.decode() not in self.schedule]
+        names = cast(List[bytes], self.client.hkeys(keys.BEAT_LAST))  # redis-py: bytes | str; decode_responses off
+        stale = [k for k in names if k.decode() not in self.schedule]
         if stale:
             self.client.hdel(keys.BEAT_LAST, *stale)
             logger.info("beat: forgot the state of %d removed entr%s: %s", len(stale),
@@ -400,7 +402,7 @@ def run_beat(app: Any, loglevel: str = "INFO") -> int:
         logging.basicConfig(format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
     logger.setLevel(loglevel.upper() if isinstance(loglevel, str) else loglevel)
     beat = Beat(app)
-    previous: Dict[int, Any] = {}
+    previous: Dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda signum, frame: beat.stop())
@@ -415,6 +417,7 @@ def run_beat(app: Any, loglevel: str = "INFO") -> int:
 def _load_app(spec: str) -> Any:
     """The Minique app named by ``module`` or ``module:attr``."""
     import importlib
+
     from .app import Minique
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)

@@ -10,15 +10,15 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 from . import context
 from .message import Template, encode_args, new_id
 from .result import AsyncResult, GroupResult
 
-Call = Tuple[str, tuple, dict, Dict[str, Any]]  # (task name, args, kwargs, options) of one message to send
+# (task name, args, kwargs, options) of one message to send, as app.build_message takes them
+Call = Tuple[str, Any, Optional[dict], Dict[str, Any]]
 
 # Options that address one message, not a whole canvas: they go to one step only.
 _PER_MESSAGE = ("task_id", "chain", "chord", "group_id", "group_index", "link", "link_error")
@@ -50,7 +50,8 @@ class Signature(dict):
         init.setdefault("immutable", False)
         init.setdefault("subtask_type", self.subtask_type)
         super().__init__(init)
-        self._app = app if app is not None else (getattr(task, "app", None) if not isinstance(task, (str, dict)) else None)
+        self._app = app if app is not None else (
+            getattr(task, "app", None) if not isinstance(task, (str, dict)) else None)
 
     # dict-backed attributes
     name = property(lambda self: self["task"])
@@ -244,7 +245,7 @@ class chain(Signature):
         return parent
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
-        res = None
+        res: Any = None
         for i, step in enumerate(self.tasks):
             res = step.apply(args if i == 0 else (res.get(),), kwargs if i == 0 else None)
         return res
@@ -349,17 +350,21 @@ class chord(Signature):
             self.kwargs["body"] = body if isinstance(body, Signature) else from_dict(body, self._app)
         return self.apply_async(**options)
 
+    def _body(self) -> Signature:
+        body = self.body
+        if body is None:
+            raise ValueError("a chord needs a body (callback): chord(header)(callback)")
+        return body
+
     def freeze(self, _id: Optional[str] = None, **options: Any) -> Any:
         self.header.freeze()
-        return self.body.freeze(_id)
+        return self._body().freeze(_id)
 
     def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
-        if self.body is None:
-            raise ValueError("a chord needs a body (callback): chord(header)(callback)")
+        body = self._body()
         options = {**self.options, **(options or {})}
         own = {k: v for k, v in options.items() if k in _PER_MESSAGE}
         shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
-        body = self.body
         body.freeze(own.get("task_id"))
         for key in ("chord", "group_id", "group_index", "chain"):
             if key in own:  # the chord as a whole is a step of something larger: its body carries that on
@@ -379,7 +384,7 @@ class chord(Signature):
         return calls
 
     def result(self) -> Any:
-        res = self.body.result()
+        res = self._body().result()
         target = res
         while getattr(target, "parent", None) is not None:
             target = target.parent
@@ -390,7 +395,7 @@ class chord(Signature):
         return f"chord({self.header!r}, {self.body!r})"
 
 
-_TYPES = {"chain": chain, "group": group, "chord": chord}
+_TYPES: Dict[str, Type[Signature]] = {"chain": chain, "group": group, "chord": chord}
 
 
 def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:

@@ -27,7 +27,7 @@ def load_app(spec: str) -> Any:
             module_name, _, attr = module_name.rpartition(".")
             module = importlib.import_module(module_name)
         else:
-            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}")
+            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}") from exc
     if attr:
         app = getattr(module, attr, None)
     else:
@@ -143,7 +143,7 @@ def call(ctx: click.Context, name: str, args: str, kwargs: str, countdown: Optio
     try:
         a, k = json.loads(args), json.loads(kwargs)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}")
+        raise click.BadParameter(f"not JSON: {exc}") from exc
     if not isinstance(a, list) or not isinstance(k, dict):
         raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
     res = app.send_task(name, a, k, countdown=countdown, queue=queue, priority=priority)
@@ -183,8 +183,9 @@ def purge(ctx: click.Context, queues: Optional[str], force: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Queues with their lengths, and the workers alive."""
-    from . import keys, serializers
     import time
+
+    from . import keys, serializers
     app = _app(ctx)
     broker = app.broker
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
@@ -209,7 +210,7 @@ def dlq() -> None:
 @click.pass_context
 def dlq_list(ctx: click.Context, count: int) -> None:
     """Show dead letters, oldest first."""
-    app = _app(ctx.parent)
+    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
     for entry_id, f in app.broker.dead_letters(count):
         click.echo(f"{entry_id}  task={f.get('task_id') or '?'} queue={f.get('queue')} "
                    f"worker={f.get('worker')} reason={f.get('reason')}")
@@ -222,7 +223,7 @@ def dlq_list(ctx: click.Context, count: int) -> None:
 @click.pass_context
 def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional[str]) -> None:
     """Send dead letters back to their queue."""
-    app = _app(ctx.parent)
+    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if replay_all:
         ids = tuple(i for i, _ in app.broker.dead_letters(1_000_000))
     if not ids:
@@ -236,14 +237,15 @@ def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional
 @click.pass_context
 def dlq_purge(ctx: click.Context, force: bool) -> None:
     """Delete every dead letter."""
-    app = _app(ctx.parent)
+    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if not force:
         click.confirm("Delete all dead letters?", abort=True)
     click.echo(f"Deleted {app.broker.purge_dead_letters()} dead letter(s).")
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["active", "reserved", "scheduled", "stats", "registered", "ping", "revoked"]))
+@click.argument("what", type=click.Choice(["active", "reserved", "scheduled", "stats", "registered", "ping",
+                                           "revoked"]))
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
 @click.pass_context
@@ -311,7 +313,7 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
         server = serve(app, host=host, port=port, basic_auth=pairs, token=token, max_tasks=max_tasks,
                        sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
     except (ValueError, OSError) as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from exc
     log = logging.getLogger("minique.dashboard")
     if not pairs and not token:
         log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Dict, Iterable, Iterator, Mapping, Tuple, Union
 
 DEFAULTS: Dict[str, Any] = {
     # Connections
@@ -118,7 +118,7 @@ class Settings(Mapping):
         self._data[key] = value
         object.__setattr__(self, "version", self.version + 1)
 
-    def update(self, values: Mapping[str, Any] = (), **more: Any) -> None:  # type: ignore[override]
+    def update(self, values: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]] = (), **more: Any) -> None:
         for key, value in dict(values, **more).items():
             self[key] = value
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from .message import Message
 
 _local = threading.local()
 _current_app: Any = None
@@ -15,6 +18,33 @@ class Request:
                  "hostname", "delivery_info", "eta", "expires", "headers", "chord", "chain", "is_eager",
                  "callbacks", "errbacks", "called_directly", "message", "ignore_result", "time_limit",
                  "soft_time_limit", "delivery_count")
+
+    # Every slot is set by __init__ (None when not given); the types are those of the message fields.
+    id: Optional[str]
+    task: Optional[str]
+    args: Optional[Sequence[Any]]
+    kwargs: Optional[Dict[str, Any]]
+    retries: int
+    root_id: Optional[str]
+    parent_id: Optional[str]
+    group: Optional[str]
+    group_index: Optional[int]
+    hostname: Optional[str]
+    delivery_info: Optional[Dict[str, Any]]
+    eta: Optional[float]
+    expires: Optional[float]
+    headers: Optional[Dict[str, Any]]
+    chord: Optional[Dict[str, Any]]
+    chain: Optional[List[Dict[str, Any]]]
+    is_eager: Optional[bool]
+    callbacks: Optional[List[Dict[str, Any]]]
+    errbacks: Optional[List[Dict[str, Any]]]
+    called_directly: bool
+    message: Optional[Message]
+    ignore_result: Optional[bool]
+    time_limit: Optional[float]
+    soft_time_limit: Optional[float]
+    delivery_count: Optional[int]
 
     def __init__(self, **fields: Any):
         for name in self.__slots__:

@@ -33,7 +33,7 @@ class Control:
         reply_id = uuid.uuid4().hex if reply else None
         client.publish(keys.CONTROL, serializers.pack({"cmd": command, "args": arguments or {},
                                                        "dest": destination, "reply_to": reply_id}))
-        if not reply:
+        if reply_id is None:
             return []
         out: List[Dict[str, Any]] = []
         deadline = time.monotonic() + timeout

@@ -105,6 +105,9 @@ class Retry(TaskSignal):
         self.exc = exc
         self.when = when
         self.message = message
+        # Task.retry(args=..., kwargs=...): the arguments the next run gets instead of this run's
+        self.args_override: Any = None
+        self.kwargs_override: Any = None
         super().__init__(message or (f"Retry in {when}" if when else "Retry"), exc)
 
     def humanize(self) -> str:

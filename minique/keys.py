@@ -41,7 +41,7 @@ def queue(name: str, priority: int = 0) -> str:
     return f"{PREFIX}:{{{name}}}:p{priority}"
 
 
-def queue_priorities(name: str) -> list:
+def queue_priorities(name: str) -> list[str]:
     """The queue's keys from highest priority to lowest (the order workers read in)."""
     return [queue(name, p) for p in reversed(PRIORITIES)]
 

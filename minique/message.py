@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 import os
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from . import serializers
 from .exceptions import DecodeError
@@ -65,7 +65,7 @@ class Message(NamedTuple):
     sent_at: float = 0.0
     signature: Optional[bytes] = None         # HMAC of the rest, when security_key is set
 
-    def args_kwargs(self, accept) -> Tuple[list, dict]:
+    def args_kwargs(self, accept: Iterable[str]) -> Tuple[List[Any], Dict[str, Any]]:
         """Decode the body (ContentDisallowed / DecodeError when it cannot be)."""
         decoded = serializers.loads(self.body, self.content_type, accept)
         if (not isinstance(decoded, (list, tuple)) or len(decoded) != 2
@@ -156,13 +156,13 @@ def peek_id(data: bytes) -> Optional[str]:
         return None
 
 
-def make(task: str, args: Any = (), kwargs: Optional[dict] = None, serializer: str = "json",
+def make(task: str, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, serializer: str = "json",
          task_id: Optional[str] = None, **fields: Any) -> Message:
     """Build a message, serializing [args, kwargs] with `serializer`."""
     return Message(id=task_id or new_id(), task=task, body=encode_args(args, kwargs, serializer),
                    content_type=serializer, sent_at=time.time(), **fields)
 
 
-def encode_args(args: Any, kwargs: Optional[dict], serializer: str) -> bytes:
+def encode_args(args: Any, kwargs: Optional[Dict[str, Any]], serializer: str) -> bytes:
     """The body: [args, kwargs] serialized (TypeError when they cannot be)."""
     return serializers.dumps([list(args or ()), kwargs or {}], serializer)

@@ -103,7 +103,8 @@ class MetricsTable:
         v = self.values
         for region in range(self.n):
             for key, at in self.entries(region):
-                values = v[at:at + N_VALUES].tolist()
+                # typeshed types memoryview.tolist() as list[int] whatever the format; a "d" view gives floats
+                values: List[float] = v[at:at + N_VALUES].tolist()  # type: ignore[assignment]
                 have = out.get(key)
                 if have is None:
                     out[key] = values

@@ -34,6 +34,10 @@ class Pipe(Commands, Protocol):
 
     def gather(self, emit: Emitter, key: Any, item: Any) -> None: ...
 
+    def execute(self, raise_on_error: bool = True) -> List[Any]:
+        """Send what is queued and read every reply owed (its owner's call, or a fetch's)."""
+        ...
+
 
 def _pack_py(args: tuple) -> bytes:
     out = [b"*%d\r\n" % len(args)]
@@ -196,7 +200,7 @@ class FastPipeline(redis.client.Pipeline):
         self.command_stack = self._unread + commands + self.command_stack
         self._unread = []
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # type: ignore[override]  # (redis-py's stub types the RESET command's reply)
         self.command_stack = []
         self._gathered = {}
 

@@ -204,9 +204,11 @@ class EagerResult(AsyncResult):
                        "date_done": time.time() if state in states.READY_STATES else None}
 
     def _meta(self) -> dict:
+        assert self._cache is not None  # set in __init__; forget() keeps it
         return self._cache
 
-    def get(self, timeout: Optional[float] = None, propagate: bool = True, **kwargs: Any) -> Any:
+    def get(self, timeout: Optional[float] = None, propagate: bool = True, interval: float = 0.5,
+            disable_sync_subtasks: bool = True, follow_parents: bool = True, **kwargs: Any) -> Any:
         return super().get(timeout=timeout, propagate=propagate, disable_sync_subtasks=False)
 
     def forget(self) -> None:

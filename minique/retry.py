@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import serializers
 from .message import Message
@@ -33,11 +33,11 @@ def backoff(retries: int, base: float, maximum: float = DEFAULT_BACKOFF_MAX, jit
             rng: Optional[random.Random] = None) -> float:
     """Exponential back-off: min(maximum, base * 2**retries), with full jitter when asked."""
     try:
-        delay = min(maximum, base * (2 ** retries))
+        delay: float = min(maximum, base * (2 ** retries))
     except OverflowError:  # retrying forever: 2**retries outgrew a float long after the cap applied
         delay = maximum
     if jitter:
-        delay = (rng or random).uniform(0, delay)
+        delay = rng.uniform(0, delay) if rng is not None else random.uniform(0, delay)
     return max(0.0, delay)
 
 
@@ -70,8 +70,8 @@ def retry_at(now: float, policy: RetryPolicy, retries: int, countdown: Optional[
     return now + countdown_for(policy, retries, countdown, rng)
 
 
-def autoretry_at(now: float, policy: RetryPolicy, retries: int, exc: BaseException, autoretry_for: tuple,
-                 retry_kwargs: Optional[dict]) -> Optional[float]:
+def autoretry_at(now: float, policy: RetryPolicy, retries: int, exc: BaseException,
+                 autoretry_for: Tuple[type, ...], retry_kwargs: Optional[Dict[str, Any]]) -> Optional[float]:
     """When a task that raised `exc` runs again under `autoretry_for` (None: it does not retry).
 
     `retry_kwargs` are Celery's: its `max_retries` overrides the task's, its `countdown` the back-off."""
@@ -84,7 +84,7 @@ def autoretry_at(now: float, policy: RetryPolicy, retries: int, exc: BaseExcepti
 
 
 def next_message(msg: Message, when: Optional[float], args: Optional[Any] = None,
-                 kwargs: Optional[dict] = None, accept: Any = None) -> Message:
+                 kwargs: Optional[Dict[str, Any]] = None, accept: Any = None) -> Message:
     """The message of retry number `msg.retries + 1`: same id, root, parent and options, due at
     `when`; new arguments where `self.retry(args=..., kwargs=...)` gave them. Unsigned: the caller
     signs it again when a security key is set."""

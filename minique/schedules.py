@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import copy
 import heapq
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from collections.abc import Iterable, Iterator
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Optional, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -181,9 +181,9 @@ def _parse_field(field: str, spec: object) -> frozenset[int]:
 
 
 def _spec_str(spec: object) -> str:
-    if isinstance(spec, (str, int)):
-        return str(spec)
-    return ",".join(str(v) for v in sorted(spec, key=str))  # type: ignore[arg-type]
+    if isinstance(spec, Iterable) and not isinstance(spec, str):
+        return ",".join(str(v) for v in sorted(spec, key=str))
+    return str(spec)
 
 
 class crontab(BaseSchedule):
@@ -208,7 +208,7 @@ class crontab(BaseSchedule):
         self._tz = _coerce_tz(tz)
         self._times = sorted(time(h, m) for h in self.hour for m in self.minute)
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[object, ...]:
         return (self.minute, self.hour, self.day_of_week, self.day_of_month,
                 self.month_of_year, self._tz)
 
@@ -316,7 +316,7 @@ class schedule(BaseSchedule):
         """The interval in seconds."""
         return self.run_every.total_seconds()
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[object, ...]:
         return (self.run_every, self.relative, self._tz)
 
     def __eq__(self, other: object) -> bool:

@@ -10,7 +10,7 @@ import decimal
 import json
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import msgpack
 
@@ -81,7 +81,8 @@ def _msgpack_dumps(obj: Any) -> bytes:
         packer = _local.packer
     except AttributeError:
         packer = _local.packer = msgpack.Packer(**_packer_opts)
-    return packer.pack(obj)
+    packed: bytes = packer.pack(obj)
+    return packed
 
 
 def _msgpack_loads(data: bytes) -> Any:
@@ -144,7 +145,7 @@ pack = _msgpack_dumps
 unpack = _msgpack_loads
 
 
-def unpack_all(data: bytes) -> list:
+def unpack_all(data: bytes) -> List[Any]:
     """Every msgpack object in `data`, packed one after another."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
     unpacker.feed(data)

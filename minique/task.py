@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Generic, Iterable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterable, Optional, Tuple, Type, TypeVar, Union
 
 from . import context, retry as retry_engine, states
-from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
-from .canvas import Replace, Signature, chunks, xmap, xstarmap
-from .result import AsyncResult, EagerResult
-from .message import new_id
 from .backend import format_traceback
+from .canvas import Replace, Signature, chunks, xmap, xstarmap
+from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
+from .message import new_id
+from .result import AsyncResult, EagerResult
 
 R = TypeVar("R")
 
@@ -27,6 +27,29 @@ OPTION_DEFAULTS: Dict[str, Any] = {
 class Task(Generic[R]):
     """Wraps a function registered with `@app.task`. A plain object: read it, call it, send it."""
 
+    # The options of OPTION_DEFAULTS, set by __init__ (None: the app's setting applies).
+    queue: Optional[str]
+    priority: Optional[int]
+    ignore_result: Optional[bool]
+    serializer: Optional[str]
+    max_retries: Optional[int]
+    default_retry_delay: float
+    retry_backoff: Union[bool, float]
+    retry_backoff_max: float
+    retry_jitter: bool
+    autoretry_for: Tuple[Type[BaseException], ...]
+    retry_kwargs: Optional[Dict[str, Any]]
+    acks_late: Optional[bool]
+    reject_on_worker_lost: Optional[bool]
+    time_limit: Optional[float]
+    soft_time_limit: Optional[float]
+    expires: Any  # seconds from now, or a datetime
+    rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
+    track_started: Optional[bool]
+    store_errors_even_if_ignored: Optional[bool]
+    typing: bool
+    routing_key: Optional[str]
+
     def __init__(self, app: Any, fun: Callable[..., R], name: str, bind: bool = False, **options: Any):
         unknown = set(options) - set(OPTION_DEFAULTS) - {"base", "shared", "trail", "lazy"}
         if unknown:
@@ -38,13 +61,14 @@ class Task(Generic[R]):
         self.bind = bind
         self.__doc__ = fun.__doc__
         self.__name__ = getattr(fun, "__name__", name)
-        self.__module__ = getattr(fun, "__module__", None)
+        module = getattr(fun, "__module__", None)
+        if module is not None:
+            self.__module__ = module
         self.__wrapped__ = fun
         for key, default in OPTION_DEFAULTS.items():
             setattr(self, key, options.get(key, default))
-        if isinstance(self.autoretry_for, type):
-            self.autoretry_for = (self.autoretry_for,)
-        self.autoretry_for = tuple(self.autoretry_for or ())
+        autoretry_for = options.get("autoretry_for")  # one exception class, or a tuple/list of them
+        self.autoretry_for = (autoretry_for,) if isinstance(autoretry_for, type) else tuple(autoretry_for or ())
         self.policy = retry_engine.RetryPolicy(
             max_retries=self.max_retries, default_retry_delay=self.default_retry_delay,
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,

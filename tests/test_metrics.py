@@ -5,6 +5,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from minique.exceptions import WorkerLostError
 from procs import wait_for
 
 
@@ -90,12 +91,13 @@ def test_counters_and_histograms_add_up_to_the_work_sent(procs, client_app, redi
     assert any(k[0] == "minique_worker_info" and ("worker", "w1@test") in k[1] for k in m)
 
 
+@pytest.mark.fault  # kills a pool child
 def test_counts_of_a_dead_child_are_kept_and_the_loss_is_counted(procs, client_app):
     _, port = metrics_worker(procs, "-c", "1", "--max-tasks-per-child", "3")
     for i in range(4):  # the child recycles after 3: counts span two children
         assert client_app.add.delay(i, 1).get(timeout=10) == i + 1
     r = client_app.die.delay()  # kill -9 mid-task: the parent counts the failure
-    with pytest.raises(Exception):
+    with pytest.raises(WorkerLostError):
         r.get(timeout=15)
     assert client_app.add.delay(1, 1).get(timeout=10) == 2
     m = scrape(port)

@@ -45,6 +45,7 @@ def test_errors_surface_after_every_handler_ran(redis_client):
     assert isinstance(pipe.execute(raise_on_error=False), list)
 
 
+@pytest.mark.fault  # drops a connection
 def test_unanswered_commands_are_written_again_after_a_dropped_connection(redis_client):
     pipe = FastPipeline(redis_client)
     pipe.sadd("set", "a")

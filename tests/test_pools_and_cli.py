@@ -18,6 +18,7 @@ def test_thread_and_solo_pools(procs, client_app, pool):
     assert group(client_app.add.s(i, 1) for i in range(10)).apply_async().get(timeout=10) == list(range(1, 11))
 
 
+@pytest.mark.fault  # kills a pool child
 def test_lists_broker_worker_runs_tasks_and_canvas(procs, client_app, monkeypatch):
     monkeypatch.setenv("TESTAPP_SETTINGS", LISTS)
     client_app.app.conf.broker_transport_options = {"queue_type": "lists"}
@@ -74,6 +75,7 @@ def test_cli_errors_are_clear(procs):
         assert "Traceback" not in out.stderr
 
 
+@pytest.mark.integration  # runs the CLI as a process
 def test_version_and_help():
     out = subprocess.run([sys.executable, "-m", "minique.cli", "--version"], capture_output=True, text=True, timeout=30)
     assert "minique, version" in out.stdout
@@ -85,6 +87,7 @@ def test_version_and_help():
         assert flag in out.stdout
 
 
+@pytest.mark.integration  # runs the CLI as a process
 @pytest.mark.timeout(120)
 def test_quick_start_demo_runs_on_an_embedded_redis(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIQUE_BROKER")}

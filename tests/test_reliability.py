@@ -404,7 +404,7 @@ def test_thousand_countdowns_three_workers_once_and_never_early(procs, client_ap
     wait_for(lambda: settled(app), 10, "the queue to drain")
     lines = [json.loads(x) for x in redis_client.lrange("k6", 0, -1)]
     runs = {}
-    for token, ran_at, eta, pid in lines:
+    for token, *_ in lines:
         runs[token] = runs.get(token, 0) + 1
     early = [(t, eta - ran_at) for t, ran_at, eta, _ in lines if ran_at < eta]
     late = sorted(ran_at - eta for _, ran_at, eta, _ in lines)

@@ -12,7 +12,6 @@ from minique import Minique, context, retry as engine
 from minique.exceptions import MaxRetriesExceededError, Retry
 from minique.retry import RetryPolicy, backoff, can_retry, countdown_for, retry_at
 
-
 # --- backoff ---------------------------------------------------------------------------------------
 
 def test_backoff_without_jitter_doubles_from_the_base():

@@ -1,6 +1,7 @@
 """settle(): every outcome x acks_late x acks_on_failure_or_timeout x reject_on_worker_lost x
 max deliveries, as one table checked against Celery's rules (celery/worker/request.py:
 on_success, on_failure, on_timeout, on_retry, reject, acknowledge). Pure: no Redis."""
+# ruff: noqa: E501  (one table row a line, with its reason beside it, reads better than wrapped rows)
 import itertools
 
 import pytest

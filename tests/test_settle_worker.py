@@ -9,15 +9,12 @@
   and the worker goes on.
 """
 import json
-import os
 
 import pytest
-import redis
 
 from minique import keys, serializers, states
-from minique.exceptions import EncodeError, WorkerLostError
+from minique.exceptions import EncodeError
 from minique.message import make
-from minique.pipe import ClientPipe
 from procs import wait_for
 
 pytestmark = pytest.mark.timeout(60)

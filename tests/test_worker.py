@@ -52,6 +52,7 @@ def test_failure_is_reraised_with_its_class_and_traceback(procs, client_app):
     assert r.get(timeout=1, propagate=False).args == ("bad input",)
 
 
+@pytest.mark.fault  # kills a pool child
 def test_killed_child_fails_task_with_worker_lost_and_worker_keeps_serving(procs, client_app):
     worker = procs.worker("-c", "2")
     children_before = set(worker.children())

@@ -15,7 +15,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, cast
 
 import redis
 
@@ -140,7 +140,7 @@ class Broker(ABC):
         buried: List[bool] = []
         self._requeue(target, delivery, redelivered, lambda: buried.append(True))
         if own:
-            target.execute()  # type: ignore[attr-defined]  # (a ClientPipe)
+            target.execute()
         return bool(buried)
 
     @abstractmethod
@@ -185,13 +185,16 @@ class Broker(ABC):
     def dead_letters(self, count: int = 100, start: str = "-") -> List[Tuple[str, Dict[str, Any]]]:
         """The oldest `count` dead letters from `start` on, as (id, fields)."""
         out = []
-        for entry_id, fields in self.client.xrange(keys.DLQ, min=start, count=count):
+        # redis-py types replies as bytes | str (and xrange's as optional); with decode_responses off: bytes
+        entries = cast(List[Tuple[bytes, Dict[bytes, bytes]]], self.client.xrange(keys.DLQ, min=start, count=count))
+        for entry_id, fields in entries:
             out.append((entry_id.decode(), {k.decode(): (v if k == b"m" else v.decode()) for k, v in fields.items()}))
         return out
 
     def replay_dead_letter(self, entry_id: str, queue: Optional[str] = None, priority: int = 0) -> bool:
         """Send a dead letter back to its queue (or `queue`) and remove it from the dead letters."""
-        entries = self.client.xrange(keys.DLQ, min=entry_id, max=entry_id)
+        entries = cast(List[Tuple[bytes, Dict[bytes, bytes]]],  # as in dead_letters
+                       self.client.xrange(keys.DLQ, min=entry_id, max=entry_id))
         if not entries:
             return False
         fields = entries[0][1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, cast
 
 from .. import keys
 from ..lua import Scripts
@@ -49,7 +49,7 @@ class ListsBroker(Broker):
     def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
               pipe: Optional[Pipe] = None) -> List[Delivery]:
         if pipe is not None:
-            pipe.execute()  # type: ignore[attr-defined]  # (the worker's FastPipeline: what must go first)
+            pipe.execute()  # what must reach Redis first
         deadline = time.monotonic() + block
         vis_ms = int(self.visibility_timeout * 1000)
         while True:
@@ -97,7 +97,8 @@ class ListsBroker(Broker):
         out = []
         for queue in queues:
             proc = keys.processing(queue, consumer)
-            for element in self.client.lrange(proc, 0, -1):
+            # redis-py types replies as bytes | str; decode_responses is off: bytes
+            for element in cast(List[bytes], self.client.lrange(proc, 0, -1)):
                 out.append(_delivery(queue, proc, element))
         return out
 
@@ -112,8 +113,9 @@ class ListsBroker(Broker):
         total = 0
         now_ms = int(time.time() * 1000)
         for queue in queues:
-            for consumer in self.client.zrangebyscore(keys.consumers(queue), "-inf", now_ms):
-                consumer = consumer.decode()
+            expired = cast(List[bytes], self.client.zrangebyscore(keys.consumers(queue), "-inf", now_ms))  # as above
+            for name in expired:
+                consumer = name.decode()
                 proc = keys.processing(queue, consumer)
                 n, dead = SCRIPTS(self.client, "return_all", [keys.consumers(queue), proc]
                                   + keys.queue_priorities(queue)[::-1], [consumer, 1, self.max_deliveries])
@@ -136,7 +138,7 @@ class ListsBroker(Broker):
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}
         for queue in queues:
-            consumers = self.client.zrange(keys.consumers(queue), 0, -1)
+            consumers = cast(List[bytes], self.client.zrange(keys.consumers(queue), 0, -1))  # as above
             pipe = self.client.pipeline(transaction=False)
             for c in consumers:
                 pipe.llen(keys.processing(queue, c.decode()))

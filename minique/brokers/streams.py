@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import redis
 
@@ -205,7 +205,8 @@ class StreamsBroker(Broker):
             except redis.exceptions.ResponseError:
                 continue
             for p in pending:
-                entries = self.client.xrange(key, p["message_id"], p["message_id"])
+                entries = cast(List[Tuple[bytes, Dict[bytes, bytes]]],  # redis-py: bytes | str; decode_responses off
+                               self.client.xrange(key, p["message_id"], p["message_id"]))
                 if entries and entries[0][1]:
                     out.append(_delivery(key, entries[0][0], entries[0][1]))
         return out

@@ -102,6 +102,7 @@ class Dashboard:
 
     def _registry(self) -> Any:
         from prometheus_client import CollectorRegistry
+
         from ..metrics import ClusterCollector
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ClusterCollector(self.app, self.state.queues))
@@ -132,8 +133,8 @@ class Dashboard:
             cookie = SimpleCookie(headers.get("Cookie", ""))
             if "minique_token" in cookie and hmac.compare_digest(cookie["minique_token"].value.encode(), want):
                 return True, False
-            given = (query.get("token") or [""])[0]
-            if given and hmac.compare_digest(given.encode(), want):
+            given_token = (query.get("token") or [""])[0]
+            if given_token and hmac.compare_digest(given_token.encode(), want):
                 return True, True
         return False, False
 
@@ -179,7 +180,7 @@ class Dashboard:
             try:
                 return float(v) if v else None
             except ValueError:
-                raise HTTPError(400, f"{name} must be a number")
+                raise HTTPError(400, f"{name} must be a number") from None
         limit = int(num("limit") or 100)
         out = self.state.index.summaries(state=one("state"), name=one("name"), worker=one("worker"),
                                          since=num("since"), until=num("until"), search=one("search"),
@@ -389,7 +390,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            raise HTTPError(400, "the request body must be JSON")
+            raise HTTPError(400, "the request body must be JSON") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the request body must be a JSON object")
         m = re.fullmatch(r"/api/tasks/([\w\-.:]{1,200})/(retry|revoke)", path)
@@ -435,7 +436,10 @@ class DashboardServer:
         handler = type("BoundHandler", (Handler,), {"dashboard": dashboard})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self.host, self.port = self.httpd.server_address[:2]
+        bound, self.port = self.httpd.server_address[:2]
+        # typeshed allows the bytes that bind() accepts; getsockname() of an AF_INET(6) socket gives str
+        assert isinstance(bound, str)
+        self.host = bound
         import ipaddress
         try:
             dashboard.loopback_only = ipaddress.ip_address(self.host).is_loopback

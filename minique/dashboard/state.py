@@ -101,7 +101,7 @@ class TaskIndex:
         self.children.pop(tid, None)
         parent = rec.get("parent_id")
         kids = self.children.get(parent) if parent else None
-        if kids is not None:
+        if parent and kids is not None:
             try:
                 kids.remove(tid)
             except ValueError:
@@ -313,8 +313,8 @@ class State:
         client = self.app.broker_client
         while not self.stopped.is_set():
             try:
-                last, batch = events_mod.read(client, self.last_event_id, count=500, block=1.0)
-                batch = list(batch)
+                last, events = events_mod.read(client, self.last_event_id, count=500, block=1.0)
+                batch = list(events)
                 self.last_event_id = last
                 if batch:
                     self.index.apply(batch)

@@ -24,13 +24,24 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import redis
 
 from .. import canvas, context, retry as retry_engine, settle as fate, states
+from ..app import sign, verify
 from ..backend import format_traceback
 from ..brokers import Delivery
-from ..exceptions import (ChordError, ContentDisallowed, DecodeError, EncodeError, Ignore, NotRegistered, Reject,
-                          Retry, SoftTimeLimitExceeded, TaskRevokedError, WorkerLostError)
+from ..exceptions import (
+    ChordError,
+    ContentDisallowed,
+    DecodeError,
+    EncodeError,
+    Ignore,
+    NotRegistered,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    WorkerLostError,
+)
 from ..message import Message, decode, peek_id
 from ..settle import Outcome, Policy, Settlement, settle
-from ..app import sign, verify
 from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
@@ -69,7 +80,7 @@ class Executor:
         self.security_key = self.conf.security_key
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
-        self._options: Dict[str, tuple] = {}  # per task name, see _task_options
+        self._options: Dict[Tuple[str, bool], tuple] = {}  # per (task name, ignore_result), see _task_options
         self._options_version = -1
         self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
@@ -120,7 +131,8 @@ class Executor:
         job = Job(delivery, msg, task, policy, msg.id)
         if delivery.deliveries > self.max_deliveries:
             return self._record(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
-                f"dead-lettered: delivered {delivery.deliveries + 1} times (task_max_deliveries {self.max_deliveries})"),
+                f"dead-lettered: delivered {delivery.deliveries + 1} times "
+                f"(task_max_deliveries {self.max_deliveries})"),
                 f"too many deliveries ({delivery.deliveries + 1})"))
         if msg.id in self.revoked:
             return self._record(job, Outcome(fate.REVOKED, TaskRevokedError("revoked")))
@@ -253,7 +265,8 @@ class Executor:
         return context.Request(
             id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
             parent_id=msg.parent_id, group=msg.group_id, group_index=msg.group_index, hostname=self.hostname,
-            delivery_info={"queue": delivery.queue, "priority": delivery.priority, "redelivered": delivery.deliveries > 0},
+            delivery_info={"queue": delivery.queue, "priority": delivery.priority,
+                           "redelivered": delivery.deliveries > 0},
             eta=msg.eta, expires=msg.expires, headers=msg.headers, chord=msg.chord, chain=msg.chain,
             callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
             time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
@@ -378,7 +391,8 @@ class Executor:
         assert msg is not None
         follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
         for link in msg.links or ():
-            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), self.outbox.broker)
+            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)),
+                        self.outbox.broker)
         if msg.chain:
             nxt, rest = msg.chain[0], msg.chain[1:]
             sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)

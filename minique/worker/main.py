@@ -192,7 +192,6 @@ class Worker:
         assert self.pool is not None
         for member, how, clean in self.pool.reap():
             slot = self.pool.slots[member.index]
-            lost = []
             started, _, running = slot.running()
             lost: List[tuple] = [(running, True)] if running else []
             lost += [(record, False) for record in slot.unflushed()]
@@ -244,7 +243,7 @@ class Worker:
     @staticmethod
     def _retrying(call: Any) -> Any:
         """call() until Redis answers (5 s at most); None if it never did."""
-        for attempt in range(50):
+        for _ in range(50):
             try:
                 return call()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):

@@ -45,7 +45,8 @@ def parse_rate(value: Any) -> float:
 
 
 def initial_rates(app: Any) -> Dict[str, float]:
-    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}}) and task_default_rate_limit."""
+    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}})
+    and task_default_rate_limit."""
     conf = app.conf
     annotations = conf.task_annotations if isinstance(conf.task_annotations, dict) else {}
     default = annotations.get("*", {}).get("rate_limit") or conf.task_default_rate_limit
@@ -189,7 +190,6 @@ class Telemetry:
             self.parent.flush(self.worker.app.broker_client)
         except redis.exceptions.RedisError as exc:
             log.debug("could not send %s: %s", type, exc)
-            self.parent.buffer = []
 
     def online(self) -> None:
         w = self.worker
@@ -211,8 +211,8 @@ class Telemetry:
     def lost(self, task_name: Optional[str], task_id: str, queue: Optional[str], state: str, exc: BaseException,
              data: Optional[bytes]) -> None:
         """A task failed (or was terminated) with its pool process: the parent counts it and sends its event."""
-        from ..message import decode
         from .. import states
+        from ..message import decode
         type = "task-revoked" if state == states.REVOKED else "task-failed"
         msg = None
         if data is not None:
@@ -234,7 +234,6 @@ class Telemetry:
                 self.parent.flush(self.worker.app.broker_client)
         except redis.exceptions.RedisError as err:
             log.debug("could not send the event of lost task %s: %s", task_id, err)
-            self.parent.buffer = []
 
     def close(self) -> None:
         self.offline()
@@ -263,7 +262,8 @@ class Observer:
             "registered": lambda a: sorted(n for n in worker.app.tasks if not n.startswith("minique.")),
             "stats": self._stats,
             "active_queues": lambda a: [{"name": q} for q in worker.queues],
-            "revoked": lambda a: sorted(r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
+            "revoked": lambda a: sorted(
+                r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
             "revoke": self._revoke,
             "shutdown": lambda a: worker.shutdown("warm") or {"ok": "shutting down"},
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
@@ -327,11 +327,10 @@ class Observer:
             started, _, record = pool.slots[m.index].running()
             if not record:
                 continue
-            task_id, name, data, acks_late, queue = record.task_id, record.name, record.data, record.acks_late, record.queue
-            item = {"id": task_id, "name": name, "type": name, "args": None, "kwargs": None}
-            item.update(self._describe(data))
+            item = {"id": record.task_id, "name": record.name, "type": record.name, "args": None, "kwargs": None}
+            item.update(self._describe(record.data))
             item.update({"hostname": self.worker.hostname, "time_start": started, "worker_pid": m.pid,
-                         "acknowledged": not acks_late, "delivery_info": {"queue": queue}})
+                         "acknowledged": not record.acks_late, "delivery_info": {"queue": record.queue}})
             out.append(item)
         return out
 
@@ -345,7 +344,7 @@ class Observer:
                 tid = peek_id(d.data)
                 if tid in active:
                     continue
-                item = {"id": tid}
+                item: Dict[str, Any] = {"id": tid}
                 item.update(self._describe(d.data))
                 item.update({"hostname": self.worker.hostname, "acknowledged": False,
                              "delivery_info": {"queue": d.queue, "priority": d.priority,
