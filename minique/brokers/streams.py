@@ -164,12 +164,17 @@ class StreamsBroker(Broker):
         out = []
         for key, entries in found or ():
             key = key.decode() if isinstance(key, bytes) else key
+            queue, priority = keys.queue_name_of(key), keys.priority_of(key)
             for entry_id, fields in entries:
                 if isinstance(fields, list):  # from Lua: a flat [k, v, k, v]
                     fields = dict(zip(fields[::2], fields[1::2]))
                 if not fields:  # deleted after delivery (a purge): nothing to run
                     continue
-                out.append(_delivery(key, entry_id, fields))
+                data, count = fields.get(b"m"), fields.get(b"d", 0)
+                if data is not None and (count == 0 or type(count) is bytes and count.isdigit()):
+                    out.append(Delivery(data, queue, priority, int(count), (key, entry_id)))
+                else:
+                    out.append(_delivery(key, entry_id, fields))
         if len(out) > 1:
             out.sort(key=lambda d: -d.priority)
         return out
@@ -274,7 +279,8 @@ class StreamsBroker(Broker):
 
 def _delivery(key: str, entry_id: Any, fields: Dict[bytes, Any]) -> Delivery:
     """A stream entry as a Delivery; a malformed entry (no message field, a bad delivery count) is
-    delivered with its problem named, to be dead-lettered rather than crash its consumer."""
+    delivered with its problem named, to be dead-lettered rather than crash its consumer. (The
+    fetch path builds well-formed ones itself: this is per message.)"""
     queue, priority = keys.queue_name_of(key), keys.priority_of(key)
     count, problem = count_of(fields.get(b"d", 0))
     data = fields.get(b"m")

@@ -198,9 +198,11 @@ class Executor:
         self.outbox.end(time.monotonic() - started)
 
     def _succeeded_with(self, job: Job, value: Any) -> None:
-        """The body returned: encode its result first, since a value that will not encode is the
-        task's failure (EncodeError), not the worker's."""
-        msg, policy = job.msg, job.policy
+        """The body returned. Its result is encoded first: a value that will not encode is the task's
+        failure (EncodeError), not the worker's. Then what settle() says of a success under the task's
+        policy (asked once per policy: the answer does not depend on the value) is written here
+        directly, the per-task path of every worker (`_record` is the general one)."""
+        msg, outbox = job.msg, self.outbox
         assert msg is not None
         encoded = None
         if not msg.ignore_result:
@@ -208,10 +210,29 @@ class Executor:
                 encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer)
             except EncodeError as exc:
                 return self._record(job, Outcome(fate.FAILURE, exc))
-        settlement = self._succeeded.get(policy)
+        settlement = self._succeeded.get(job.policy)
         if settlement is None:
-            settlement = self._succeeded[policy] = settle(Outcome(fate.SUCCESS), policy)
-        self._record(job, Outcome(fate.SUCCESS, value), settlement, encoded)
+            settlement = self._succeeded[job.policy] = settle(Outcome(fate.SUCCESS), job.policy)
+        mark = outbox.mark()
+        try:
+            if encoded is not None:
+                self.backend.write_meta(outbox.backend, msg.id, states.SUCCESS, encoded)
+            if msg.links or msg.chain or msg.chord:
+                self._on_success(job, value)
+            if settlement.ack:
+                self.app.broker.ack(outbox.broker, job.delivery)
+        except _PASS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained (see the module docstring)
+            outbox.rollback(mark)
+            log.exception("internal error recording the success of %s", msg.id)
+            return self._last_resort(job, exc)
+        runtime = outbox.last_runtime
+        if self.events is not None:
+            self.events.succeeded(msg, runtime)
+        if log.isEnabledFor(logging.INFO):
+            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
+                     extra=_fields(msg, "succeeded", runtime=runtime))
         return None
 
     def _failed(self, job: Job, args: list, kwargs: dict, exc: BaseException) -> Outcome:
@@ -282,15 +303,14 @@ class Executor:
             return False
 
     # --- writing what settle() decided --------------------------------------------------------------
-    def _record(self, job: Job, outcome: Outcome, settlement: Optional[Settlement] = None,
-                encoded: Optional[bytes] = None) -> None:
-        """Settle the outcome and queue its writes; if that fails, take them back and end the
-        message as INTERNAL instead (dead letter + FAILURE with the reason)."""
-        if settlement is None:
-            settlement = settle(outcome, job.policy, job.delivery.deliveries)
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        """Settle the outcome and queue its writes (every outcome but a success, which has its own
+        path: _succeeded_with); if that fails, take them back and end the message as INTERNAL instead
+        (dead letter + FAILURE with the reason)."""
+        settlement = settle(outcome, job.policy, job.delivery.deliveries)
         mark = self.outbox.mark()
         try:
-            self._write(job, outcome, settlement, encoded)
+            self._write(job, outcome, settlement)
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001 - contained (see the module docstring)
@@ -308,28 +328,22 @@ class Executor:
     def _last_resort(self, job: Job, exc: BaseException) -> None:
         """INTERNAL: the message goes to the dead letters with the error; its result becomes FAILURE."""
         reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
-        self._record(job, Outcome(fate.INTERNAL, exc, reason), settle(Outcome(fate.INTERNAL, exc, reason), job.policy))
+        self._record(job, Outcome(fate.INTERNAL, exc, reason))
 
-    def _write(self, job: Job, outcome: Outcome, s: Settlement, encoded: Optional[bytes]) -> None:
+    def _write(self, job: Job, outcome: Outcome, s: Settlement) -> None:
         """Results, then follow-ups, then the message's fate (the Outbox keeps that order on the wire)."""
         msg, outbox = job.msg, self.outbox
         result = s.result if s.result is not None else outcome.value
         if s.state is not None and job.result_id is not None:
-            if encoded is not None and s.state == states.SUCCESS:
-                self.backend.write_meta(outbox.backend, job.result_id, s.state, encoded)
-            else:
-                extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
-                tb = format_traceback(result) if isinstance(result, BaseException) and result.__traceback__ else None
-                serializer = job.task.serializer if job.task is not None and s.state == states.SUCCESS else None
-                self.backend.store(outbox.backend, job.result_id, s.state, result, tb, serializer, extra)
+            extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
+            tb = format_traceback(result) if isinstance(result, BaseException) and result.__traceback__ else None
+            self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)
         if msg is not None:
             if s.park:
                 self.app.publish(outbox.broker, msg)
             if s.retry:
                 self._send_retry(msg, outcome.value)
-            if s.follow == fate.FOLLOW_SUCCESS:
-                self._on_success(job, outcome.value)
-            elif s.follow == fate.FOLLOW_FAILURE:
+            if s.follow == fate.FOLLOW_FAILURE:
                 self.propagate_failure(msg, result, outbox)
             elif s.follow == fate.FOLLOW_REPLACE:
                 self._replace(msg, outcome.value.sig)
@@ -348,20 +362,13 @@ class Executor:
                       extra={"task_id": task_id, "event": "dead-lettered", "queue": job.delivery.queue})
             return
         kind = outcome.kind
-        if kind == fate.SUCCESS:
-            runtime = self.outbox.last_runtime
-            if events is not None:
-                events.succeeded(msg, runtime)
-            if log.isEnabledFor(logging.INFO):
-                log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
-                         extra=_fields(msg, "succeeded", runtime=runtime))
-        elif s.event == "task-retried":
+        if s.event == "task-retried":
             exc = outcome.value
             if events is not None:
                 events.task("task-retried", msg, exception=repr(exc.exc))
             log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
                      extra=_fields(msg, "retried"))
-        elif kind == fate.REJECT or (s.requeue and kind == fate.REJECT):
+        elif kind == fate.REJECT:
             reason = f"rejected by the task: {outcome.value.reason}"
             if events is not None:
                 events.task("task-rejected", msg, reason=reason, requeue=bool(outcome.value.requeue),
@@ -468,7 +475,7 @@ class Executor:
         msg = self._decoded(Delivery(data, "", 0, 0, None)) if data is not None else None
         job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
         settlement = settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
-        self._write(job, outcome, settlement, None)
+        self._write(job, outcome, settlement)
         return settlement
 
     @staticmethod

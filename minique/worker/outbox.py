@@ -30,6 +30,7 @@ Commands stay in the pipes until answered: a lost connection re-sends them (pipe
 """
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections import deque
@@ -41,6 +42,7 @@ from ..brokers import Delivery
 from ..pipe import FastPipeline
 from ..settle import Settlement
 
+log = logging.getLogger("minique.worker")
 SHORT_TASK = 0.005  # seconds: after a task shorter than this, fetch ahead and defer writes
 FETCH_BLOCK = 1.0   # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -110,9 +112,7 @@ class Outbox:
             try:
                 self.write()
             except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
-                import logging
-                logging.getLogger("minique.worker").warning("could not write deferred acks while a task runs: %s",
-                                                            exc)
+                log.warning("could not write deferred acks while a task runs: %s", exc)
 
     # --- a message's fate ---------------------------------------------------------------------------
     def apply(self, delivery: Delivery, settlement: Settlement, task_id: Optional[str], hostname: str) -> None:
@@ -130,7 +130,7 @@ class Outbox:
 
     def mark(self) -> tuple:
         """Where the pipes stand, before a message's writes are queued (see rollback)."""
-        return self.broker.mark(), self.backend.mark()
+        return len(self.broker.command_stack), len(self.backend.command_stack)  # (FastPipeline.mark, inlined)
 
     def rollback(self, mark: tuple) -> None:
         """Take back what was queued since `mark` (handling one message failed half-way)."""
