@@ -1,8 +1,6 @@
 """The application: settings, the task registry, connections, and sending messages."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,6 +16,7 @@ from .config import Settings
 from .exceptions import ConfigurationError
 from .canvas import Signature, register_builtins, send
 from .result import AsyncResult, GroupResult
+from .signing import sign
 from .task import Task
 
 # apply_async options that become message fields as they are
@@ -312,19 +311,3 @@ class Minique:
     def __repr__(self) -> str:
         return f"<Minique {self.main or '__main__'}>"
 
-
-def signing_payload(msg: message_mod.Message) -> bytes:
-    return msg._replace(signature=None).encode()
-
-
-def sign(msg: message_mod.Message, key: Any) -> message_mod.Message:
-    """Attach an HMAC-SHA256 of the message to it."""
-    key = key.encode() if isinstance(key, str) else key
-    return msg._replace(signature=hmac.new(key, signing_payload(msg), hashlib.sha256).digest())
-
-
-def verify(msg: message_mod.Message, key: Any) -> bool:
-    key = key.encode() if isinstance(key, str) else key
-    if not msg.signature:
-        return False
-    return hmac.compare_digest(msg.signature, hmac.new(key, signing_payload(msg), hashlib.sha256).digest())

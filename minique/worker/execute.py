@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import redis
 
 from .. import canvas, context, retry as retry_engine, states
-from ..app import verify
+from ..signing import verify
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..exceptions import (ChordError, ContentDisallowed, DecodeError, Ignore, NotRegistered, Reject, Retry,
@@ -465,7 +465,7 @@ class Executor:
                                                 msg.content_type)
         new = msg._replace(signature=None, **changes)
         if self.security_key:
-            from ..app import sign
+            from ..signing import sign
             new = sign(new, self.security_key)
         self.app.publish(batch.broker, new)
         if not msg.ignore_result:
