@@ -189,7 +189,6 @@ class Telemetry:
             self.parent.flush(self.worker.app.broker_client)
         except redis.exceptions.RedisError as exc:
             log.debug("could not send %s: %s", type, exc)
-            self.parent.buffer = []
 
     def online(self) -> None:
         w = self.worker
@@ -234,7 +233,6 @@ class Telemetry:
                 self.parent.flush(self.worker.app.broker_client)
         except redis.exceptions.RedisError as err:
             log.debug("could not send the event of lost task %s: %s", task_id, err)
-            self.parent.buffer = []
 
     def close(self) -> None:
         self.offline()
