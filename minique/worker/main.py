@@ -14,19 +14,22 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import redis
 
 from .. import keys, serializers, states
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from ..message import decode
+from ..lua import Scripts
+from ..message import decode, new_id
 from .consumer import Consumer
 from .execute import Batch, Executor
 from .pool import Member, Pool, PreforkPool, ThreadPool
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
 
 
 def expand_hostname(name: Optional[str]) -> str:
@@ -312,14 +315,14 @@ class Worker:
 
     def _reclaim(self) -> None:
         """Redeliver what dead workers held; one worker at a time does it (short lock)."""
-        lock = keys.lock("reaper")
-        if self.app.broker_client.set(lock, self.hostname, nx=True, px=5000):
+        lock, token = keys.lock("reaper"), f"{self.hostname} {new_id()}"
+        if self.app.broker_client.set(lock, token, nx=True, px=5000):
             try:
                 n = self.app.broker.reclaim(self.queues)
                 if n:
                     log.warning("redelivered %d message(s) held by workers that stopped answering", n)
-            finally:
-                self.app.broker_client.delete(lock)
+            finally:  # only our own lock: if it expired meanwhile, another reaper may hold it now
+                SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
