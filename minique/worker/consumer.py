@@ -38,7 +38,7 @@ class Consumer:
 
     def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
                  slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,
-                 max_memory_kib: Optional[int] = None, use_alarm: bool = True):
+                 max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None):
         self.app = app
         self.name = name
         self.queues = list(queues)
@@ -47,7 +47,7 @@ class Consumer:
         self.events = events
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
-        self.executor = Executor(app, hostname, slot=slot, events=events, use_alarm=use_alarm)
+        self.executor = Executor(app, hostname, slot=slot, events=events, use_alarm=use_alarm, limiter=limiter)
         self.batch = Batch(app.broker_client, app.backend_client, slot)
         self.buffer: Deque[Delivery] = deque()
         self.stopping = False

@@ -224,7 +224,8 @@ def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
 class Executor:
     """Executes deliveries for one consumer (one pool slot)."""
 
-    def __init__(self, app: Any, hostname: str, slot: Any = None, events: Any = None, use_alarm: bool = True):
+    def __init__(self, app: Any, hostname: str, slot: Any = None, events: Any = None, use_alarm: bool = True,
+                 limiter: Any = None):
         self.app = app
         self.conf = app.conf
         self.broker = app.broker
@@ -233,6 +234,7 @@ class Executor:
         self.hostname = hostname
         self.slot = slot
         self.events = events
+        self.limiter = limiter  # ratelimit.RateLimiter, or None: no rate limits
         self.revoked: set = set()
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.security_key = self.conf.security_key
@@ -293,7 +295,9 @@ class Executor:
             self.backend.store(batch.backend, msg.id, states.FAILURE, exc)
             return self._dead(delivery, batch, str(exc), msg.id)
         if self.events is not None:
-            self.events.received(msg, batch, data)  # also where the task's rate limit (if any) waits
+            self.events.received(msg, data)
+        if self.limiter is not None:  # the task's rate limit, if any, waits here (after flushing `batch`)
+            self.limiter.acquire(msg.task, batch, self.events.received_now if self.events is not None else None)
         self._run(task, delivery, msg, args, kwargs, batch, defer)
         return None
 

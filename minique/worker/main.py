@@ -80,8 +80,10 @@ class Worker:
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
         events = self.telemetry.events_for(slot) if self.telemetry is not None else None
+        limiter = self.telemetry.limiter_for(slot) if self.telemetry is not None else None
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
-                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork")
+                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork",
+                        limiter=limiter)
 
     def start(self) -> None:
         app = self.app
