@@ -10,12 +10,10 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-
-import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import context
-from .message import Template, encode_args, new_id
+from .message import new_id
 from .result import AsyncResult, GroupResult
 
 Call = Tuple[str, tuple, dict, Dict[str, Any]]  # (task name, args, kwargs, options) of one message to send
@@ -133,7 +131,7 @@ class Signature(dict):
     def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        send(self.app, self.plan(args, kwargs, options))
+        self.app.send_calls(self.plan(args, kwargs, options))
         return self.result()
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
@@ -420,47 +418,6 @@ def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:
 
 signature = Signature
 maybe_signature = from_dict
-
-
-SEND_CHUNK = 1000  # messages per round trip on the bulk path
-_VARYING = ("task_id", "group_index")  # what may differ between calls that share a Template
-
-
-def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
-    """Publish planned calls: into the caller's pipeline, or in one round trip (the bulk path)."""
-    if pipe is not None:
-        for name, a, k, o in calls:
-            app.publish(pipe, app.build_message(name, a, k, o))
-        return
-    if len(calls) == 1:
-        name, a, k, o = calls[0]
-        app.publish(None, app.build_message(name, a, k, o))
-        return
-    now = time.time()
-    items = []
-    last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
-    templates = not app.conf.security_key  # a signed message is signed whole
-    for name, a, k, o in calls:
-        shape = {key: v for key, v in o.items() if key not in _VARYING}
-        if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
-            template, queue, priority, eta = last[2:]
-            try:
-                body = encode_args(a, k, template.content_type)
-            except TypeError as exc:
-                raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
-            data = template.encode(o.get("task_id") or new_id(), body, o.get("group_index"))
-        else:
-            msg = app.build_message(name, a, k, o)
-            queue, priority, data = msg.queue, msg.priority, msg.encode()
-            eta = msg.eta if msg.eta is not None and msg.eta > now else None
-            if templates and not app._defaults(name)["dynamic_routes"]:
-                last = (name, shape, Template(msg), queue, priority, eta)
-        items.append((queue, priority, data, eta))
-        if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
-            app.broker.send_many(items)
-            items = []
-    if items:
-        app.broker.send_many(items)
 
 
 def task_ids(sig: Any) -> List[str]:

@@ -397,11 +397,11 @@ class Executor:
                      extra=_fields(msg, "succeeded", runtime=runtime))
         follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
         for link in msg.links or ():
-            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
+            self.app.send_calls(canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
         if msg.chain:
             nxt, rest = msg.chain[0], msg.chain[1:]
             sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)
-            canvas.send(self.app, sig.plan((value,), None, dict(follow)), batch.broker)
+            self.app.send_calls(sig.plan((value,), None, dict(follow)), batch.broker)
         if msg.chord:
             self._chord_member_done(msg, value, serializer, batch)
 
@@ -411,7 +411,7 @@ class Executor:
         def complete(results: list) -> None:  # called once per chord, when the last member's join is read
             callback = canvas.from_dict(info["cb"], self.app)
             follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-            canvas.send(self.app, callback.plan((results,), None, follow), batch.broker)
+            self.app.send_calls(callback.plan((results,), None, follow), batch.broker)
             self.backend.chord_sent(batch.backend, info["id"])
 
         self.backend.chord_join(batch.backend, info["id"], msg.group_index or 0, info["n"], value, serializer,
@@ -501,7 +501,7 @@ class Executor:
                            ("group_index", msg.group_index), ("link", msg.links), ("link_error", msg.errbacks)):
             if value is not None:
                 own[key] = value
-        canvas.send(self.app, sig.plan((), None, own), batch.broker)
+        self.app.send_calls(sig.plan((), None, own), batch.broker)
 
     def _fail(self, task: Any, msg: Message, exc: BaseException, batch: Batch, tb: Optional[str]) -> None:
         store_errors = task.store_errors_even_if_ignored
@@ -517,8 +517,8 @@ class Executor:
     def propagate_failure(self, msg: Message, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
         """What a failure means downstream: errbacks run, later chain steps and the chord callback fail."""
         for errback in msg.errbacks or ():
-            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
-                        batch.broker)
+            self.app.send_calls(canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
+                                batch.broker)
         for step in msg.chain or ():
             self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
         self._fail_chord(msg.chord, msg.id, exc, batch)
@@ -540,7 +540,7 @@ class Executor:
                 self._fail_signature(member, exc, tb, batch)
             return
         for errback in last.options.get("link_error") or ():
-            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((last.id,), None, {}), batch.broker)
+            self.app.send_calls(canvas.from_dict(errback, self.app).plan((last.id,), None, {}), batch.broker)
         for step in last.options.get("chain") or ():
             self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
         self._fail_chord(last.options.get("chord"), last.id, exc, batch)
