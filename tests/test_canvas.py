@@ -164,3 +164,21 @@ def test_send_calls_into_a_pipeline_waits_for_it_and_the_bulk_path_sends_every_c
     app.send_calls(calls[3:])
     sent = [decode(fields[b"m"]) for _, fields in redis_client.xrange(queue)]
     assert [(m.id, m.args_kwargs({"json"})[0]) for m in sent] == [(f"id-{i}", [i, i]) for i in range(5)]
+
+
+def test_apply_async_leaves_the_canvas_as_it_was_and_its_result_names_what_was_sent(client_app, redis_client):
+    import copy
+    from minique.message import decode
+    add, tsum = client_app.add, client_app.tsum
+    c = add.s(1, 1) | chord([add.s(2), add.s(3)], tsum.s()) | add.s(10)
+    before = copy.deepcopy(c)
+    res = c.apply_async()
+    assert c == before
+    [(_, fields)] = redis_client.xrange("minique:{default}:p0")
+    first = decode(fields[b"m"])                                     # add(1, 1), carrying the rest
+    the_chord, last = first.chain
+    assert res.id == last["options"]["task_id"]                      # add(10)
+    assert res.parent.id == the_chord["kwargs"]["body"]["options"]["task_id"]  # the chord's callback
+    members = the_chord["kwargs"]["header"]["kwargs"]["tasks"]
+    assert [r.id for r in res.parent.parent.results] == [m["options"]["task_id"] for m in members]
+    assert res.parent.parent.id == the_chord["kwargs"]["header"]["options"]["task_id"]
