@@ -13,7 +13,7 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from . import context
 from .message import new_id
@@ -475,13 +475,82 @@ signature = Signature
 maybe_signature = from_dict
 
 
-def task_ids(sig: Any) -> List[str]:
-    """Every frozen task id in a canvas (to fail them together when an earlier step fails)."""
+# --- what a task's outcome means downstream (the worker sends and stores; these only say what) -------------
+
+def success_calls(app: Any, task_id: str, root_id: Optional[str], links: Optional[List[dict]],
+                  chain: Optional[List[dict]], value: Any) -> List[Call]:
+    """The calls a task's success sends: its links applied with `value`, then the next step of its
+    chain (carrying the rest), all with the task as their parent and its root as theirs."""
+    follow = {"parent_id": task_id, "root_id": root_id or task_id}
+    calls: List[Call] = []
+    for link in links or ():
+        calls.extend(from_dict(link, app).plan((value,), None, dict(follow)))
+    if chain:
+        nxt, rest = chain[0], chain[1:]
+        sig = _TYPES["chain"](nxt, *rest, app=app) if rest else from_dict(nxt, app)
+        calls.extend(sig.plan((value,), None, dict(follow)))
+    return calls
+
+
+class Downstream(NamedTuple):
+    """What a failure (or a signature that will never run) means downstream. The caller does the I/O:
+    stores FAILURE for each failed id, sends the errbacks, and for each chord whose end it claims
+    (backend.chord_fail), fails the callback in turn: abandoned(callback), with a ChordError saying
+    "Dependency <member id> raised <the exception>"."""
+
+    failed_ids: List[str]                     # tasks that will now never run: their result becomes FAILURE
+    errbacks: List[Call]                      # planned errback calls, each with a failed task's id as its one arg
+    chords: List[Tuple[str, str, Signature]]  # (chord id, id of the member that failed, the chord's callback)
+
+
+def failure_downstream(app: Any, task_id: str, errbacks: Optional[List[dict]], chain: Optional[List[dict]],
+                       chord: Optional[dict]) -> Downstream:
+    """A task failed (or will not run: revoked, expired, lost); `errbacks`, `chain`, `chord` are its
+    message's fields. Its errbacks run (with its id, as their parent); the rest of its chain never
+    runs; its chord, if any, may now end."""
+    out = Downstream([], [], [])
+    for errback in errbacks or ():
+        out.errbacks.extend(from_dict(errback, app).plan((task_id,), None, {"parent_id": task_id}))
+    for step in chain or ():
+        _abandon(app, from_dict(step, app), out)
+    if chord:
+        out.chords.append((chord["id"], task_id, from_dict(chord["cb"], app)))
+    return out._replace(failed_ids=list(dict.fromkeys(out.failed_ids)))
+
+
+def abandoned(app: Any, sig: Any) -> Downstream:
+    """A signature that will never run (a later chain step, a chord callback): every task in it fails,
+    the errbacks of the tasks that would have ended it run, and what waited on those fails too."""
+    out = Downstream([], [], [])
+    _abandon(app, from_dict(sig, app), out)
+    return out._replace(failed_ids=list(dict.fromkeys(out.failed_ids)))
+
+
+def _abandon(app: Any, sig: Signature, out: Downstream) -> None:
+    out.failed_ids.extend(_task_ids(sig))
+    last = sig  # what would have ended it: a chain's last step, a chord's callback, down to a task or group
+    while isinstance(last, (chain, chord)):
+        last = last.tasks[-1] if isinstance(last, chain) else last.body
+    if isinstance(last, group):
+        for member in last.tasks:
+            _abandon(app, member, out)
+        return
+    for errback in last.options.get("link_error") or ():
+        out.errbacks.extend(from_dict(errback, app).plan((last.id,), None, {}))
+    for step in last.options.get("chain") or ():
+        _abandon(app, from_dict(step, app), out)
+    info = last.options.get("chord")
+    if info:
+        out.chords.append((info["id"], last.id, from_dict(info["cb"], app)))
+
+
+def _task_ids(sig: Any) -> List[str]:
+    """Every frozen task id in a canvas."""
     sig = from_dict(sig)
     if isinstance(sig, (chain, group)):
-        return [i for t in sig.tasks for i in task_ids(t)]
+        return [i for t in sig.tasks for i in _task_ids(t)]
     if isinstance(sig, chord):
-        return [i for t in sig.tasks for i in task_ids(t)] + (task_ids(sig.body) if sig.body else [])
+        return [i for t in sig.tasks for i in _task_ids(t)] + (_task_ids(sig.body) if sig.body else [])
     return [sig.id] if sig.id else []
 
 
@@ -541,5 +610,5 @@ def register_builtins(app: Any) -> None:
 
 
 __all__ = ["Signature", "signature", "chain", "group", "chord", "chunks", "xmap", "xstarmap", "from_dict",
-           "maybe_signature", "Replace"]
+           "maybe_signature", "Replace", "Downstream", "failure_downstream", "abandoned", "success_calls"]
 

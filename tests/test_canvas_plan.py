@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from minique import Minique, chain, chord, group
-from minique.canvas import from_dict, task_ids
+from minique.canvas import abandoned, from_dict
 
 
 @pytest.fixture
@@ -118,12 +118,13 @@ def test_chord_inside_a_chain_passes_its_result_on(app):
     assert [t["task"] for t in cb["kwargs"]["tasks"]] == ["tsum", "add"]
 
 
-def test_nested_three_levels_and_task_ids(app):
+def test_nested_three_levels_freeze_every_task_id(app):
     inner = group(app.add.s(1, 1) | app.add.s(1), app.add.s(2, 2))
     c = app.add.s(0, 0) | chord(inner, app.tsum.s() | app.add.s(1))
-    ids = task_ids(c)
-    c.plan()
-    assert len(ids) == len(set(ids)) and all(ids)
+    c.freeze()
+    ids = abandoned(app, c).failed_ids  # every task in it, had it to be given up
+    assert len(set(ids)) == 6 and all(ids)
+    assert set(ids) <= _ids(c.plan())    # and the messages carry those ids
 
 
 def test_signatures_survive_msgpack(app):

@@ -395,13 +395,9 @@ class Executor:
         if log.isEnabledFor(logging.INFO):
             log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
                      extra=_fields(msg, "succeeded", runtime=runtime))
-        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-        for link in msg.links or ():
-            self.app.send_calls(canvas.from_dict(link, self.app).plan((value,), None, dict(follow)), batch.broker)
-        if msg.chain:
-            nxt, rest = msg.chain[0], msg.chain[1:]
-            sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)
-            self.app.send_calls(sig.plan((value,), None, dict(follow)), batch.broker)
+        if msg.links or msg.chain:
+            self.app.send_calls(canvas.success_calls(self.app, msg.id, msg.root_id, msg.links, msg.chain, value),
+                                batch.broker)
         if msg.chord:
             self._chord_member_done(msg, value, serializer, batch)
 
@@ -516,34 +512,17 @@ class Executor:
 
     def propagate_failure(self, msg: Message, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
         """What a failure means downstream: errbacks run, later chain steps and the chord callback fail."""
-        for errback in msg.errbacks or ():
-            self.app.send_calls(canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
-                                batch.broker)
-        for step in msg.chain or ():
-            self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
-        self._fail_chord(msg.chord, msg.id, exc, batch)
+        down = canvas.failure_downstream(self.app, msg.id, msg.errbacks, msg.chain, msg.chord)
+        self._fail_downstream(down, exc, tb, batch)
 
-    def _fail_chord(self, info: Optional[dict], member_id: str, exc: BaseException, batch: Batch) -> None:
-        if info and self.backend.chord_fail(info["id"]):
-            error = ChordError(f"Dependency {member_id} raised {exc!r}")
-            self._fail_signature(canvas.from_dict(info["cb"], self.app), error, None, batch)
-
-    def _fail_signature(self, sig: Any, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
-        """A signature that will never run: its tasks fail, its errbacks run, and what waits on it fails too."""
-        for task_id in canvas.task_ids(sig):
+    def _fail_downstream(self, down: canvas.Downstream, exc: BaseException, tb: Optional[str], batch: Batch) -> None:
+        for task_id in down.failed_ids:
             self.backend.store(batch.backend, task_id, states.FAILURE, exc, tb)
-        last = sig
-        while isinstance(last, (canvas.chain, canvas.chord)):
-            last = last.tasks[-1] if isinstance(last, canvas.chain) else last.body
-        if isinstance(last, canvas.group):
-            for member in last.tasks:
-                self._fail_signature(member, exc, tb, batch)
-            return
-        for errback in last.options.get("link_error") or ():
-            self.app.send_calls(canvas.from_dict(errback, self.app).plan((last.id,), None, {}), batch.broker)
-        for step in last.options.get("chain") or ():
-            self._fail_signature(canvas.from_dict(step, self.app), exc, tb, batch)
-        self._fail_chord(last.options.get("chord"), last.id, exc, batch)
+        self.app.send_calls(down.errbacks, batch.broker)
+        for chord_id, member_id, callback in down.chords:
+            if self.backend.chord_fail(chord_id):  # this failure ends the chord: its callback will never run
+                error = ChordError(f"Dependency {member_id} raised {exc!r}")
+                self._fail_downstream(canvas.abandoned(self.app, callback), error, None, batch)
 
     def _finish_unrun(self, delivery: Delivery, msg: Message, batch: Batch, reason: str) -> None:
         """A message that must not run (revoked or expired): ack it, record REVOKED with the reason."""
