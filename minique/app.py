@@ -1,8 +1,6 @@
 """The application: settings, the task registry, connections, and sending messages."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,11 +12,15 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 
 from . import context, message as message_mod, routing, serializers
-from .canvas import Signature, register_builtins, send
+from .canvas import Call, Signature, register_builtins
 from .config import Settings
 from .exceptions import ConfigurationError
 from .result import AsyncResult, GroupResult
+from .signing import sign
 from .task import Task
+
+SEND_CHUNK = 1000  # messages per round trip on the bulk path (send_calls)
+_VARYING = ("task_id", "group_index")  # what may differ between calls that share a Template
 
 # apply_async options that become message fields as they are
 _DIRECT_FIELDS = ("retries", "root_id", "parent_id", "group_id", "group_index", "chord", "chain",
@@ -266,6 +268,43 @@ class Minique:
         else:
             self.broker.send(pipe, msg.queue, msg.priority, data)
 
+    def send_calls(self, calls: List[Call], pipe: Any = None) -> None:
+        """Publish planned calls (canvas `plan()`): into the caller's pipeline `pipe`, or now: one
+        message alone, many in pipelined chunks where those alike share one encoded Template."""
+        if pipe is not None:
+            for name, a, k, o in calls:
+                self.publish(pipe, self.build_message(name, a, k, o))
+            return
+        if len(calls) == 1:
+            name, a, k, o = calls[0]
+            self.publish(None, self.build_message(name, a, k, o))
+            return
+        now = time.time()
+        items = []
+        last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
+        templates = not self.conf.security_key  # a signed message is signed whole
+        for name, a, k, o in calls:
+            shape = {key: v for key, v in o.items() if key not in _VARYING}
+            if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
+                template, queue, priority, eta = last[2:]
+                try:
+                    body = message_mod.encode_args(a, k, template.content_type)
+                except TypeError as exc:
+                    raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
+                data = template.encode(o.get("task_id") or message_mod.new_id(), body, o.get("group_index"))
+            else:
+                msg = self.build_message(name, a, k, o)
+                queue, priority, data = msg.queue, msg.priority, msg.encode()
+                eta = msg.eta if msg.eta is not None and msg.eta > now else None
+                if templates and not self._defaults(name)["dynamic_routes"]:
+                    last = (name, shape, message_mod.Template(msg), queue, priority, eta)
+            items.append((queue, priority, data, eta))
+            if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
+                self.broker.send_many(items)
+                items = []
+        if items:
+            self.broker.send_many(items)
+
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
         msg = self.build_message(name, args, kwargs, options)
@@ -279,7 +318,7 @@ class Minique:
         calls = list(calls)
         planned = [(name, args, kwargs, {**options, "task_id": task_id})
                    for (args, kwargs), task_id in zip(calls, message_mod.new_ids(len(calls)))]
-        send(self, planned)
+        self.send_calls(planned)
         return [AsyncResult(o["task_id"], app=self, task_name=name) for *_, o in planned]
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
@@ -313,19 +352,3 @@ class Minique:
     def __repr__(self) -> str:
         return f"<Minique {self.main or '__main__'}>"
 
-
-def signing_payload(msg: message_mod.Message) -> bytes:
-    return msg._replace(signature=None).encode()
-
-
-def sign(msg: message_mod.Message, key: Any) -> message_mod.Message:
-    """Attach an HMAC-SHA256 of the message to it."""
-    key = key.encode() if isinstance(key, str) else key
-    return msg._replace(signature=hmac.new(key, signing_payload(msg), hashlib.sha256).digest())
-
-
-def verify(msg: message_mod.Message, key: Any) -> bool:
-    key = key.encode() if isinstance(key, str) else key
-    if not msg.signature:
-        return False
-    return hmac.compare_digest(msg.signature, hmac.new(key, signing_payload(msg), hashlib.sha256).digest())

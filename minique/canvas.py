@@ -1,8 +1,11 @@
 """Canvas: signatures and the workflows built from them (group, chain, chord), Celery's API.
 
 Applying a canvas is planned first, purely: `plan()` turns it into the list of
-(task name, args, kwargs, options) messages to send now, with every task id frozen
-in advance so the caller gets result handles at once. What runs later travels
+(task name, args, kwargs, options) messages to send now, with every task id fixed
+in advance (`plan_with_result()` also gives the result handles, so the caller has
+them at once). Planning leaves the canvas as it was: the ids it fixes go on copies,
+so planning an unfrozen canvas twice gives two sets of fresh ids; `freeze()` (as
+Celery's) is what sets ids on the canvas itself. What runs later travels
 inside those messages: a chain's remaining steps ride on the running step
 (`chain` field); a chord's callback rides on every header member (`chord`
 field), and the worker that completes the join sends it. Workers re-plan those
@@ -10,11 +13,10 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Type
 
 from . import context
-from .message import Template, encode_args, new_id
+from .message import new_id
 from .result import AsyncResult, GroupResult
 
 # (task name, args, kwargs, options) of one message to send, as app.build_message takes them
@@ -118,14 +120,25 @@ class Signature(dict):
 
     # --- applying -----------------------------------------------------------------------------------
     def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
-        """The messages to send to apply this signature with extra partial args (pure)."""
-        a, k, o = self._merge(args, kwargs, options or {})
+        """The messages to send to apply this signature with extra partial args (pure: the signature
+        is left as it was; ids it has no frozen value for are fresh each time)."""
+        return self._plan(args, kwargs, options or {}, False)[0]
+
+    def plan_with_result(self, args: Any = (), kwargs: Optional[dict] = None,
+                         options: Optional[dict] = None) -> Tuple[List[Call], Any]:
+        """plan(), and the result handle of what it planned (with the ids it chose)."""
+        return self._plan(args, kwargs, options or {}, True)
+
+    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+              with_result: bool) -> Tuple[List[Call], Any]:
+        """(calls, the result handle if `with_result`, else None): what each kind of signature defines."""
+        a, k, o = self._merge(args, kwargs, options)
         for key in ("link", "link_error"):
             if o.get(key):
                 o[key] = [dict(s) for s in (o[key] if isinstance(o[key], (list, tuple)) else [o[key]])]
         o.setdefault("task_id", self.options.get("task_id") or new_id())
-        self.options["task_id"] = o["task_id"]
-        return [(self.name, a, k, o)]
+        return [(self.name, a, k, o)], (AsyncResult(o["task_id"], app=self._app, task_name=self.name)
+                                         if with_result else None)
 
     def result(self) -> Any:
         """The result handle of a frozen signature."""
@@ -134,8 +147,9 @@ class Signature(dict):
     def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        send(self.app, self.plan(args, kwargs, options))
-        return self.result()
+        calls, result = self.plan_with_result(args, kwargs, options)
+        self.app.send_calls(calls)
+        return result
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -199,13 +213,15 @@ class chain(Signature):
             t.freeze()
         return self.tasks[-1].freeze(_id)
 
-    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
-        steps = [s for s in self.tasks]
-        if not steps:
-            return []
-        options = {**self.options, **(options or {})}
+    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+              with_result: bool) -> Tuple[List[Call], Any]:
+        if not self.tasks:
+            return [], None
+        options = {**self.options, **options}
         shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
         own = {k: v for k, v in options.items() if k in _PER_MESSAGE}
+        # the steps travel with their ids fixed and the chain's options: copies get them, ours stay as they are
+        steps = [from_dict(s, self._app, copy=True) for s in self.tasks]
         for step in steps:
             step.options.update(shared)
             if not isinstance(step, (group, chord)):
@@ -221,28 +237,24 @@ class chain(Signature):
                 last.options[key] = own[key]
         first, rest = steps[0], steps[1:]
         if isinstance(first, group) and rest:
-            return chord(first, chain(*rest, app=self._app) if len(rest) > 1 else rest[0],
-                         app=self._app).plan(args, kwargs, {})
-        if isinstance(first, chord) and rest:
+            calls = chord(first, chain(*rest, app=self._app) if len(rest) > 1 else rest[0],
+                          app=self._app).plan(args, kwargs, {})
+        elif isinstance(first, chord) and rest:
             body = chain(first.body, *rest, app=self._app)
-            return chord(first.tasks, body, app=self._app, **first.options).plan(args, kwargs, {})
-        opts: Dict[str, Any] = {}
-        if rest:
-            opts["chain"] = [dict(s) for s in rest] + list(first.options.get("chain") or [])
-        for key in ("link", "link_error"):
-            if key in own and len(steps) == 1:
-                opts[key] = own[key]
-        return first.plan(args, kwargs, opts)
+            calls = chord(first.header, body, app=self._app, **first.options).plan(args, kwargs, {})
+        else:
+            opts: Dict[str, Any] = {}
+            if rest:
+                opts["chain"] = [dict(s) for s in rest] + list(first.options.get("chain") or [])
+            for key in ("link", "link_error"):
+                if key in own and len(steps) == 1:
+                    opts[key] = own[key]
+            calls = first.plan(args, kwargs, opts)
+        return calls, _chain_result(steps) if with_result else None
 
     def result(self) -> Any:
         """The last step's result; `.parent` walks back through the steps."""
-        parent = None
-        for step in self.tasks:
-            res = step.result()
-            if parent is not None and getattr(res, "parent", None) is None:
-                res.parent = parent
-            parent = res
-        return parent
+        return _chain_result(self.tasks)
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
         res: Any = None
@@ -293,15 +305,19 @@ class group(Signature):
             t.freeze()
         return self.result()
 
-    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
-        options = {**self.options, **(options or {})}
+    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+              with_result: bool) -> Tuple[List[Call], Any]:
+        options = {**self.options, **options}
         group_id = options.pop("task_id", None) or new_id()
-        self.options["task_id"] = group_id
         shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
         calls: List[Call] = []
+        results = []
         for i, member in enumerate(self.tasks):
-            calls.extend(member.plan(args, kwargs, {**shared, "group_id": group_id, "group_index": i}))
-        return calls
+            member_calls, result = member._plan(args, kwargs, {**shared, "group_id": group_id, "group_index": i},
+                                                with_result)
+            calls.extend(member_calls)
+            results.append(result)
+        return calls, GroupResult(group_id, results, app=self.app) if with_result else None
 
     def result(self) -> Any:
         return GroupResult(self.id, [t.result() for t in self.tasks], app=self.app)
@@ -360,11 +376,14 @@ class chord(Signature):
         self.header.freeze()
         return self._body().freeze(_id)
 
-    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
-        body = self._body()
-        options = {**self.options, **(options or {})}
+    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+              with_result: bool) -> Tuple[List[Call], Any]:
+        if self.body is None:
+            raise ValueError("a chord needs a body (callback): chord(header)(callback)")
+        options = {**self.options, **options}
         own = {k: v for k, v in options.items() if k in _PER_MESSAGE}
         shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
+        body = from_dict(self.body, self._app, copy=True)  # the callback travels frozen: a copy, ours stays as it is
         body.freeze(own.get("task_id"))
         for key in ("chord", "group_id", "group_index", "chain"):
             if key in own:  # the chord as a whole is a step of something larger: its body carries that on
@@ -372,24 +391,23 @@ class chord(Signature):
                 target.options[key] = own[key]
         header = self.header
         chord_id = header.options.get("task_id") or new_id()
-        header.options["task_id"] = chord_id
         size = len(header.tasks)
-        if size == 0:
-            return body.plan(([],), None, shared)
-        cb = dict(body)
         calls: List[Call] = []
-        for i, member in enumerate(header.tasks):
-            calls.extend(member.plan(args, kwargs, {**shared, "group_id": chord_id, "group_index": i,
-                                                    "chord": {"id": chord_id, "n": size, "cb": cb}}))
-        return calls
+        results = []
+        if size == 0:  # nothing to wait for: the callback gets an empty list now
+            calls = body.plan(([],), None, shared)
+        else:
+            cb = dict(body)
+            for i, member in enumerate(header.tasks):
+                member_calls, result = member._plan(args, kwargs, {**shared, "group_id": chord_id, "group_index": i,
+                                                                   "chord": {"id": chord_id, "n": size, "cb": cb}},
+                                                    with_result)
+                calls.extend(member_calls)
+                results.append(result)
+        return calls, _chord_result(body, GroupResult(chord_id, results, app=self.app)) if with_result else None
 
     def result(self) -> Any:
-        res = self._body().result()
-        target = res
-        while getattr(target, "parent", None) is not None:
-            target = target.parent
-        target.parent = self.header.result()
-        return res
+        return _chord_result(self._body(), self.header.result())
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
@@ -398,10 +416,32 @@ class chord(Signature):
 _TYPES: Dict[str, Type[Signature]] = {"chain": chain, "group": group, "chord": chord}
 
 
+def _chain_result(steps: List[Signature]) -> Any:
+    """The last step's result, its `.parent` walking back through the steps (frozen ones)."""
+    parent = None
+    for step in steps:
+        res = step.result()
+        if parent is not None and getattr(res, "parent", None) is None:
+            res.parent = parent
+        parent = res
+    return parent
+
+
+def _chord_result(body: Signature, header: Any) -> Any:
+    """The (frozen) callback's result, the header's GroupResult at the root of its parents."""
+    res = body.result()
+    target = res
+    while getattr(target, "parent", None) is not None:
+        target = target.parent
+    target.parent = header
+    return res
+
+
 def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:
-    """Rebuild the right Signature class from a dict (as found in a message)."""
-    if isinstance(d, Signature) and not copy:
-        return d
+    """Rebuild the right Signature class from a dict (as found in a message). `copy`: a copy down to
+    every member's options, so that ids and options can be set on it (plan, clone) leaving `d` as it was."""
+    if isinstance(d, Signature):
+        return _copy(d, app) if copy else d
     kind = d.get("subtask_type")
     if kind in _TYPES:
         cls = _TYPES[kind]
@@ -409,72 +449,117 @@ def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:
         kw = dict(init.get("kwargs") or {})
         if kind == "chord":
             kw = {"header": group(kw["header"], app=app) if isinstance(kw["header"], dict) else kw["header"],
-                  "body": from_dict(kw["body"], app, copy) if kw.get("body") is not None else None}
-            kw["header"] = group([from_dict(t, app, copy) for t in kw["header"].tasks], app=app,
-                                 **kw["header"].options) if copy else kw["header"]
+                  "body": from_dict(kw["body"], app) if kw.get("body") is not None else None}
         else:
-            kw["tasks"] = [from_dict(t, app, copy) for t in kw.get("tasks", [])]
+            kw["tasks"] = [from_dict(t, app) for t in kw.get("tasks", [])]
         init["kwargs"] = kw
         sig = cls.__new__(cls)
         dict.__init__(sig, init)
         sig._app = app
-        return sig
-    return Signature(dict(d), app=app) if not isinstance(d, Signature) else Signature(
-        {**d, "options": dict(d.options), "kwargs": dict(d.kwargs)}, app=app or d._app)
+    else:
+        sig = Signature(dict(d), app=app)
+    return _copy(sig, app) if copy else sig  # (members given as Signatures are shared until copied)
+
+
+def _copy(sig: Signature, app: Any = None) -> Signature:
+    """`sig` with new dicts for its options and kwargs, and for its members', all the way down (the
+    arguments themselves are shared: nothing here changes them)."""
+    new = sig.__class__.__new__(sig.__class__)
+    dict.__init__(new, sig)
+    new["options"] = dict(sig.options)
+    kw = dict(sig.kwargs)
+    if isinstance(sig, (chain, group)):
+        kw["tasks"] = [_copy(t, app) for t in sig.tasks]
+    elif isinstance(sig, chord):
+        kw["header"] = _copy(sig.header, app)
+        if sig.body is not None:
+            kw["body"] = _copy(sig.body, app)
+    new["kwargs"] = kw
+    new._app = app if app is not None else sig._app
+    return new
 
 
 signature = Signature
 maybe_signature = from_dict
 
 
-SEND_CHUNK = 1000  # messages per round trip on the bulk path
-_VARYING = ("task_id", "group_index")  # what may differ between calls that share a Template
+# --- what a task's outcome means downstream (the worker sends and stores; these only say what) -------------
+
+def success_calls(app: Any, task_id: str, root_id: Optional[str], links: Optional[List[dict]],
+                  chain: Optional[List[dict]], value: Any) -> List[Call]:
+    """The calls a task's success sends: its links applied with `value`, then the next step of its
+    chain (carrying the rest), all with the task as their parent and its root as theirs."""
+    follow = {"parent_id": task_id, "root_id": root_id or task_id}
+    calls: List[Call] = []
+    for link in links or ():
+        calls.extend(from_dict(link, app).plan((value,), None, dict(follow)))
+    if chain:
+        nxt, rest = chain[0], chain[1:]
+        make_chain: Any = _TYPES["chain"]  # (the class: `chain` is the argument here)
+        sig = make_chain(nxt, *rest, app=app) if rest else from_dict(nxt, app)
+        calls.extend(sig.plan((value,), None, dict(follow)))
+    return calls
 
 
-def send(app: Any, calls: List[Call], pipe: Any = None) -> None:
-    """Publish planned calls: into the caller's pipeline, or in one round trip (the bulk path)."""
-    if pipe is not None:
-        for name, a, k, o in calls:
-            app.publish(pipe, app.build_message(name, a, k, o))
+class Downstream(NamedTuple):
+    """What a failure (or a signature that will never run) means downstream. The caller does the I/O:
+    stores FAILURE for each failed id, sends the errbacks, and for each chord whose end it claims
+    (backend.chord_fail), fails the callback in turn: abandoned(callback), with a ChordError saying
+    "Dependency <member id> raised <the exception>"."""
+
+    failed_ids: List[str]                     # tasks that will now never run: their result becomes FAILURE
+    errbacks: List[Call]                      # planned errback calls, each with a failed task's id as its one arg
+    chords: List[Tuple[str, str, Signature]]  # (chord id, id of the member that failed, the chord's callback)
+
+
+def failure_downstream(app: Any, task_id: str, errbacks: Optional[List[dict]], chain: Optional[List[dict]],
+                       chord: Optional[dict]) -> Downstream:
+    """A task failed (or will not run: revoked, expired, lost); `errbacks`, `chain`, `chord` are its
+    message's fields. Its errbacks run (with its id, as their parent); the rest of its chain never
+    runs; its chord, if any, may now end."""
+    out = Downstream([], [], [])
+    for errback in errbacks or ():
+        out.errbacks.extend(from_dict(errback, app).plan((task_id,), None, {"parent_id": task_id}))
+    for step in chain or ():
+        _abandon(app, from_dict(step, app), out)
+    if chord:
+        out.chords.append((chord["id"], task_id, from_dict(chord["cb"], app)))
+    return out._replace(failed_ids=list(dict.fromkeys(out.failed_ids)))
+
+
+def abandoned(app: Any, sig: Any) -> Downstream:
+    """A signature that will never run (a later chain step, a chord callback): every task in it fails,
+    the errbacks of the tasks that would have ended it run, and what waited on those fails too."""
+    out = Downstream([], [], [])
+    _abandon(app, from_dict(sig, app), out)
+    return out._replace(failed_ids=list(dict.fromkeys(out.failed_ids)))
+
+
+def _abandon(app: Any, sig: Signature, out: Downstream) -> None:
+    out.failed_ids.extend(_task_ids(sig))
+    last: Any = sig  # what would have ended it: a chain's last step, a chord's callback, down to a task or group
+    while isinstance(last, (chain, chord)):
+        last = last.tasks[-1] if isinstance(last, chain) else last.body
+    if isinstance(last, group):
+        for member in last.tasks:
+            _abandon(app, member, out)
         return
-    if len(calls) == 1:
-        name, a, k, o = calls[0]
-        app.publish(None, app.build_message(name, a, k, o))
-        return
-    now = time.time()
-    items = []
-    last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
-    templates = not app.conf.security_key  # a signed message is signed whole
-    for name, a, k, o in calls:
-        shape = {key: v for key, v in o.items() if key not in _VARYING}
-        if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
-            template, queue, priority, eta = last[2:]
-            try:
-                body = encode_args(a, k, template.content_type)
-            except TypeError as exc:
-                raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
-            data = template.encode(o.get("task_id") or new_id(), body, o.get("group_index"))
-        else:
-            msg = app.build_message(name, a, k, o)
-            queue, priority, data = msg.queue, msg.priority, msg.encode()
-            eta = msg.eta if msg.eta is not None and msg.eta > now else None
-            if templates and not app._defaults(name)["dynamic_routes"]:
-                last = (name, shape, Template(msg), queue, priority, eta)
-        items.append((queue, priority, data, eta))
-        if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
-            app.broker.send_many(items)
-            items = []
-    if items:
-        app.broker.send_many(items)
+    for errback in last.options.get("link_error") or ():
+        out.errbacks.extend(from_dict(errback, app).plan((last.id,), None, {}))
+    for step in last.options.get("chain") or ():
+        _abandon(app, from_dict(step, app), out)
+    info = last.options.get("chord")
+    if info:
+        out.chords.append((info["id"], last.id, from_dict(info["cb"], app)))
 
 
-def task_ids(sig: Any) -> List[str]:
-    """Every frozen task id in a canvas (to fail them together when an earlier step fails)."""
+def _task_ids(sig: Any) -> List[str]:
+    """Every frozen task id in a canvas."""
     sig = from_dict(sig)
     if isinstance(sig, (chain, group)):
-        return [i for t in sig.tasks for i in task_ids(t)]
+        return [i for t in sig.tasks for i in _task_ids(t)]
     if isinstance(sig, chord):
-        return [i for t in sig.tasks for i in task_ids(t)] + (task_ids(sig.body) if sig.body else [])
+        return [i for t in sig.tasks for i in _task_ids(t)] + (_task_ids(sig.body) if sig.body else [])
     return [sig.id] if sig.id else []
 
 
@@ -534,5 +619,5 @@ def register_builtins(app: Any) -> None:
 
 
 __all__ = ["Signature", "signature", "chain", "group", "chord", "chunks", "xmap", "xstarmap", "from_dict",
-           "maybe_signature", "Replace"]
+           "maybe_signature", "Replace", "Downstream", "failure_downstream", "abandoned", "success_calls"]
 

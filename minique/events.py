@@ -18,9 +18,9 @@ re-sent from the dashboard, the message body (encoded [args, kwargs], when under
 MAX_BODY bytes) with its content type and priority. Worker events: worker-online,
 worker-heartbeat (every worker_heartbeat_interval), worker-offline.
 
-The same `Events` object is the executor's hook for two more things that must be
-cheap per task: the shared-memory metrics counters (metrics.Recorder) and rate limits
-(worker.observe.RateLimiter), so it exists even when events are off.
+The same `Events` object is the executor's hook for one more thing that must be cheap
+per task, the shared-memory metrics counters (metrics.Recorder), so it exists even when
+events are off.
 """
 from __future__ import annotations
 
@@ -93,11 +93,10 @@ class Events:
     events. `read()` turns a batch back into Celery-style event dicts, so readers never see the
     packing."""
 
-    def __init__(self, hostname: str, send: bool = True, recorder: Any = None, limiter: Any = None):
+    def __init__(self, hostname: str, send: bool = True, recorder: Any = None):
         self.hostname = hostname
         self.send = send
         self.recorder = recorder
-        self.limiter = limiter
         self.pid = os.getpid()
         self.records: List[tuple] = []
         self.headers: List[Any] = []
@@ -112,19 +111,17 @@ class Events:
         self._running_data = b""    # its wire bytes
 
     # --- task events --------------------------------------------------------------------------------
-    def received(self, msg: Any, batch: Any = None, data: Optional[bytes] = None) -> None:
-        """task-received, just before the task runs; waits here for the task's rate limit, if any
-        (after flushing `batch`, so earlier results are not held back by the wait). The event is
-        recorded together with task-started (one record) unless a rate-limit wait comes between.
+    def received(self, msg: Any, data: Optional[bytes] = None) -> None:
+        """task-received, just before the task runs. The event is recorded together with task-started
+        (one record) unless something comes between that calls `received_now` (a rate-limit wait).
         `data`: the message's wire bytes, which a small message's events carry as its header."""
         if self.recorder is not None:
             self.recorder.event(0, msg.task, msg.queue, msg, None)
         self._pending = msg if self.send else None
         self._data = data
-        if self.limiter is not None:
-            self.limiter.acquire(msg.task, batch, self._received_now)
 
-    def _received_now(self) -> None:
+    def received_now(self) -> None:
+        """Record the pending task-received on its own now (its task waits before it starts)."""
         msg, self._pending = self._pending, None
         if msg is not None:
             self._task(0, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority))
@@ -155,7 +152,7 @@ class Events:
                 self._pending = None
                 self._task(_RECEIVED_STARTED, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority) + shown)
             else:
-                self._received_now()
+                self.received_now()
                 self._task(1, msg, shown)
 
     def succeeded(self, msg: Any, runtime: float) -> None:

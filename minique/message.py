@@ -3,14 +3,15 @@
 Wire format (documented in docs/protocol.md): a msgpack map with short keys. The
 user's [args, kwargs] travel as an opaque `body` encoded with `content_type`, so a
 worker can route, log, expire and dead-letter a message without decoding user data.
-Fields at their default value are left out, which keeps the hot path small.
+Fields at their default value are left out, which keeps the hot path small. `decode`
+checks the type of every field present (it is on the worker's hot path: one pass over
+the fields present, see _SLOTS).
 """
 from __future__ import annotations
 
-import operator
 import os
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import AbstractSet, Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from . import serializers
 from .exceptions import DecodeError
@@ -89,8 +90,26 @@ _WIRE = (
 _DEFAULTS = Message._field_defaults
 assert tuple(attr for attr, _ in _WIRE) == Message._fields  # encode() relies on the order
 _OPTIONAL = tuple((key, _DEFAULTS[attr]) for attr, key in _WIRE[3:])
-_WIRE_DEFAULTS = {key: _DEFAULTS.get(attr) for attr, key in _WIRE}
-_pick = operator.itemgetter(*(key for _, key in _WIRE))  # wire map -> field values, in field order
+
+# The types a wire field may have, exactly (msgpack gives exact types: a bool is no number here).
+_NONE = type(None)
+_NUMBER: AbstractSet[type] = frozenset({int, float, _NONE})
+_TYPES: Dict[str, AbstractSet[type]] = {
+    "id": {str}, "task": {str}, "body": {bytes}, "content_type": {str}, "queue": {str},
+    "priority": {int}, "retries": {int}, "eta": _NUMBER, "expires": _NUMBER,
+    "root_id": {str, _NONE}, "parent_id": {str, _NONE}, "group_id": {str, _NONE}, "group_index": {int, _NONE},
+    "chord": {dict, _NONE}, "chain": {list, _NONE}, "links": {list, _NONE}, "errbacks": {list, _NONE},
+    "ignore_result": {bool}, "time_limit": _NUMBER, "soft_time_limit": _NUMBER, "headers": {dict, _NONE},
+    "sent_at": _NUMBER, "signature": {bytes, _NONE},
+}
+_LISTS = ("chain", "links", "errbacks")  # lists of signature maps
+# wire key -> (index in Message, the types that need no further look); decode() fills a copy of
+# _DEFAULT_VALUES in one pass. A list (its items must be maps too) takes _check_more, off the usual path.
+_SLOTS = {key: (index, frozenset(_TYPES[attr] - {list} if attr in _LISTS else _TYPES[attr]))
+          for index, (attr, key) in enumerate(_WIRE)}
+_DEFAULT_VALUES = [None, None, None] + [_DEFAULTS[attr] for attr, _ in _WIRE[3:]]  # id, task, body: required
+_PRIORITY, _RETRIES = 5, 6
+assert Message._fields[_PRIORITY] == "priority" and Message._fields[_RETRIES] == "retries"
 
 
 def encode(message: Message) -> bytes:
@@ -138,13 +157,34 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"message is a {type(raw).__name__}, not a map")
     if raw.get("v") != PROTOCOL_VERSION:
         raise DecodeError(f"unsupported protocol version {raw.get('v')!r}")
-    if "i" not in raw or "t" not in raw or "b" not in raw:
+    values = _DEFAULT_VALUES.copy()
+    slot_of = _SLOTS.get
+    for key, value in raw.items():  # only the fields present (the others are at their default)
+        slot = slot_of(key)
+        if slot is None:  # "v", or a field this version does not know
+            continue
+        if type(value) not in slot[1]:
+            _check_more(Message._fields[slot[0]], key, value)
+        values[slot[0]] = value
+    if values[0] is None or values[1] is None or values[2] is None:
         missing = ", ".join(repr(key) for key in ("i", "t", "b") if key not in raw)
         raise DecodeError(f"malformed message: missing {missing}")
-    message = Message._make(_pick({**_WIRE_DEFAULTS, **raw}))
-    if not isinstance(message.id, str) or not isinstance(message.task, str) or not isinstance(message.body, bytes):
-        raise DecodeError("message lacks a string id, a string task name or a bytes body")
-    return message
+    if not 0 <= values[5] <= 9:  # (_PRIORITY)
+        raise DecodeError(f"message field 'priority' ('p') is {values[5]}, not from 0 to 9")
+    if values[6] < 0:  # (_RETRIES)
+        raise DecodeError(f"message field 'retries' ('r') is {values[6]}, not 0 or more")
+    return tuple.__new__(Message, values)
+
+
+def _check_more(attr: str, key: str, value: Any) -> None:
+    """DecodeError unless `value` is right for `attr` (a wrong type, or a list, which _SLOTS leaves to this)."""
+    if type(value) is list and attr in _LISTS:
+        for item in value:
+            if type(item) is not dict:
+                raise DecodeError(f"message field {attr!r} ({key!r}) holds a {type(item).__name__}, not only maps")
+        return
+    expected = " or ".join(sorted("None" if t is _NONE else t.__name__ for t in _TYPES[attr]))
+    raise DecodeError(f"message field {attr!r} ({key!r}) is {type(value).__name__}, not {expected}")
 
 
 def peek_id(data: bytes) -> Optional[str]:

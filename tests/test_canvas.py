@@ -147,3 +147,39 @@ def test_bulk_send_shares_a_template_only_where_options_match(client_app, redis_
     expected = [("add", 1, "default", 0), ("add", 2, "default", 0), ("add", 3, "other", 0), ("add", 4, "other", 0),
                 ("add", 5, "default", 5), ("add", 6, "default", 0), ("mul", 7, "default", 0), ("mul", 8, "default", 0)]
     assert got == [(name, [n, n], q, p, i, res.id, ids[i]) for i, (name, n, q, p) in enumerate(expected)]
+
+
+def test_send_calls_into_a_pipeline_waits_for_it_and_the_bulk_path_sends_every_chunk(client_app, redis_client,
+                                                                                       monkeypatch):
+    from minique import app as app_module
+    from minique.message import decode
+    app, queue = client_app.app, "minique:{default}:p0"
+    calls = [(client_app.add.name, (i, i), {}, {"task_id": f"id-{i}"}) for i in range(5)]
+    pipe = redis_client.pipeline(transaction=False)
+    app.send_calls(calls[:2], pipe)
+    assert redis_client.xlen(queue) == 0              # in the caller's pipeline until it runs
+    pipe.execute()
+    app.send_calls(calls[2:3])                        # one call: sent at once
+    monkeypatch.setattr(app_module, "SEND_CHUNK", 1)  # the bulk path, a round trip per message
+    app.send_calls(calls[3:])
+    sent = [decode(fields[b"m"]) for _, fields in redis_client.xrange(queue)]
+    assert [(m.id, m.args_kwargs({"json"})[0]) for m in sent] == [(f"id-{i}", [i, i]) for i in range(5)]
+
+
+def test_apply_async_leaves_the_canvas_as_it_was_and_its_result_names_what_was_sent(client_app, redis_client):
+    import copy
+
+    from minique.message import decode
+    add, tsum = client_app.add, client_app.tsum
+    c = add.s(1, 1) | chord([add.s(2), add.s(3)], tsum.s()) | add.s(10)
+    before = copy.deepcopy(c)
+    res = c.apply_async()
+    assert c == before
+    [(_, fields)] = redis_client.xrange("minique:{default}:p0")
+    first = decode(fields[b"m"])                                     # add(1, 1), carrying the rest
+    the_chord, last = first.chain
+    assert res.id == last["options"]["task_id"]                      # add(10)
+    assert res.parent.id == the_chord["kwargs"]["body"]["options"]["task_id"]  # the chord's callback
+    members = the_chord["kwargs"]["header"]["kwargs"]["tasks"]
+    assert [r.id for r in res.parent.parent.results] == [m["options"]["task_id"] for m in members]
+    assert res.parent.parent.id == the_chord["kwargs"]["header"]["options"]["task_id"]

@@ -329,6 +329,33 @@ def test_reaper_finds_idle_messages_behind_many_live_ones(redis_client):
     assert broker.reclaim(["q"]) == 0
 
 
+def test_a_reaper_whose_lock_expired_does_not_delete_the_next_holders_lock(redis_url, redis_client):
+    from minique import Minique
+    from minique.worker.main import Worker
+    app = Minique("t", broker=redis_url)
+    app.broker.ensure_queues(["q"])
+    worker = Worker(app, queues=["q"], hostname="w1@h")
+    lock, held = keys.lock("reaper"), []
+
+    def reclaim_while_the_lock_changes_hands(queues):
+        held.append(redis_client.get(lock))                      # ours while we reclaim
+        redis_client.delete(lock)                                # it expires (PX 5000 passed) ...
+        assert redis_client.set(lock, "w2@h its-token", nx=True, px=5000)  # ... and another reaper takes it
+        return 0
+
+    app.broker.reclaim = reclaim_while_the_lock_changes_hands
+    worker._reclaim()
+    assert held[0].startswith(b"w1@h ")
+    assert redis_client.get(lock) == b"w2@h its-token"
+    assert redis_client.pttl(lock) > 0
+
+    del app.broker.reclaim                                       # the real one, with the lock free again
+    redis_client.delete(lock)
+    worker._reclaim()
+    assert redis_client.get(lock) is None                        # a reaper that still holds its lock frees it
+    app.close()
+
+
 # --- retries end to end ----------------------------------------------------------------------------
 
 def test_retry_keeps_id_root_parent_and_shows_retry_state(procs, client_app, redis_client):

@@ -1,14 +1,10 @@
 """Task and worker events in the capped stream, and the pieces that consume them (real Redis)."""
 import time
 
-import pytest
-
 from minique import events, keys, serializers, states
 from minique.dashboard.state import TaskIndex
 from minique.message import make
 from minique.metrics import CAPACITY, OVERFLOW, MetricsTable
-from minique.worker import observe
-from minique.worker.observe import RateLimiter, RateLimitTable, parse_rate
 from procs import wait_for
 
 
@@ -159,10 +155,10 @@ def test_a_small_message_is_its_own_header_and_a_success_is_one_record():
     ev, entries = events.Events("h@x"), Batches()
     quick = make("t.quick", (1, "a"), {"k": 2}, task_id="q-1", root_id="q-1", queue="fast", priority=3)
     slow = make("t.slow", (), {}, task_id="s-1", parent_id="q-1", serializer="msgpack")
-    ev.received(quick, None, quick.encode())
+    ev.received(quick, quick.encode())
     ev.started(quick, [1, "a"], {"k": 2})
     ev.succeeded(quick, 0.25)
-    ev.received(slow, None, slow.encode())
+    ev.received(slow, slow.encode())
     ev.started(slow, [], {})
     ev.flush(entries)           # it is running: its start goes out now
     ev.task("task-failed", slow, exception="KeyError()")
@@ -190,7 +186,7 @@ def test_after_a_slow_task_the_next_one_is_seen_running_before_it_ends(monkeypat
     ev, batches = events.Events("h@x"), Batches()
 
     def start(msg):
-        ev.received(msg, None, msg.encode())
+        ev.received(msg, msg.encode())
         ev.started(msg, [], {})
         ev.before_run(batches)
         return [[e["type"] for e in events.expand(batch)] for batch in batches]
@@ -231,7 +227,7 @@ def test_index_is_bounded_and_links_children():
     assert [t["id"] for t in page["tasks"]] == ["e", "d"] and page["total"] == 3
 
 
-# --- shared-memory metrics and rate limits ----------------------------------------------------------------
+# --- shared-memory metrics --------------------------------------------------------------------------------
 def test_metrics_regions_survive_a_new_writer_and_overflow():
     table = MetricsTable(2)
     first = table.recorder(0)
@@ -245,26 +241,3 @@ def test_metrics_regions_survive_a_new_writer_and_overflow():
     snap = table.snapshot()
     assert snap[(0, OVERFLOW, OVERFLOW)][0] == 12  # the label sets that did not fit
     assert sum(v[0] for k, v in snap.items() if k[0] == 0) == CAPACITY + 10
-
-
-def test_rate_parsing_and_token_bucket(monkeypatch):
-    assert parse_rate("10/s") == 10 and parse_rate("120/m") == 2 and parse_rate("3600/h") == 1
-    assert parse_rate(5) == 5 and parse_rate("7") == 7 and parse_rate(None) == 0 and parse_rate("0") == 0
-    with pytest.raises(ValueError):
-        parse_rate("10/d")
-    # the limiter's waits on a fake clock: exact, whatever the load of the machine
-    clock = FakeClock()
-    monkeypatch.setattr(observe, "time", clock)
-    table = RateLimitTable()
-    table.write({"t.x": 0.05})  # one start per 50 ms in this process
-    limiter = RateLimiter(table)
-    t0 = clock.now
-    for _ in range(5):
-        limiter.acquire("t.x")
-        limiter.acquire("t.other")  # not limited: no wait
-    assert clock.now - t0 == pytest.approx(0.2)  # the first start at once, then one per 50 ms
-    table.write({})
-    clock.slept.clear()
-    for _ in range(5):
-        limiter.acquire("t.x")
-    assert clock.slept == []  # no limit: no wait at all

@@ -40,11 +40,58 @@ def test_json_refuses_bytes_with_a_clear_error():
     (msgpack.packb([1, 2]), "not a map"),
     (msgpack.packb({"v": 99, "i": "x", "t": "y", "b": b""}), "version"),
     (msgpack.packb({"v": 1, "i": "x"}), "malformed"),
-    (msgpack.packb({"v": 1, "i": 5, "t": "y", "b": b""}), "string id"),
+    (msgpack.packb({"v": 1, "i": 5, "t": "y", "b": b""}), "'id' \\('i'\\) is int, not str"),
 ])
 def test_decode_errors_say_what_is_wrong(data, why):
     with pytest.raises(DecodeError, match=why):
         message.decode(data)
+
+
+def _wire(**changes):
+    """A valid message's wire map with some fields replaced, packed."""
+    raw = msgpack.unpackb(message.make("t", (1,), None, "json", task_id="i1").encode())
+    raw.update(changes)
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+@pytest.mark.parametrize("key, value, field, found", [
+    ("i", 5, "id", "int"), ("t", b"name", "task", "bytes"), ("b", "[[1],{}]", "body", "str"),
+    ("ct", 1, "content_type", "int"), ("q", None, "queue", "NoneType"),
+    ("p", "5", "priority", "str"), ("p", True, "priority", "bool"), ("p", 5.0, "priority", "float"),
+    ("r", 1.5, "retries", "float"), ("r", None, "retries", "NoneType"),
+    ("eta", True, "eta", "bool"), ("eta", "soon", "eta", "str"), ("exp", [1], "expires", "list"),
+    ("root", 5, "root_id", "int"), ("par", b"p", "parent_id", "bytes"), ("grp", 1.0, "group_id", "float"),
+    ("gi", "1", "group_index", "str"), ("gi", False, "group_index", "bool"),
+    ("chord", ["c"], "chord", "list"), ("chain", {"task": "n"}, "chain", "dict"),
+    ("link", "l", "links", "str"), ("err", 7, "errbacks", "int"),
+    ("ir", 1, "ignore_result", "int"), ("ir", None, "ignore_result", "NoneType"),
+    ("tl", "5", "time_limit", "str"), ("stl", False, "soft_time_limit", "bool"),
+    ("h", [], "headers", "list"), ("ts", "now", "sent_at", "str"), ("sig", "abc", "signature", "str"),
+])
+def test_a_field_of_the_wrong_type_is_a_decode_error_naming_it(key, value, field, found):
+    with pytest.raises(DecodeError, match=f"'{field}' \\('{key}'\\) is {found}, not "):
+        message.decode(_wire(**{key: value}))
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("p", 10, "'priority' .* is 10, not from 0 to 9"), ("p", -1, "'priority' .* is -1, not from 0 to 9"),
+    ("r", -1, "'retries' .* is -1, not 0 or more"),
+    ("chain", [{"task": "n"}, "n2"], "'chain' .* holds a str, not only maps"),
+    ("link", [None], "'links' .* holds a NoneType"), ("err", [[]], "'errbacks' .* holds a list"),
+])
+def test_out_of_range_numbers_and_lists_of_non_maps_are_decode_errors(key, value, why):
+    with pytest.raises(DecodeError, match=why):
+        message.decode(_wire(**{key: value}))
+
+
+def test_every_type_a_field_may_have_decodes():
+    """Numbers may be ints or floats, optional fields an explicit nil (another producer's), and
+    fields this version does not know are ignored."""
+    m = message.decode(_wire(p=9, r=3, eta=5, exp=6.5, root=None, par=None, grp=None, gi=None, chord=None,
+                             chain=[], link=None, err=[{"task": "e"}], ir=True, tl=None, stl=2, h=None, ts=None,
+                             sig=None, future_field=[1, 2]))
+    assert (m.priority, m.retries, m.eta, m.expires, m.chain, m.errbacks, m.ignore_result, m.soft_time_limit,
+            m.sent_at) == (9, 3, 5, 6.5, [], [{"task": "e"}], True, 2, None)
 
 
 def test_accept_content_is_enforced():

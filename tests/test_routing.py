@@ -63,7 +63,7 @@ def test_ignore_result_from_task_and_settings(app):
 
 
 def test_signing(app):
-    from minique.app import verify
+    from minique.signing import verify
     app.conf.security_key = "secret"
     m = app.build_message(app.plain.name, (1,))
     assert verify(m, "secret") and not verify(m, "other")

@@ -275,7 +275,7 @@ class Dashboard:
                                   self.app.conf.task_default_queue, priority=int(rec.get("priority") or 0),
                                   root_id=new_id, sent_at=time.time(), headers={"retry_of": tid})
         if self.app.conf.security_key:
-            from ..app import sign
+            from ..signing import sign
             msg = sign(msg, self.app.conf.security_key)
         self.app.publish(None, msg)
         self.state.index.annotate(tid, retried_as=new_id)

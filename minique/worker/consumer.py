@@ -32,7 +32,7 @@ class Consumer:
 
     def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
                  slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,
-                 max_memory_kib: Optional[int] = None, use_alarm: bool = True):
+                 max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None):
         self.app = app
         self.name = name
         self.queues = list(queues)
@@ -42,7 +42,7 @@ class Consumer:
         self.max_tasks = max_tasks
         self.max_memory_kib = max_memory_kib
         self.outbox = Outbox(app, name, queues, slot, float(app.conf.worker_early_ack_window or 0), use_alarm)
-        self.executor = Executor(app, hostname, self.outbox, events=events, use_alarm=use_alarm)
+        self.executor = Executor(app, hostname, self.outbox, events=events, limiter=limiter, use_alarm=use_alarm)
         self.stopping = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
         self._suspect = False                        # a Redis failure happened since the last audit

@@ -24,7 +24,6 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import redis
 
 from .. import canvas, context, retry as retry_engine, settle as fate, states
-from ..app import sign, verify
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..exceptions import (
@@ -42,6 +41,7 @@ from ..exceptions import (
 )
 from ..message import Message, decode, peek_id
 from ..settle import Outcome, Policy, Settlement, settle
+from ..signing import sign, verify
 from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
@@ -66,7 +66,8 @@ def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
 class Executor:
     """Executes deliveries for one consumer (one pool slot), writing through its Outbox."""
 
-    def __init__(self, app: Any, hostname: str, outbox: Outbox, events: Any = None, use_alarm: bool = True):
+    def __init__(self, app: Any, hostname: str, outbox: Outbox, events: Any = None, limiter: Any = None,
+                 use_alarm: bool = True):
         self.app = app
         self.conf = app.conf
         self.backend = app.backend
@@ -74,6 +75,7 @@ class Executor:
         self.hostname = hostname
         self.outbox = outbox
         self.events = events
+        self.limiter = limiter  # ratelimit.RateLimiter, or None: no rate limits
         self.revoked: set = set()
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.max_deliveries = int(app.broker.max_deliveries)
@@ -146,7 +148,9 @@ class Executor:
         except (ContentDisallowed, DecodeError) as exc:
             return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
         if self.events is not None:
-            self.events.received(msg, self.outbox, data)  # also where the task's rate limit (if any) waits
+            self.events.received(msg, data)
+        if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
+            self.limiter.acquire(msg.task, self.outbox, self.events.received_now if self.events is not None else None)
         self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
         return None
 
@@ -344,7 +348,7 @@ class Executor:
             if s.retry:
                 self._send_retry(msg, outcome.value)
             if s.follow == fate.FOLLOW_FAILURE:
-                self.propagate_failure(msg, result, outbox)
+                self._propagate_failure(msg, result)
             elif s.follow == fate.FOLLOW_REPLACE:
                 self._replace(msg, outcome.value.sig)
         outbox.apply(job.delivery, s, msg.id if msg is not None else peek_id(job.delivery.data), self.hostname)
@@ -396,25 +400,19 @@ class Executor:
     def _on_success(self, job: Job, value: Any) -> None:
         msg = job.msg
         assert msg is not None
-        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-        for link in msg.links or ():
-            canvas.send(self.app, canvas.from_dict(link, self.app).plan((value,), None, dict(follow)),
-                        self.outbox.broker)
-        if msg.chain:
-            nxt, rest = msg.chain[0], msg.chain[1:]
-            sig = canvas.chain(nxt, *rest, app=self.app) if rest else canvas.from_dict(nxt, self.app)
-            canvas.send(self.app, sig.plan((value,), None, dict(follow)), self.outbox.broker)
+        if msg.links or msg.chain:
+            self.app.send_calls(canvas.success_calls(self.app, msg.id, msg.root_id, msg.links, msg.chain, value),
+                                self.outbox.broker)
         if msg.chord:
-            self._chord_member_done(msg, value, job.task.serializer)
+            self._chord_member_done(msg, msg.chord, value, job.task.serializer)
 
-    def _chord_member_done(self, msg: Message, value: Any, serializer: Optional[str]) -> None:
-        info, outbox = msg.chord, self.outbox
-        assert info is not None
+    def _chord_member_done(self, msg: Message, info: Dict[str, Any], value: Any, serializer: Optional[str]) -> None:
+        outbox = self.outbox
 
         def complete(results: list) -> None:  # called once per chord, when the last member's join is read
             callback = canvas.from_dict(info["cb"], self.app)
             follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
-            canvas.send(self.app, callback.plan((results,), None, follow), outbox.broker)
+            self.app.send_calls(callback.plan((results,), None, follow), outbox.broker)
             self.backend.chord_sent(outbox.backend, info["id"])
 
         self.backend.chord_join(outbox.backend, info["id"], msg.group_index or 0, info["n"], value, serializer,
@@ -429,38 +427,21 @@ class Executor:
                            ("group_index", msg.group_index), ("link", msg.links), ("link_error", msg.errbacks)):
             if value is not None:
                 own[key] = value
-        canvas.send(self.app, sig.plan((), None, own), self.outbox.broker)
+        self.app.send_calls(sig.plan((), None, own), self.outbox.broker)
 
-    def propagate_failure(self, msg: Message, exc: BaseException, outbox: Any) -> None:
-        """What a failure means downstream: errbacks run, later chain steps and the chord callback fail."""
-        for errback in msg.errbacks or ():
-            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((msg.id,), None, {"parent_id": msg.id}),
-                        outbox.broker)
-        for step in msg.chain or ():
-            self._fail_signature(canvas.from_dict(step, self.app), exc, outbox)
-        self._fail_chord(msg.chord, msg.id, exc, outbox)
+    def _propagate_failure(self, msg: Message, exc: BaseException) -> None:
+        """What a failure means downstream (canvas.failure_downstream says; this writes it)."""
+        self._fail_downstream(canvas.failure_downstream(self.app, msg.id, msg.errbacks, msg.chain, msg.chord), exc)
 
-    def _fail_chord(self, info: Optional[dict], member_id: str, exc: BaseException, outbox: Any) -> None:
-        if info and self.backend.chord_fail(info["id"]):
-            error = ChordError(f"Dependency {member_id} raised {exc!r}")
-            self._fail_signature(canvas.from_dict(info["cb"], self.app), error, outbox)
-
-    def _fail_signature(self, sig: Any, exc: BaseException, outbox: Any) -> None:
-        """A signature that will never run: its tasks fail, its errbacks run, and what waits on it fails too."""
-        for task_id in canvas.task_ids(sig):
+    def _fail_downstream(self, down: canvas.Downstream, exc: BaseException) -> None:
+        outbox = self.outbox
+        for task_id in down.failed_ids:
             self.backend.store(outbox.backend, task_id, states.FAILURE, exc)
-        last = sig
-        while isinstance(last, (canvas.chain, canvas.chord)):
-            last = last.tasks[-1] if isinstance(last, canvas.chain) else last.body
-        if isinstance(last, canvas.group):
-            for member in last.tasks:
-                self._fail_signature(member, exc, outbox)
-            return
-        for errback in last.options.get("link_error") or ():
-            canvas.send(self.app, canvas.from_dict(errback, self.app).plan((last.id,), None, {}), outbox.broker)
-        for step in last.options.get("chain") or ():
-            self._fail_signature(canvas.from_dict(step, self.app), exc, outbox)
-        self._fail_chord(last.options.get("chord"), last.id, exc, outbox)
+        self.app.send_calls(down.errbacks, outbox.broker)
+        for chord_id, member_id, callback in down.chords:
+            if self.backend.chord_fail(chord_id):  # exactly one failure claims a chord's end
+                error = ChordError(f"Dependency {member_id} raised {exc!r}")
+                self._fail_downstream(canvas.abandoned(self.app, callback), error)
 
     # --- the parent's side -------------------------------------------------------------------------
     def settle_lost(self, outcome: Outcome, task_id: str, task_name: str, data: Optional[bytes],

@@ -14,13 +14,15 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import redis
 
 from .. import keys, serializers, settle as fate, states
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from ..message import peek_id
+from ..lua import Scripts
+from ..message import new_id, peek_id
 from ..pipe import ClientPipe
 from ..settle import Outcome
 from .consumer import Consumer
@@ -31,6 +33,7 @@ from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
 
 
 def expand_hostname(name: Optional[str]) -> str:
@@ -80,8 +83,10 @@ class Worker:
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
         events = self.telemetry.events_for(slot) if self.telemetry is not None else None
+        limiter = self.telemetry.limiter_for(slot) if self.telemetry is not None else None
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
-                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork")
+                        max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork",
+                        limiter=limiter)
 
     def start(self) -> None:
         app = self.app
@@ -311,14 +316,14 @@ class Worker:
 
     def _reclaim(self) -> None:
         """Redeliver what dead workers held; one worker at a time does it (short lock)."""
-        lock = keys.lock("reaper")
-        if self.app.broker_client.set(lock, self.hostname, nx=True, px=5000):
+        lock, token = keys.lock("reaper"), f"{self.hostname} {new_id()}"
+        if self.app.broker_client.set(lock, token, nx=True, px=5000):
             try:
                 n = self.app.broker.reclaim(self.queues)
                 if n:
                     log.warning("redelivered %d message(s) held by workers that stopped answering", n)
-            finally:
-                self.app.broker_client.delete(lock)
+            finally:  # only our own lock: if it expired meanwhile, another reaper may hold it now
+                SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:

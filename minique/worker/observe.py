@@ -1,25 +1,18 @@
-"""The worker parent's window on the outside: remote control, metrics, worker events, rate limits.
+"""The worker parent's window on the outside: remote control, metrics, worker events.
 
 * `Observer`: a thread in the worker parent answering control commands published on
   minique:control (ping, inspect, revoke, shutdown, pool_grow/pool_shrink, rate_limit).
 * `Telemetry`: what the parent sets up before forking its pool and hands to every pool
   process: the shared-memory metrics table (see minique/metrics.py), the shared rate-limit
-  table, and the `Events` object each process records through. It also serves
-  /metrics (`--metrics-port`) and sends the worker-online/heartbeat/offline events.
-* Rate limits (Celery's "10/s", "100/m", "1000/h"; a bare number is per second) are per
-  worker: the parent splits a task's limit evenly over its pool processes and writes the
-  per-process interval into shared memory; each process keeps one token bucket (capacity 1)
-  per limited task and waits, before running a task, until its bucket allows it. So a
-  worker never runs more than the limit, but when fewer processes than the pool size are
-  busy with that task it runs fewer (at most the limit x busy processes / pool size).
+  table (see worker/ratelimit.py) with each process's `RateLimiter`, and the `Events` object
+  each process records through. It also serves /metrics (`--metrics-port`) and sends the
+  worker-online/heartbeat/offline events.
 """
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import resource
-import struct
 import threading
 import time
 from typing import Any, Callable, Dict, Optional
@@ -27,109 +20,9 @@ from typing import Any, Callable, Dict, Optional
 import redis
 
 from .. import keys, serializers
+from .ratelimit import RateLimiter, RateLimitTable, initial_rates, parse_rate
 
 log = logging.getLogger("minique.worker")
-
-
-def parse_rate(value: Any) -> float:
-    """Celery's rate strings as tasks per second: "10/s", "100/m", "1000/h", 5 (per second); 0/None: no limit."""
-    if value in (None, "", 0, "0"):
-        return 0.0
-    if isinstance(value, (int, float)):
-        return max(0.0, float(value))
-    amount, _, unit = str(value).strip().partition("/")
-    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
-    if per is None:
-        raise ValueError(f"bad rate limit {value!r}: use N/s, N/m or N/h")
-    return max(0.0, float(amount) / per)
-
-
-def initial_rates(app: Any) -> Dict[str, float]:
-    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}})
-    and task_default_rate_limit."""
-    conf = app.conf
-    annotations = conf.task_annotations if isinstance(conf.task_annotations, dict) else {}
-    default = annotations.get("*", {}).get("rate_limit") or conf.task_default_rate_limit
-    out: Dict[str, float] = {}
-    for name, task in app.tasks.items():
-        value = annotations.get(name, {}).get("rate_limit") or getattr(task, "rate_limit", None) or default
-        try:
-            rate = parse_rate(value)
-        except ValueError as exc:
-            log.warning("ignoring the rate limit of %s: %s", name, exc)
-            continue
-        if rate:
-            out[name] = rate
-    return out
-
-
-class RateLimitTable:
-    """{task name: seconds between starts in one pool process}, shared with the pool (a seqlock'd mapping)."""
-
-    SIZE = 64 * 1024
-    _HEAD = struct.Struct("<QI")   # sequence (odd while writing), payload length
-
-    def __init__(self) -> None:
-        self.buf = mmap.mmap(-1, self.SIZE)
-        self.lock = threading.Lock()
-
-    def write(self, intervals: Dict[str, float]) -> None:
-        payload = serializers.pack(intervals)
-        if len(payload) > self.SIZE - self._HEAD.size:
-            raise ValueError("too many rate limits")
-        with self.lock:
-            seq, _ = self._HEAD.unpack_from(self.buf, 0)
-            self._HEAD.pack_into(self.buf, 0, seq + 1, 0)
-            self.buf[self._HEAD.size:self._HEAD.size + len(payload)] = payload
-            self._HEAD.pack_into(self.buf, 0, seq + 2, len(payload))
-
-    def seq(self) -> int:
-        return self._HEAD.unpack_from(self.buf, 0)[0]
-
-    def read(self) -> Optional[Dict[str, float]]:
-        """The table, or None if it changed while being read (try again later)."""
-        seq, length = self._HEAD.unpack_from(self.buf, 0)
-        if seq % 2:
-            return None
-        payload = bytes(self.buf[self._HEAD.size:self._HEAD.size + length])
-        if self.seq() != seq:
-            return None
-        return serializers.unpack(payload) if length else {}
-
-
-class RateLimiter:
-    """One pool process's token buckets (capacity 1) over the shared table; cheap when nothing is limited."""
-
-    def __init__(self, table: RateLimitTable, slot: Any = None):
-        self.table = table
-        self.slot = slot
-        self.seen = -1
-        self.intervals: Dict[str, float] = {}
-        self.next_at: Dict[str, float] = {}
-
-    def acquire(self, name: str, batch: Any = None, before_wait: Any = None) -> None:
-        seq = self.table.seq()
-        if seq != self.seen:
-            table = self.table.read()
-            if table is not None:
-                self.seen, self.intervals = seq, table
-        interval = self.intervals.get(name)
-        if not interval:
-            return
-        now = time.monotonic()
-        at = self.next_at.get(name, 0.0)
-        if at > now:
-            if before_wait is not None:
-                before_wait()
-            if batch is not None:
-                batch.flush()  # what earlier tasks wrote must not wait with us
-            while True:
-                left = at - time.monotonic()
-                if left <= 0 or (self.slot is not None and self.slot.stop_requested()):
-                    break
-                time.sleep(min(left, 0.1))
-            now = time.monotonic()
-        self.next_at[name] = max(now, at) + interval
 
 
 class Telemetry:
@@ -152,8 +45,11 @@ class Telemetry:
         """The Events object a pool process (made in the child after fork, or a pool thread) records through."""
         from ..events import Events
         index = next(i for i, s in enumerate(self.worker.pool.slots.slots) if s is slot)
-        return Events(self.worker.hostname, send=self.worker.send_events, recorder=self.table.recorder(index),
-                      limiter=RateLimiter(self.limits, slot))
+        return Events(self.worker.hostname, send=self.worker.send_events, recorder=self.table.recorder(index))
+
+    def limiter_for(self, slot: Any) -> RateLimiter:
+        """The rate limiter the pool process of `slot` waits on before each task (see worker/ratelimit.py)."""
+        return RateLimiter(self.limits, slot)
 
     def publish_rates(self) -> None:
         size = max(1, self.worker.pool.size)

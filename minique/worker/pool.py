@@ -76,9 +76,6 @@ class Pool:
     def resize(self, size: int) -> None:
         self.size = max(1, min(size, self.slots.n))
 
-    def alive(self) -> int:
-        return len(self.members)
-
 
 class PreforkPool(Pool):
     """Children made with fork(); the default."""

@@ -1,0 +1,117 @@
+"""Rate limits (Celery's "10/s", "100/m", "1000/h"; a bare number is per second), per worker.
+
+The worker parent splits a task's limit evenly over its pool processes and writes the per-process
+interval into shared memory (`RateLimitTable`, under a seqlock); each pool process keeps one token
+bucket (capacity 1) per limited task (`RateLimiter`) and waits, before running a task, until its
+bucket allows it. So a worker never runs more than the limit, but when fewer processes than the pool
+size are busy with that task it runs fewer (at most the limit x busy processes / pool size).
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import threading
+import time
+from typing import Any, Callable, Dict, Optional
+
+from .. import serializers
+from .seqlock import SeqLock
+
+log = logging.getLogger("minique.worker")
+
+
+def parse_rate(value: Any) -> float:
+    """Celery's rate strings as tasks per second: "10/s", "100/m", "1000/h", 5 (per second); 0/None: no limit."""
+    if value in (None, "", 0, "0"):
+        return 0.0
+    if isinstance(value, (int, float)):
+        return max(0.0, float(value))
+    amount, _, unit = str(value).strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower())
+    if per is None:
+        raise ValueError(f"bad rate limit {value!r}: use N/s, N/m or N/h")
+    return max(0.0, float(amount) / per)
+
+
+def initial_rates(app: Any) -> Dict[str, float]:
+    """Rate limits from task options, task_annotations ({name or '*': {'rate_limit': ...}}) and
+    task_default_rate_limit."""
+    conf = app.conf
+    annotations = conf.task_annotations if isinstance(conf.task_annotations, dict) else {}
+    default = annotations.get("*", {}).get("rate_limit") or conf.task_default_rate_limit
+    out: Dict[str, float] = {}
+    for name, task in app.tasks.items():
+        value = annotations.get(name, {}).get("rate_limit") or getattr(task, "rate_limit", None) or default
+        try:
+            rate = parse_rate(value)
+        except ValueError as exc:
+            log.warning("ignoring the rate limit of %s: %s", name, exc)
+            continue
+        if rate:
+            out[name] = rate
+    return out
+
+
+class RateLimitTable:
+    """{task name: seconds between starts in one pool process}, shared with the pool (made before forking)."""
+
+    SIZE = 64 * 1024
+
+    def __init__(self) -> None:
+        self.buf = mmap.mmap(-1, self.SIZE)
+        self.region = SeqLock(self.buf, 0, self.SIZE)
+        self.lock = threading.Lock()  # one writer at a time (the parent's main and control threads)
+
+    def write(self, intervals: Dict[str, float]) -> None:
+        payload = serializers.pack(intervals)
+        if len(payload) > self.region.max_payload:
+            raise ValueError("too many rate limits")
+        with self.lock:
+            self.region.write(payload)
+
+    def seq(self) -> int:
+        return self.region.seq()
+
+    def read(self) -> Optional[Dict[str, float]]:
+        """The table, or None if it changed while being read (try again later)."""
+        payload = self.region.read()
+        if payload is None:
+            return None
+        return serializers.unpack(payload) if payload else {}
+
+
+class RateLimiter:
+    """One pool process's token buckets (capacity 1) over the shared table; cheap when nothing is limited."""
+
+    def __init__(self, table: RateLimitTable, slot: Any = None):
+        self.table = table
+        self.slot = slot
+        self.seen = -1
+        self.intervals: Dict[str, float] = {}
+        self.next_at: Dict[str, float] = {}
+
+    def acquire(self, name: str, batch: Any = None, before_wait: Optional[Callable[[], None]] = None) -> None:
+        """Wait until task `name` may start in this process. Before a wait, `before_wait()` runs and
+        `batch` is flushed, so what earlier tasks wrote does not wait with this one."""
+        seq = self.table.seq()
+        if seq != self.seen:
+            table = self.table.read()
+            if table is not None:
+                self.seen, self.intervals = seq, table
+        interval = self.intervals.get(name)
+        if not interval:
+            return
+        now = time.monotonic()
+        at = self.next_at.get(name, 0.0)
+        if at > now:
+            if before_wait is not None:
+                before_wait()
+            if batch is not None:
+                batch.flush()  # what earlier tasks wrote must not wait with us
+            while True:
+                left = at - time.monotonic()
+                if left <= 0 or (self.slot is not None and self.slot.stop_requested()):
+                    break
+                time.sleep(min(left, 0.1))
+            now = time.monotonic()
+        self.next_at[name] = max(now, at) + interval
