@@ -1,4 +1,5 @@
 """The shared-memory slot a pool child writes and its parent reads (pure: no Redis, no processes)."""
+import struct
 from types import SimpleNamespace
 
 from minique.worker.slots import PAYLOAD, UNFLUSHED, SlotTable
@@ -62,3 +63,16 @@ def test_the_child_never_overwrites_what_the_parent_wrote():
     assert slot.ctl_seq() == 2 and slot.stop_requested() and slot.processed == 1
     slot.reset()
     assert slot.ctl_seq() == 0 and not slot.stop_requested() and slot.processed == 0
+
+
+def test_the_parent_never_reads_half_a_running_record():
+    slot = SlotTable(1)[0]
+    msg, delivery = _task(0)
+    slot.begin(msg, delivery, 2.5, acks_late=True)
+    started, hard, record = slot.running()
+    assert hard == 2.5 and started > 0 and record.task_id == "id0" and record.acks_late
+    seq = slot.current.seq()
+    struct.pack_into("<Q", slot.buf, slot.current.off, seq | 1)  # the child is half-way through a write
+    assert slot.running() == (0.0, 0.0, None)                    # seen as idle, never as garbage
+    struct.pack_into("<Q", slot.buf, slot.current.off, seq)
+    assert slot.running()[2].task_id == "id0"

@@ -1,11 +1,11 @@
 """Shared memory between the worker parent and each pool child: what the child is doing now.
 
 The child writes, the parent reads: no system call per task. A slot holds the task
-running now (for hard time limits and for a child lost mid-task) and the tasks that
-finished but whose writes (results, and early acks that waited to share a write:
-see Batch.defer) are not yet sent to Redis, so a crash in that window is seen too,
-plus counters and a control sequence number the parent bumps when it has news
-(revocations) for the child.
+running now (for hard time limits, `inspect active`, and a child lost mid-task), under a
+seqlock so the parent never reads half a record; the tasks that finished but whose writes
+(results, and early acks that wait to share a write: see worker/outbox.py) are not yet
+sent to Redis, so a crash in that window is seen too; plus counters and a control
+sequence number the parent bumps when it has news (revocations) for the child.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from .. import serializers
+from .seqlock import SeqLock
 
 
 class Running(NamedTuple):
@@ -27,15 +28,16 @@ class Running(NamedTuple):
     queue: str
     ignore_result: bool
 
+
 # Head of a slot. Each side writes only its own fields, never a read-modify-write of the other's.
-_RUN = struct.Struct("<ddQI")   # @0  started_at, hard_limit, processed, cur_len  (child)
-_U32 = struct.Struct("<I")
-PREV_AT, CTL_AT, STOP_AT = 28, 32, 36  # prev_len (child); ctl_seq, stop (parent)
-HEAD = 40
-PAYLOAD = 8192     # the running task's record
+_U64, _U32 = struct.Struct("<Q"), struct.Struct("<I")
+PROCESSED_AT, PREV_AT, CTL_AT, STOP_AT = 0, 8, 12, 16  # processed, prev_len (child); ctl_seq, stop (parent)
+HEAD = 24
+PAYLOAD = 8192     # the running task's record, under a seqlock: [started_at, hard_limit, *Running]
 UNFLUSHED = 2 * PAYLOAD  # records of finished tasks not yet flushed, one after another
 TARGET = 128  # the task id a revoke(terminate=True) aims at (parent writes, child reads)
 SLOT_SIZE = HEAD + PAYLOAD + UNFLUSHED + TARGET
+_IDLE = b""
 
 
 class Slot:
@@ -44,29 +46,35 @@ class Slot:
     def __init__(self, buf: mmap.mmap, offset: int):
         self.buf = buf
         self.off = offset
-        self._processed = self._cur_len = self._prev_len = 0  # the child's own copies of its fields
+        self.current = SeqLock(buf, offset + HEAD, PAYLOAD)
+        self._record = _IDLE  # the child's copy of the running record
+        self._processed = self._prev_len = 0  # the child's own copies of its fields
 
     # --- child side ---------------------------------------------------------------------------------
     def begin(self, msg: Any, delivery: Any, hard_limit: float, acks_late: bool) -> None:
-        data = delivery.data if len(delivery.data) < PAYLOAD - 512 else None
-        payload = serializers.pack(Running(msg.id, msg.task, data, acks_late, delivery.queue, msg.ignore_result))
-        if len(payload) > PAYLOAD:
-            payload = serializers.pack(Running(msg.id, msg.task, None, acks_late, delivery.queue, msg.ignore_result))
-        at = self.off + HEAD
-        self.buf[at:at + len(payload)] = payload
-        self._cur_len = len(payload)
-        _RUN.pack_into(self.buf, self.off, time.time(), hard_limit, self._processed, self._cur_len)
+        room = self.current.max_payload
+        data = delivery.data if len(delivery.data) < room - 512 else None
+        record = serializers.pack((time.time(), hard_limit, msg.id, msg.task, data, acks_late, delivery.queue,
+                                   msg.ignore_result))
+        if len(record) > room:
+            record = serializers.pack((time.time(), hard_limit, msg.id, msg.task, None, acks_late, delivery.queue,
+                                       msg.ignore_result))
+        self.current.write(record)
+        self._record = record
 
     def end(self) -> bool:
         """The task returned: add it to 'finished, not flushed' until flushed(). Returns whether a
         next one surely fits there too; when not, the caller flushes before the next task ends."""
-        at, cur_len, prev_len = self.off + HEAD, self._cur_len, self._prev_len
-        if prev_len + cur_len <= UNFLUSHED:  # (always, when the caller heeds the return value)
-            self.buf[at + PAYLOAD + prev_len:at + PAYLOAD + prev_len + cur_len] = self.buf[at:at + cur_len]
-            prev_len = self._prev_len = prev_len + cur_len
+        record, prev_len = self._record, self._prev_len
+        if prev_len + len(record) <= UNFLUSHED:  # (always, when the caller heeds the return value)
+            at = self.off + HEAD + PAYLOAD + prev_len
+            self.buf[at:at + len(record)] = record
+            prev_len = self._prev_len = prev_len + len(record)
             _U32.pack_into(self.buf, self.off + PREV_AT, prev_len)  # listed as finished before no longer running
         self._processed += 1
-        _RUN.pack_into(self.buf, self.off, 0.0, 0.0, self._processed, 0)
+        self.current.write(_IDLE)
+        self._record = _IDLE
+        _U64.pack_into(self.buf, self.off + PROCESSED_AT, self._processed)
         return prev_len + PAYLOAD <= UNFLUSHED
 
     def flushed(self) -> None:
@@ -84,7 +92,9 @@ class Slot:
     # --- parent side --------------------------------------------------------------------------------
     def reset(self) -> None:
         self.buf[self.off:self.off + HEAD] = bytes(HEAD)
-        self._processed = self._cur_len = self._prev_len = 0
+        self.current.write(_IDLE)
+        self._record = _IDLE
+        self._processed = self._prev_len = 0
         self.set_terminate(None)
 
     def set_terminate(self, task_id: Optional[str]) -> None:
@@ -105,15 +115,13 @@ class Slot:
         _U32.pack_into(self.buf, self.off + STOP_AT, 1)
 
     def running(self) -> Tuple[float, float, Optional[Running]]:
-        """(started_at, hard_limit, record) of the task running now; started_at 0 when idle."""
-        started, hard, _, cur_len = _RUN.unpack_from(self.buf, self.off)
-        if not started or not cur_len:
+        """(started_at, hard_limit, record) of the task running now; (0.0, 0.0, None) when idle (or
+        when the child kept rewriting the record while it was read: the next look sees it)."""
+        record = self.current.read(attempts=3)
+        if not record:
             return 0.0, 0.0, None
-        at = self.off + HEAD
-        try:
-            return started, hard, Running(*serializers.unpack(bytes(self.buf[at:at + cur_len])))
-        except Exception:
-            return started, hard, None
+        started, hard, *fields = serializers.unpack(record)
+        return started, hard, Running(*fields)
 
     def unflushed(self) -> List[Running]:
         """The finished tasks whose writes may not have reached Redis, oldest first."""
@@ -122,13 +130,13 @@ class Slot:
             return []
         at = self.off + HEAD + PAYLOAD
         try:
-            return [Running(*r) for r in serializers.unpack_all(bytes(self.buf[at:at + prev_len]))]
-        except Exception:
+            return [Running(*r[2:]) for r in serializers.unpack_all(bytes(self.buf[at:at + prev_len]))]
+        except Exception:  # noqa: BLE001 - a child killed half-way through appending: the whole ones only
             return []
 
     @property
     def processed(self) -> int:
-        return _RUN.unpack_from(self.buf, self.off)[2]
+        return _U64.unpack_from(self.buf, self.off + PROCESSED_AT)[0]
 
 
 class SlotTable:
