@@ -90,7 +90,7 @@ class Consumer:
                         break
                     self._check_control()
                     continue
-                delivery = outbox.next(self._fetch_count(running=1))
+                delivery = outbox.next(self._ahead_count)
                 try:
                     self._check_control()  # a revocation may concern a message already prefetched
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
@@ -153,6 +153,10 @@ class Consumer:
         if self.max_tasks:
             count = min(count, self.max_tasks - self.processed - running)
         return count
+
+    def _ahead_count(self) -> int:
+        """How many to fetch ahead while the last fetched message runs."""
+        return self._fetch_count(running=1)
 
     def _recycle_due(self) -> bool:
         if self.max_tasks and self.processed >= self.max_tasks:

@@ -82,7 +82,7 @@ class Executor:
         self.security_key = self.conf.security_key
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
-        self._options: Dict[Tuple[str, bool], tuple] = {}  # per (task name, ignore_result), see _task_options
+        self._options: Dict[str, Tuple[tuple, tuple]] = {}  # per task name, see _task_options
         self._options_version = -1
         self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
@@ -267,23 +267,23 @@ class Executor:
             self._options.clear()
             self._succeeded.clear()
             self._options_version = conf.version
-        key = (task.name, ignore_result)
-        options = self._options.get(key)
+        options = self._options.get(task.name)
         if options is None:
-            acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+            acks_late = bool(conf.task_acks_late if task.acks_late is None else task.acks_late)
             store_errors = task.store_errors_even_if_ignored
             policy = Policy(
-                acks_late=bool(acks_late), acks_on_failure_or_timeout=bool(conf.task_acks_on_failure_or_timeout),
+                acks_late=acks_late, acks_on_failure_or_timeout=bool(conf.task_acks_on_failure_or_timeout),
                 reject_on_worker_lost=bool(conf.task_reject_on_worker_lost if task.reject_on_worker_lost is None
                                            else task.reject_on_worker_lost),
-                max_deliveries=self.max_deliveries, ignore_result=ignore_result,
+                max_deliveries=self.max_deliveries,
                 store_errors_even_if_ignored=bool(conf.task_store_errors_even_if_ignored if store_errors is None
                                                   else store_errors))
-            options = self._options[key] = (
-                policy.acks_late, task.soft_time_limit or conf.task_soft_time_limit,
-                task.time_limit or conf.task_time_limit,
-                conf.task_track_started if task.track_started is None else task.track_started, policy)
-        return options
+            common = (acks_late, task.soft_time_limit or conf.task_soft_time_limit,
+                      task.time_limit or conf.task_time_limit,
+                      conf.task_track_started if task.track_started is None else task.track_started)
+            options = self._options[task.name] = (common + (policy,),  # by the message's ignore_result
+                                                  common + (policy._replace(ignore_result=True),))
+        return options[ignore_result]
 
     def _request(self, delivery: Delivery, msg: Message, args: list, kwargs: dict, hard: Optional[float],
                  soft: Optional[float]) -> context.Request:

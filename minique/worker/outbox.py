@@ -34,7 +34,7 @@ import logging
 import signal
 import time
 from collections import deque
-from typing import Any, Deque, List, Optional, Sequence
+from typing import Any, Callable, Deque, List, Optional, Sequence
 
 import redis
 
@@ -175,17 +175,19 @@ class Outbox:
             self.backend.reset()
 
     # --- fetching -----------------------------------------------------------------------------------
-    def next(self, count: int) -> Delivery:
+    def next(self, count: Callable[[], int]) -> Delivery:
         """The next fetched message. When it is the last one and tasks are short, its pre-run write
-        also asks for up to `count` more, so their reply arrives while it runs. (The process then
-        holds the running message plus at most `count` reserved ones; after a long task it does
+        also asks for up to `count()` more, so their reply arrives while it runs. (The process then
+        holds the running message plus at most that many reserved ones; after a long task it does
         not, so a message never waits behind a long task while other processes are idle.)"""
         delivery = self.buffer.popleft()
-        if (not self.buffer and not self._ahead and not self._drained and count > 0 and not self.stopping
+        if (not self.buffer and not self._ahead and not self._drained and not self.stopping
                 and self.last_runtime < SHORT_TASK):
-            self._ahead_count = count
-            self._ahead = self.app.broker.fetch_ahead(self.broker, self.consumer, self.queues, count,
-                                                      self._got_ahead)
+            n = count()
+            if n > 0:
+                self._ahead_count = n
+                self._ahead = self.app.broker.fetch_ahead(self.broker, self.consumer, self.queues, n,
+                                                          self._got_ahead)
         return delivery
 
     def _got_ahead(self, found: List[Delivery]) -> None:
