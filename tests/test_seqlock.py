@@ -71,3 +71,14 @@ def test_a_write_during_a_read_makes_the_read_fail_not_tear():
     assert region.read() is None                        # the copy may mix both: it is not returned
     buf.during_copy = lambda: region.write(b"C" * 10)
     assert region.read(attempts=2) == b"C" * 10         # a retry after the write gets the new payload
+
+
+def test_clear_empties_the_payload_and_moves_the_sequence():
+    import mmap
+
+    from minique.worker.seqlock import SeqLock
+    lock = SeqLock(mmap.mmap(-1, 64), 0, 64)
+    lock.write(b"abc")
+    before = lock.seq()
+    lock.clear()
+    assert lock.read() == b"" and lock.seq() != before and lock.seq() % 2 == 0

@@ -101,57 +101,56 @@ class Executor:
     def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to its end; only a Redis failure (the consumer's to retry) escapes."""
         try:
-            self._handle(delivery)
+            if delivery.problem:
+                return self._unread(delivery, fate.MALFORMED, f"malformed record: {delivery.problem}")
+            data = delivery.data
+            if self.max_size and len(data) > self.max_size:
+                return self._unread(delivery, fate.OVERSIZE, f"message of {len(data)} bytes is over "
+                                                             f"task_max_message_size ({self.max_size})")
+            try:
+                msg = decode(data)
+            except DecodeError as exc:
+                return self._unread(delivery, fate.UNDECODABLE, f"undecodable message: {exc}")
+            if self.security_key and not verify(msg, self.security_key):
+                return self._record(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
+                                                                                    "(security_key is set)"))
+            task = self.app.tasks.get(msg.task)
+            if task is None:
+                return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
+                    fate.UNKNOWN_TASK, NotRegistered(f"Received unregistered task of type {msg.task!r}: "
+                                                     f"is its module in include=?"), f"unknown task {msg.task!r}"))
+            acks_late, soft, hard, track, policy = self._task_options(task, msg.ignore_result)
+            job = Job(delivery, msg, task, policy, msg.id)
+            if delivery.deliveries > self.max_deliveries:
+                return self._record(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
+                    f"dead-lettered: delivered {delivery.deliveries + 1} times "
+                    f"(task_max_deliveries {self.max_deliveries})"),
+                    f"too many deliveries ({delivery.deliveries + 1})"))
+            if msg.id in self.revoked:
+                return self._record(job, Outcome(fate.REVOKED, TaskRevokedError("revoked")))
+            now = time.time()
+            if msg.expires is not None and now > msg.expires:
+                return self._record(job, Outcome(fate.EXPIRED, TaskRevokedError("expired")))
+            if msg.eta is not None and msg.eta > now + 0.001:
+                return self._record(job, Outcome(fate.EARLY))
+            try:
+                args, kwargs = msg.args_kwargs(self.accept)
+            except (ContentDisallowed, DecodeError) as exc:
+                return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
+            if self.events is not None:
+                self.events.received(msg, data)
+            if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
+                self.limiter.acquire(msg.task, self.outbox,
+                                     self.events.received_now if self.events is not None else None)
+            self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
+            return None
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001 - contained: this message ends, nothing else does
             log.exception("internal error handling a message from %s", delivery.queue)
-            msg = self._decoded(delivery)
-            job = Job(delivery, msg, result_id=msg.id if msg is not None and not self.security_key else None)
-            self._last_resort(job, exc)
-
-    def _handle(self, delivery: Delivery) -> None:
-        if delivery.problem:
-            return self._unread(delivery, fate.MALFORMED, f"malformed record: {delivery.problem}")
-        data = delivery.data
-        if self.max_size and len(data) > self.max_size:
-            return self._unread(delivery, fate.OVERSIZE, f"message of {len(data)} bytes is over "
-                                                         f"task_max_message_size ({self.max_size})")
-        try:
-            msg = decode(data)
-        except DecodeError as exc:
-            return self._unread(delivery, fate.UNDECODABLE, f"undecodable message: {exc}")
-        if self.security_key and not verify(msg, self.security_key):
-            return self._record(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
-                                                                                "(security_key is set)"))
-        task = self.app.tasks.get(msg.task)
-        if task is None:
-            return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
-                fate.UNKNOWN_TASK, NotRegistered(f"Received unregistered task of type {msg.task!r}: "
-                                                 f"is its module in include=?"), f"unknown task {msg.task!r}"))
-        acks_late, soft, hard, track, policy = self._task_options(task, msg.ignore_result)
-        job = Job(delivery, msg, task, policy, msg.id)
-        if delivery.deliveries > self.max_deliveries:
-            return self._record(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
-                f"dead-lettered: delivered {delivery.deliveries + 1} times "
-                f"(task_max_deliveries {self.max_deliveries})"),
-                f"too many deliveries ({delivery.deliveries + 1})"))
-        if msg.id in self.revoked:
-            return self._record(job, Outcome(fate.REVOKED, TaskRevokedError("revoked")))
-        now = time.time()
-        if msg.expires is not None and now > msg.expires:
-            return self._record(job, Outcome(fate.EXPIRED, TaskRevokedError("expired")))
-        if msg.eta is not None and msg.eta > now + 0.001:
-            return self._record(job, Outcome(fate.EARLY))
-        try:
-            args, kwargs = msg.args_kwargs(self.accept)
-        except (ContentDisallowed, DecodeError) as exc:
-            return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
-        if self.events is not None:
-            self.events.received(msg, data)
-        if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
-            self.limiter.acquire(msg.task, self.outbox, self.events.received_now if self.events is not None else None)
-        self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
+            decoded = self._decoded(delivery)
+            trusted = decoded is not None and not self.security_key
+            self._last_resort(Job(delivery, decoded, result_id=decoded.id if trusted and decoded else None), exc)
         return None
 
     def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
@@ -166,7 +165,8 @@ class Executor:
              hard: Optional[float], track: bool) -> None:
         delivery, msg, task, outbox = job.delivery, job.msg, job.task, self.outbox
         assert msg is not None
-        outbox.begin(msg, delivery, hard or 0.0, acks_late)
+        if outbox.slot is not None:  # names the task, so the parent can settle it if this process dies
+            outbox.slot.begin(msg, delivery, hard or 0.0, acks_late)
         if not acks_late:
             self.app.broker.ack(outbox.broker, delivery)
         if track and not msg.ignore_result:
@@ -182,24 +182,23 @@ class Executor:
             self._soft_armed = True
             signal.setitimer(signal.ITIMER_REAL, soft)
         self._in_body = True
+        error: Optional[BaseException] = None
         try:
             value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
-            self._body_ended(started, soft)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            self._record(job, self._failed(job, args, kwargs, exc))
-        else:
-            self._body_ended(started, soft)
-            self._succeeded_with(job, value)
-
-    def _body_ended(self, started: float, soft: Optional[float]) -> None:
+            error = exc
         self._in_body = False
         if soft and self.use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
         context.pop()
-        self.outbox.end(time.monotonic() - started)
+        outbox.end(time.monotonic() - started)
+        if error is None:
+            self._succeeded_with(job, value)
+        elif isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise error
+        else:
+            self._record(job, self._failed(job, args, kwargs, error))
 
     def _succeeded_with(self, job: Job, value: Any) -> None:
         """The body returned. Its result is encoded first: a value that will not encode is the task's
@@ -217,7 +216,7 @@ class Executor:
         settlement = self._succeeded.get(job.policy)
         if settlement is None:
             settlement = self._succeeded[job.policy] = settle(Outcome(fate.SUCCESS), job.policy)
-        mark = outbox.mark()
+        mark = len(outbox.broker.command_stack), len(outbox.backend.command_stack)  # (Outbox.mark, inlined)
         try:
             if encoded is not None:
                 self.backend.write_meta(outbox.backend, msg.id, states.SUCCESS, encoded)

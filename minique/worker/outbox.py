@@ -77,11 +77,6 @@ class Outbox:
         self._drained = False          # the last fetch took fewer than it asked for: the queues were empty
 
     # --- around a task body -------------------------------------------------------------------------
-    def begin(self, msg: Any, delivery: Delivery, hard_limit: float, acks_late: bool) -> None:
-        """A task starts: the slot names it, so the parent can fail or redeliver it if we die."""
-        if self.slot is not None:
-            self.slot.begin(msg, delivery, hard_limit, acks_late)
-
     def before_body(self, soft_limit: bool) -> None:
         """The pre-run write, or its deferral (never with a soft time limit: SIGALRM is the limit's)."""
         if (not self._ahead and self.last_runtime < SHORT_TASK and self.window > 0 and not soft_limit

@@ -85,6 +85,7 @@ class RateLimiter:
 
     def __init__(self, table: RateLimitTable, slot: Any = None):
         self.table = table
+        self.region = table.region  # (its sequence is read per task: one call, not two)
         self.slot = slot
         self.seen = -1
         self.intervals: Dict[str, float] = {}
@@ -93,7 +94,7 @@ class RateLimiter:
     def acquire(self, name: str, batch: Any = None, before_wait: Optional[Callable[[], None]] = None) -> None:
         """Wait until task `name` may start in this process. Before a wait, `before_wait()` runs and
         `batch` is flushed, so what earlier tasks wrote does not wait with this one."""
-        seq = self.table.seq()
+        seq = self.region.seq()
         if seq != self.seen:
             table = self.table.read()
             if table is not None:

@@ -37,10 +37,18 @@ class SeqLock:
         size = len(payload)
         if size > self.max_payload:
             raise ValueError(f"payload of {size} bytes does not fit in {self.max_payload}")
-        odd = self.seq() | 1
-        _HEAD.pack_into(self.buf, self.off, odd, 0)             # odd: a write is under way
-        self.buf[self._data:self._data + size] = payload
-        _HEAD.pack_into(self.buf, self.off, odd + 1, size)      # even again, and not as before
+        buf, off = self.buf, self.off  # (on a pool process's per-task path: kept to a few operations)
+        odd = _HEAD.unpack_from(buf, off)[0] | 1
+        _HEAD.pack_into(buf, off, odd, 0)                       # odd: a write is under way
+        buf[self._data:self._data + size] = payload
+        _HEAD.pack_into(buf, off, odd + 1, size)                # even again, and not as before
+
+    def clear(self) -> None:
+        """Make the payload empty (a write of nothing, without touching the payload's bytes)."""
+        buf, off = self.buf, self.off
+        odd = _HEAD.unpack_from(buf, off)[0] | 1
+        _HEAD.pack_into(buf, off, odd, 0)
+        _HEAD.pack_into(buf, off, odd + 1, 0)
 
     def read(self, attempts: int = 1) -> Optional[bytes]:
         """The payload, or None if every one of `attempts` reads met a write (try again later)."""

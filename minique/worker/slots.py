@@ -38,6 +38,7 @@ UNFLUSHED = 2 * PAYLOAD  # records of finished tasks not yet flushed, one after 
 TARGET = 128  # the task id a revoke(terminate=True) aims at (parent writes, child reads)
 SLOT_SIZE = HEAD + PAYLOAD + UNFLUSHED + TARGET
 _IDLE = b""
+_KEEP_DATA = PAYLOAD - 512  # a message up to this size is kept whole in the record
 
 
 class Slot:
@@ -52,11 +53,10 @@ class Slot:
 
     # --- child side ---------------------------------------------------------------------------------
     def begin(self, msg: Any, delivery: Any, hard_limit: float, acks_late: bool) -> None:
-        room = self.current.max_payload
-        data = delivery.data if len(delivery.data) < room - 512 else None
+        data = delivery.data if len(delivery.data) < _KEEP_DATA else None
         record = serializers.pack((time.time(), hard_limit, msg.id, msg.task, data, acks_late, delivery.queue,
                                    msg.ignore_result))
-        if len(record) > room:
+        if len(record) > self.current.max_payload:
             record = serializers.pack((time.time(), hard_limit, msg.id, msg.task, None, acks_late, delivery.queue,
                                        msg.ignore_result))
         self.current.write(record)
@@ -72,7 +72,7 @@ class Slot:
             prev_len = self._prev_len = prev_len + len(record)
             _U32.pack_into(self.buf, self.off + PREV_AT, prev_len)  # listed as finished before no longer running
         self._processed += 1
-        self.current.write(_IDLE)
+        self.current.clear()
         self._record = _IDLE
         _U64.pack_into(self.buf, self.off + PROCESSED_AT, self._processed)
         return prev_len + PAYLOAD <= UNFLUSHED
@@ -92,7 +92,7 @@ class Slot:
     # --- parent side --------------------------------------------------------------------------------
     def reset(self) -> None:
         self.buf[self.off:self.off + HEAD] = bytes(HEAD)
-        self.current.write(_IDLE)
+        self.current.clear()
         self._record = _IDLE
         self._processed = self._prev_len = 0
         self.set_terminate(None)
