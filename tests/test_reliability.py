@@ -386,6 +386,39 @@ def test_task_longer_than_visibility_timeout_runs_once(procs, client_app, redis_
            **figures, task_seconds=3 * VIS, visibility_timeout=VIS)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
+def test_frozen_worker_does_not_run_what_was_redelivered_meanwhile(procs, client_app, redis_client, acks_late):
+    """A worker frozen (SIGSTOP of its whole process group: a paused VM) for longer than the visibility
+    timeout: its prefetched messages are redelivered to another worker; once thawed, it must not run
+    them too, whatever acks_late says (it looks them up before running an old buffer)."""
+    app = client_app.app
+    first = client_app.gated.apply_async(("k7", "first"))               # holds the frozen worker's process
+    tokens = send_books(app, "k7", 3, 0.0)                              # fetched with it, waiting behind it
+    frozen = procs.worker("-c", "1", "--prefetch-multiplier", "4", settings=conf(acks_late))
+    wait_for(lambda: Books(redis_client, "k7", []).starts(), 10, "the first task to start")
+    os.killpg(frozen.pid, signal.SIGSTOP)
+    try:
+        other = procs.worker("-c", "2", "--prefetch-multiplier", "1", settings=conf(acks_late))
+        books = Books(redis_client, "k7", tokens)
+        wait_for(books.all_done, 20, "the frozen worker's prefetched tasks, redelivered")
+        if acks_late:  # the running task was not acked either: redelivered too, it waits for a gate there
+            wait_for(lambda: len(Books(redis_client, "k7", []).starts()) == 5, 20, "the first task, redelivered")
+            redis_client.rpush("k7:gate", "go")
+        other.signal(signal.SIGTERM)
+        assert other.wait(20) == 0
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    redis_client.rpush("k7:gate", "go")                                  # the thawed worker finishes its task
+    assert first.get(timeout=20) == "first"
+    marker = client_app.book.delay("k7", "after")                        # queued behind whatever it still had
+    assert marker.get(timeout=20) == "after"
+    figures = Books(redis_client, "k7", tokens).figures()
+    assert figures["done"] == 3 and figures["duplicated"] == 0, figures
+    assert "redelivered elsewhere" in frozen.log()
+    report(f"worker frozen past visibility_timeout ({'acks_late' if acks_late else 'early ack'})", **figures)
+
+
 # --- 6. 1,000 countdowns over a few seconds, three workers ------------------------------------------
 
 @pytest.mark.timeout(60)

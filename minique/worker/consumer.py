@@ -49,6 +49,9 @@ class Consumer:
         # an orphan waits no longer than a dead worker's messages do (visibility_timeout), at most a minute
         self._audit_every = min(AUDIT_EVERY, float(app.broker.visibility_timeout))
         self._audit_at = time.monotonic() + self._audit_every
+        # past this age a fetched message may have been redelivered elsewhere, were this process not
+        # renewing its claims (frozen): it is looked up before it runs (see _keep_what_is_ours)
+        self._stale_after = float(app.broker.visibility_timeout) / 2
         self.processed = 0
 
     # --- process integration ------------------------------------------------------------------------
@@ -89,6 +92,9 @@ class Consumer:
                         log.warning("worker parent is gone; child %s stops", self.name)
                         break
                     self._check_control()
+                    continue
+                if time.monotonic() - outbox.fetched_at > self._stale_after:
+                    self._keep_what_is_ours()  # a long task, or this process was frozen (SIGSTOP, a paused VM)
                     continue
                 delivery = outbox.next(self._ahead_count)
                 try:
@@ -147,6 +153,22 @@ class Consumer:
             log.warning("consumer %s gave back %d message(s) a Redis failure had cut off", self.name, len(orphans))
         self._suspect = False
         self._audit_at = time.monotonic() + self._audit_every
+
+    def _keep_what_is_ours(self) -> None:
+        """Drop the fetched messages this consumer no longer holds in Redis: after a freeze longer than
+        the visibility timeout, another worker's reaper has redelivered them, and running them here too
+        would run them twice (even with early acks). One round trip, only for an old buffer."""
+        outbox = self.outbox
+        outbox.flush()
+        held = {d.receipt for d in self.app.broker.held_by(self.name, self.queues)}
+        kept = [d for d in outbox.buffer if d.receipt in held]
+        if len(kept) < len(outbox.buffer):
+            log.warning("consumer %s dropped %d fetched message(s) redelivered elsewhere meanwhile (this process "
+                        "did not run for longer than the visibility timeout)", self.name,
+                        len(outbox.buffer) - len(kept))
+        outbox.buffer.clear()
+        outbox.fetched_at = time.monotonic()
+        outbox.buffer.extend(kept)
 
     def _fetch_count(self, running: int = 0) -> int:
         count = self.prefetch

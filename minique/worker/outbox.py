@@ -67,6 +67,7 @@ class Outbox:
         self.broker = FastPipeline(app.broker_client)
         self.backend = self.broker if app.backend_client is app.broker_client else FastPipeline(app.backend_client)
         self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
+        self.fetched_at = 0.0          # when the buffer last got messages (monotonic)
         self.last_runtime = float("inf")  # seconds the last body took (none yet: unknown, long)
         self.stopping = False
         self.in_wait = False           # blocked in the fetch that may be interrupted (nothing left unsent)
@@ -188,7 +189,13 @@ class Outbox:
     def _got_ahead(self, found: List[Delivery]) -> None:
         self._ahead = False
         self._drained = len(found) < self._ahead_count
-        self.buffer.extend(found)
+        self._took(found)
+
+    def _took(self, found: List[Delivery]) -> None:
+        if found:
+            if not self.buffer:  # (the age of the buffer is that of its oldest message)
+                self.fetched_at = time.monotonic()
+            self.buffer.extend(found)
 
     def fetch(self, count: int, on_idle: Any = None) -> None:
         """Send what is queued and take up to `count` messages into the buffer in one round trip;
@@ -223,4 +230,4 @@ class Outbox:
                     self._drained = len(found) < count
             finally:
                 self.in_wait = False
-        self.buffer.extend(found)
+        self._took(found)
