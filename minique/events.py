@@ -33,7 +33,7 @@ import logging
 import os
 import reprlib
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from . import keys, serializers
 from .display import DISPLAYABLE
@@ -269,12 +269,15 @@ def expand(batch: Any, malformed: Optional[Callable[[str], None]] = None) -> Ite
     to `malformed` (with why) when given: the other events of the batch still come."""
     report = malformed or _ignore
     if not isinstance(batch, dict):
-        return report(f"the entry is not a batch (a {type(batch).__name__})")
+        report(f"the entry is not a batch (a {type(batch).__name__})")
+        return
     if batch.get("v") != VERSION:
-        return report(f"batch version {short_repr(batch.get('v'))}, not {VERSION}")
+        report(f"batch version {short_repr(batch.get('v'))}, not {VERSION}")
+        return
     raw_headers, records = batch.get("h"), batch.get("e")
     if not isinstance(raw_headers, list) or not isinstance(records, list):
-        return report("the batch has no list of headers and list of records")
+        report("the batch has no list of headers and list of records")
+        return
     headers, wire = _headers(raw_headers)
     for record in records:
         try:
@@ -364,30 +367,31 @@ def _shown(first: Any, second: Any) -> Tuple[str, str]:
 
 # --- what a reader accepts ------------------------------------------------------------------------------
 _NONE = type(None)
-_NUMBER = (int, float)
-_OPT_STR = (str, _NONE)
-_OPT_INT = (int, _NONE)
-_OPT_NUMBER = (int, float, _NONE)
-FIELD_TYPES: Dict[str, Tuple[type, ...]] = {
+_NUMBER: FrozenSet[type] = frozenset({int, float})
+_OPT_STR: FrozenSet[type] = frozenset({str, _NONE})
+_OPT_INT: FrozenSet[type] = frozenset({int, _NONE})
+_OPT_NUMBER: FrozenSet[type] = frozenset({int, float, _NONE})
+FIELD_TYPES: Dict[str, FrozenSet[type]] = {
     # every event
-    "type": (str,), "ts": _NUMBER, "hostname": _OPT_STR, "pid": _OPT_INT,
+    "type": frozenset({str}), "ts": _NUMBER, "hostname": _OPT_STR, "pid": _OPT_INT,
     # task events
     "uuid": _OPT_STR, "name": _OPT_STR, "queue": _OPT_STR, "retries": _OPT_INT, "root_id": _OPT_STR,
     "parent_id": _OPT_STR, "group_id": _OPT_STR, "sent_at": _OPT_NUMBER, "eta": _OPT_NUMBER,
     "expires": _OPT_NUMBER, "priority": _OPT_INT, "args": _OPT_STR, "kwargs": _OPT_STR, "runtime": _OPT_NUMBER,
-    "exception": _OPT_STR, "reason": _OPT_STR, "message": (bytes, _NONE), "requeue": (bool, _NONE),
-    "dead": (bool, _NONE),
+    "exception": _OPT_STR, "reason": _OPT_STR, "message": frozenset({bytes, _NONE}),
+    "requeue": frozenset({bool, _NONE}), "dead": frozenset({bool, _NONE}),
     # worker events
-    "freq": _OPT_NUMBER, "loadavg": (list, _NONE), "queues": (list, _NONE), "concurrency": _OPT_INT,
-    "processed": _OPT_INT, "active": _OPT_INT, "started": _OPT_NUMBER, "pool": _OPT_STR,
+    "freq": _OPT_NUMBER, "loadavg": frozenset({list, _NONE}), "queues": frozenset({list, _NONE}),
+    "concurrency": _OPT_INT, "processed": _OPT_INT, "active": _OPT_INT, "started": _OPT_NUMBER, "pool": _OPT_STR,
 }
 
 
 def problem_of(ev: Dict[str, Any]) -> Optional[str]:
     """None when every field of the event `ev` that a reader uses has its documented type, else what
     is wrong (a bool is not a number here; a task event needs a uuid)."""
+    known = FIELD_TYPES.get
     for field, value in ev.items():
-        allowed = FIELD_TYPES.get(field)
+        allowed = known(field)
         if allowed is None:
             if type(field) is not str:
                 return f"a field name is a {type(field).__name__}"

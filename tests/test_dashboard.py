@@ -379,13 +379,20 @@ def test_malformed_events_never_stop_the_follower(procs, redis_client):
     redis_client.xadd("minique:events", good_event_entry("good-after", "task-failed"))
     wait_for(lambda: indexed(dash, "good-after"), 10, "the good event after more malformed ones")
     assert dash.proc.popen.poll() is None and "skipped a malformed event" in dash.proc.log()
+    # other records any client can write: a heartbeat that is no map, a dead letter that is no text
+    redis_client.hset("minique:workers", mapping={"junk@test": b"\xc1", "five@test": b"\x05",
+                                                  "text-ts@test": b"\x81\xa2ts\xa3now"})
+    redis_client.xadd("minique:dlq", {"m": b"\x00", "reason": b"\xff\xfe", "time": b"soon", "queue": b"\xff"})
     restarted = start_dashboard(procs)
     wait_for(lambda: indexed(restarted, "good-before") and indexed(restarted, "good-after"), 10,
              "both good events in a fresh dashboard")
     for d in (dash, restarted):
         for path in ("/api/overview", "/api/workers", "/api/tasks?search=good", "/api/failed", "/api/queues",
-                     "/api/tasks/good-after", "/"):
+                     "/api/tasks/good-after", "/api/dlq", "/"):
             assert d.request("GET", path)[0] == 200, path
+    assert restarted.get("/api/workers")["workers"] == []
+    [dead] = restarted.get("/api/dlq")["dead_letters"]
+    assert dead["time"] is None and "undecodable" in dead["problem"]
 
 
 # --- HTTP: the JSON API -------------------------------------------------------------------------------

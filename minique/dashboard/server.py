@@ -66,7 +66,7 @@ from .state import State
 
 log = logging.getLogger("minique.dashboard")
 STATIC = Path(__file__).parent / "static"
-MAX_BODY = 16 * 1024          # bytes of request body (the API's bodies are a few bytes of JSON)
+MAX_BODY = 32 * 1024          # bytes of request body (the API's bodies are a few bytes of JSON)
 MAX_TARGET = 8 * 1024         # bytes of request target (path and query string)
 MAX_QUERY_FIELDS = 32
 REQUEST_TIMEOUT = 30.0        # seconds a connection may take to send a request (then it is closed)
