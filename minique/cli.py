@@ -318,7 +318,8 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
     if not pairs and not token:
         log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks",
                     server.url)
-    log.info("dashboard listening on %s", server.url)
+    from .config import mask_url
+    log.info("dashboard listening on %s (broker %s)", server.url, mask_url(str(app.conf.broker_url)))
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import warnings
 from typing import Any, Dict, Iterable, Iterator, Mapping, Tuple, Union
 
@@ -73,6 +74,20 @@ DEFAULTS: Dict[str, Any] = {
     "imports": (),
     "include": (),
 }
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
+def mask_url(url: str) -> str:
+    """`url` fit to print or serve: its password (after `user:` or as a `password=` query parameter) as `****`.
+
+    `redis://:secret@host:6379/0` -> `redis://:****@host:6379/0`; a URL without a password is unchanged."""
+    def userinfo(m: "re.Match[str]") -> str:
+        user, colon, _ = m["info"].partition(":")
+        return f"{m['scheme']}{user}{':****' if colon else ''}@"
+    return _QUERY_PASSWORD.sub(r"\1****", _USERINFO.sub(userinfo, url, count=1))
+
 
 _ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE_RESULT_BACKEND"}
 

@@ -14,9 +14,14 @@ task-failed, task-retried, task-revoked, task-rejected. Each carries uuid, name,
 queue, retries, root_id, parent_id, group_id, hostname, pid and ts (epoch seconds);
 task-received adds sent_at/eta/expires/priority, task-started args/kwargs (bounded
 reprs), task-succeeded runtime, task-failed exception and, so the failure can be
-re-sent from the dashboard, the message body (encoded [args, kwargs], when under
-MAX_BODY bytes) with its content type and priority. Worker events: worker-online,
+re-sent from the dashboard, the failed message itself (its wire encoding, signature
+included, when at most MAX_MESSAGE bytes). Worker events: worker-online,
 worker-heartbeat (every worker_heartbeat_interval), worker-offline.
+
+Anyone who can write to Redis can add events, so a reader takes them as untrusted data:
+`read()` returns only events whose fields have the types documented here (`FIELD_TYPES`);
+an entry that is not a batch, a batch of another version, a record or an event of the
+wrong shape is skipped and logged (once per kind of problem), and reading goes on.
 
 The same `Events` object is the executor's hook for one more thing that must be cheap
 per task, the shared-memory metrics counters (metrics.Recorder), so it exists even when
@@ -24,22 +29,27 @@ events are off.
 """
 from __future__ import annotations
 
+import logging
 import os
 import reprlib
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from . import keys, serializers
+from .display import DISPLAYABLE
 from .message import decode
+
+log = logging.getLogger("minique.events")
 
 MAXLEN = 5000           # stream entries kept (each a batch of up to BATCH_RECORDS records: ~13 KB full, ~65 MB in all)
 BATCH_RECORDS = 100     # a record: one event, or the three of a task that succeeded (~130 bytes with its header)
 BATCH_SECONDS = 0.5
 SLOW = 0.1              # seconds: after a task this long, the next one's events leave before it runs
-MAX_BODY = 16 * 1024    # bytes of message body carried by task-failed (larger: not re-sendable from the dashboard)
+MAX_MESSAGE = 16 * 1024  # bytes of wire message carried by task-failed (larger: not re-sendable from the dashboard)
 SMALL_BODY = 256        # bytes: a task-started carries a body up to this size instead of reprs of its arguments
 SMALL_MESSAGE = 512     # bytes: a task's header is its wire message, up to this size, rather than fields taken out
-_READABLE = frozenset({"json", "msgpack"})  # bodies a reader may decode (never pickle: readers trust no worker)
+_READABLE = DISPLAYABLE  # bodies a reader may decode (never pickle: readers trust no worker)
+VERSION = 4             # the batch format (docs/protocol.md)
 
 _repr = reprlib.Repr()
 _repr.maxstring = 120
@@ -178,8 +188,10 @@ class Events:
                 rec.dead_letter(msg.queue, fields.get("reason") or "rejected")
         if not self.send:
             return
-        if type == "task-failed" and len(msg.body) <= MAX_BODY:
-            fields.update(body=msg.body, content_type=msg.content_type, priority=msg.priority)
+        if type == "task-failed":  # the message whole, so the dashboard re-sends the signed bytes it shows
+            data = msg.encode()  # (what a signature covers is this encoding: it verifies as the sender's bytes)
+            if len(data) <= MAX_MESSAGE:
+                fields["message"] = data
         self._task(code, msg, fields)
 
     def _record_running(self) -> None:
@@ -246,44 +258,80 @@ class Events:
         if self._running is not None:
             self._record_running()
         if self.records:
-            batch = {"v": 4, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
+            batch = {"v": VERSION, "host": self.hostname, "pid": self.pid, "h": self.headers, "e": self.records}
             pipe.xadd(keys.EVENTS, {"b": serializers.pack(batch)}, maxlen=MAXLEN, approximate=True)
             self.records, self.headers, self._last = [], [], None
 
 
-def expand(batch: Any) -> Iterator[Dict[str, Any]]:
-    """The event dicts of one stream entry's batch."""
-    host, pid = batch["host"], batch["pid"]
-    headers, wire = _headers(batch["h"])
+def expand(batch: Any, malformed: Optional[Callable[[str], None]] = None) -> Iterator[Dict[str, Any]]:
+    """The event dicts of one stream entry's batch. What is not a batch of this version, a record
+    that cannot be read and an event whose fields have the wrong types are skipped, each reported
+    to `malformed` (with why) when given: the other events of the batch still come."""
+    report = malformed or _ignore
+    if not isinstance(batch, dict):
+        report(f"the entry is not a batch (a {type(batch).__name__})")
+        return
+    if batch.get("v") != VERSION:
+        report(f"batch version {short_repr(batch.get('v'))}, not {VERSION}")
+        return
+    raw_headers, records = batch.get("h"), batch.get("e")
+    if not isinstance(raw_headers, list) or not isinstance(records, list):
+        report("the batch has no list of headers and list of records")
+        return
+    headers, wire = _headers(raw_headers)
+    for record in records:
+        try:
+            found = list(_record(record, batch.get("host"), batch.get("pid"), headers, wire))
+        except Exception as exc:  # noqa: BLE001 - any shape of record: skipped, the others still read
+            report(f"unreadable record ({type(exc).__name__})")
+            continue
+        for ev in found:
+            problem = problem_of(ev)
+            if problem is None:
+                yield ev
+            else:
+                report(problem)
 
-    def event(type: str, at: int, ts: float) -> Dict[str, Any]:
-        ev = dict(zip(_HEADER, headers[at]), type=type, hostname=host, pid=pid, ts=ts)
-        if ev["root_id"] == 0:
-            ev["root_id"] = ev["uuid"]
+
+def _ignore(problem: str) -> None:
+    """The default report of a malformed record: none."""
+
+
+def _record(record: Any, host: Any, pid: Any, headers: List[Any], wire: Dict[int, tuple]
+            ) -> Iterator[Dict[str, Any]]:
+    """The events of one record (an exception for a record of the wrong shape)."""
+    code, ts, at, extra = record
+
+    def event(kind: str, at: int, ts: float) -> Dict[str, Any]:
+        if type(at) is not int or not 0 <= at < len(headers):
+            raise IndexError("header index out of range")
+        ev = dict(zip(_HEADER, headers[at]), type=kind, hostname=host, pid=pid, ts=ts)
+        if ev.get("root_id") == 0:
+            ev["root_id"] = ev.get("uuid")
         return ev
 
-    for code, ts, at, extra in batch["e"]:
-        if code == _OTHER:
-            yield {"hostname": host, "pid": pid, **extra, "ts": ts}
-        elif code == _RECEIVED_STARTED or code == _SUCCEEDED_RUN:
-            fields = extra if code == _RECEIVED_STARTED and extra is not None else (
-                wire.get(at, _NO_FIELDS))   # a wire-message header holds them
-            yield dict(event("task-received", at, ts), **dict(zip(_RECEIVED, fields)))
-            args, kwargs = _shown(fields[4], fields[5])
-            yield dict(event("task-started", at, ts), args=args, kwargs=kwargs)
-            if code == _SUCCEEDED_RUN:  # its time: the start plus the runtime
-                yield dict(event("task-succeeded", at, ts + extra), runtime=extra)
-        else:
-            ev = event(TYPES[code], at, ts)
-            if isinstance(extra, dict):
-                ev.update(extra)
-            elif code == 0:
-                ev.update(zip(_RECEIVED, extra))
-            elif code == 1:
-                ev["args"], ev["kwargs"] = _shown(*extra)
-            elif code == 2:
-                ev["runtime"] = extra
-            yield ev
+    if code == _OTHER:
+        yield {"hostname": host, "pid": pid, **extra, "ts": ts}
+    elif code == _RECEIVED_STARTED or code == _SUCCEEDED_RUN:
+        fields = extra if code == _RECEIVED_STARTED and extra is not None else (
+            wire.get(at, _NO_FIELDS))   # a wire-message header holds them
+        received = dict(event("task-received", at, ts), **dict(zip(_RECEIVED, fields)))
+        args, kwargs = _shown(fields[4], fields[5])
+        yield received
+        yield dict(event("task-started", at, ts), args=args, kwargs=kwargs)
+        if code == _SUCCEEDED_RUN:  # its time: the start plus the runtime
+            yield dict(event("task-succeeded", at, ts + extra), runtime=extra)
+    else:
+        ev = event(TYPES[code], at, ts)
+        if isinstance(extra, dict):
+            ev.update(extra)
+        elif code == 0:
+            ev.update(zip(_RECEIVED, extra))
+        elif code == 1:
+            ev["args"], ev["kwargs"] = _shown(*extra)
+        elif code == 2:
+            ev["runtime"] = extra
+        yield ev
 
 
 def _headers(raw: List[Any]) -> Tuple[List[Any], Dict[int, tuple]]:
@@ -302,7 +350,7 @@ def _headers(raw: List[Any]) -> Tuple[List[Any], Dict[int, tuple]]:
             headers.append((m.id, m.task, m.queue, m.retries, m.root_id, m.parent_id, m.group_id))
             wire[at] = (m.sent_at, m.eta, m.expires, m.priority, m.body, m.content_type)
         else:
-            headers.append(h)
+            headers.append(h if isinstance(h, (list, tuple)) else ())  # (() gives an event without uuid: skipped)
     return headers, wire
 
 
@@ -317,9 +365,81 @@ def _shown(first: Any, second: Any) -> Tuple[str, str]:
         return "<undecodable body>", ""
 
 
+# --- what a reader accepts ------------------------------------------------------------------------------
+_NONE = type(None)
+_NUMBER: FrozenSet[type] = frozenset({int, float})
+_OPT_STR: FrozenSet[type] = frozenset({str, _NONE})
+_OPT_INT: FrozenSet[type] = frozenset({int, _NONE})
+_OPT_NUMBER: FrozenSet[type] = frozenset({int, float, _NONE})
+FIELD_TYPES: Dict[str, FrozenSet[type]] = {
+    # every event
+    "type": frozenset({str}), "ts": _NUMBER, "hostname": _OPT_STR, "pid": _OPT_INT,
+    # task events
+    "uuid": _OPT_STR, "name": _OPT_STR, "queue": _OPT_STR, "retries": _OPT_INT, "root_id": _OPT_STR,
+    "parent_id": _OPT_STR, "group_id": _OPT_STR, "sent_at": _OPT_NUMBER, "eta": _OPT_NUMBER,
+    "expires": _OPT_NUMBER, "priority": _OPT_INT, "args": _OPT_STR, "kwargs": _OPT_STR, "runtime": _OPT_NUMBER,
+    "exception": _OPT_STR, "reason": _OPT_STR, "message": frozenset({bytes, _NONE}),
+    "requeue": frozenset({bool, _NONE}), "dead": frozenset({bool, _NONE}),
+    # worker events
+    "freq": _OPT_NUMBER, "loadavg": frozenset({list, _NONE}), "queues": frozenset({list, _NONE}),
+    "concurrency": _OPT_INT, "processed": _OPT_INT, "active": _OPT_INT, "started": _OPT_NUMBER, "pool": _OPT_STR,
+}
+
+
+def problem_of(ev: Dict[str, Any]) -> Optional[str]:
+    """None when every field of the event `ev` that a reader uses has its documented type, else what
+    is wrong (a bool is not a number here; a task event needs a uuid)."""
+    known = FIELD_TYPES.get
+    for field, value in ev.items():
+        allowed = known(field)
+        if allowed is None:
+            if type(field) is not str:
+                return f"a field name is a {type(field).__name__}"
+            continue  # a field no reader uses
+        if type(value) not in allowed:
+            return f"event field {field!r} is a {type(value).__name__}"
+    if "type" not in ev or "ts" not in ev:
+        return "an event without type or ts"
+    if ev["type"].startswith("task-") and not ev.get("uuid"):
+        return f"a {ev['type'][:40]} event without uuid"
+    return None
+
+
+class Reader:
+    """Follows `minique:events` for one consumer: `read()` as below, and a log line for the first
+    malformed event of each kind (later ones are counted in `skipped`, logged at debug level)."""
+
+    def __init__(self, client: Any, last_id: str = "0-0"):
+        self.client = client
+        self.last_id = last_id
+        self.skipped = 0
+        self._told: Set[str] = set()
+
+    def read(self, count: int = 100, block: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The next events (at most `count` stream entries' worth), in order; advances `last_id`."""
+        self.last_id, found = _read(self.client, self.last_id, count, block, self._malformed)
+        return found
+
+    def _malformed(self, entry_id: str, problem: str) -> None:
+        self.skipped += 1
+        if problem in self._told or len(self._told) > 100:
+            log.debug("skipped a malformed event (entry %s of %s): %s", entry_id, keys.EVENTS, problem)
+            return
+        self._told.add(problem)
+        log.warning("skipped a malformed event (entry %s of %s): %s; reading goes on (further ones like it "
+                    "are logged at debug level)", entry_id, keys.EVENTS, problem)
+
+
 def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[float] = None
          ) -> Tuple[str, Iterator[Dict[str, Any]]]:
-    """Events after `last_id`: (new last id, events in order)."""
+    """Events after `last_id`: (new last id, events in order). Malformed ones are skipped silently
+    (a `Reader` logs them)."""
+    last_id, found = _read(client, last_id, count, block, None)
+    return last_id, iter(found)
+
+
+def _read(client: Any, last_id: str, count: int, block: Optional[float],
+          malformed: Optional[Callable[[str, str], None]]) -> Tuple[str, List[Dict[str, Any]]]:
     kwargs = {"count": count}
     if block:
         kwargs["block"] = int(block * 1000)
@@ -328,8 +448,12 @@ def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[fl
     for _, entries in found or ():
         for entry_id, fields in entries:
             last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            report = None if malformed is None else (lambda problem, at=last_id: malformed(at, problem))
             try:
-                out.extend(expand(serializers.unpack(fields[b"b"])))
-            except Exception:  # noqa: BLE001 - one bad entry must not stop a reader
+                batch = serializers.unpack(fields[b"b"])
+            except Exception as exc:  # noqa: BLE001 - not msgpack, or no field b: skipped
+                if report is not None:
+                    report(f"the entry is not a msgpack batch ({type(exc).__name__})")
                 continue
-    return last_id, iter(out)
+            out.extend(expand(batch, report))
+    return last_id, out

@@ -7,15 +7,21 @@ MINIQUE_DOCS_SCREENSHOTS=1 the browser test also refreshes docs/img/*.png.
 import base64
 import json
 import os
+import pickle
 import re
+import secrets
 import shutil
+import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from malformed import batch, entry, good_event_entry, malformed_event_entries
 from procs import APPS, Proc, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,7 +82,7 @@ class Dash:
         return out
 
 
-def start_dashboard(procs, *args, auth=None, token=None) -> Dash:
+def start_dashboard(procs, *args, auth=None, token=None, settings=None, env=None) -> Dash:
     procs.count += 1
     argv = ["-A", "testapp", "dashboard", "--port", "0", "--refresh", "0.3", "--sample-interval", "0.3",
             "--rescan-interval", "0.5", *args]
@@ -84,7 +90,7 @@ def start_dashboard(procs, *args, auth=None, token=None) -> Dash:
         argv += ["--basic-auth", ":".join(auth)]
     if token:
         argv += ["--token", token]
-    proc = Proc(argv, procs.env(), APPS, procs.tmp_path / f"dashboard{procs.count}.log")
+    proc = Proc(argv, procs.env(settings, env), APPS, procs.tmp_path / f"dashboard{procs.count}.log")
     procs.procs.append(proc)
 
     def listening():
@@ -131,6 +137,264 @@ def test_auth_is_required_and_posts_need_the_csrf_token(procs, client_app):
     assert dash.request("GET", task)[0] == 404  # a GET never acts
 
 
+def raw_http(dash, method, path, headers, body=b"", timeout=5.0):
+    """One request written by hand on a socket that this side keeps open (as a slow or hostile client
+    does): (status, the whole answer as text). Fails when no answer comes within `timeout` seconds."""
+    where = urlsplit(dash.url)
+    head = f"{method} {path} HTTP/1.1\r\nHost: {where.netloc}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with socket.create_connection((where.hostname, where.port), timeout=timeout) as sock:
+        sock.sendall(head.encode() + body)  # (and no shutdown: the client may still be sending, as far as it knows)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except TimeoutError:
+            raise AssertionError(f"no answer within {timeout}s to {method} {path} {headers}: {answer!r}") from None
+    text = answer.decode(errors="replace")
+    return int(text.split(" ", 2)[1]), text
+
+
+def basic(auth):
+    return "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+
+
+def test_bodies_are_read_only_after_auth_and_within_limits(procs, client_app):
+    from minique.dashboard.server import MAX_BODY
+    dash = start_dashboard(procs, auth=AUTH)
+    retry = "/api/tasks/00000000-0000-0000-0000-000000000000/retry"
+    # not authenticated: 401 without waiting for the body it announced (this client never sends it)
+    status, text = raw_http(dash, "POST", retry, {"Content-Length": "1000"})
+    assert status == 401 and "connection: close" in text.lower()
+    # authenticated but without the CSRF token: 403, the body still unread
+    status, _ = raw_http(dash, "POST", retry, {"Authorization": basic(AUTH), "Content-Length": "1000"})
+    assert status == 403
+    ok = {"Authorization": basic(AUTH), "X-CSRF-Token": dash.csrf}
+    # a length that is not one number within the cap: 400 or 413 at once, nothing read, connection closed
+    # (Content-Length: -1 used to read until the client stopped sending)
+    for length, expected in (("-1", 400), ("abc", 400), ("1e3", 400), (" 12 34", 400), (str(MAX_BODY + 1), 413),
+                             ("9" * 30, 400), ("99999999999", 413)):
+        status, text = raw_http(dash, "POST", retry, dict(ok, **{"Content-Length": length}), b'{"a": "b"}')
+        assert (status, "connection: close" in text.lower()) == (expected, True), (length, text)
+    status, text = raw_http(dash, "POST", retry, ok, b"{}")  # no Content-Length at all
+    assert status == 400 and "Content-Length" in text
+    status, _ = raw_http(dash, "POST", retry, dict(ok, **{"Transfer-Encoding": "chunked"}), b"2\r\n{}\r\n0\r\n\r\n")
+    assert status == 400
+    # a well-formed body within the cap is read and used (revoke of an unknown id: accepted)
+    status, text = raw_http(dash, "POST", "/api/tasks/some-id/revoke", dict(ok, **{"Content-Length": "20"}),
+                            b'{"terminate": false}')
+    assert status == 200, text
+    assert dash.post("/api/tasks/some-id/revoke", {"terminate": False})[0] == 200  # and over keep-alive (urllib)
+
+
+def test_bad_query_parameters_are_400_with_a_short_message(procs, client_app):
+    dash = start_dashboard(procs)
+    for path in ("/api/tasks?limit=abc", "/api/tasks?limit=1e400", "/api/tasks?offset=1.5", "/api/tasks?since=nan",
+                 "/api/tasks?until=inf", "/api/tasks?since=x", "/api/failed?limit=x", "/api/failed?limit=nan",
+                 "/api/dlq?count=x", "/api/dlq?count=99999999999999999999999", "/api/dlq?start=bogus",
+                 "/api/dlq?start=1-2-3", "/api/tasks?" + "&".join(f"a{i}=1" for i in range(40))):
+        status, _, data = dash.request("GET", path)
+        error = json.loads(data)["error"]
+        assert status == 400 and len(error) < 100 and "Error" not in error, (path, status, error)
+    status, _, data = dash.request("GET", "/api/tasks?search=" + "x" * 9000)
+    assert status == 414
+    # in range or clamped: fine
+    assert dash.request("GET", "/api/tasks?limit=5000&offset=-3&since=0&until=1e12")[0] == 200
+    assert dash.request("GET", "/api/dlq?count=0&start=0-0")[0] == 200
+
+
+def test_the_redis_password_is_masked_in_the_log_and_in_answers(procs, redis_server, redis_client):
+    user, password = "dash-test-user", "pw-" + secrets.token_hex(8)
+    redis_client.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    try:
+        masked = f"redis://{user}:****@127.0.0.1:{redis_server.port}/0"
+        dash = start_dashboard(procs, env={"MINIQUE_BROKER_URL": masked.replace("****", password)})
+        assert f"(broker {masked})" in dash.proc.log()
+        assert dash.get("/api/session")["broker"] == masked
+        assert dash.get("/api/workers") == {"workers": []}
+        redis_client.execute_command("ACL", "DELUSER", user)  # Redis refuses the dashboard from now on
+        status, _, data = dash.request("GET", "/api/workers")
+        assert status == 503 and masked in json.loads(data)["error"], data
+        wait_for(lambda: "events stream unreadable" in dash.proc.log(), 10, "the follower's retry line")
+        assert password not in dash.proc.log()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", user)
+
+
+# --- messages shown and re-sent: decoded for display only, signatures first ------------------------------
+KEY = "s3cret"
+SIGNED_WITH_PICKLE = json.dumps({"security_key": KEY, "accept_content": ["json", "msgpack", "pickle"]})
+
+
+class OpensAFile:
+    """Unpickling this creates the file at `path` (what an attacker's pickle would do instead)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_dead_letters_are_shown_without_pickle_and_replayed_only_when_signed(procs, client_app, redis_client,
+                                                                            tmp_path):
+    procs.worker("-c", "1", settings=SIGNED_WITH_PICKLE)
+    dash = start_dashboard(procs, settings=SIGNED_WITH_PICKLE)
+    app = client_app.app
+    app.conf.update(security_key=KEY, accept_content=["json", "msgpack", "pickle"])
+    opened = [tmp_path / "opened-unsigned", tmp_path / "opened-signed"]
+    unsigned_pickle = app.build_message("testapp.identity", (), None, {"serializer": "pickle"})
+    unsigned_pickle = unsigned_pickle._replace(body=pickle.dumps([[OpensAFile(opened[0])], {}]), signature=None)
+    signed_pickle = app.build_message("testapp.identity", (OpensAFile(opened[1]),), None, {"serializer": "pickle"})
+    signed_json = app.build_message("testapp.add", (20, 22), None, {"priority": 5})
+    unsigned_json = app.build_message("testapp.add", (1, 1), None, {})._replace(signature=None)
+    for msg in (unsigned_pickle, signed_pickle, signed_json, unsigned_json):
+        app.broker.dead_letter(redis_client, msg.encode(), "parked by the test", "default", msg.id, "w9@test")
+    app.broker.dead_letter(redis_client, b"\x00junk", "junk", "default", None, "w9@test")
+
+    listing = {d["task_id"]: d for d in dash.get("/api/dlq")["dead_letters"]}
+    assert not opened[0].exists() and not opened[1].exists()  # no pickle was loaded, signed or not
+    for msg in (unsigned_pickle, unsigned_json):
+        shown = listing[msg.id]
+        assert (shown["name"], shown["args"], shown["verified"]) == (msg.task, None, False)
+        assert "signature does not verify" in shown["problem"]
+    shown = listing[signed_pickle.id]
+    assert (shown["args"], shown["verified"]) == (None, True) and "pickle" in shown["problem"]
+    shown = listing[signed_json.id]
+    assert (shown["name"], shown["args"], shown["kwargs"], shown["verified"]) == ("testapp.add", "[20, 22]", "{}",
+                                                                                 True)
+    assert listing[None]["name"] is None and "undecodable" in listing[None]["problem"]
+
+    entry_of = {d["task_id"]: d["entry"] for d in listing.values()}
+    for refused in (unsigned_json.id, unsigned_pickle.id, None):
+        status, answer = dash.post(f"/api/dlq/{entry_of[refused]}/replay")
+        assert status == 409 and "not replayed" in answer["error"], answer
+    status, answer = dash.post(f"/api/dlq/{entry_of[signed_json.id]}/replay")
+    assert status == 200 and answer["sent"]["args"] == "[20, 22]" and answer["sent"]["priority"] == 5
+    assert app.AsyncResult(signed_json.id).get(timeout=10) == 42
+    assert {d["task_id"] for d in dash.get("/api/dlq")["dead_letters"]} == {unsigned_pickle.id, signed_pickle.id,
+                                                                          unsigned_json.id, None}
+    assert dash.post(f"/api/dlq/{entry_of[signed_json.id]}/replay")[0] == 404
+    assert not opened[0].exists() and not opened[1].exists()
+
+
+def test_task_pages_never_unpickle_a_result_nor_import_an_exception_module(procs, client_app, redis_client,
+                                                                          tmp_path):
+    """The result store is as writable as the rest of Redis: the dashboard decodes json and msgpack
+    results only, and describes a stored exception from its name instead of importing its module."""
+    opened, imported = tmp_path / "opened", tmp_path / "imported"
+    (tmp_path / "dash_side_effect.py").write_text(
+        f"open({str(imported)!r}, 'w').close()\n\nclass Boom(Exception):\n    pass\n")
+    path = os.pathsep.join([str(APPS), str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    dash = start_dashboard(procs, settings=SIGNED_WITH_PICKLE, env={"PYTHONPATH": path})
+    backend = client_app.app.backend
+    backend.write_meta(redis_client, "pickled-result", "SUCCESS",
+                       backend.encode_meta("pickled-result", "SUCCESS", OpensAFile(opened), serializer="pickle"))
+    exc = {"exc_type": "Boom", "exc_module": "dash_side_effect", "exc_message": ["kaboom", 7]}
+    backend.write_meta(redis_client, "importing-error", "FAILURE",
+                       backend.encode_meta("importing-error", "FAILURE", exc, "Traceback: ...", serializer="json"))
+    backend.write_meta(redis_client, "junk-record", "SUCCESS", b"\xc1 not msgpack")
+    shown = dash.get("/api/tasks/pickled-result")
+    assert shown["state"] == "SUCCESS" and "pickle result is not decoded" in shown["result"]
+    shown = dash.get("/api/tasks/importing-error")
+    assert (shown["state"], shown["error"], shown["traceback"]) == ("FAILURE", "Boom('kaboom', 7)", "Traceback: ...")
+    assert dash.get("/api/tasks/junk-record")["state"] == "UNKNOWN"
+    assert not opened.exists() and not imported.exists()
+
+
+def forge_failed_event(redis_client, uuid, message=None, body=None):
+    """A task-failed event as any Redis client can add one: the fields say one thing, `message` (and the
+    `body` of the old format) may say another."""
+    ev = {"type": "task-failed", "uuid": uuid, "name": "testapp.record", "queue": "default", "retries": 0,
+          "args": "['forged', 'harmless']", "kwargs": "{}", "exception": "RuntimeError('forged')"}
+    if message is not None:
+        ev["message"] = message
+    if body is not None:
+        ev.update(body=body, content_type="json", priority=0)
+    redis_client.xadd("minique:events", entry(batch([[-1, time.time(), -1, ev]])))
+
+
+def test_retry_resends_the_signed_message_it_shows_and_refuses_forged_events(procs, client_app, redis_client):
+    procs.worker("-c", "1", settings=json.dumps({"security_key": KEY}))
+    dash = start_dashboard(procs, settings=json.dumps({"security_key": KEY}))
+    app = client_app.app
+    app.conf.security_key = KEY
+    from minique import serializers
+    evil = serializers.dumps([["forged-books", "evil"], {}], "json")
+
+    # a real failure: Retry re-sends its signed message as it was, and it runs
+    failed = client_app.fail_first.delay("ff-signed")
+    with pytest.raises(RuntimeError):
+        failed.get(timeout=10)
+    wait_for(lambda: dash.get(f"/api/tasks/{failed.id}").get("resend"), 10, "the failure in the index")
+    resend = dash.get(f"/api/tasks/{failed.id}")["resend"]
+    assert (resend["args"], resend["verified"], resend["problem"]) == ("['ff-signed']", True, None)
+    status, answer = dash.post(f"/api/tasks/{failed.id}/retry")
+    assert status == 200 and answer["sent"]["args"] == "['ff-signed']", answer
+    wait_for(lambda: app.AsyncResult(failed.id).state == "SUCCESS", 10, "the re-sent task's success")
+
+    # forged events: never a message built from their fields, never bytes that do not verify
+    unsigned = app.build_message("testapp.record", ("forged-books", "evil"), None, {})._replace(signature=None)
+    forge_failed_event(redis_client, unsigned.id, unsigned.encode(), body=evil)
+    foreign = app.build_message("testapp.record", ("forged-books", "foreign"), None, {})  # signed, another id
+    forge_failed_event(redis_client, "forged-foreign", foreign.encode(), body=evil)
+    forge_failed_event(redis_client, "forged-fields-only", body=evil)                      # the old format
+    forge_failed_event(redis_client, "forged-junk", b"\x00junk", body=evil)
+    genuine = app.build_message("testapp.record", ("forged-books", "genuine"), None, {})   # its own, signed
+    forge_failed_event(redis_client, genuine.id, genuine.encode(), body=evil)
+    wait_for(lambda: dash.get("/api/failed")["total"] == 5, 10, "the forged failures in the index")
+
+    for tid, why in ((unsigned.id, "signature does not verify"), ("forged-foreign", f"is task {foreign.id}'s"),
+                     ("forged-fields-only", "not captured"), ("forged-junk", "not re-sent")):
+        status, answer = dash.post(f"/api/tasks/{tid}/retry")
+        assert status == 409 and why in answer["error"], (tid, answer)
+    # what the page shows is decoded from the bytes Retry sends, not from the event's fields
+    detail = dash.get(f"/api/tasks/{genuine.id}")
+    assert detail["args"] == "['forged', 'harmless']"  # (what the event claims)
+    assert (detail["resend"]["args"], detail["resend"]["verified"]) == ("['forged-books', 'genuine']", True)
+    status, answer = dash.post(f"/api/tasks/{genuine.id}/retry")
+    assert status == 200 and answer["sent"] == detail["resend"]
+    assert app.AsyncResult(genuine.id).get(timeout=10) == "genuine"
+    # one worker process runs its queue in order: anything sent before the genuine message has run
+    assert redis_client.lrange("forged-books", 0, -1) == [b"genuine"]
+    assert redis_client.xlen("minique:dlq") == 0  # and nothing unsigned was sent to be dead-lettered
+
+
+def test_malformed_events_never_stop_the_follower(procs, redis_client):
+    """Any Redis client can add events. A dashboard skips malformed ones and follows on; so does a
+    fresh one, which reads them all again from the start of the stream."""
+    for fields in malformed_event_entries():
+        redis_client.xadd("minique:events", fields)
+    redis_client.xadd("minique:events", good_event_entry("good-before"))
+    dash = start_dashboard(procs)
+
+    def indexed(d, tid):
+        return any(t["id"] == tid for t in d.get("/api/tasks?limit=1000")["tasks"])
+    wait_for(lambda: indexed(dash, "good-before"), 10, "the good event after the malformed ones")
+    for fields in malformed_event_entries():  # and while it follows
+        redis_client.xadd("minique:events", fields)
+    redis_client.xadd("minique:events", good_event_entry("good-after", "task-failed"))
+    wait_for(lambda: indexed(dash, "good-after"), 10, "the good event after more malformed ones")
+    assert dash.proc.popen.poll() is None and "skipped a malformed event" in dash.proc.log()
+    # other records any client can write: a heartbeat that is no map, a dead letter that is no text
+    redis_client.hset("minique:workers", mapping={"junk@test": b"\xc1", "five@test": b"\x05",
+                                                  "text-ts@test": b"\x81\xa2ts\xa3now"})
+    redis_client.xadd("minique:dlq", {"m": b"\x00", "reason": b"\xff\xfe", "time": b"soon", "queue": b"\xff"})
+    restarted = start_dashboard(procs)
+    wait_for(lambda: indexed(restarted, "good-before") and indexed(restarted, "good-after"), 10,
+             "both good events in a fresh dashboard")
+    for d in (dash, restarted):
+        for path in ("/api/overview", "/api/workers", "/api/tasks?search=good", "/api/failed", "/api/queues",
+                     "/api/tasks/good-after", "/api/dlq", "/"):
+            assert d.request("GET", path)[0] == 200, path
+    assert restarted.get("/api/workers")["workers"] == []
+    [dead] = restarted.get("/api/dlq")["dead_letters"]
+    assert dead["time"] is None and "undecodable" in dead["problem"]
+
+
 # --- HTTP: the JSON API -------------------------------------------------------------------------------
 def test_api_tasks_canvas_links_retry_and_dead_letter_replay(procs, client_app, redis_client):
     from minique import chain
@@ -156,19 +420,26 @@ def test_api_tasks_canvas_links_retry_and_dead_letter_replay(procs, client_app, 
     assert {t["id"] for t in filtered["tasks"]} == {first, second}
     assert dash.get("/api/tasks?state=FAILURE")["tasks"] == []
 
-    # a failed task, re-sent from the dashboard, succeeds
+    # a failed task, re-sent from the dashboard (its message as it was: same id), succeeds
     failed = client_app.fail_first.delay("ff-api")
     with pytest.raises(RuntimeError):
         failed.get(timeout=10)
     wait_for(lambda: any(t["id"] == failed.id and t["retryable"] for t in dash.get("/api/failed")["tasks"]), 10,
              "the failure in the index")
-    assert "RuntimeError" in dash.get(f"/api/tasks/{failed.id}")["traceback"]
+    detail = dash.get(f"/api/tasks/{failed.id}")
+    assert "RuntimeError" in detail["traceback"] and "first attempt fails" in detail["error"]
+    assert (detail["resend"]["name"], detail["resend"]["args"], detail["resend"]["verified"]) == (
+        "testapp.fail_first", "['ff-api']", None)
     status, answer = dash.post(f"/api/tasks/{failed.id}/retry")
     assert status == 200, answer
-    assert app.AsyncResult(answer["id"]).get(timeout=10) == 2
-    wait_for(lambda: dash.get(f"/api/tasks/{answer['id']}")["state"] == "SUCCESS", 10, "the retry's success")
-    assert dash.get(f"/api/tasks/{answer['id']}")["retry_of_task"]["id"] == failed.id
-    assert dash.get(f"/api/tasks/{failed.id}")["retried_as_task"]["id"] == answer["id"]
+    assert answer["id"] == failed.id and answer["sent"]["args"] == "['ff-api']"
+    assert dash.post(f"/api/tasks/{failed.id}/retry")[0] == 409  # re-sent: no longer FAILURE
+    wait_for(lambda: app.AsyncResult(failed.id).state == "SUCCESS", 10, "the re-sent task's success")
+    assert app.AsyncResult(failed.id).get(timeout=1) == 2
+    wait_for(lambda: dash.get(f"/api/tasks/{failed.id}")["state"] == "SUCCESS", 10, "its success in the index")
+    detail = dash.get(f"/api/tasks/{failed.id}")
+    assert detail["resent"] == 1 and detail["result"] == 2 and detail["error"] is None
+    assert "re-sent (dashboard)" in [h["type"] for h in detail["history"]]
     assert dash.post(f"/api/tasks/{second}/retry")[0] == 409  # only failures are retried
 
     # a dead letter, replayed
@@ -260,26 +531,26 @@ def test_browser_pages_live_updates_and_retry_from_the_button(procs, client_app,
     page.locator(f'#tasks-table tr[data-task-id="{adds[0].id}"]').wait_for(timeout=10000)
     shot(page, "tasks.png", tmp_path)
 
-    # the failed task, retried from its button, then succeeds
-    page.goto(dash.url + "/#/failed")
-    row = page.locator(f'#failed-table tr[data-task-id="{failed.id}"]')
-    row.locator("button.retry").click()
-    link = row.locator(".retried a")
-    link.wait_for(timeout=10000)
-    new_id = link.get_attribute("title")
-    assert new_id and new_id != failed.id
-    assert app.AsyncResult(new_id).get(timeout=10) == 2
-    shot(page, "failed.png", tmp_path)
-    link.click()
-    page.locator('h1 .badge[data-state="SUCCESS"]').wait_for(timeout=10000)
-    assert page.locator("#task-id").inner_text() == new_id
-    assert page.locator("#task-result").inner_text() == "2"
-    shot(page, "task.png", tmp_path)
-
-    # task detail of a failure shows its traceback
+    # task detail of a failure shows its traceback, and what Retry would send (decoded from those bytes)
     page.goto(dash.url + f"/#/task/{failed.id}")
     page.locator("#task-traceback").wait_for(timeout=10000)
     assert "first attempt fails" in page.locator("#task-traceback").inner_text()
+    assert "['ff-browser']" in page.locator("#task-resend").inner_text()
+
+    # the failed task, retried from its button (its message re-sent as it was), then succeeds
+    page.goto(dash.url + "/#/failed")
+    row = page.locator(f'#failed-table tr[data-task-id="{failed.id}"]')
+    row.wait_for(timeout=10000)
+    shot(page, "failed.png", tmp_path)
+    row.locator("button.retry").click()
+    row.wait_for(state="detached", timeout=10000)  # no longer a failure
+    assert "['ff-browser']" in page.locator("#toast").inner_text()
+    wait_for(lambda: app.AsyncResult(failed.id).state == "SUCCESS", 10, "the re-sent task's success")
+    page.goto(dash.url + f"/#/task/{failed.id}")
+    page.locator('h1 .badge[data-state="SUCCESS"]').wait_for(timeout=10000)
+    assert page.locator("#task-id").inner_text() == failed.id
+    assert page.locator("#task-result").inner_text() == "2"
+    shot(page, "task.png", tmp_path)
 
     # queues: lengths now and a chart over time
     client_app.add.apply_async((1, 1), queue="nobody-listens")

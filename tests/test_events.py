@@ -3,7 +3,7 @@ import time
 
 from minique import events, keys, serializers, states
 from minique.dashboard.state import TaskIndex
-from minique.message import make
+from minique.message import decode, make
 from minique.metrics import CAPACITY, OVERFLOW, MetricsTable
 from procs import wait_for
 
@@ -38,8 +38,8 @@ def test_task_life_in_events(procs, client_app, redis_client):
     failed = wait_for(lambda: [e for e in task_events(redis_client, bad.id) if e["type"] == "task-failed"], 5,
                       "task-failed")[0]
     assert "nope" in failed["exception"]
-    msg = make("testapp.fail", ("nope",), {})
-    assert failed["body"] == msg.body and failed["content_type"] == "json"  # enough to send it again
+    sent = decode(failed["message"])  # the failed message whole: what the dashboard's Retry re-sends
+    assert (sent.id, sent.task, sent.body) == (bad.id, "testapp.fail", make("testapp.fail", ("nope",), {}).body)
 
     retried = client_app.retry_no_exc.delay("ev-retry")
     retried.get(timeout=10, propagate=False)
@@ -100,6 +100,55 @@ def test_batches_are_capped_and_read_in_order(redis_client):
     assert list(events.read(redis_client, last)[1]) == []
     info = redis_client.xinfo_stream(keys.EVENTS)
     assert info["length"] <= events.MAXLEN
+
+
+def test_the_reader_skips_every_malformed_entry_and_logs_each_kind_once(redis_client, caplog):
+    """Any Redis client can add to the events stream: wrong types in every field, entries that are not
+    msgpack, other versions, records of any shape. A reader skips them and reads on, again and again."""
+    from malformed import good_event_entry, malformed_event_entries
+    bad = malformed_event_entries()
+    for i, fields in enumerate(bad):
+        redis_client.xadd(keys.EVENTS, fields)
+        redis_client.xadd(keys.EVENTS, good_event_entry(f"good-{i}"))
+    reader = events.Reader(redis_client)
+    with caplog.at_level("DEBUG", logger="minique.events"):
+        found = []
+        while True:
+            batch = reader.read(count=7)
+            if not batch:
+                break
+            found.extend(batch)
+    assert [e["uuid"] for e in found] == [f"good-{i}" for i in range(len(bad))]
+    assert all(e["type"] == "task-received" and e["hostname"] == "bad@test" for e in found)
+    assert reader.skipped >= len(bad)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and len(warnings) == len(set(warnings))  # one line per kind of problem
+    assert len(warnings) + len([r for r in caplog.records if r.levelname == "DEBUG"]) == reader.skipped
+    # the same entries read by a fresh reader (a restarted dashboard): the same good events
+    _, again = events.read(redis_client, "0-0", count=10000)
+    assert [e["uuid"] for e in again] == [f"good-{i}" for i in range(len(bad))]
+
+
+def test_expand_skips_a_malformed_record_and_keeps_the_rest_of_its_batch():
+    from malformed import batch, good_task_event
+    now = time.time()
+    header = ["t-1", "t.x", "q", 0, 0, None, None]
+    records = [[0, now, 0, [now, None, None, 0]], [1, now, 0, 5], [-1, now, -1, {"type": ["x"]}],
+               [2, now, 0, 0.5], [-1, now, -1, good_task_event("t-2")]]
+    problems = []
+    found = list(events.expand(batch(records, headers=[header]), problems.append))
+    assert [(e["type"], e["uuid"]) for e in found] == [("task-received", "t-1"), ("task-succeeded", "t-1"),
+                                                      ("task-received", "t-2")]
+    assert problems == ["unreadable record (TypeError)", "event field 'type' is a list"]
+
+
+def test_the_index_survives_events_the_reader_would_have_dropped():
+    """The follower's index applies each event on its own: one it cannot apply is skipped."""
+    from malformed import wrong_type_events
+    index = TaskIndex()
+    index.apply(wrong_type_events() + [ev("task-received", "ok"), {"type": None}, {"type": "task-x", "uuid": ["u"]}])
+    assert index.get("ok")["state"] == states.RECEIVED
+    assert index.summaries()["total"] >= 1 and index.stats()["events_seen"] == len(wrong_type_events()) + 3
 
 
 class FakeClock:

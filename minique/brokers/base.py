@@ -188,7 +188,8 @@ class Broker(ABC):
         # redis-py types replies as bytes | str (and xrange's as optional); with decode_responses off: bytes
         entries = cast(List[Tuple[bytes, Dict[bytes, bytes]]], self.client.xrange(keys.DLQ, min=start, count=count))
         for entry_id, fields in entries:
-            out.append((entry_id.decode(), {k.decode(): (v if k == b"m" else v.decode()) for k, v in fields.items()}))
+            out.append((entry_id.decode(), {k.decode(errors="replace"): (v if k == b"m" else v.decode(errors="replace"))
+                                            for k, v in fields.items()}))  # (any client can write one: never raise)
         return out
 
     def replay_dead_letter(self, entry_id: str, queue: Optional[str] = None, priority: int = 0) -> bool:

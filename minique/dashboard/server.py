@@ -9,8 +9,16 @@ stdlib ThreadingHTTPServer only. Security:
 * every state-changing action is a POST that must carry the `X-CSRF-Token` header with the
   token from `GET /api/session` (per process, random; a cross-site page cannot read it),
   and, when the browser sends an Origin, that origin must be this server;
+* nothing of a request body is read before the request is authenticated and its CSRF token
+  checked; a body needs a `Content-Length` of at most MAX_BODY bytes (else 400 or 413, the
+  body unread and the connection closed); the request target is at most MAX_TARGET bytes
+  (414); a bad query parameter is a 400 that says which; an internal error is a 500 that
+  says to look in the log, never the exception's text;
 * strict Content-Security-Policy (no inline script, no third-party origin), nosniff,
-  no framing. All static files ship in the package: no CDN.
+  no framing. All static files ship in the package: no CDN;
+* what it shows of a message is `display.describe_for_display`: json and msgpack only, after
+  the signature when `security_key` is set; results are decoded the same way (no pickle,
+  exceptions described, never imported); a Redis URL is shown with its password masked.
 
 Routes (GET unless noted):
     /                               the single-page UI (static/index.html)
@@ -25,9 +33,10 @@ Routes (GET unless noted):
     /api/queues                     lengths now (per priority), delayed, unacked, and their history
     /api/failed                     failed tasks (newest first), with whether they can be re-sent
     /api/dlq?count=&start=          dead letters
-    POST /api/tasks/<id>/retry      re-send a failed task (same name, args, kwargs, queue, priority)
+    POST /api/tasks/<id>/retry      re-send a failed task's message, the bytes its task-failed event carried
+                                    (checked: it decodes, is that task's, and its signature verifies)
     POST /api/tasks/<id>/revoke     revoke ({"terminate": true} to end it if running)
-    POST /api/dlq/<entry id>/replay send a dead letter back to its queue
+    POST /api/dlq/<entry id>/replay send a dead letter's message (checked the same way) back to its queue
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import mimetypes
 import os
 import re
@@ -47,12 +57,20 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from .. import keys, message as message_mod, states
+import redis
+
+from .. import keys, serializers, states
+from ..config import mask_url
+from ..display import DISPLAYABLE, Refused, checked_message, describe_for_display
 from .state import State
 
 log = logging.getLogger("minique.dashboard")
 STATIC = Path(__file__).parent / "static"
-MAX_BODY = 64 * 1024
+MAX_BODY = 32 * 1024          # bytes of request body (the API's bodies are a few bytes of JSON)
+MAX_TARGET = 8 * 1024         # bytes of request target (path and query string)
+MAX_QUERY_FIELDS = 32
+REQUEST_TIMEOUT = 30.0        # seconds a connection may take to send a request (then it is closed)
+_DLQ_START = re.compile(r"-|\(?[0-9]{1,20}(-[0-9]{1,20})?")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -71,6 +89,45 @@ def _bounded_repr(value: Any, limit: int = 10000) -> str:
     except Exception:  # noqa: BLE001
         return short_repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _one(q: Dict[str, List[str]], name: str) -> Optional[str]:
+    """A query parameter's value, stripped; None when absent or empty."""
+    v = (q.get(name) or [""])[0].strip()
+    return v or None
+
+
+def _int_param(q: Dict[str, List[str]], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter, brought into [low, high]; 400 when it is not an integer."""
+    v = _one(q, name)
+    if v is None:
+        return default
+    if not re.fullmatch(r"[+-]?[0-9]{1,18}", v):
+        raise HTTPError(400, f"{name} must be an integer")
+    return max(low, min(int(v), high))
+
+
+def _time_param(q: Dict[str, List[str]], name: str) -> Optional[float]:
+    """A time (epoch seconds) query parameter; 400 when it is not a finite number."""
+    v = _one(q, name)
+    if v is None:
+        return None
+    try:
+        value = float(v)
+    except ValueError:
+        raise HTTPError(400, f"{name} must be a number (epoch seconds)") from None
+    if not math.isfinite(value):
+        raise HTTPError(400, f"{name} must be a finite number (epoch seconds)")
+    return value
+
+
+def _shown_message(data: bytes, security_key: Any) -> Dict[str, Any]:
+    """`describe_for_display` with the arguments as bounded reprs (what the pages show)."""
+    shown = describe_for_display(data, security_key)
+    for field in ("args", "kwargs"):
+        if shown[field] is not None:
+            shown[field] = _bounded_repr(shown[field], 2000)
+    return shown
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -160,7 +217,8 @@ class Dashboard:
     def session(self) -> Dict[str, Any]:
         from .. import __version__
         return {"csrf": self.csrf, "refresh": self.refresh, "auth": self.auth_required, "version": __version__,
-                "max_tasks": self.state.index.limit}
+                "max_tasks": self.state.index.limit, "broker": mask_url(str(self.app.conf.broker_url)),
+                "signed": bool(self.app.conf.security_key)}
 
     def overview(self) -> Dict[str, Any]:
         workers = self.state.workers.list()
@@ -171,20 +229,10 @@ class Dashboard:
                 "dead_letters": (latest or {}).get("dead_letters", 0), "time": time.time()}
 
     def tasks(self, q: Dict[str, List[str]]) -> Dict[str, Any]:
-        def one(name: str) -> Optional[str]:
-            v = (q.get(name) or [""])[0].strip()
-            return v or None
-
-        def num(name: str) -> Optional[float]:
-            v = one(name)
-            try:
-                return float(v) if v else None
-            except ValueError:
-                raise HTTPError(400, f"{name} must be a number") from None
-        limit = int(num("limit") or 100)
-        out = self.state.index.summaries(state=one("state"), name=one("name"), worker=one("worker"),
-                                         since=num("since"), until=num("until"), search=one("search"),
-                                         limit=max(1, min(limit, 1000)), offset=int(num("offset") or 0))
+        out = self.state.index.summaries(state=_one(q, "state"), name=_one(q, "name"), worker=_one(q, "worker"),
+                                         since=_time_param(q, "since"), until=_time_param(q, "until"),
+                                         search=_one(q, "search"), limit=_int_param(q, "limit", 100, 1, 1000),
+                                         offset=_int_param(q, "offset", 0, 0, 10**9))
         stats = self.state.index.stats()
         out["names"] = stats["names"]
         out["workers"] = sorted({w["hostname"] for w in self.state.workers.list()})
@@ -193,26 +241,28 @@ class Dashboard:
 
     def task(self, tid: str) -> Dict[str, Any]:
         rec = self.state.index.get(tid)
-        meta = self.app.backend.get_meta(tid)
+        meta = self.stored_result(tid)
         if rec is None and meta["status"] == states.PENDING:
             raise HTTPError(404, f"no task {tid} in the index or the result store")
         out: Dict[str, Any] = {"id": tid, "state": meta["status"], "indexed": rec is not None}
         if rec is not None:
-            body = rec.pop("body", None)
+            data = rec.pop("message", None)
             rec.pop("rank", None)
-            rec.pop("content_type", None)
             out.update(rec)
-            out["retryable"] = body is not None
-            if meta["status"] != states.PENDING and states.precedence(meta["status"]) < states.precedence(rec["state"]):
+            out["retryable"] = data is not None
+            # what Retry would send, decoded from the very bytes it sends
+            out["resend"] = _shown_message(data, self.app.conf.security_key) if data is not None else None
+            # the result store is the later word, except about a run older than a re-send
+            stale = rec.get("resent_at") and (meta["date_done"] or 0) < rec["resent_at"]
+            if meta["status"] != states.PENDING and not stale and \
+                    states.precedence(meta["status"]) < states.precedence(rec["state"]):
                 out["state"] = meta["status"]
-            elif rec["state"] != states.PENDING:
+            elif rec["state"] != states.PENDING or stale:
                 out["state"] = rec["state"]
-        result = meta.get("result")
-        out["result"] = _jsonable(result) if meta["status"] == states.SUCCESS else None
-        if meta["status"] in states.EXCEPTION_STATES and result is not None:
-            out["error"] = _bounded_repr(result)
-        out["traceback"] = meta.get("traceback")
-        out["date_done"] = meta.get("date_done")
+        out["result"] = meta["result"]
+        out["error"] = meta["error"]
+        out["traceback"] = meta["traceback"]
+        out["date_done"] = meta["date_done"]
         out["result_state"] = meta["status"]
         started, ended = out.get("started"), out.get("succeeded") or out.get("failed") or out.get("retried")
         if out.get("sent_at") and started:
@@ -220,12 +270,52 @@ class Dashboard:
         if out.get("runtime") is None and started and ended:
             out["runtime"] = max(0.0, ended - started)
         out["children"] = self.state.index.children_of(tid)
-        for link, name in (("parent_id", "parent"), ("root_id", "root"), ("retry_of", "retry_of_task"),
-                           ("retried_as", "retried_as_task")):
+        for link, name in (("parent_id", "parent"), ("root_id", "root")):
             other = out.get(link)
             if other and other != tid:
                 known = self.state.index.get(other) or {}
                 out[name] = {"id": other, "name": known.get("name"), "state": known.get("state")}
+        return out
+
+    def stored_result(self, tid: str) -> Dict[str, Any]:
+        """The result store's record of `tid` as the pages show it: `status`, `result` (a json or
+        msgpack value; anything else, pickle above all, is not decoded), `error` (an exception
+        described from its stored class name and arguments: nothing is imported or built),
+        `traceback`, `date_done`. Any Redis client can write the record: a malformed one is shown
+        as such."""
+        pipe = self.app.backend.client.pipeline(transaction=False)
+        pipe.lindex(keys.ready(tid), 0)
+        pipe.get(keys.result(tid))
+        final, current = pipe.execute()
+        raw = final if final is not None else current
+        out: Dict[str, Any] = {"status": states.PENDING, "result": None, "error": None, "traceback": None,
+                               "date_done": None}
+        if raw is None:
+            return out
+        try:
+            meta = serializers.unpack(raw)
+            status = meta["s"]
+            if status not in states.ALL_STATES:
+                raise ValueError(status)
+        except Exception:  # noqa: BLE001 - not a record minique writes
+            out.update(status="UNKNOWN", error="<a malformed record in the result store>")
+            return out
+        out["status"] = status
+        done, tb = meta.get("t"), meta.get("tb")
+        out["date_done"] = done if status in states.READY_STATES and isinstance(done, (int, float)) else None
+        out["traceback"] = tb[:20000] if isinstance(tb, str) else None
+        content_type = meta.get("ct", "json")
+        if content_type not in DISPLAYABLE:
+            value: Any = f"<a {str(content_type)[:40]} result is not decoded for display (only json and msgpack are)>"
+        else:
+            try:
+                value = serializers.loads(meta.get("r", b""), content_type, DISPLAYABLE)
+            except Exception:  # noqa: BLE001
+                value = "<an undecodable result>"
+        if status == states.SUCCESS:
+            out["result"] = _jsonable(value)
+        elif status in states.EXCEPTION_STATES:
+            out["error"] = _described_exception(value)
         return out
 
     def queues(self) -> Dict[str, Any]:
@@ -234,76 +324,126 @@ class Dashboard:
         return {"now": now, "history": self.state.history.series(), "interval": self.state.sample_interval}
 
     def failed(self, q: Dict[str, List[str]]) -> Dict[str, Any]:
-        limit = int((q.get("limit") or ["200"])[0] or 200)
-        return self.state.index.summaries(state=states.FAILURE, limit=max(1, min(limit, 1000)))
+        return self.state.index.summaries(state=states.FAILURE, limit=_int_param(q, "limit", 200, 1, 1000))
 
     def dlq(self, q: Dict[str, List[str]]) -> Dict[str, Any]:
-        count = max(1, min(int((q.get("count") or ["100"])[0] or 100), 1000))
-        start = (q.get("start") or ["-"])[0] or "-"
+        """Dead letters with what may be shown of their messages (`describe_for_display`: never pickle,
+        and with `security_key` only the arguments of messages whose signature verifies)."""
+        count = _int_param(q, "count", 100, 1, 1000)
+        start = _one(q, "start") or "-"
+        if not _DLQ_START.fullmatch(start):
+            raise HTTPError(400, "start must be a dead-letter entry id (like 1700000000000-0) or -")
         out = []
         for entry_id, fields in self.app.broker.dead_letters(count, start):
-            item = {"entry": entry_id, "task_id": fields.get("task_id") or None, "queue": fields.get("queue"),
-                    "reason": fields.get("reason"), "worker": fields.get("worker"),
-                    "time": float(fields.get("time") or 0) or None, "name": None, "args": None}
+            data = fields.get("m")
+            shown = _shown_message(data if isinstance(data, bytes) else b"", self.app.conf.security_key)
             try:
-                msg = message_mod.decode(fields.get("m") or b"")
-                item["name"] = msg.task
-                try:
-                    args, kwargs = msg.args_kwargs(self.app.accept)
-                    item["args"], item["kwargs"] = _bounded_repr(args, 300), _bounded_repr(kwargs, 300)
-                except Exception:  # noqa: BLE001
-                    pass
-            except Exception:  # noqa: BLE001 - undecodable: that is often why it is here
-                item["name"] = None
-            out.append(item)
+                when: Optional[float] = float(fields.get("time") or 0) or None
+            except ValueError:
+                when = None
+            out.append({"entry": entry_id, "task_id": fields.get("task_id") or None, "queue": fields.get("queue"),
+                        "reason": fields.get("reason"), "worker": fields.get("worker"), "time": when,
+                        "name": shown["name"], "args": shown["args"], "kwargs": shown["kwargs"],
+                        "verified": shown["verified"], "problem": shown["problem"]})
         total = self.app.broker_client.xlen(keys.DLQ)
         return {"dead_letters": out, "total": total}
 
     # --- API: actions -------------------------------------------------------------------------------
     def retry(self, tid: str) -> Dict[str, Any]:
+        """Re-send a failed task's message: the bytes its task-failed event carried, as they are (same
+        id, arguments, queue, priority, links), never a message built from event fields. Events are
+        untrusted, so the bytes must decode, be that task's message, and (with `security_key`) carry
+        a signature that verifies; the answer shows what was sent, decoded from those bytes."""
         rec = self.state.index.get(tid)
         if rec is None:
             raise HTTPError(404, f"no task {tid} in the index")
         if rec.get("state") != states.FAILURE:
             raise HTTPError(409, f"task {tid} is {rec.get('state')}, not FAILURE")
-        body = rec.get("body")
-        if body is None:
-            raise HTTPError(409, "its message was not captured (events off, or a body over the size limit)")
-        new_id = message_mod.new_id()
-        msg = message_mod.Message(id=new_id, task=rec["name"], body=body,
-                                  content_type=rec.get("content_type") or "json", queue=rec.get("queue") or
-                                  self.app.conf.task_default_queue, priority=int(rec.get("priority") or 0),
-                                  root_id=new_id, sent_at=time.time(), headers={"retry_of": tid})
-        if self.app.conf.security_key:
-            from ..signing import sign
-            msg = sign(msg, self.app.conf.security_key)
-        self.app.publish(None, msg)
-        self.state.index.annotate(tid, retried_as=new_id)
-        self.state.index.add_placeholder(new_id, name=msg.task, queue=msg.queue, retry_of=tid,
-                                         args=rec.get("args"), kwargs=rec.get("kwargs"), updated=time.time())
-        log.info("task %s[%s] re-sent as %s from the dashboard", msg.task, tid, new_id)
-        return {"ok": True, "id": new_id}
+        data = rec.get("message")
+        if data is None:
+            raise HTTPError(409, "its message was not captured (events off, or a message over the size limit)")
+        msg = self._checked(data, "not re-sent")
+        if msg.id != tid:
+            raise HTTPError(409, f"not re-sent: the message captured for task {tid} is task {msg.id}'s")
+        now = time.time()
+        if msg.eta is not None and msg.eta > now:
+            self.app.broker.send_later(self.app.broker_client, msg.queue, msg.priority, data, msg.eta)
+        else:
+            self.app.broker.send(self.app.broker_client, msg.queue, msg.priority, data)
+        self.state.index.mark_resent(tid, now)
+        log.info("task %s[%s] re-sent to %s from the dashboard", msg.task, tid, msg.queue)
+        return {"ok": True, "id": tid, "sent": _shown_message(data, self.app.conf.security_key)}
+
+    def _checked(self, data: bytes, refusal: str) -> Any:
+        """The message to re-send: it decodes, its signature verifies (with `security_key`), it has not
+        expired; else 409 saying why."""
+        try:
+            msg = checked_message(data, self.app.conf.security_key)
+        except Refused as exc:
+            raise HTTPError(409, f"{refusal}: {exc}") from None
+        if msg.expires is not None and msg.expires < time.time():
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(msg.expires))
+            raise HTTPError(409, f"{refusal}: it expired at {when} (a worker would not run it)")
+        return msg
 
     def revoke(self, tid: str, body: Dict[str, Any]) -> Dict[str, Any]:
         self.app.control.revoke(tid, terminate=bool(body.get("terminate")))
         return {"ok": True, "id": tid}
 
     def replay(self, entry: str) -> Dict[str, Any]:
-        if not re.fullmatch(r"\d+-\d+", entry):
+        """Send a dead letter's message back to its queue and remove it from the dead letters, in one
+        transaction: the bytes sent are the bytes read and checked (as for Retry), to the queue and
+        priority the message itself names; an entry replayed by someone else meanwhile is not sent twice."""
+        if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", entry):
             raise HTTPError(400, "bad dead-letter entry id")
-        if not self.app.broker.replay_dead_letter(entry):
-            raise HTTPError(404, f"no dead letter {entry}")
-        return {"ok": True, "entry": entry}
+        with self.app.broker_client.pipeline(transaction=True) as pipe:
+            for _ in range(10):
+                try:
+                    pipe.watch(keys.DLQ)
+                    found = pipe.xrange(keys.DLQ, min=entry, max=entry)
+                    if not found:
+                        raise HTTPError(404, f"no dead letter {entry}")
+                    data = found[0][1].get(b"m")
+                    if not isinstance(data, bytes):
+                        raise HTTPError(409, "not replayed: the dead letter has no message")
+                    msg = self._checked(data, "not replayed")
+                    pipe.multi()
+                    self.app.broker.send(pipe, msg.queue, msg.priority, data)
+                    pipe.xdel(keys.DLQ, entry)
+                    pipe.execute()
+                    break
+                except redis.exceptions.WatchError:
+                    continue  # the dead letters changed between the read and the write: read again
+            else:
+                raise HTTPError(503, "the dead-letter stream kept changing; try again")
+        log.info("dead letter %s (task %s[%s]) sent back to %s from the dashboard", entry, msg.task, msg.id,
+                 msg.queue)
+        return {"ok": True, "entry": entry, "sent": _shown_message(data, self.app.conf.security_key)}
+
+
+def _described_exception(value: Any) -> str:
+    """A stored exception as text, from its class name and arguments (never imported nor built)."""
+    if isinstance(value, dict) and isinstance(value.get("exc_type"), str):
+        args = value.get("exc_message")
+        args = args if isinstance(args, list) else [args]
+        text = value["exc_type"][:200] + "(" + ", ".join(_bounded_repr(a, 2000) for a in args) + ")"
+        return text if len(text) <= 10000 else text[:10000] + f"... ({len(text)} characters)"
+    return _bounded_repr(value)
 
 
 class Handler(BaseHTTPRequestHandler):
     dashboard: Dashboard
     server_version = "minique-dashboard"
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT  # a client that stops sending mid-request loses its connection, not a thread forever
+    body_unread = False        # the request has a body not read (yet): the connection closes after the answer
 
     # --- plumbing -----------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, ctype: str, extra: Optional[Dict[str, str]] = None) -> None:
         self.send_response(status)
+        if self.body_unread:  # what is left of it must not be read as the next request
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -330,27 +470,30 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def _route(self, method: str) -> None:
+        """Answer one request. Order matters: limits on what was read already (the request line and
+        headers), then Host, auth and (for a POST) the CSRF token, and only then the body."""
         dash = self.dashboard
-        self.body = b""
-        if method == "POST":  # read it first: a keep-alive connection must not keep an unread body
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self.close_connection = True
-                return self._error(413, "request body too large")
-            self.body = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        path, query = parts.path, parse_qs(parts.query)
-        if not dash.host_ok(self.headers):
-            return self._error(421, "unexpected Host header (the dashboard is bound to loopback)")
-        if path == "/healthz":
-            return self._send(200, b"ok\n", "text/plain; charset=utf-8")
-        allowed, set_cookie = dash.authorized(self.headers, query)
-        if not allowed:
-            return self._error(401, "authentication required")
-        extra = {}
-        if set_cookie:
-            extra["Set-Cookie"] = f"minique_token={dash.token}; HttpOnly; SameSite=Strict; Path=/"
+        self.body_unread = bool(self.headers.get("Transfer-Encoding")) or \
+            (self.headers.get("Content-Length") or "0").strip() != "0"
         try:
+            if len(self.path) > MAX_TARGET:
+                raise HTTPError(414, f"request target over {MAX_TARGET} bytes")
+            parts = urlsplit(self.path)
+            try:
+                query = parse_qs(parts.query, max_num_fields=MAX_QUERY_FIELDS)
+            except ValueError:
+                raise HTTPError(400, f"more than {MAX_QUERY_FIELDS} query parameters") from None
+            path = parts.path
+            if not dash.host_ok(self.headers):
+                raise HTTPError(421, "unexpected Host header (the dashboard is bound to loopback)")
+            if path == "/healthz":
+                return self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            allowed, set_cookie = dash.authorized(self.headers, query)
+            if not allowed:
+                raise HTTPError(401, "authentication required")
+            extra = {}
+            if set_cookie:
+                extra["Set-Cookie"] = f"minique_token={dash.token}; HttpOnly; SameSite=Strict; Path=/"
             if method == "POST":
                 return self._post(path)
             if path in ("/", "/index.html"):
@@ -378,15 +521,37 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(404, "not found")
         except HTTPError as exc:
             return self._error(exc.status, exc.message)
-        except Exception as exc:  # noqa: BLE001 - answer 500, keep serving
+        except redis.exceptions.RedisError as exc:
+            log.warning("dashboard: Redis error on %s %s: %s", method, self.path[:200], exc)
+            return self._error(503, f"Redis is unreachable or failed ({type(exc).__name__}) at "
+                                    f"{mask_url(str(dash.app.conf.broker_url))}; see the dashboard's log")
+        except Exception:  # noqa: BLE001 - answer 500, keep serving; the text stays in the log
             log.exception("dashboard error on %s %s", method, self.path)
-            return self._error(500, f"{type(exc).__name__}: {exc}")
+            return self._error(500, "internal error (the dashboard's log has the details)")
+
+    def _read_body(self) -> bytes:
+        """The request body, read only when its Content-Length is one number within MAX_BODY."""
+        if self.headers.get("Transfer-Encoding"):
+            raise HTTPError(400, "send the body with a Content-Length (Transfer-Encoding is not accepted)")
+        given = self.headers.get_all("Content-Length") or []
+        if len(given) != 1:
+            raise HTTPError(400, "a POST needs one Content-Length header")
+        if not re.fullmatch(r"[0-9]{1,12}", given[0].strip()):
+            raise HTTPError(400, "Content-Length must be a number of bytes")
+        length = int(given[0])
+        if length > MAX_BODY:
+            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise HTTPError(400, "the request body ended early")
+        self.body_unread = False
+        return body
 
     def _post(self, path: str) -> None:
         dash = self.dashboard
         if not dash.csrf_ok(self.headers):
             raise HTTPError(403, "missing or wrong X-CSRF-Token (get it from /api/session)")
-        raw = self.body
+        raw = self._read_body()
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
@@ -423,6 +588,7 @@ class Handler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def do_PUT(self) -> None:  # noqa: N802
+        self.body_unread = True  # (never read: the connection closes after the answer)
         self._error(405, "use GET or POST")
 
     do_DELETE = do_PATCH = do_PUT

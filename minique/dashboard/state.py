@@ -4,6 +4,8 @@ Three daemon threads keep it current:
 
 * the follower reads `minique:events` (XREAD BLOCK, from the start of the capped stream)
   into `TaskIndex` (the last `max_tasks` tasks, oldest evicted first) and `WorkerBook`;
+  events are untrusted data (any Redis client can add one): `events.Reader` drops malformed
+  ones, and an error applying one event skips that event, never the follower;
 * the sampler measures every queue (one pipelined round trip, see metrics.queue_sample)
   each `sample_interval` seconds into `QueueHistory` (a ring buffer: the chart);
 * queue names are rediscovered with SCAN every `rescan_interval` (30 s; never KEYS), and
@@ -15,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any, Deque, Dict, Iterable, List, Optional
+from typing import Any, Deque, Dict, Iterable, List, Optional, Set
 
 import redis
 
@@ -53,8 +55,11 @@ class TaskIndex:
             for ev in batch:
                 self.events_seen += 1
                 kind = ev.get("type", "")
-                if kind.startswith("task-") and ev.get("uuid"):
-                    self._task_event(kind, ev)
+                if isinstance(kind, str) and kind.startswith("task-") and ev.get("uuid"):
+                    try:
+                        self._task_event(kind, ev)
+                    except Exception:  # noqa: BLE001 - one event's trouble is its own (events.Reader checks types)
+                        _skipped(f"cannot apply a {kind[:40]} event", ev.get("uuid"))
 
     def _task_event(self, kind: str, ev: Dict[str, Any]) -> None:
         tid = ev["uuid"]
@@ -83,8 +88,8 @@ class TaskIndex:
             rec["retries"] = retries
             if ev.get("hostname"):
                 rec["worker"] = ev["hostname"]
-        if kind == "task-failed" and ev.get("body") is not None:
-            rec["body"], rec["content_type"] = ev["body"], ev.get("content_type") or "json"
+        if kind == "task-failed" and ev.get("message") is not None:
+            rec["message"] = ev["message"]  # what Retry re-sends (checked then: see server.Dashboard.retry)
         rec["updated"] = max(rec.get("updated") or 0, ev.get("ts") or 0)
         history = rec["history"]
         history.append({"type": kind, "ts": ev.get("ts"), "hostname": ev.get("hostname"), "retries": retries})
@@ -115,22 +120,21 @@ class TaskIndex:
             rec = self.tasks.get(tid)
             return dict(rec, history=list(rec["history"])) if rec is not None else None
 
-    def add_placeholder(self, tid: str, **fields: Any) -> None:
-        """A task the dashboard itself sent (a retry): known before its first event arrives."""
+    def mark_resent(self, tid: str, at: float) -> None:
+        """The failed task's message was sent again (Retry): it waits (PENDING) and the events of its
+        new run count from the start, whatever their delivery count."""
         with self.lock:
             rec = self.tasks.get(tid)
             if rec is None:
-                rec = {"id": tid, "state": states.PENDING, "retries": 0, "rank": (-1, 0), "history": []}
-                self.tasks[tid] = rec
-                if len(self.tasks) > self.limit:
-                    self._evict()
-            rec.update(fields)
-
-    def annotate(self, tid: str, **fields: Any) -> None:
-        with self.lock:
-            rec = self.tasks.get(tid)
-            if rec is not None:
-                rec.update(fields)
+                return
+            for field in ("exception", "reason", "runtime", "message", *TIME_FIELD.values()):
+                rec.pop(field, None)  # the failed run's outcome; its events stay in the history
+            rec.update(state=states.PENDING, rank=(-1, 0), resent_at=at, resent=rec.get("resent", 0) + 1,
+                       updated=at)
+            rec["history"].append({"type": "re-sent (dashboard)", "ts": at, "hostname": None,
+                                   "retries": rec.get("retries")})
+            if len(rec["history"]) > HISTORY:
+                del rec["history"][0]
 
     def children_of(self, tid: str) -> List[Dict[str, Any]]:
         with self.lock:
@@ -181,8 +185,21 @@ def summary(rec: Dict[str, Any]) -> Dict[str, Any]:
     return {k: rec.get(k) for k in ("id", "name", "state", "worker", "queue", "retries", "args", "kwargs",
                                     "received", "started", "succeeded", "failed", "retried", "revoked",
                                     "rejected", "updated", "runtime", "exception", "reason", "root_id",
-                                    "parent_id", "group_id", "retry_of", "retried_as")} | {
-        "retryable": rec.get("body") is not None}
+                                    "parent_id", "group_id", "resent_at", "resent")} | {
+        "retryable": rec.get("message") is not None}
+
+
+_told: Set[str] = set()
+
+
+def _skipped(problem: str, task_id: Any) -> None:
+    """Log an event the index could not apply: the first of each kind as a warning, later ones at debug level."""
+    if problem in _told or len(_told) > 100:
+        log.debug("skipped an event of task %r: %s", task_id, problem)
+        return
+    _told.add(problem)
+    log.warning("skipped an event of task %r: %s (further ones like it are logged at debug level)", task_id,
+                problem, exc_info=True)
 
 
 class WorkerBook:
@@ -218,13 +235,13 @@ class WorkerBook:
         with self.lock:
             seen = {h: dict(r) for h, r in self.seen.items()}
         for host_b, packed in raw.items():
-            host = host_b.decode()
-            try:
+            host = host_b.decode(errors="replace")
+            try:  # a heartbeat any Redis client may have written: a map with a numeric ts, or skipped
                 info = serializers.unpack(packed)
+                age = now - float(info.get("ts") or 0)
             except Exception:  # noqa: BLE001
                 continue
             ev = seen.get(host, {})
-            age = now - float(info.get("ts") or 0)
             freq = float(ev.get("freq") or interval)
             rec = {"hostname": host, "status": "online" if age < max(3 * freq, 6.0) else "lost",
                    "last_heartbeat": info.get("ts"), "heartbeat_age": age, "pid": info.get("pid"),
@@ -280,7 +297,7 @@ class State:
         self.queue_names: List[str] = [app.conf.task_default_queue]
         self._queues_at = 0.0
         self._queues_lock = threading.Lock()
-        self.last_event_id = "0-0"
+        self.reader = events_mod.Reader(app.broker_client)
         self.threads = [threading.Thread(target=self._follow, name="minique-dash-events", daemon=True),
                         threading.Thread(target=self._sample, name="minique-dash-queues", daemon=True)]
 
@@ -309,18 +326,24 @@ class State:
         self.queue_names = sorted(found)
         self._queues_at = time.time()
 
+    @property
+    def last_event_id(self) -> str:
+        return self.reader.last_id
+
     def _follow(self) -> None:
-        client = self.app.broker_client
+        """Read events into the index until stopped; no error ends it (a batch that cannot be applied is
+        skipped: the reader has moved past it)."""
         while not self.stopped.is_set():
             try:
-                last, events = events_mod.read(client, self.last_event_id, count=500, block=1.0)
-                batch = list(events)
-                self.last_event_id = last
+                batch = self.reader.read(count=500, block=1.0)
                 if batch:
                     self.index.apply(batch)
                     self.workers.apply(batch)
             except redis.exceptions.RedisError as exc:
                 log.warning("events stream unreadable (%s); retrying", exc)
+                self.stopped.wait(1.0)
+            except Exception:  # noqa: BLE001 - the follower outlives anything one batch does
+                log.exception("error following the events stream (after entry %s); going on", self.last_event_id)
                 self.stopped.wait(1.0)
 
     def _sample(self) -> None:

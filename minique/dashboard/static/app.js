@@ -100,12 +100,14 @@ function hashQuery() {
 }
 
 // --- actions -----------------------------------------------------------------------------------------
-async function retryTask(id, goTo) {
+// What a re-send sends, as the server decoded it from the very bytes it sends.
+const sentText = (m) => (m ? `${m.name || "?"} ${m.args ?? "(arguments not shown)"} ${m.kwargs && m.kwargs !== "{}" ? m.kwargs : ""} to ${m.queue}` : "");
+
+async function retryTask(id) {
   try {
     const r = await api(`/api/tasks/${encodeURIComponent(id)}/retry`, { method: "POST" });
-    toast(h("span", {}, "Re-sent as ", taskLink(r.id, r.id)));
-    if (goTo) location.hash = `#/task/${encodeURIComponent(r.id)}`;
-    else refreshNow();
+    toast(h("span", {}, "Re-sent ", taskLink(r.id, shortId(r.id)), `: ${sentText(r.sent)}`));
+    refreshNow();
   } catch (e) { toast(`Retry failed: ${e.message}`, true); }
 }
 async function revokeTask(id, terminate) {
@@ -117,8 +119,8 @@ async function revokeTask(id, terminate) {
 }
 async function replayDead(entry) {
   try {
-    await api(`/api/dlq/${encodeURIComponent(entry)}/replay`, { method: "POST" });
-    toast(`Dead letter ${entry} sent back to its queue`);
+    const r = await api(`/api/dlq/${encodeURIComponent(entry)}/replay`, { method: "POST" });
+    toast(`Dead letter ${entry} sent back: ${sentText(r.sent)}`);
     refreshNow();
   } catch (e) { toast(`Replay failed: ${e.message}`, true); }
 }
@@ -212,7 +214,7 @@ pages.task = {
   render(t) {
     const ready = ["SUCCESS", "FAILURE", "REVOKED", "REJECTED"].includes(t.state);
     const actions = h("div", { class: "actions" },
-      t.state === "FAILURE" ? h("button", { id: "retry-button", disabled: !t.retryable, title: t.retryable ? "Send the same task again" : "its message was not captured", onclick: () => retryTask(t.id, true) }, "Retry") : null,
+      t.state === "FAILURE" ? h("button", { id: "retry-button", disabled: !t.retryable, title: t.retryable ? `Send its message again: ${sentText(t.resend)}` : "its message was not captured", onclick: () => retryTask(t.id) }, "Retry") : null,
       !ready ? h("button", { class: "secondary", id: "revoke-button", onclick: () => revokeTask(t.id, false) }, "Revoke") : null,
       t.state === "STARTED" ? h("button", { class: "danger", id: "terminate-button", onclick: () => revokeTask(t.id, true) }, "Terminate") : null);
     const link = (x) => (x ? h("span", {}, taskLink(x.id, x.id), x.name ? ` ${x.name} ` : " ", x.state ? badge(x.state) : null) : "");
@@ -225,7 +227,7 @@ pages.task = {
           ["Id", h("span", { class: "mono", id: "task-id" }, t.id)], ["Worker", t.worker], ["Queue", t.queue],
           ["Priority", t.priority], ["Retries", t.retries], ["Root", t.root ? link(t.root) : ""],
           ["Parent", t.parent ? link(t.parent) : ""], ["Group", t.group_id ? h("span", { class: "mono" }, t.group_id) : ""],
-          ["Retry of", t.retry_of_task ? link(t.retry_of_task) : ""], ["Retried as", t.retried_as_task ? link(t.retried_as_task) : ""],
+          ["Re-sent", t.resent_at ? `${fmtTime(t.resent_at)} (from the dashboard${t.resent > 1 ? `, ${t.resent} times` : ""})` : ""],
           ["Result store", t.result_state]])),
         h("div", { class: "panel" }, kv([
           ["Sent", fmtTime(t.sent_at)], ["ETA", fmtTime(t.eta)], ["Expires", fmtTime(t.expires)],
@@ -234,6 +236,15 @@ pages.task = {
       h("h2", {}, "Arguments"),
       h("div", { class: "panel" }, kv([["args", h("code", {}, t.args ?? "")], ["kwargs", h("code", {}, t.kwargs ?? "")]])),
     ];
+    if (t.resend && t.state === "FAILURE") {
+      // decoded from the message Retry sends (not from the event's fields): this is what would run
+      const m = t.resend;
+      out.push(h("h2", {}, "Retry sends"), h("div", { class: "panel", id: "task-resend" }, kv([
+        ["task", h("span", { class: "mono" }, m.name || "")], ["queue", m.queue], ["priority", m.priority],
+        ["args", h("code", {}, m.args ?? "")], ["kwargs", h("code", {}, m.kwargs ?? "")],
+        ["signature", m.verified === null ? "no security_key" : (m.verified ? "verified" : "does not verify: Retry refuses it")],
+        ["note", m.problem || ""]])));
+    }
     if (t.state === "SUCCESS" || t.result !== null) out.push(h("h2", {}, "Result"), h("pre", { id: "task-result" }, JSON.stringify(t.result, null, 2)));
     if (t.error || t.exception) out.push(h("h2", {}, "Error"), h("pre", { class: "error-box" }, t.error || t.exception));
     if (t.traceback) out.push(h("h2", {}, "Traceback"), h("pre", { id: "task-traceback" }, t.traceback));
@@ -307,9 +318,7 @@ pages.failed = {
         h("td", { class: "mono" }, t.worker || ""),
         h("td", {}, fmtTime(t.failed)),
         h("td", { class: "num" }, t.retries || 0),
-        h("td", {}, t.retried_as
-          ? h("span", { class: "retried" }, "retried as ", taskLink(t.retried_as))
-          : h("button", { class: "retry", disabled: !t.retryable, title: t.retryable ? "Send the same task again" : "its message was not captured", onclick: () => retryTask(t.id, false) }, "Retry")))),
+        h("td", {}, h("button", { class: "retry", disabled: !t.retryable, title: t.retryable ? "Send its message again (the task page shows what it sends)" : "its message was not captured", onclick: () => retryTask(t.id) }, "Retry")))),
       { id: "failed-table" });
   },
 };
@@ -328,7 +337,7 @@ pages.dlq = {
           h("td", { class: "mono" }, d.queue || ""),
           h("td", {}, d.reason || ""),
           h("td", { class: "mono" }, d.worker || ""),
-          h("td", { class: "args mono" }, d.args || ""),
+          h("td", { class: "args mono", title: d.problem || "" }, d.args ?? h("span", { class: "muted" }, d.problem ? "not shown" : "")),
           h("td", {}, h("button", { class: "replay", onclick: () => replayDead(d.entry) }, "Replay")))),
         { id: "dlq-table" })];
   },
@@ -400,6 +409,7 @@ async function boot() {
     const session = await api("/api/session");
     S.csrf = session.csrf;
     S.refresh = Math.max(250, session.refresh * 1000);
+    document.getElementById("live").title = `live updates from ${session.broker}`; // (its password masked)
   } catch (e) {
     setLive(false, e.message);
   }
