@@ -131,7 +131,7 @@ class StreamsBroker(Broker):
             if not found and block > 0:
                 found = self._read(consumer, stream_keys, count, block)
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _stream_gone(exc):
                 raise
             self.ensure_queues(queues)  # a stream was deleted (purge, FLUSHDB): recreate and retry later
             return []
@@ -151,7 +151,7 @@ class StreamsBroker(Broker):
         try:
             return self._deliveries(self._read(consumer, self._keys(queues), count, block))
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _stream_gone(exc):
                 raise
             self.ensure_queues(queues)
             return []
@@ -286,6 +286,12 @@ class StreamsBroker(Broker):
             SCRIPTS(self.client, "purge", [key], [keys.GROUP])
         self.client.delete(keys.delayed(queue))
         return n
+
+
+def _stream_gone(exc: Exception) -> bool:
+    """A read failed because a stream or its group is gone (deleted, or replaced while a read blocked on it)."""
+    text = str(exc)
+    return "NOGROUP" in text or "UNBLOCKED" in text
 
 
 def _delivery(key: str, entry_id: Any, fields: Dict[bytes, Any]) -> Delivery:

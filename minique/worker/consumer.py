@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import redis
 
 from .. import keys
+from ..logs import Once
 from .execute import Executor
 from .outbox import NotStarted, Outbox
 
@@ -50,6 +51,7 @@ class Consumer:
         self._audit_every = min(AUDIT_EVERY, float(app.broker.visibility_timeout))
         self._audit_at = time.monotonic() + self._audit_every
         self.processed = 0
+        self._report = Once(log)                     # errors of the loop itself, logged once per kind
 
     # --- process integration ------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -119,6 +121,13 @@ class Consumer:
                 # The Outbox keeps its commands and sends them again; once Redis answers, the audit
                 # gives back whatever this consumer holds that a cut-off reply left out of its hands.
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, backoff)
+                self._suspect = True
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # noqa: BLE001 - one turn's error (a key of the wrong type...) never ends it
+                # as above: whatever this consumer holds and no longer has in hand, the audit gives back
+                self._report(("loop", type(exc).__name__), "consumer %s: a turn of its loop failed: %r; retrying "
+                             "in %.2fs", self.name, exc, backoff, exc_info=True)
                 self._suspect = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
