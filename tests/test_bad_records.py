@@ -400,3 +400,20 @@ def test_a_pool_process_outlives_errors_in_its_loop(procs, client_app, redis_cli
     assert client_app.add.delay(1, 1).get(timeout=10) == 2
     assert worker.children() == [child]
     assert worker.log().count("a turn of its loop failed") == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_revoked_member_that_is_not_an_id_is_skipped(procs, client_app, redis_client):
+    """minique:revoked holding bytes that are no task id (not UTF-8): pool processes start and honour the
+    real revocations; inspect revoked lists the ids."""
+    app = client_app.app
+    redis_client.zadd(keys.REVOKED, {b"\xff\xfe not utf-8": time.time() + 3600})
+    doomed = client_app.add.apply_async((1, 1), countdown=0.2)
+    app.control.revoke(doomed.id)
+    worker = procs.worker("-c", "1")
+    with pytest.raises(TaskRevokedError):
+        doomed.get(timeout=15)
+    assert client_app.add.delay(2, 2).get(timeout=10) == 4
+    revoked = app.control.inspect(destination=[worker.hostname], timeout=5.0).revoked()
+    assert revoked == {worker.hostname: [doomed.id]}
+    assert len(worker.children()) == 1 and "crashed" not in worker.log()

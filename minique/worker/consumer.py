@@ -193,5 +193,16 @@ class Consumer:
 
 def load_revoked(app: Any) -> set:
     """Ids revoked and not yet expired (every worker reads the same set, also ones started later)."""
-    raw = app.broker_client.zrangebyscore(keys.REVOKED, time.time(), "+inf")
-    return {r.decode() for r in raw}
+    return revoked_ids(app.broker_client.zrangebyscore(keys.REVOKED, time.time(), "+inf"))
+
+
+def revoked_ids(raw: Any) -> set:
+    """The members of minique:revoked as task ids; one that is not UTF-8 is no id a message can carry
+    (message ids are msgpack strings): skipped, never a reason to fail."""
+    out = set()
+    for r in raw:
+        try:
+            out.add(r.decode())
+        except UnicodeDecodeError:
+            continue
+    return out

@@ -21,6 +21,7 @@ import redis
 
 from .. import keys, serializers
 from ..logs import Once
+from .consumer import revoked_ids
 from .ratelimit import RateLimiter, RateLimitTable, initial_rates, parse_rate
 
 log = logging.getLogger("minique.worker")
@@ -160,8 +161,7 @@ class Observer:
             "registered": lambda a: sorted(n for n in worker.app.tasks if not n.startswith("minique.")),
             "stats": self._stats,
             "active_queues": lambda a: [{"name": q} for q in worker.queues],
-            "revoked": lambda a: sorted(
-                r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
+            "revoked": lambda a: sorted(revoked_ids(self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf"))),
             "revoke": self._revoke,
             "shutdown": lambda a: worker.shutdown("warm") or {"ok": "shutting down"},
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
