@@ -20,7 +20,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import redis
 
 from .. import keys, serializers, settle as fate, states
-from ..exceptions import ConfigurationError, DecodeError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..logs import Once
 from ..lua import Scripts
 from ..message import new_id, peek_id
@@ -334,6 +334,7 @@ class Worker:
         """The broker dead-lettered a message it redelivered too often, or a malformed record: its task
         will not run, so it gets a final state (else a caller waiting on its result would wait forever);
         as the executor does, not for a malformed record when security_key is set (its id is unverified)."""
+        from ..exceptions import DecodeError
         malformed = reason.startswith("malformed record")
         if not task_id or (malformed and self.app.conf.security_key):
             return
