@@ -41,6 +41,7 @@ import redis
 
 from . import keys
 from .exceptions import ConfigurationError
+from .logs import Once
 from .lua import Scripts
 from .schedules import BaseSchedule, schedule as interval, to_schedule
 
@@ -199,7 +200,14 @@ def _epoch_str(dt: datetime) -> str:
 
 
 def _from_epoch(raw: Any) -> Optional[datetime]:
-    return None if raw in (None, b"", "") else datetime.fromtimestamp(float(raw), UTC)
+    """A stored last run; None for never, and for a malformed value (not a time: the entry is then
+    treated as never run, and its next claim overwrites the value, see claim.lua)."""
+    if raw in (None, b"", ""):
+        return None
+    try:
+        return datetime.fromtimestamp(float(raw), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 class Beat:
@@ -228,6 +236,7 @@ class Beat:
         self.lock_key = keys.lock("beat")
         self.token = f"{self.hostname}:{uuid.uuid4().hex}"
         self.leadership = threading.Event()   # set while this beat leads (tests wait on it)
+        self._report = Once(logger)           # errors of the loop and bad stored state, once per kind
         self._stop = stop_event or threading.Event()
         self._leader = False
         self._leader_since = 0.0     # time.time() when we last became leader
@@ -342,15 +351,26 @@ class Beat:
         wake = self.max_interval
         if self.is_leader:
             names = list(self.schedule)
-            raws = [r.decode() if isinstance(r, bytes) else (r or "") for r in self._read_last(names)]
+            # (a value that is not ASCII stays bytes: malformed, and the claim compares it as stored)
+            raws = [r.decode() if isinstance(r, bytes) and r.isascii() else (r or "") for r in self._read_last(names)]
             now = datetime.fromtimestamp(time.time(), UTC)
             since = datetime.fromtimestamp(self._leader_since, UTC)
             for name, raw in zip(names, raws):
                 entry = self.schedule[name]
-                due = due_slots(entry.schedule, _from_epoch(raw), now, self.policy, since=since)
-                if due.fire or due.record is not None:
-                    raw = self._apply(entry, raw, due)
-                nxt = entry.schedule.next_after(_from_epoch(raw), now)
+                if raw and _from_epoch(raw) is None:
+                    self._report(("last run", name), "beat: entry %s has a malformed last run %.40r in %s: "
+                                 "taken as never run", name, raw, keys.BEAT_LAST, level=logging.WARNING)
+                try:
+                    due = due_slots(entry.schedule, _from_epoch(raw), now, self.policy, since=since)
+                    if due.fire or due.record is not None:
+                        raw = self._apply(entry, raw, due)
+                    nxt = entry.schedule.next_after(_from_epoch(raw), now)
+                except redis.RedisError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one entry's trouble never stops the others
+                    self._report(("entry", name), "beat: entry %s failed: %r; the other entries go on", name, exc,
+                                 exc_info=True)
+                    continue
                 wake = min(wake, nxt.timestamp() - time.time())
         return max(0.0, min(wake, self._next_lease_op - time.monotonic()))
 
@@ -378,6 +398,9 @@ class Beat:
                     delay = self.tick()
                 except redis.RedisError as exc:
                     logger.warning("beat: Redis error, retrying: %r", exc)
+                    delay = min(1.0, self.lease / 3)
+                except Exception as exc:  # noqa: BLE001 - the loop outlives any one turn's error
+                    self._report("tick", "beat: a turn of the loop failed: %r; going on", exc, exc_info=True)
                     delay = min(1.0, self.lease / 3)
                 self._stop.wait(max(delay, 0.001))
         finally:

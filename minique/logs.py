@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Optional
+import threading
+import time
+from typing import Any, Dict, Hashable, Optional
 
 PLAIN = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 TASK_FIELDS = ("task_id", "task_name", "event", "queue", "runtime")
@@ -32,3 +34,38 @@ def configure(loglevel: str = "INFO", logfile: Optional[str] = None, json_format
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Once:
+    """Logs each kind of trouble once, then at most every `every` seconds with how often it recurred:
+    a loop that meets the same bad record or the same error on every turn leaves one report, not a
+    flood. Thread-safe; kinds are whatever the caller names them (a string or a tuple)."""
+
+    def __init__(self, logger: logging.Logger, every: float = 300.0, limit: int = 1000):
+        self.logger = logger
+        self.every = every
+        self.limit = limit  # kinds remembered (bounded: kinds may come from the data)
+        self._next: Dict[Hashable, float] = {}
+        self._quiet: Dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: Hashable, msg: str, *args: Any, level: int = logging.ERROR,
+                 exc_info: bool = False) -> bool:
+        """Log `msg % args` if this kind has not been logged lately; returns whether it was."""
+        now = time.monotonic()
+        with self._lock:
+            due = self._next.get(kind)
+            if due is not None and now < due:
+                self._quiet[kind] = self._quiet.get(kind, 0) + 1
+                return False
+            if due is None and len(self._next) >= self.limit:
+                self._next.clear()
+                self._quiet.clear()
+            self._next[kind] = now + self.every
+            quiet = self._quiet.pop(kind, 0)
+        if quiet:
+            msg, args = f"{msg} (%d more since the last report)", (*args, quiet)
+        elif due is None:
+            msg = f"{msg} (reported once, then every {self.every:.0f}s while it lasts)"
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True

@@ -188,12 +188,13 @@ def _check_more(attr: str, key: str, value: Any) -> None:
 
 
 def peek_id(data: bytes) -> Optional[str]:
-    """The task id of a message that may not decode fully (for dead-letter records)."""
+    """The task id of a message that may not decode fully (for dead-letter records); None unless it is a string."""
     try:
         raw = serializers.unpack(data)
-        return raw.get("i") if isinstance(raw, dict) else None
     except Exception:
         return None
+    task_id = raw.get("i") if isinstance(raw, dict) else None
+    return task_id if isinstance(task_id, str) else None
 
 
 def make(task: str, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, serializer: str = "json",

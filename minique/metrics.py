@@ -40,8 +40,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import keys, serializers
+from .logs import Once
 
 log = logging.getLogger("minique.metrics")
+_report = Once(log)  # a collection error is logged once, not at every scrape
 
 # Task states counted by minique_tasks_total, in value order.
 STATES = ("received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
@@ -433,8 +435,8 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         else:
             try:
                 body, ctype = metrics_payload(self.registry, self.headers.get("Accept", ""))
-            except Exception as exc:  # noqa: BLE001
-                log.exception("metrics collection failed")
+            except Exception as exc:  # noqa: BLE001 - this request fails; the server goes on
+                _report("collect", "metrics collection failed: %r", exc, exc_info=True)
                 self.send_error(500, str(exc))
                 return
         self.send_response(200)

@@ -10,19 +10,22 @@ the dead-letter stream.
 """
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
 
 import redis
 
 from .. import keys
 from ..lua import Scripts
+from ..message import peek_id
 from ..pipe import ClientPipe, Commands, Pipe
 
+log = logging.getLogger("minique.broker")
 COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
 
 
@@ -38,12 +41,18 @@ class Delivery(NamedTuple):
 
 
 def count_of(raw: Any) -> Tuple[int, Optional[str]]:
-    """A stored delivery count, or (0, what is wrong with it)."""
-    try:
-        n = int(raw)
-    except (TypeError, ValueError):
-        return 0, f"delivery count {raw!r} is not a number"
-    return (n, None) if n >= 0 else (0, f"delivery count {n} is negative")
+    """A stored delivery count, or (0, what is wrong with it). Stored counts are whole numbers in
+    ASCII digits, as the brokers' scripts check them too (`^%d+$`): both must call the same entries
+    malformed."""
+    if type(raw) is int:
+        return (raw, None) if raw >= 0 else (0, f"delivery count {raw} is negative")
+    if isinstance(raw, (bytes, str)) and raw.isascii() and raw.isdigit():
+        return int(raw), None
+    return 0, f"delivery count {raw!r:.40} is not a number"
+
+
+# a malformed delayed-set member is set aside this long while its caller dead-letters it (see move_due.lua)
+MALFORMED_LEASE_MS = 30_000
 
 
 class Broker(ABC):
@@ -56,9 +65,10 @@ class Broker(ABC):
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
         self.hostname = socket.gethostname()
-        # called as (task id or None, reason) for each message the broker itself dead-letters
-        # (too many deliveries), after it is in the dead letters; the worker parent records a final state
+        # called as (task id or None, reason) for each message the broker itself dead-letters (too many
+        # deliveries, a malformed record), after it is in the dead letters; the worker parent records a final state
         self.on_dead_letter: Optional[Callable[[Optional[str], str], None]] = None
+        self._malformed_seen: Set[Tuple[str, str]] = set()  # (kind, queue) of malformed records logged
 
     # --- producing ---------------------------------------------------------------------------------
     @abstractmethod
@@ -88,16 +98,25 @@ class Broker(ABC):
         """Move due delayed messages into their queues (atomic per message, safe to race).
 
         Returns (messages moved, epoch seconds of the next due message or None).
+        A member without its priority digit is malformed: it is dead-lettered with the reason and
+        removed from the delayed set; the others move as usual.
         """
         moved, next_due = 0, None
         for queue in queues:
-            n, nxt = COMMON_SCRIPTS(self.client, "move_due",
-                                    [keys.delayed(queue)] + [keys.queue(queue, p) for p in keys.PRIORITIES],
-                                    [limit, self.kind])
+            delayed = keys.delayed(queue)
+            n, nxt, bad = COMMON_SCRIPTS(self.client, "move_due",
+                                         [delayed] + [keys.queue(queue, p) for p in keys.PRIORITIES],
+                                         [limit, self.kind, MALFORMED_LEASE_MS])
             moved += int(n)
             if nxt is not None and nxt != b"" and nxt != "":
                 due = int(nxt) / 1000.0
                 next_due = due if next_due is None else min(next_due, due)
+            if bad:
+                pipe = ClientPipe(self.client)
+                for member in bad:
+                    problem = f"delayed-set member without its priority digit 0-9 (starts {member[:8]!r})"
+                    self.bury_malformed(pipe, "move_due", queue, member, problem, [("ZREM", delayed, member)])
+                pipe.execute()
         return moved, next_due
 
     # --- consuming ---------------------------------------------------------------------------------
@@ -130,7 +149,7 @@ class Broker(ABC):
     def requeue(self, delivery: Delivery, redelivered: bool, pipe: Optional[Pipe] = None) -> bool:
         """Put one held message back in its queue; count a delivery if it had started. Past
         max_deliveries it is dead-lettered instead (the worker's settle() decides that first; this
-        is the backstop for other callers).
+        is the backstop for other callers), and so is a malformed record (see `bury_malformed`).
 
         Queued in `pipe` (sent with the writes before it, so a requeue never overtakes the result
         written for the same task), or sent now without one; then returns whether it was
@@ -179,8 +198,38 @@ class Broker(ABC):
     def dead_letter(self, pipe: Commands, data: bytes, reason: str, queue: str = "", task_id: Optional[str] = None,
                     worker: str = "") -> None:
         """Record a message that cannot run, with why, where and when."""
-        pipe.execute_command("XADD", keys.DLQ, "*", "m", data, "reason", reason, "queue", queue,
-                             "task_id", task_id or "", "worker", worker or self.hostname, "time", repr(time.time()))
+        pipe.execute_command(*self._dead_letter_command(data, reason, queue, task_id, worker))
+
+    def _dead_letter_command(self, data: bytes, reason: str, queue: str, task_id: Optional[str],
+                             worker: str = "") -> tuple:
+        return ("XADD", keys.DLQ, "*", "m", data, "reason", reason, "queue", queue,
+                "task_id", task_id or "", "worker", worker or self.hostname, "time", repr(time.time()))
+
+    def bury(self, pipe: Pipe, queue: str, data: bytes, reason: str, remove: Sequence[tuple]) -> None:
+        """Dead-letter a record a script left in place (past max deliveries, or malformed), then remove
+        it where it was with the `remove` commands, queued once the dead letter is written (the
+        dead-letter stream is in another hash slot than the queue, so no script can do both): if the
+        dead letter is refused, the record stays where it is and is found again, never lost."""
+        task_id = peek_id(data)
+
+        def written(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                raise reply
+            for command in remove:
+                pipe.execute_command(*command)
+            self._buried([task_id], reason)
+
+        pipe.call(written, *self._dead_letter_command(data, reason, queue, task_id))
+
+    def bury_malformed(self, pipe: Pipe, kind: str, queue: str, data: bytes, problem: str,
+                       remove: Sequence[tuple]) -> None:
+        """`bury` a record a script found malformed, `problem` saying how; logged once per `kind` (what
+        found it) and queue: the dead letters hold every one with its reason."""
+        self.bury(pipe, queue, data, f"malformed record: {problem}", remove)
+        if (kind, queue) not in self._malformed_seen:
+            self._malformed_seen.add((kind, queue))
+            log.error("%s: dead-lettered a malformed record of queue %r: %s (logged once: see minique:dlq for "
+                      "others)", kind, queue, problem)
 
     def dead_letters(self, count: int = 100, start: str = "-") -> List[Tuple[str, Dict[str, Any]]]:
         """The oldest `count` dead letters from `start` on, as (id, fields)."""

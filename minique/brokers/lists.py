@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, cast
 
 from .. import keys
 from ..lua import Scripts
-from ..message import peek_id
 from ..pipe import ClientPipe, Commands, Pipe
 from .base import Broker, Delivery
 
 SCRIPTS = Scripts(Path(__file__).parent / "lists_lua")
+_REFUSED = "list element refused by the broker's script"  # (the script and _delivery agree: never used)
 _IDLE_MIN, _IDLE_MAX = 0.001, 0.05
 
 
@@ -75,11 +75,15 @@ class ListsBroker(Broker):
     def _requeue(self, pipe: Pipe, delivery: Delivery, redelivered: bool, on_dead: Callable[[], None]) -> None:
         proc, element = delivery.receipt
 
-        def done(dead: Any) -> None:
-            if isinstance(dead, Exception):
-                raise dead
-            if dead:
-                self._bury(pipe, delivery.queue, proc, dead)
+        def done(left: Any) -> None:
+            if isinstance(left, Exception):
+                raise left
+            if left:
+                why, element = left
+                if why == b"malformed":
+                    self._bury_malformed(pipe, "requeue", delivery.queue, proc, [element])
+                else:
+                    self._bury(pipe, delivery.queue, proc, [element])
                 on_dead()
 
         SCRIPTS.queue(pipe, "requeue", [proc] + keys.queue_priorities(delivery.queue)[::-1],
@@ -88,9 +92,14 @@ class ListsBroker(Broker):
     def release(self, consumer: str, queues: Sequence[str]) -> int:
         total = 0
         for queue in queues:
-            n, _ = SCRIPTS(self.client, "return_all", self._script_keys(queue, consumer)[:2]
-                           + keys.queue_priorities(queue)[::-1], [consumer, 0, 255])
+            proc = keys.processing(queue, consumer)
+            n, _, bad = SCRIPTS(self.client, "return_all", self._script_keys(queue, consumer)[:2]
+                                + keys.queue_priorities(queue)[::-1], [consumer, 0, 255])
             total += int(n)
+            if bad:
+                pipe = ClientPipe(self.client)
+                self._bury_malformed(pipe, "release", queue, proc, bad)
+                pipe.execute()
         return total
 
     def held_by(self, consumer: str, queues: Sequence[str]) -> List[Delivery]:
@@ -117,23 +126,27 @@ class ListsBroker(Broker):
             for name in expired:
                 consumer = name.decode()
                 proc = keys.processing(queue, consumer)
-                n, dead = SCRIPTS(self.client, "return_all", [keys.consumers(queue), proc]
-                                  + keys.queue_priorities(queue)[::-1], [consumer, 1, self.max_deliveries])
+                n, dead, bad = SCRIPTS(self.client, "return_all", [keys.consumers(queue), proc]
+                                       + keys.queue_priorities(queue)[::-1], [consumer, 1, self.max_deliveries])
                 total += int(n)
-                if dead:
+                if dead or bad:
                     pipe = ClientPipe(self.client)
                     self._bury(pipe, queue, proc, dead)
+                    self._bury_malformed(pipe, "reclaim", queue, proc, bad)
                     pipe.execute()
         return total
 
-    def _bury(self, pipe: Commands, queue: str, proc: str, dead: list) -> None:
-        ids = []
+    def _bury(self, pipe: Pipe, queue: str, proc: str, dead: list) -> None:
+        """Dead-letter the elements a script left in `proc` because they were delivered too often."""
         for element in dead:
-            data = element[2:]
-            ids.append(peek_id(data))
-            self.dead_letter(pipe, data, "too many deliveries", queue, ids[-1])
-            pipe.execute_command("LREM", proc, -1, element)
-        self._buried(ids, "too many deliveries")
+            self.bury(pipe, queue, element[2:], "too many deliveries", [("LREM", proc, -1, element)])
+
+    def _bury_malformed(self, pipe: Pipe, kind: str, queue: str, proc: str, bad: list) -> None:
+        """Dead-letter the elements a script left in `proc` because their header is not valid."""
+        for element in bad:
+            found = _delivery(queue, proc, element)
+            self.bury_malformed(pipe, kind, queue, found.data, found.problem or _REFUSED,
+                                [("LREM", proc, -1, element)])
 
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}

@@ -18,12 +18,12 @@ import redis
 
 from .. import keys
 from ..lua import Scripts
-from ..message import peek_id
 from ..pipe import ClientPipe, Commands, Pipe
 from .base import Broker, Delivery, count_of
 
 SCRIPTS = Scripts(Path(__file__).parent / "streams_lua")
 REAPER = "minique-reaper"
+_REFUSED = "stream entry refused by the broker's script"  # (the scripts and _delivery agree: never used)
 
 
 def _xadd(queue: str, priority: int, data: bytes) -> bytes:
@@ -131,7 +131,7 @@ class StreamsBroker(Broker):
             if not found and block > 0:
                 found = self._read(consumer, stream_keys, count, block)
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _stream_gone(exc):
                 raise
             self.ensure_queues(queues)  # a stream was deleted (purge, FLUSHDB): recreate and retry later
             return []
@@ -151,7 +151,7 @@ class StreamsBroker(Broker):
         try:
             return self._deliveries(self._read(consumer, self._keys(queues), count, block))
         except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not _stream_gone(exc):
                 raise
             self.ensure_queues(queues)
             return []
@@ -186,11 +186,13 @@ class StreamsBroker(Broker):
     def _requeue(self, pipe: Pipe, delivery: Delivery, redelivered: bool, on_dead: Callable[[], None]) -> None:
         key, entry_id = delivery.receipt
 
-        def done(dead: Any) -> None:
-            if isinstance(dead, Exception):
-                raise dead
-            if dead:
+        def done(left: Any) -> None:
+            if isinstance(left, Exception):
+                raise left
+            dead, bad = left
+            if dead or bad:
                 self._bury(pipe, key, dead, "too many deliveries")
+                self._bury_malformed(pipe, "requeue", key, bad)
                 on_dead()
 
         SCRIPTS.queue(pipe, "requeue", [key], [keys.GROUP, 1 if redelivered else 0, self.max_deliveries, entry_id],
@@ -199,7 +201,12 @@ class StreamsBroker(Broker):
     def release(self, consumer: str, queues: Sequence[str]) -> int:
         total = 0
         for key in self._keys(queues):
-            total += int(SCRIPTS(self.client, "release", [key], [keys.GROUP, consumer]))
+            n, bad = SCRIPTS(self.client, "release", [key], [keys.GROUP, consumer, REAPER])
+            total += int(n)
+            if bad:
+                pipe = ClientPipe(self.client)
+                self._bury_malformed(pipe, "release", key, bad)
+                pipe.execute()
         return total
 
     def held_by(self, consumer: str, queues: Sequence[str]) -> List[Delivery]:
@@ -226,12 +233,13 @@ class StreamsBroker(Broker):
         for key in self._keys(queues):
             cursor: Any = "0-0"
             for _ in range(1000):  # each call scans at most 1,000 pending entries; follow the cursor
-                n, dead, cursor = SCRIPTS(self.client, "reclaim", [key],
-                                          [keys.GROUP, REAPER, idle_ms, 100, self.max_deliveries, cursor])
+                n, dead, cursor, bad = SCRIPTS(self.client, "reclaim", [key],
+                                               [keys.GROUP, REAPER, idle_ms, 100, self.max_deliveries, cursor])
                 total += int(n)
-                if dead:
+                if dead or bad:
                     pipe = ClientPipe(self.client)
                     self._bury(pipe, key, dead, "too many deliveries")
+                    self._bury_malformed(pipe, "reclaim", key, bad)
                     pipe.execute()
                 if cursor in (b"0-0", "0-0"):
                     break
@@ -239,13 +247,16 @@ class StreamsBroker(Broker):
 
     def _bury(self, pipe: Pipe, key: str, dead: list, reason: str) -> None:
         """Dead-letter the entries a script left pending because they were delivered too often."""
-        ids = []
         for entry_id, data in zip(dead[::2], dead[1::2]):
-            ids.append(peek_id(data))
-            self.dead_letter(pipe, data, reason, keys.queue_name_of(key), ids[-1])
-            pipe.execute_command("XACK", key, keys.GROUP, entry_id)
-            pipe.execute_command("XDEL", key, entry_id)
-        self._buried(ids, reason)
+            self.bury(pipe, keys.queue_name_of(key), data, reason,
+                      _ack_commands(key, [entry_id]))
+
+    def _bury_malformed(self, pipe: Pipe, kind: str, key: str, bad: list) -> None:
+        """Dead-letter the entries a script left pending because they are malformed ({id, fields, ...})."""
+        for entry_id, flat in zip(bad[::2], bad[1::2]):
+            found = _delivery(key, entry_id, dict(zip(flat[::2], flat[1::2])))
+            self.bury_malformed(pipe, kind, found.queue, found.data, found.problem or _REFUSED,
+                                _ack_commands(key, [entry_id]))
 
     def held(self, queues: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}
@@ -275,6 +286,12 @@ class StreamsBroker(Broker):
             SCRIPTS(self.client, "purge", [key], [keys.GROUP])
         self.client.delete(keys.delayed(queue))
         return n
+
+
+def _stream_gone(exc: Exception) -> bool:
+    """A read failed because a stream or its group is gone (deleted, or replaced while a read blocked on it)."""
+    text = str(exc)
+    return "NOGROUP" in text or "UNBLOCKED" in text
 
 
 def _delivery(key: str, entry_id: Any, fields: Dict[bytes, Any]) -> Delivery:

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import redis
 
 from .. import keys
+from ..logs import Once
 from .execute import Executor
 from .outbox import NotStarted, Outbox
 
@@ -53,6 +54,7 @@ class Consumer:
         # renewing its claims (frozen): it is looked up before it runs (see _keep_what_is_ours)
         self._stale_after = float(app.broker.visibility_timeout) / 2
         self.processed = 0
+        self._report = Once(log)                     # errors of the loop itself, logged once per kind
 
     # --- process integration ------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -125,6 +127,13 @@ class Consumer:
                 # The Outbox keeps its commands and sends them again; once Redis answers, the audit
                 # gives back whatever this consumer holds that a cut-off reply left out of its hands.
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, backoff)
+                self._suspect = True
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # noqa: BLE001 - one turn's error (a key of the wrong type...) never ends it
+                # as above: whatever this consumer holds and no longer has in hand, the audit gives back
+                self._report(("loop", type(exc).__name__), "consumer %s: a turn of its loop failed: %r; retrying "
+                             "in %.2fs", self.name, exc, backoff, exc_info=True)
                 self._suspect = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -206,5 +215,16 @@ class Consumer:
 
 def load_revoked(app: Any) -> set:
     """Ids revoked and not yet expired (every worker reads the same set, also ones started later)."""
-    raw = app.broker_client.zrangebyscore(keys.REVOKED, time.time(), "+inf")
-    return {r.decode() for r in raw}
+    return revoked_ids(app.broker_client.zrangebyscore(keys.REVOKED, time.time(), "+inf"))
+
+
+def revoked_ids(raw: Any) -> set:
+    """The members of minique:revoked as task ids; one that is not UTF-8 is no id a message can carry
+    (message ids are msgpack strings): skipped, never a reason to fail."""
+    out = set()
+    for r in raw:
+        try:
+            out.add(r.decode())
+        except UnicodeDecodeError:
+            continue
+    return out

@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import redis
 
 from .. import keys, serializers, settle as fate, states
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from ..logs import Once
 from ..lua import Scripts
 from ..message import new_id, peek_id
 from ..pipe import ClientPipe
@@ -79,6 +80,9 @@ class Worker:
         self.observer: Any = None
         self.beat: Any = None
         self.telemetry: Any = None  # observe.Telemetry: shared metrics, rate limits, events (set in start)
+        self._report = Once(log)     # errors of the parent's loop, logged once per kind
+        self._ended: List[tuple] = []  # pool processes that ended, not yet settled (see _reap)
+        self._unreachable_since: Optional[float] = None  # when the parent's loop last reached Redis no more
 
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
@@ -152,25 +156,34 @@ class Worker:
         while True:
             now = time.time()
             try:
-                self._reap()
-                self._enforce_time_limits(now)
+                self._upkeep("reap", self._reap)
+                self._upkeep("time limits", self._enforce_time_limits, now)
                 if self.stopping is None:
                     if now >= timers["due"]:
-                        _, nxt = self.app.broker.move_due(self.queues)
-                        timers["due"] = now + (min(max(nxt - now, 0.005), TICK) if nxt else TICK)
+                        timers["due"] = now + TICK
+                        for queue in self.queues:  # one queue's trouble does not hold up the others
+                            moved = self._upkeep(("move_due", queue), self.app.broker.move_due, [queue])
+                            if moved is not None and moved[1] is not None:
+                                timers["due"] = min(timers["due"], now + max(moved[1] - now, 0.005))
                     if now >= timers["extend"]:
-                        for m in list(self.pool.members.values()):
-                            self.app.broker.extend(m.name, self.queues)
                         timers["extend"] = now + extend_every
+                        for m in list(self.pool.members.values()):
+                            self._upkeep("extend", self.app.broker.extend, m.name, self.queues)
                     if now >= timers["reclaim"]:
-                        self._reclaim()
                         timers["reclaim"] = now + reclaim_every
+                        self._upkeep("reclaim", self._reclaim)
                     if now >= timers["heartbeat"]:
-                        self.heartbeat()
                         timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
-                    self._refill()
+                        self._upkeep("heartbeat", self.heartbeat)
+                    self._upkeep("refill", self._refill)
+                if self._unreachable_since is not None:
+                    log.warning("Redis reachable again from the worker parent (after %.1fs)",
+                                now - self._unreachable_since)
+                    self._unreachable_since = None
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                log.warning("Redis unreachable from the worker parent: %s", exc)
+                if self._unreachable_since is None:  # once per outage, not every tick
+                    self._unreachable_since = now
+                    log.warning("Redis unreachable from the worker parent: %s (retrying every %ss)", exc, TICK)
             if self.stopping == "warm":
                 if warm_deadline is None:
                     self.pool.request_stop()
@@ -187,6 +200,18 @@ class Worker:
         self._finish()
         return 0
 
+    def _upkeep(self, kind: Any, step: Callable[..., Any], *args: Any) -> Any:
+        """One upkeep step of the loop: an error in it is logged (once per kind, see logs.Once) and the
+        loop goes on; returns what the step returned, or None when it failed. Redis being unreachable
+        is the loop's to handle (every step would fail alike)."""
+        try:
+            return step(*args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one record's or one step's error never ends the worker
+            self._report(kind, "worker upkeep %r failed: %r; the worker goes on", kind, exc, exc_info=True)
+            return None
+
     def _refill(self) -> None:
         assert self.pool is not None
         for index in range(self.pool.size):
@@ -194,28 +219,39 @@ class Worker:
                 self.pool.spawn(index)
 
     def _reap(self) -> None:
+        """Settle what each ended pool process held, one process at a time: an error with one is logged
+        and leaves the others to be settled; Redis unreachable leaves the rest for the next turn (before
+        their slots are used again: the loop refills only after a turn without that)."""
         assert self.pool is not None
-        for member, how, clean in self.pool.reap():
-            slot = self.pool.slots[member.index]
-            started, _, running = slot.running()
-            lost: List[tuple] = [(running, True)] if running else []
-            lost += [(record, False) for record in slot.unflushed()]
-            self._ack_started(member, [record for record, _ in lost])
-            for record, was_running in lost:
-                try:
-                    self._handle_lost(member, record, was_running, how)
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                    raise
-                except Exception:  # noqa: BLE001 - one task's bad record must not stop the worker
-                    log.exception("could not settle task %s lost with %s", record.task_id, member.name)
-            returned = self._release(member.name)
-            if not clean or lost:
-                self.child_restarts += 1 if not self.stopping else 0
-                log.error("pool process %s ended (%s)%s; %d unstarted message(s) returned to the queue",
-                          member.name, how, f" while running {running.name}[{running.task_id}]" if running else "",
-                          returned)
-            elif returned:
-                log.info("pool process %s ended; %d unstarted message(s) returned", member.name, returned)
+        self._ended.extend(self.pool.reap())
+        while self._ended:
+            member, how, clean = self._ended[0]
+            self._upkeep(("reap", member.name), self._reaped, member, how, clean)
+            self._ended.pop(0)
+
+    def _reaped(self, member: Member, how: str, clean: bool) -> None:
+        """Settle what an ended pool process held and return its unstarted messages."""
+        assert self.pool is not None
+        slot = self.pool.slots[member.index]
+        started, _, running = slot.running()
+        lost: List[tuple] = [(running, True)] if running else []
+        lost += [(record, False) for record in slot.unflushed()]
+        self._ack_started(member, [record for record, _ in lost])
+        for record, was_running in lost:
+            try:
+                self._handle_lost(member, record, was_running, how)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                raise
+            except Exception:  # noqa: BLE001 - one task's bad record must not stop the worker
+                log.exception("could not settle task %s lost with %s", record.task_id, member.name)
+        returned = self._release(member.name)
+        if not clean or lost:
+            self.child_restarts += 1 if not self.stopping else 0
+            log.error("pool process %s ended (%s)%s; %d unstarted message(s) returned to the queue",
+                      member.name, how, f" while running {running.name}[{running.task_id}]" if running else "",
+                      returned)
+        elif returned:
+            log.info("pool process %s ended; %d unstarted message(s) returned", member.name, returned)
 
     def _release(self, consumer: str) -> int:
         returned = self._retrying(lambda: self.app.broker.release(consumer, self.queues))
@@ -295,13 +331,19 @@ class Worker:
         log.error("Task %s[%s] %s: %s", name, task_id, state, outcome.value)
 
     def _on_dead_letter(self, task_id: Optional[str], reason: str) -> None:
-        """The broker dead-lettered a message it redelivered too often: its task will not run again, so
-        it gets a final state (else a caller waiting on its result would wait forever)."""
-        if not task_id or self.app.backend.get_meta(task_id)["status"] in states.READY_STATES:
+        """The broker dead-lettered a message it redelivered too often, or a malformed record: its task
+        will not run, so it gets a final state (else a caller waiting on its result would wait forever);
+        as the executor does, not for a malformed record when security_key is set (its id is unverified)."""
+        from ..exceptions import DecodeError
+        malformed = reason.startswith("malformed record")
+        if not task_id or (malformed and self.app.conf.security_key):
             return
-        self.app.backend.mark(task_id, states.FAILURE,
-                              WorkerLostError(f"Task {task_id} dead-lettered: {reason} "
-                                              f"(max deliveries {self.app.broker.max_deliveries})"))
+        if self.app.backend.get_meta(task_id)["status"] in states.READY_STATES:
+            return
+        exc: Exception = (DecodeError(f"dead-lettered: {reason}") if malformed else
+                          WorkerLostError(f"Task {task_id} dead-lettered: {reason} "
+                                          f"(max deliveries {self.app.broker.max_deliveries})"))
+        self.app.backend.mark(task_id, states.FAILURE, exc)
 
     def _enforce_time_limits(self, now: float) -> None:
         assert self.pool is not None

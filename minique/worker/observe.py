@@ -15,11 +15,13 @@ import os
 import resource
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import redis
 
 from .. import keys, serializers
+from ..logs import Once
+from .consumer import revoked_ids
 from .ratelimit import RateLimiter, RateLimitTable, initial_rates, parse_rate
 
 log = logging.getLogger("minique.worker")
@@ -150,6 +152,7 @@ class Observer:
         self.stopped = threading.Event()
         self.pubsub: Any = None
         self.thread = threading.Thread(target=self._run, name="minique-control", daemon=True)
+        self._report = Once(log)  # bad control messages and errors, logged once per kind
         self.handlers: Dict[str, Callable[[dict], Any]] = {
             "ping": lambda a: {"ok": "pong"},
             "active": self._active,
@@ -158,8 +161,7 @@ class Observer:
             "registered": lambda a: sorted(n for n in worker.app.tasks if not n.startswith("minique.")),
             "stats": self._stats,
             "active_queues": lambda a: [{"name": q} for q in worker.queues],
-            "revoked": lambda a: sorted(
-                r.decode() for r in self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf")),
+            "revoked": lambda a: sorted(revoked_ids(self.client.zrangebyscore(keys.REVOKED, time.time(), "+inf"))),
             "revoke": self._revoke,
             "shutdown": lambda a: worker.shutdown("warm") or {"ok": "shutting down"},
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
@@ -196,7 +198,8 @@ class Observer:
 
     # --- inspection ---------------------------------------------------------------------------------
     def _describe(self, data: Optional[bytes]) -> Dict[str, Any]:
-        """id, name, args, kwargs of a message (args as values when they pack, else bounded reprs)."""
+        """id, name, args, kwargs of a message (args as values when they pack, else bounded reprs);
+        the body decoded for display only as `display_args` allows."""
         from ..message import decode
         if not data:
             return {}
@@ -207,13 +210,7 @@ class Observer:
         out: Dict[str, Any] = {"id": msg.id, "name": msg.task, "type": msg.task, "retries": msg.retries,
                                "eta": msg.eta, "expires": msg.expires, "root_id": msg.root_id,
                                "parent_id": msg.parent_id}
-        try:
-            args, kwargs = msg.args_kwargs(self.worker.app.accept)
-            serializers.pack([args, kwargs])
-            out["args"], out["kwargs"] = args, kwargs
-        except Exception:  # noqa: BLE001 - not decodable or not msgpack-able here: show a repr
-            from ..events import short_repr
-            out["args"], out["kwargs"] = short_repr(msg.body), None
+        out["args"], out["kwargs"] = display_args(msg, self.worker.app.conf.security_key)
         return out
 
     def _active(self, args: dict) -> list:
@@ -278,7 +275,10 @@ class Observer:
 
     # --- commands -----------------------------------------------------------------------------------
     def _revoke(self, args: dict) -> dict:
-        ids = list(args.get("task_ids") or [])
+        ids = args.get("task_ids") or []
+        ids = [ids] if isinstance(ids, str) else ids
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return {"error": f"task_ids must be a list of task ids, not {ids!r:.100}"}
         sig = str(args.get("signal") or "SIGTERM").upper()
         sig = sig if sig.startswith("SIG") else f"SIG{sig}"
         if sig == "SIGTERM":
@@ -328,9 +328,19 @@ class Observer:
                 while not self.stopped.is_set():
                     item = self.pubsub.get_message(timeout=0.5)
                     if item is not None and item["type"] == "message":
-                        self._handle(item["data"])
-            except redis.exceptions.RedisError as exc:
-                log.warning("control channel lost (%s); reconnecting", exc)
+                        try:
+                            self._handle(item["data"])
+                        except redis.exceptions.RedisError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - one command never ends the control thread
+                            self._report("control", "control message %.200r could not be handled: %r; "
+                                         "skipped", item["data"], exc, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - Redis errors, and any other: the thread goes on
+                if isinstance(exc, redis.exceptions.RedisError):
+                    log.warning("control channel lost (%s); reconnecting", exc)
+                else:
+                    self._report("control loop", "control channel loop failed: %r; resubscribing", exc,
+                                 exc_info=True)
                 try:
                     self.pubsub.close()
                 except Exception:  # noqa: BLE001
@@ -339,21 +349,27 @@ class Observer:
                 self.stopped.wait(0.5)
 
     def _handle(self, raw: bytes) -> None:
-        try:
-            cmd = serializers.unpack(raw)
-        except Exception:
+        cmd, problem = parse_command(raw)
+        if cmd is None:  # not even whom it is for, or where to answer, is known: skipped
+            self._report(("malformed", problem), "malformed control message skipped: %s (%.200r)", problem, raw,
+                         level=logging.WARNING)
             return
         dest = cmd.get("dest")
         if dest and self.worker.hostname not in dest:
             return
-        handler = self.handlers.get(cmd.get("cmd"))
-        if handler is None:
-            answer: Any = {"error": f"unknown command {cmd.get('cmd')!r}"}
+        name = cmd.get("cmd")
+        handler = self.handlers.get(name) if isinstance(name, str) else None
+        if problem is not None:
+            self._report(("malformed", problem), "malformed control message: %s (%.200r)", problem, raw,
+                         level=logging.WARNING)
+            answer: Any = {"error": f"malformed control message: {problem}"}
+        elif handler is None:
+            answer = {"error": f"unknown command {name!r}"}
         else:
             try:
                 answer = handler(cmd.get("args") or {})
             except Exception as exc:  # noqa: BLE001 - a bad command must not kill the worker
-                log.exception("control command %s failed", cmd.get("cmd"))
+                self._report(("command", name), "control command %s failed: %r", name, exc, exc_info=True)
                 answer = {"error": repr(exc)}
         if cmd.get("reply_to"):
             try:
@@ -365,3 +381,55 @@ class Observer:
             pipe.rpush(key, packed)
             pipe.expire(key, 60)
             pipe.execute()
+
+
+DISPLAYABLE = frozenset({"json", "msgpack"})  # content types decoded for display: decoding them runs no code
+
+
+def display_args(msg: Any, security_key: Any) -> Tuple[Any, Any]:
+    """A message's (args, kwargs) for display (inspect active|reserved|scheduled): decoded only from
+    json or msgpack, never pickle (unpickling runs code; only the executor decodes it, after
+    verification), and with `security_key` set only once the signature verifies. Otherwise, or when
+    they do not decode or pack, (a bounded note or repr, None)."""
+    from ..events import short_repr
+    from ..signing import verify
+    if security_key and not verify(msg, security_key):
+        return "<not decoded: unsigned or forged message (security_key is set)>", None
+    if msg.content_type not in DISPLAYABLE:
+        return f"<not decoded: {msg.content_type!r:.40} body of {len(msg.body)} bytes>", None
+    try:
+        args, kwargs = msg.args_kwargs(DISPLAYABLE)
+        serializers.pack([args, kwargs])
+    except Exception:  # noqa: BLE001 - not decodable or not msgpack-able here: show a repr
+        return short_repr(msg.body), None
+    return args, kwargs
+
+
+def parse_command(raw: Any) -> Tuple[Optional[dict], Optional[str]]:
+    """A control message, `{cmd, args, dest, reply_to}` in msgpack (see minique/control.py), checked:
+    (the command, None) when well-formed; (the command, what is wrong) when whom it is for and where
+    to answer are known but the rest is wrong (answered with the error); (None, what is wrong) when
+    not even those are (skipped)."""
+    try:
+        cmd = serializers.unpack(raw)
+    except Exception as exc:  # noqa: BLE001 - whatever msgpack says, it is not a command
+        return None, f"not msgpack ({type(exc).__name__})"
+    if not isinstance(cmd, dict):
+        return None, f"a msgpack {type(cmd).__name__}, not a map"
+    dest, reply_to = cmd.get("dest"), cmd.get("reply_to")
+    if isinstance(dest, str):  # one host name
+        dest = cmd["dest"] = [dest]
+    if dest is not None and not (isinstance(dest, list) and all(isinstance(d, str) for d in dest)):
+        return None, f"'dest' is {_type_of(dest)}, not a list of host names"
+    if reply_to is not None and not isinstance(reply_to, str):
+        return None, f"'reply_to' is {_type_of(reply_to)}, not a string"
+    if not isinstance(cmd.get("cmd"), str):
+        return cmd, f"'cmd' is {_type_of(cmd.get('cmd'))}, not a string"
+    args = cmd.get("args")
+    if args is not None and not isinstance(args, dict):
+        return cmd, f"'args' is {_type_of(args)}, not a map"
+    return cmd, None
+
+
+def _type_of(value: Any) -> str:
+    return "missing" if value is None else type(value).__name__
