@@ -346,7 +346,11 @@ def _check_registered(app: Any, name: str) -> None:
         app.import_modules()  # the tasks of `include` and `imports`, as a worker registers them
     if name in app.tasks:
         return
-    near = difflib.get_close_matches(name, [n for n in app.tasks if not n.startswith("minique.")], n=3, cutoff=0.8)
+    names = [n for n in app.tasks if not n.startswith("minique.")]
+    scored = sorted(((difflib.SequenceMatcher(None, name, n).ratio(), n) for n in names), reverse=True)
+    best = scored[0][0] if scored else 1.0
+    near = [n for score, n in scored[:3] if score >= max(0.75, best - 0.05)]  # the closest few only
+    near += [n for n in names if n.rpartition(".")[2] == name.rpartition(".")[2] and n not in near]  # other module
     hint = f"did you mean {' or '.join(near)}? " if near else ""
     raise OneLineError(f"no task named {name!r} is registered in this app ({hint}--force sends it anyway)")
 
@@ -537,4 +541,4 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="minique")
