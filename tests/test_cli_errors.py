@@ -106,6 +106,19 @@ def test_worker_without_redis_fails_with_one_line_when_told_not_to_wait(settings
         assert out.stderr.count("Trying again") == 1 and said in out.stderr
 
 
+@pytest.mark.integration
+def test_a_worker_waiting_for_redis_stops_at_once_on_sigterm(tmp_path):
+    procs = Processes(tmp_path, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        worker = procs.worker("-c", "1", wait=False)
+        wait_for(lambda: "Trying again in" in worker.log(), 20, "a retry line in the worker's log")
+        worker.signal(15)
+        assert worker.wait(10) == 0, worker.log()
+        assert "Warm shutdown" in worker.log() and "Traceback" not in worker.log()
+    finally:
+        procs.close()
+
+
 ONE_SHOT = [("status",), ("call", "testapp.add", "--args", "[1, 2]"), ("inspect", "ping"), ("control", "ping"),
             ("purge", "-f"), ("dlq", "list"), ("dlq", "purge", "-f"), ("result", "some-task-id")]
 
