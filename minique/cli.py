@@ -1,17 +1,33 @@
-"""The `minique` command (click): worker, beat, call, result, purge, status, dlq, inspect, control."""
+"""The `minique` command (click): worker, beat, call, result, purge, status, dlq, inspect, control.
+
+Every error is one line on stderr and a non-zero exit (`minique --traceback ...`, or `-l debug` where a
+command has it, shows the stack instead). One-shot commands first check that Redis answers, for
+`broker_connection_timeout` seconds at most; a worker waits for it (`broker_connection_retry_on_startup`).
+"""
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import logging
 import os
+import re
 import sys
-from typing import Any, Optional
+import time
+from typing import Any, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 import click
+import redis
 
 from . import __version__
-from .exceptions import ConfigurationError
+from .config import mask_url
+from .exceptions import ConfigurationError, TimeoutError as ResultTimeout
+from .logs import parse_level
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_ENV = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE_RESULT_BACKEND"}
+_ENTRY_ID = re.compile(r"^[0-9]+(-[0-9]+)?$")  # a stream entry id (the dead letters' ids)
 
 
 def load_app(spec: str) -> Any:
@@ -25,7 +41,10 @@ def load_app(spec: str) -> Any:
     except ImportError as exc:
         if not attr and "." in module_name:
             module_name, _, attr = module_name.rpartition(".")
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
         else:
             raise click.ClickException(f"cannot import app module {module_name!r}: {exc}") from exc
     if attr:
@@ -43,47 +62,192 @@ def setup_logging(loglevel: str, logfile: Optional[str] = None, json_format: boo
     configure(loglevel, logfile, json_format)
 
 
+# --- errors: one line each -------------------------------------------------------------------------
+
+def _one_line(text: str) -> str:
+    """`text` on one line, any URL in it with its password masked."""
+    return _URL.sub(lambda m: mask_url(m.group()), " ".join(str(text).split()))
+
+
+def _targets(app: Any) -> List[Tuple[str, str]]:
+    """(setting, URL) of the Redis servers the app uses: the broker's, and the result store's if it differs."""
+    conf = app.conf
+    out = [("broker_url", conf.broker_url)]
+    if conf.result_url != conf.broker_url:
+        out.append(("result_backend", conf.result_url))
+    return out
+
+
+def _named_in(url: str, text: str) -> bool:
+    """Whether a redis-py error text is about the server of `url` (it names host:port or the socket path)."""
+    try:
+        parts = urlsplit(url)
+        where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:
+        return False
+    return bool(where) and where in text
+
+
+def describe_redis_error(exc: BaseException, setting: str, url: str, within: Optional[float] = None) -> str:
+    """One line: which Redis (password masked) failed how, and what to check."""
+    where = f"{mask_url(url)} ({setting})"
+    reason = _one_line(str(exc)).rstrip(".") or type(exc).__name__
+    env = f" (or {_ENV[setting]})" if setting in _ENV else ""
+    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return f"Redis at {where} refused the credentials: {reason}; check the user and password in {setting}{env}"
+    waited = f" within {within:g}s (broker_connection_timeout)" if within is not None else ""
+    return (f"cannot reach Redis at {where}{waited}: {reason}; check that Redis is running there and that "
+            f"{setting}{env} is right")
+
+
+def describe_error(exc: BaseException, app: Any = None) -> str:
+    """The one line printed for an exception no command handled itself."""
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        targets = _targets(app) if app is not None else []
+        setting, url = next(((s, u) for s, u in targets if _named_in(u, str(exc))),
+                            targets[0] if targets else ("broker_url", "?"))
+        return describe_redis_error(exc, setting, url)
+    if isinstance(exc, redis.exceptions.RedisError):
+        return f"Redis answered with an error: {_one_line(str(exc))} (--traceback shows where)"
+    if isinstance(exc, ConfigurationError):
+        return _one_line(str(exc))
+    return f"{type(exc).__name__}: {_one_line(str(exc))} (--traceback shows where)"
+
+
+class OneLineError(click.ClickException):
+    """Printed as `Error: MESSAGE` (one line); exit status 1."""
+
+    def __init__(self, message: str):
+        super().__init__(_one_line(message))
+
+
+class UsageLine(OneLineError):
+    """A command used wrongly, as one line; exit status 2 (as Click's usage errors)."""
+
+    exit_code = 2
+
+
+def _usage(exc: click.UsageError) -> click.ClickException:
+    """A usage error as one line (Click prints three), naming the help to read."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc
+    hint = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+    return UsageLine(exc.format_message() + hint)
+
+
 class _Commands(click.Group):
-    """A broken setting met by any command (a worker's, beat's, a client's) is a clear error, not a traceback."""
+    """Whatever goes wrong in any command is one line and a non-zero exit; `--traceback` (or `-l debug`)
+    lets the exception through with its stack. A broken setting is a ConfigurationError's message."""
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _usage(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigurationError as exc:
-            raise click.ClickException(str(exc)) from exc
+        except click.UsageError as exc:
+            raise _usage(exc) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+            if obj.get("traceback"):
+                raise
+            raise OneLineError(describe_error(exc, obj.get("app"))) from exc
+
+
+def _loglevel(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """-l/--loglevel: a level name (checked here, not when logging starts); DEBUG also means --traceback."""
+    try:
+        level = parse_level(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    if level <= logging.DEBUG:
+        ctx.find_root().ensure_object(dict)["traceback"] = True
+    return value
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="minique")
 @click.option("-A", "--app", "app_spec", envvar="MINIQUE_APP", help="Module with the app: 'tasks' or 'proj.tasks:app'.")
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="On an error, show its stack instead of one line (as -l debug does).")
 @click.pass_context
-def main(ctx: click.Context, app_spec: Optional[str]) -> None:
-    """minique: Celery's task queue API, built on Redis."""
+def main(ctx: click.Context, app_spec: Optional[str], show_traceback: bool) -> None:
+    """minique: Celery's task queue API, built on Redis.
+
+    Every error is one line and a non-zero exit; --traceback shows the stack. The commands that talk to
+    Redis once (status, call, result, purge, dlq, inspect, control) give up after
+    broker_connection_timeout seconds; a worker waits for Redis (broker_connection_retry_on_startup)."""
     ctx.ensure_object(dict)
     ctx.obj["app_spec"] = app_spec
+    ctx.obj["traceback"] = show_traceback or ctx.obj.get("traceback", False)
 
 
 def _app(ctx: click.Context) -> Any:
     spec = ctx.obj.get("app_spec")
     if not spec:
         raise click.UsageError("which app? give -A/--app MODULE (or set MINIQUE_APP)")
-    return load_app(spec)
+    app = load_app(spec)
+    ctx.obj["app"] = app  # the error handler names its URLs
+    return app
+
+
+def _reachable(app: Any, broker: bool = True, backend: bool = False) -> None:
+    """A one-shot command's first step: the Redis servers it needs answer a PING, else after
+    `broker_connection_timeout` seconds one line says which (password masked) and what to check."""
+    timeout = float(app.conf.broker_connection_timeout)
+    deadline = time.monotonic() + timeout
+    conf = app.conf
+    targets = [("broker_url", conf.broker_url)] if broker else []
+    if backend and (not broker or conf.result_url != conf.broker_url):
+        targets.append(("result_backend" if conf.result_backend else "broker_url", conf.result_url))
+    for setting, url in targets:
+        while True:
+            client = app._connect(url, socket_timeout=max(deadline - time.monotonic(), 0.05), retries=0)
+            try:
+                client.ping()
+                break
+            except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+                raise OneLineError(describe_redis_error(exc, setting, url)) from exc
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if time.monotonic() + 0.1 >= deadline:
+                    raise OneLineError(describe_redis_error(exc, setting, url, within=timeout)) from exc
+            finally:
+                client.close()
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))  # a Redis that is starting gets its moment
+
+
+def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) -> Any:
+    """The app, for a one-shot command, once the Redis servers it needs have answered."""
+    app = _app(ctx)
+    _reachable(app, broker, backend)
+    return app
 
 
 @main.command()
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: task_default_queue).")
-@click.option("-c", "--concurrency", type=int, help="Pool size (default: worker_concurrency or CPU count).")
+@click.option("-c", "--concurrency", type=int,
+              help="Pool processes (or threads), >= 1; 0: the CPU count (default: worker_concurrency, else the "
+                   "CPU count).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Pool implementation.")
-@click.option("-l", "--loglevel", default="WARNING", show_default=True,
-              help="As Celery's default; INFO adds one line per task event.")
+@click.option("-l", "--loglevel", default="WARNING", show_default=True, callback=_loglevel,
+              help="DEBUG, INFO, WARNING, ERROR or CRITICAL (Celery's default: WARNING); INFO adds one line per "
+                   "task event, DEBUG also shows the stack of an error.")
 @click.option("-f", "--logfile", help="Log to this file instead of stderr.")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.option("-n", "--hostname", help="Node name (%h, %n, %d expand as in Celery).")
-@click.option("--prefetch-multiplier", type=int, help="Messages each pool process reserves.")
-@click.option("--max-tasks-per-child", type=int)
-@click.option("--max-memory-per-child", type=int, help="KiB, as Celery.")
-@click.option("--time-limit", type=float, help="Hard time limit (s): the process is killed.")
-@click.option("--soft-time-limit", type=float, help="Soft time limit (s): SoftTimeLimitExceeded is raised.")
+@click.option("--prefetch-multiplier", type=int,
+              help="Messages each pool process reserves, >= 0 (0 and 1: one at a time; default: "
+                   "worker_prefetch_multiplier, 4).")
+@click.option("--max-tasks-per-child", type=int, help="Tasks a pool process runs before it is replaced (>= 1).")
+@click.option("--max-memory-per-child", type=int, help="KiB (>= 1), as Celery: a pool process above it is replaced.")
+@click.option("--time-limit", type=float, help="Hard time limit (s, > 0): the process is killed.")
+@click.option("--soft-time-limit", type=float, help="Soft time limit (s, > 0): SoftTimeLimitExceeded is raised.")
 @click.option("-E", "--task-events", is_flag=True, default=None, help="Send task events (on by default).")
 @click.option("--without-events", is_flag=True, help="Do not send task events.")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this worker (development only).")
@@ -94,7 +258,10 @@ def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int]
            max_tasks_per_child: Optional[int], max_memory_per_child: Optional[int], time_limit: Optional[float],
            soft_time_limit: Optional[float], task_events: Optional[bool], without_events: bool, beat: bool,
            metrics_port: Optional[int]) -> None:
-    """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`."""
+    """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
+
+    A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
+    broker_connection_max_retries attempts). Its settings are checked first: a broken one is one line."""
     app = _app(ctx)
     setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
     if time_limit is not None:
@@ -111,7 +278,7 @@ def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int]
 
 
 @main.command()
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True, callback=_loglevel)
 @click.option("-f", "--logfile")
 @click.option("--list", "list_only", is_flag=True, help="Print entries and their next run, then exit.")
 @click.pass_context
@@ -135,10 +302,14 @@ def beat(ctx: click.Context, loglevel: str, logfile: Optional[str], list_only: b
 @click.option("--queue", "-Q")
 @click.option("--priority", type=int)
 @click.option("--wait", type=float, help="Wait this many seconds for the result and print it.")
+@click.option("--force", is_flag=True, help="Send NAME even if no task of that name is registered here.")
 @click.pass_context
 def call(ctx: click.Context, name: str, args: str, kwargs: str, countdown: Optional[float], queue: Optional[str],
-         priority: Optional[int], wait: Optional[float]) -> None:
-    """Send task NAME; prints its id (or its result with --wait)."""
+         priority: Optional[int], wait: Optional[float], force: bool) -> None:
+    """Send task NAME; prints its id (or its result with --wait).
+
+    NAME must be a task the app registers (with its include/imports), else the command suggests the
+    nearest names; --force sends it anyway (for tasks only the workers know)."""
     app = _app(ctx)
     try:
         a, k = json.loads(args), json.loads(kwargs)
@@ -146,10 +317,42 @@ def call(ctx: click.Context, name: str, args: str, kwargs: str, countdown: Optio
         raise click.BadParameter(f"not JSON: {exc}") from exc
     if not isinstance(a, list) or not isinstance(k, dict):
         raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
+    if not force:
+        _check_registered(app, name)
+    _reachable(app, broker=True, backend=bool(wait))
     res = app.send_task(name, a, k, countdown=countdown, queue=queue, priority=priority)
     click.echo(res.id)
-    if wait:
-        click.echo(json.dumps(res.get(timeout=wait), default=repr))
+    if not wait:
+        return
+    try:
+        value = res.get(timeout=wait)
+    except ResultTimeout:
+        where = queue or app.build_message(name, a, k, {}).queue
+        raise OneLineError(f"no result from {name}[{res.id}] within {wait:g}s (state {res.state}): is a worker "
+                           f"consuming queue {where!r}?") from None
+    except redis.exceptions.RedisError:
+        raise
+    except Exception as exc:  # the task's own exception, rebuilt from its result
+        if ctx.obj.get("traceback"):
+            raise
+        raise OneLineError(f"{name}[{res.id}] {res.state}: {type(exc).__name__}: {exc}") from None
+    click.echo(json.dumps(value, default=repr))
+
+
+def _check_registered(app: Any, name: str) -> None:
+    """A task name the app does not register is refused (with the nearest names): a worker would
+    dead-letter it."""
+    if name not in app.tasks:
+        app.import_modules()  # the tasks of `include` and `imports`, as a worker registers them
+    if name in app.tasks:
+        return
+    names = [n for n in app.tasks if not n.startswith("minique.")]
+    scored = sorted(((difflib.SequenceMatcher(None, name, n).ratio(), n) for n in names), reverse=True)
+    best = scored[0][0] if scored else 1.0
+    near = [n for score, n in scored[:3] if score >= max(0.75, best - 0.05)]  # the closest few only
+    near += [n for n in names if n.rpartition(".")[2] == name.rpartition(".")[2] and n not in near]  # other module
+    hint = f"did you mean {' or '.join(near)}? " if near else ""
+    raise OneLineError(f"no task named {name!r} is registered in this app ({hint}--force sends it anyway)")
 
 
 @main.command()
@@ -158,7 +361,7 @@ def call(ctx: click.Context, name: str, args: str, kwargs: str, countdown: Optio
 @click.pass_context
 def result(ctx: click.Context, task_id: str, show_tb: bool) -> None:
     """Show a task's state and result."""
-    app = _app(ctx)
+    app = _client_app(ctx, broker=False, backend=True)
     res = app.AsyncResult(task_id)
     click.echo(f"{res.state}: {res.result!r}")
     if show_tb and res.traceback:
@@ -171,7 +374,7 @@ def result(ctx: click.Context, task_id: str, show_tb: bool) -> None:
 @click.pass_context
 def purge(ctx: click.Context, queues: Optional[str], force: bool) -> None:
     """Delete every waiting message in the queues."""
-    app = _app(ctx)
+    app = _client_app(ctx)
     names = [q.strip() for q in (queues or app.conf.task_default_queue).split(",") if q.strip()]
     if not force:
         click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
@@ -186,7 +389,7 @@ def status(ctx: click.Context) -> None:
     import time
 
     from . import keys, serializers
-    app = _app(ctx)
+    app = _client_app(ctx)
     broker = app.broker
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
     for q in broker.queues_known():
@@ -210,7 +413,7 @@ def dlq() -> None:
 @click.pass_context
 def dlq_list(ctx: click.Context, count: int) -> None:
     """Show dead letters, oldest first."""
-    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
+    app = _client_app(ctx)  # ctx.obj is the main group's (click passes obj down)
     for entry_id, f in app.broker.dead_letters(count):
         click.echo(f"{entry_id}  task={f.get('task_id') or '?'} queue={f.get('queue')} "
                    f"worker={f.get('worker')} reason={f.get('reason')}")
@@ -223,13 +426,21 @@ def dlq_list(ctx: click.Context, count: int) -> None:
 @click.pass_context
 def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional[str]) -> None:
     """Send dead letters back to their queue."""
-    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
+    app = _client_app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if replay_all:
         ids = tuple(i for i, _ in app.broker.dead_letters(1_000_000))
     if not ids:
         raise click.UsageError("give entry IDs or --all")
-    n = sum(app.broker.replay_dead_letter(i, queue) for i in ids)
-    click.echo(f"Replayed {n} message(s).")
+    bad = [i for i in ids if not _ENTRY_ID.match(i)]
+    if bad:  # most likely a task id: say which entries hold it
+        held = {f.get("task_id"): i for i, f in app.broker.dead_letters(1_000_000) if f.get("task_id") in bad}
+        found = [f"{t} is in entry {held[t]}" for t in bad if t in held]
+        raise UsageLine(f"not a dead-letter entry id: {', '.join(bad)} (entry ids look like 1712345678901-0; "
+                           + (f"{'; '.join(found)}" if found else "'minique dlq list' shows them") + ")")
+    missing = [i for i in ids if not app.broker.replay_dead_letter(i, queue)]
+    click.echo(f"Replayed {len(ids) - len(missing)} message(s).")
+    if missing:
+        raise OneLineError(f"no dead letter with entry id {', '.join(missing)} ('minique dlq list' shows them)")
 
 
 @dlq.command("purge")
@@ -237,7 +448,7 @@ def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional
 @click.pass_context
 def dlq_purge(ctx: click.Context, force: bool) -> None:
     """Delete every dead letter."""
-    app = _app(ctx)  # ctx.obj is the main group's (click passes obj down)
+    app = _client_app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if not force:
         click.confirm("Delete all dead letters?", abort=True)
     click.echo(f"Deleted {app.broker.purge_dead_letters()} dead letter(s).")
@@ -251,12 +462,12 @@ def dlq_purge(ctx: click.Context, force: bool) -> None:
 @click.pass_context
 def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: float) -> None:
     """Ask the workers what they are doing."""
-    app = _app(ctx)
+    app = _client_app(ctx)
     dest = destination.split(",") if destination else None
     replies = getattr(app.control.inspect(destination=dest, timeout=timeout), what)()
     click.echo(json.dumps(replies or {}, indent=2, default=repr))
     if not replies:
-        sys.exit(1)
+        raise OneLineError(f"no worker answered within {timeout:g}s (-t/--timeout)")
 
 
 @main.command()
@@ -267,7 +478,11 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.pass_context
 def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float) -> None:
     """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID."""
-    app = _app(ctx)
+    if command in ("pool_grow", "pool_shrink"):
+        if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
+            raise click.UsageError(f"usage: control {command} [N]: N is a number of pool processes >= 1 "
+                                   f"(default 1), not {' '.join(args)!r}")
+    app = _client_app(ctx)
     dest = destination.split(",") if destination else None
     ctl = app.control
     if command == "shutdown":
@@ -297,7 +512,7 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
 @click.option("--refresh", default=1.5, show_default=True, type=float, help="Seconds between page updates.")
 @click.option("--rescan-interval", default=30.0, show_default=True, type=float,
               help="Seconds between looks for new queues (a SCAN of the broker's keys).")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("-l", "--loglevel", default="INFO", show_default=True, callback=_loglevel)
 @click.option("-f", "--logfile")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.pass_context
@@ -327,4 +542,4 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="minique")

@@ -1,11 +1,16 @@
-"""Settings with Celery's names, meanings and defaults; unknown names are warned about."""
+"""Settings with Celery's names, meanings and defaults; unknown names are warned about.
+
+Also the checks a worker runs on its settings at start (`check_worker_settings`) and `mask_url`,
+which every place that prints or logs a Redis URL goes through.
+"""
 from __future__ import annotations
 
 import importlib
 import os
 import re
 import warnings
-from typing import Any, Dict, Iterable, Iterator, Mapping, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULTS: Dict[str, Any] = {
     # Connections
@@ -13,7 +18,9 @@ DEFAULTS: Dict[str, Any] = {
     "result_backend": None,                      # None: the broker's Redis
     "broker_transport_options": {},              # visibility_timeout, queue_type ("streams"|"lists"), max_deliveries
     "broker_connection_retry": True,
-    "broker_connection_timeout": 4.0,
+    "broker_connection_retry_on_startup": True,  # a worker started before Redis waits for it (False: exit)
+    "broker_connection_max_retries": 100,        # start-up attempts before a worker gives up (0/None: forever)
+    "broker_connection_timeout": 4.0,            # also: how long a one-shot CLI command tries to reach Redis
     "redis_socket_timeout": 120.0,
     # Serialization
     "task_serializer": "json",
@@ -61,6 +68,7 @@ DEFAULTS: Dict[str, Any] = {
     "worker_log_format": None,
     "worker_log_json": False,
     "worker_metrics_port": 0,
+    "worker_metrics_host": "127.0.0.1",          # address /metrics binds ("0.0.0.0": every interface)
     "worker_heartbeat_interval": 2.0,
     "worker_state_db": None,
     # Beat
@@ -75,21 +83,8 @@ DEFAULTS: Dict[str, Any] = {
     "include": (),
 }
 
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#]*)@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
-
-
-def mask_url(url: str) -> str:
-    """`url` fit to print or serve: its password (after `user:` or as a `password=` query parameter) as `****`.
-
-    `redis://:secret@host:6379/0` -> `redis://:****@host:6379/0`; a URL without a password is unchanged."""
-    def userinfo(m: "re.Match[str]") -> str:
-        user, colon, _ = m["info"].partition(":")
-        return f"{m['scheme']}{user}{':****' if colon else ''}@"
-    return _QUERY_PASSWORD.sub(r"\1****", _USERINFO.sub(userinfo, url, count=1))
-
-
-_ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE_RESULT_BACKEND"}
+_ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE_RESULT_BACKEND",
+                  "worker_metrics_host": "MINIQUE_METRICS_HOST"}
 
 
 class Settings(Mapping):
@@ -170,3 +165,71 @@ class Settings(Mapping):
     def accept(self) -> frozenset:
         from .serializers import canonical
         return frozenset(canonical(c) for c in self["accept_content"])
+
+
+# --- printing URLs --------------------------------------------------------------------------------
+
+_SECRET_PARAM = re.compile(r"(^|&)(password|pass|pwd)=[^&]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """`url` fit to print: the password (`scheme://user:PASSWORD@host`, or `?password=`) as `***`.
+
+    A URL without a password comes back unchanged; so does text that is not a URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a broken IPv6 host: mask whatever sits between // and the last @
+        return re.sub(r"(//[^/?#:@]*:)[^/?#]*@", r"\1***@", url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.partition(':')[0]}:***@{hostport}" if at and ":" in userinfo else parts.netloc
+    query = _SECRET_PARAM.sub(r"\1\2=***", parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+# --- a worker's settings, checked when it starts --------------------------------------------------
+
+def _number(name: str, flag: Optional[str], value: Any, integer: bool, minimum: float, strict: bool,
+            what: str) -> Any:
+    """`value` as a number of the right kind within its range, or a ConfigurationError naming the setting."""
+    number: Any = None
+    if isinstance(value, str) and value.strip():  # a config file or environment may give "4"
+        try:
+            number = int(value) if integer else float(value)
+        except ValueError:
+            pass
+    elif not isinstance(value, bool) and isinstance(value, int if integer else (int, float)):
+        number = value
+    if number is None or number != number or number < minimum or (strict and number == minimum):
+        from .exceptions import ConfigurationError
+        raise ConfigurationError(f"{name}{f' ({flag})' if flag else ''} must be {what}, not {value!r}")
+    return number
+
+
+def check_worker_settings(concurrency: Any, prefetch_multiplier: Any, conf: Mapping[str, Any],
+                          max_tasks_per_child: Any = None, max_memory_per_child: Any = None) -> Tuple[int, int]:
+    """What a worker cannot run with, as one ConfigurationError with Celery's setting names.
+
+    `concurrency`, `prefetch_multiplier` (and the two per-child limits) are the worker's own values
+    (its command line, else `conf`); the time limits are read from `conf`. Returns (concurrency,
+    prefetch multiplier) as ints: concurrency 0 or None means the CPU count, as in Celery."""
+    size = 0 if concurrency is None else _number(
+        "worker_concurrency", "-c/--concurrency", concurrency, True, 0, False,
+        "a number of pool processes >= 1 (0 or unset: the CPU count)")
+    prefetch = _number("worker_prefetch_multiplier", "--prefetch-multiplier", prefetch_multiplier, True, 0, False,
+                       "a number of messages >= 0")
+    for name, flag, value, what in (
+            ("worker_max_tasks_per_child", "--max-tasks-per-child", max_tasks_per_child, "a number of tasks >= 1"),
+            ("worker_max_memory_per_child", "--max-memory-per-child", max_memory_per_child, "KiB >= 1")):
+        if value is not None:
+            _number(name, flag, value, True, 1, False, f"{what} (unset: no limit)")
+    for name, flag in (("task_time_limit", "--time-limit"), ("task_soft_time_limit", "--soft-time-limit")):
+        if conf[name] is not None:
+            _number(name, flag, conf[name], False, 0, True, "seconds > 0 (None: no limit)")
+    for name in ("broker_connection_timeout", "worker_heartbeat_interval"):
+        _number(name, None, conf[name], False, 0, True, "seconds > 0")
+    retries = conf["broker_connection_max_retries"]
+    if retries is not None:
+        _number("broker_connection_max_retries", None, retries, True, 0, False, "a number >= 0 (0 or None: forever)")
+    return (size or os.cpu_count() or 1), prefetch

@@ -9,6 +9,7 @@ import time
 from typing import Any, Dict, Hashable, Optional
 
 PLAIN = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's -l names (WARN also works)
 TASK_FIELDS = ("task_id", "task_name", "event", "queue", "runtime")
 
 
@@ -25,10 +26,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+def parse_level(loglevel: object) -> int:
+    """A level name (any case) as logging's number; ValueError naming the choices for anything else."""
+    name = str(loglevel).strip().upper()
+    if name not in LEVELS and name != "WARN":
+        raise ValueError(f"unknown log level {loglevel!r} (one of {', '.join(LEVELS)})")
+    return int(getattr(logging, name))
+
+
 def configure(loglevel: str = "INFO", logfile: Optional[str] = None, json_format: bool = False) -> None:
-    level = getattr(logging, str(loglevel).upper(), None)
-    if not isinstance(level, int):
-        raise ValueError(f"unknown log level {loglevel!r}")
+    level = parse_level(loglevel)
     handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(PLAIN))
     root = logging.getLogger()

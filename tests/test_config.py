@@ -1,4 +1,5 @@
 """Settings: Celery names and defaults, overrides, warnings (pure)."""
+import os
 import types
 import warnings
 
@@ -79,3 +80,76 @@ def test_default_task_name_is_module_dot_function():
     def g():
         pass
     assert g.name == f"{__name__}.g"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:hunter2@redis.example:6379/0", "redis://:***@redis.example:6379/0"),
+    ("redis://app:hunter2@10.0.0.1/1", "redis://app:***@10.0.0.1/1"),
+    ("rediss://app:hun:ter@2@redis.example:6380/0?ssl_cert_reqs=none", "rediss://app:***@redis.example:6380/0"
+                                                                        "?ssl_cert_reqs=none"),
+    ("unix://:hunter2@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
+    ("redis://redis.example:6379/0?password=hunter2&db=1", "redis://redis.example:6379/0?password=***&db=1"),
+    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ("redis://app@localhost/0", "redis://app@localhost/0"),  # a user name alone is no secret
+    ("redis+embedded://./.minique-demo", "redis+embedded://./.minique-demo"),
+    ("not a url", "not a url"),
+    ("redis://:hunter2@[::1/0", "redis://:***@[::1/0"),  # unparseable (a broken IPv6 host): still masked
+])
+def test_mask_url_hides_the_password_and_keeps_the_rest(url, shown):
+    from minique.config import mask_url
+    assert mask_url(url) == shown
+    assert "hunter2" not in mask_url(url)
+
+
+def test_worker_settings_are_checked_with_celery_names():
+    from minique.config import check_worker_settings
+    conf = Settings()
+    assert check_worker_settings(2, 4, conf) == (2, 4)
+    assert check_worker_settings(0, 0, conf) == (os.cpu_count() or 1, 0)  # 0: the CPU count, as in Celery
+    assert check_worker_settings(None, "8", conf) == (os.cpu_count() or 1, 8)
+    for args, said in (((-3, 4), "worker_concurrency (-c/--concurrency) must be a number of pool processes >= 1 "
+                                 "(0 or unset: the CPU count), not -3"),
+                       ((True, 4), "worker_concurrency (-c/--concurrency) must be"),
+                       ((1.5, 4), "worker_concurrency (-c/--concurrency) must be"),
+                       ((1, -1), "worker_prefetch_multiplier (--prefetch-multiplier) must be a number of messages "
+                                 ">= 0, not -1"),
+                       ((1, None), "worker_prefetch_multiplier (--prefetch-multiplier) must be")):
+        with pytest.raises(ConfigurationError) as info:
+            check_worker_settings(*args, conf)
+        assert said in str(info.value)
+    with pytest.raises(ConfigurationError, match=r"worker_max_tasks_per_child \(--max-tasks-per-child\) must be"):
+        check_worker_settings(1, 1, conf, max_tasks_per_child=0)
+    with pytest.raises(ConfigurationError, match=r"worker_max_memory_per_child \(--max-memory-per-child\) must be"):
+        check_worker_settings(1, 1, conf, max_memory_per_child=-5)
+    for name, value in (("task_time_limit", -5), ("task_time_limit", 0), ("task_soft_time_limit", float("nan")),
+                        ("task_soft_time_limit", "soon"), ("broker_connection_timeout", 0),
+                        ("worker_heartbeat_interval", -1), ("broker_connection_max_retries", -1)):
+        bad = Settings(**{name: value})
+        with pytest.raises(ConfigurationError, match=f"^{name}"):
+            check_worker_settings(1, 1, bad)
+    assert check_worker_settings(1, 1, Settings(task_time_limit=30, task_soft_time_limit=2.5,
+                                                broker_connection_max_retries=None)) == (1, 1)
+
+
+def test_log_level_names_are_checked():
+    import logging
+
+    from minique.logs import parse_level
+    assert parse_level("debug") == logging.DEBUG and parse_level("WARN") == logging.WARNING
+    for bad in ("verbose", "BASIC_FORMAT", "", "10"):
+        with pytest.raises(ValueError, match="unknown log level .* \\(one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+            parse_level(bad)
+
+
+def test_metrics_host_is_loopback_unless_set(monkeypatch):
+    monkeypatch.delenv("MINIQUE_METRICS_HOST", raising=False)
+    assert Settings().worker_metrics_host == "127.0.0.1"
+    assert Settings(worker_metrics_host="0.0.0.0").worker_metrics_host == "0.0.0.0"
+    monkeypatch.setenv("MINIQUE_METRICS_HOST", "10.1.2.3")  # the environment still overrides
+    assert Settings(worker_metrics_host="0.0.0.0").worker_metrics_host == "10.1.2.3"
+
+
+def test_connection_settings_keep_celery_names_and_defaults():
+    conf = Settings()
+    assert conf.broker_connection_retry_on_startup is True
+    assert conf.broker_connection_max_retries == 100

@@ -210,8 +210,8 @@ def test_the_redis_password_is_masked_in_the_log_and_in_answers(procs, redis_ser
     user, password = "dash-test-user", "pw-" + secrets.token_hex(8)
     redis_client.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
     try:
-        masked = f"redis://{user}:****@127.0.0.1:{redis_server.port}/0"
-        dash = start_dashboard(procs, env={"MINIQUE_BROKER_URL": masked.replace("****", password)})
+        masked = f"redis://{user}:***@127.0.0.1:{redis_server.port}/0"
+        dash = start_dashboard(procs, env={"MINIQUE_BROKER_URL": masked.replace("***", password)})
         assert f"(broker {masked})" in dash.proc.log()
         assert dash.get("/api/session")["broker"] == masked
         assert dash.get("/api/workers") == {"workers": []}

@@ -81,10 +81,10 @@ def test_what_does_not_decode_is_described_not_raised():
 
 
 def test_mask_url_hides_passwords_only():
-    assert mask_url("redis://:pw@host:6379/0") == "redis://:****@host:6379/0"
-    assert mask_url("rediss://user:p%40ss@host/1") == "rediss://user:****@host/1"
-    assert mask_url("redis://:p@ss@host/0") == "redis://:****@host/0"  # an @ in the password
-    assert mask_url("redis://host/0?db=1&password=pw&x=2") == "redis://host/0?db=1&password=****&x=2"
-    assert mask_url("unix://:pw@/run/redis.sock?db=0") == "unix://:****@/run/redis.sock?db=0"
+    assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert mask_url("rediss://user:p%40ss@host/1") == "rediss://user:***@host/1"
+    assert mask_url("redis://:p@ss@host/0") == "redis://:***@host/0"  # an @ in the password
+    assert mask_url("redis://host/0?db=1&password=pw&x=2") == "redis://host/0?db=1&password=***&x=2"
+    assert mask_url("unix://:pw@/run/redis.sock?db=0") == "unix://:***@/run/redis.sock?db=0"
     for plain in ("redis://host:6379/0", "rediss://user@host", "redis+embedded:///tmp/x.db", "not a url"):
         assert mask_url(plain) == plain

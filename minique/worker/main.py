@@ -20,6 +20,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import redis
 
 from .. import keys, serializers, settle as fate, states
+from ..config import check_worker_settings, mask_url
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..logs import Once
 from ..lua import Scripts
@@ -34,6 +35,7 @@ from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 4.0  # seconds between attempts to reach Redis at start-up
 SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
 
 
@@ -56,18 +58,21 @@ class Worker:
         conf = app.conf
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
-        self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
+        self.max_memory = max_memory_per_child if max_memory_per_child is not None else conf.worker_max_memory_per_child
+        # the command line's value, else the setting's (as Celery); a broken one stops the worker here
+        self.concurrency, self.prefetch = check_worker_settings(
+            concurrency if concurrency is not None else conf.worker_concurrency,
+            prefetch_multiplier if prefetch_multiplier is not None else conf.worker_prefetch_multiplier,
+            conf, self.max_tasks, self.max_memory)
         self.pool_kind = pool or conf.worker_pool
         if self.pool_kind == "solo":
             self.concurrency = 1
         self.hostname = expand_hostname(hostname)
-        self.prefetch = int(prefetch_multiplier if prefetch_multiplier is not None else conf.worker_prefetch_multiplier)
         window = conf.worker_early_ack_window
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
             raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
                                      f"early ack), not {window!r}")
-        self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
-        self.max_memory = max_memory_per_child if max_memory_per_child is not None else conf.worker_max_memory_per_child
         self.send_events = conf.worker_send_task_events if events is None else events
         self.metrics_port = metrics_port if metrics_port is not None else conf.worker_metrics_port
         self.embed_beat = beat
@@ -95,6 +100,8 @@ class Worker:
     def start(self) -> None:
         app = self.app
         app.import_modules()
+        if not self.wait_for_redis():
+            return  # stopped while waiting: run() ends without starting the pool
         app.broker.ensure_queues(self.queues)
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
@@ -121,10 +128,51 @@ class Worker:
             self.beat_thread = threading.Thread(target=self.beat.run, name="minique-beat", daemon=True)
             self.beat_thread.start()
 
+    def wait_for_redis(self) -> bool:
+        """Wait until the broker's Redis (and the result store's) answers, as Celery's worker does with
+        `broker_connection_retry_on_startup`: a warning per attempt with its delay, the delay doubling up
+        to RETRY_MAX_DELAY, at most `broker_connection_max_retries` attempts (0/None: forever). With
+        `broker_connection_retry_on_startup = False`, or once the attempts are spent, or for a password
+        Redis refuses, the error is raised (the CLI prints it as one line). False: stopped meanwhile."""
+        conf = self.app.conf
+        targets = [("broker_url", conf.broker_url)]
+        if conf.result_url != conf.broker_url:
+            targets.append(("result_backend", conf.result_url))
+        retry, limit = conf.broker_connection_retry_on_startup, conf.broker_connection_max_retries
+        for setting, url in targets:
+            attempt = 0
+            while True:
+                client = self.app._connect(url, socket_timeout=float(conf.broker_connection_timeout), retries=0)
+                try:
+                    client.ping()
+                    break
+                except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError):
+                    raise
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    attempt += 1
+                    if not retry:
+                        raise
+                    if limit and attempt > limit:
+                        log.error("Giving up on %s (%s) after %d attempts (broker_connection_max_retries)",
+                                  mask_url(url), setting, attempt)
+                        raise
+                    delay = min(RETRY_FIRST_DELAY * 2 ** min(attempt - 1, 16), RETRY_MAX_DELAY)
+                    log.warning("Cannot connect to %s (%s): %s. Trying again in %.2f seconds... (%d/%s)",
+                                mask_url(url), setting, str(exc).rstrip("."), delay, attempt, limit or "forever")
+                finally:
+                    client.close()
+                if not self.stopping:
+                    self.wake.wait(delay)  # a stop signal sets it
+                if self.stopping:
+                    return False
+            if attempt:
+                log.info("Connected to %s (%s) after %d attempt(s)", mask_url(url), setting, attempt + 1)
+        return True
+
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks) if not name.startswith("minique."))
         return (f"minique worker {self.hostname} ready\n"
-                f"  broker: {self.app.conf.broker_url}\n  queues: {', '.join(self.queues)}\n"
+                f"  broker: {mask_url(self.app.conf.broker_url)}\n  queues: {', '.join(self.queues)}\n"
                 f"  pool: {self.pool_kind} x {self.concurrency}, prefetch {self.prefetch} per process\n"
                 f"  queue type: {self.app.broker.kind}\n[tasks]\n{tasks}")
 
@@ -147,7 +195,8 @@ class Worker:
     # --- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:
         self.start()
-        assert self.pool is not None
+        if self.pool is None:  # stopped while waiting for Redis
+            return 0
         timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0}
         vis = self.app.broker.visibility_timeout
         extend_every = max(0.5, min(vis / 4, 60.0))

@@ -72,7 +72,7 @@ class Telemetry:
         if not port:
             return
         from ..metrics import MetricsServer, worker_registry
-        host = os.environ.get("MINIQUE_METRICS_HOST", "0.0.0.0")
+        host = str(self.worker.app.conf.worker_metrics_host)  # 127.0.0.1 unless set (or MINIQUE_METRICS_HOST)
         try:
             self.server = MetricsServer(worker_registry(self.worker, self.table), host, port).start()
             log.info("metrics on http://%s:%d/metrics", host, self.server.port)
