@@ -1,7 +1,8 @@
 """Every Redis key minique uses is built here; this docstring is the key-space map.
 
 Keys that one script or transaction touches together share a hash tag (the part in
-braces) so that the layout already fits Redis Cluster.
+braces) so that the layout already fits Redis Cluster. A queue name is the hash tag of
+its keys, so it may not hold `{` or `}` (`check_queue`; the key builders refuse it too).
 
 Broker (broker_url):
     minique:{Q}:p<N>          stream, queue Q at priority N (0..9); fields m=message bytes, d=deliveries
@@ -25,6 +26,10 @@ Result backend (result_backend):
 """
 from __future__ import annotations
 
+from typing import Any
+
+from .exceptions import InvalidQueueName
+
 PREFIX = "minique"
 GROUP = "minique"           # the consumer group every worker reads through
 PRIORITIES = range(10)
@@ -37,7 +42,24 @@ WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
 
 
+def check_queue(name: Any, where: str = "") -> str:
+    """`name` if it can name a queue, else InvalidQueueName saying why (`where`: where it was given)."""
+    if type(name) is str and name and "{" not in name and "}" not in name:
+        return name
+    given = f" (given in {where})" if where else ""
+    if not isinstance(name, str):
+        why = f"a queue name is a string, not {type(name).__name__}"
+    elif not name:
+        why = "a queue name cannot be empty"
+    else:
+        why = ("a queue name cannot contain '{' or '}': it is the hash tag of the queue's Redis keys, "
+               "and a brace would change it (the queue's scripts and dead letters would name another queue)")
+    raise InvalidQueueName(f"invalid queue name {name!r}{given}: {why}")
+
+
 def queue(name: str, priority: int = 0) -> str:
+    if "{" in name or "}" in name or not name:  # (the send path: check_queue only to say why)
+        check_queue(name)
     return f"{PREFIX}:{{{name}}}:p{priority}"
 
 
@@ -47,14 +69,17 @@ def queue_priorities(name: str) -> list[str]:
 
 
 def delayed(name: str) -> str:
+    check_queue(name)
     return f"{PREFIX}:{{{name}}}:delayed"
 
 
 def processing(name: str, consumer: str) -> str:
+    check_queue(name)
     return f"{PREFIX}:{{{name}}}:proc:{consumer}"
 
 
 def consumers(name: str) -> str:
+    check_queue(name)
     return f"{PREFIX}:{{{name}}}:consumers"
 
 

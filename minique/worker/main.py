@@ -54,7 +54,8 @@ class Worker:
                  metrics_port: Optional[int] = None, beat: bool = False):
         conf = app.conf
         self.app = app
-        self.queues = list(queues or [conf.task_default_queue])
+        self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
+                       else [keys.check_queue(conf.task_default_queue, "task_default_queue")])
         self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         self.pool_kind = pool or conf.worker_pool
         if self.pool_kind == "solo":
