@@ -149,7 +149,8 @@ class Minique:
         accept = self.conf.result_accept_content or self.conf.accept_content
         return ResultBackend(self.backend_client, self.conf.result_expires,
                              serializers.canonical(self.conf.result_serializer),
-                             frozenset(serializers.canonical(c) for c in accept))
+                             frozenset(serializers.canonical(c) for c in accept),
+                             self.conf.task_exception_max_size, self.conf.task_traceback_max_size)
 
     @cached_property
     def accept(self) -> frozenset:

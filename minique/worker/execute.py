@@ -23,7 +23,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import redis
 
-from .. import canvas, context, retry as retry_engine, settle as fate, states
+from .. import canvas, caps, context, retry as retry_engine, settle as fate, states
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..exceptions import (
@@ -80,6 +80,7 @@ class Executor:
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.max_deliveries = int(app.broker.max_deliveries)
         self.security_key = self.conf.security_key
+        self.exc_max = self.conf.task_exception_max_size  # characters of an exception's text in events, logs, reasons
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
         self._options: Dict[str, Tuple[tuple, tuple]] = {}  # per task name, see _task_options
@@ -306,11 +307,22 @@ class Executor:
             return False
 
     # --- writing what settle() decided --------------------------------------------------------------
+    def _settle(self, outcome: Outcome, policy: Policy, deliveries: int) -> Settlement:
+        """settle(), with the dead-letter reason cut to task_exception_max_size (it may hold an exception)."""
+        settlement = settle(outcome, policy, deliveries)
+        if settlement.dead_letter is not None and self.exc_max and len(settlement.dead_letter) > self.exc_max:
+            settlement = settlement._replace(dead_letter=caps.cut(settlement.dead_letter, self.exc_max))
+        return settlement
+
+    def _repr(self, value: Any) -> str:
+        """An exception's (or a reason's) repr as events and logs show it: cut to task_exception_max_size."""
+        return caps.safe_repr(value, self.exc_max)
+
     def _record(self, job: Job, outcome: Outcome) -> None:
         """Settle the outcome and queue its writes (every outcome but a success, which has its own
         path: _succeeded_with); if that fails, take them back and end the message as INTERNAL instead
         (dead letter + FAILURE with the reason)."""
-        settlement = settle(outcome, job.policy, job.delivery.deliveries)
+        settlement = self._settle(outcome, job.policy, job.delivery.deliveries)
         mark = self.outbox.mark()
         try:
             self._write(job, outcome, settlement)
@@ -330,7 +342,11 @@ class Executor:
 
     def _last_resort(self, job: Job, exc: BaseException) -> None:
         """INTERNAL: the message goes to the dead letters with the error; its result becomes FAILURE."""
-        reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+        try:
+            text = str(exc)
+        except Exception:  # noqa: BLE001 - a broken __str__
+            text = "<unprintable>"
+        reason = caps.cut(f"internal error: {type(exc).__name__}: {text}", self.exc_max)
         self._record(job, Outcome(fate.INTERNAL, exc, reason))
 
     def _write(self, job: Job, outcome: Outcome, s: Settlement) -> None:
@@ -339,7 +355,8 @@ class Executor:
         result = s.result if s.result is not None else outcome.value
         if s.state is not None and job.result_id is not None:
             extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
-            tb = format_traceback(result) if isinstance(result, BaseException) and result.__traceback__ else None
+            tb = (format_traceback(result, self.exc_max) if isinstance(result, BaseException) and result.__traceback__
+                  else None)
             self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)
         if msg is not None:
             if s.park:
@@ -367,12 +384,13 @@ class Executor:
         kind = outcome.kind
         if s.event == "task-retried":
             exc = outcome.value
+            shown = self._repr(exc.exc)
             if events is not None:
-                events.task("task-retried", msg, exception=repr(exc.exc))
-            log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
+                events.task("task-retried", msg, exception=shown)
+            log.info("Task %s[%s] retry %d %s: %s", msg.task, msg.id, msg.retries + 1, exc.humanize(), shown,
                      extra=_fields(msg, "retried"))
         elif kind == fate.REJECT:
-            reason = f"rejected by the task: {outcome.value.reason}"
+            reason = caps.cut(f"rejected by the task: {outcome.value.reason}", self.exc_max)
             if events is not None:
                 events.task("task-rejected", msg, reason=reason, requeue=bool(outcome.value.requeue),
                             dead=s.dead_letter is not None)
@@ -383,9 +401,10 @@ class Executor:
                 events.task("task-revoked", msg, reason=kind)
             log.info("Task %s[%s] %s: not run", msg.task, msg.id, kind, extra=_fields(msg, kind))
         elif s.event == "task-failed":
+            shown = self._repr(result)
             if events is not None:
-                events.task("task-failed", msg, exception=repr(result))
-            log.error("Task %s[%s] raised %r%s", msg.task, msg.id, result,
+                events.task("task-failed", msg, exception=shown)
+            log.error("Task %s[%s] raised %s%s", msg.task, msg.id, shown,
                       f"; dead-lettered: {s.dead_letter}" if s.dead_letter else "", extra=_fields(msg, "failed"))
 
     def _send_retry(self, msg: Message, exc: Retry) -> None:
@@ -454,7 +473,7 @@ class Executor:
             policy = policy._replace(acks_late=False)
         msg = self._decoded(Delivery(data, "", 0, 0, None)) if data is not None else None
         job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
-        settlement = settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
+        settlement = self._settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
         self._write(job, outcome, settlement)
         return settlement
 
