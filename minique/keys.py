@@ -17,6 +17,8 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:replay:{ID}:<R>:<D>  string, once-only mark of task ID's retry R, delivery D (replay protection,
+                              security_message_max_age): the worker that took it; expires with the window
 Result backend (result_backend):
     minique:res:{ID}          string, the task's state and result (msgpack), expires after result_expires
     minique:res:{ID}:ready    list holding one token once the task is ready; waiters block on it
@@ -90,6 +92,10 @@ def queue_name_of(key: str) -> str:
 
 def priority_of(key: str) -> int:
     return int(key.rsplit(":p", 1)[1])
+
+
+def replay_mark(task_id: str, retries: int, deliveries: int) -> str:
+    return f"{PREFIX}:replay:{{{task_id}}}:{retries}:{deliveries}"
 
 
 def result(task_id: str) -> str:

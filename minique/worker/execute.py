@@ -19,11 +19,11 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import redis
 
-from .. import canvas, caps, context, retry as retry_engine, settle as fate, states
+from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..exceptions import (
@@ -81,6 +81,8 @@ class Executor:
         self.max_deliveries = int(app.broker.max_deliveries)
         self.security_key = self.conf.security_key
         self.exc_max = self.conf.task_exception_max_size  # characters of an exception's text in events, logs, reasons
+        self.max_age = replay.max_age_of(self.conf.security_message_max_age)  # replay protection (None: off)
+        self._claimed: Optional[Tuple[Delivery, str]] = None  # the last delivery a once-only mark was asked for
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
         self._options: Dict[str, Tuple[tuple, tuple]] = {}  # per task name, see _task_options
@@ -115,6 +117,10 @@ class Executor:
             if self.security_key and not verify(msg, self.security_key):
                 return self._record(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
                                                                                     "(security_key is set)"))
+            if self.max_age is not None:
+                stale = replay.staleness(msg, time.time(), self.max_age)
+                if stale is not None:
+                    return self._record(Job(delivery, msg), Outcome(fate.STALE, reason=stale))
             task = self.app.tasks.get(msg.task)
             if task is None:
                 return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
@@ -143,6 +149,11 @@ class Executor:
             if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
                 self.limiter.acquire(msg.task, self.outbox,
                                      self.events.received_now if self.events is not None else None)
+            if self.max_age is not None:
+                holder = self._claim(delivery, msg)
+                if holder is not None:
+                    return self._record(job._replace(result_id=None), Outcome(
+                        fate.REPLAYED, reason=replay.replayed_reason(msg, delivery.deliveries, holder)))
             self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
             return None
         except _PASS:
@@ -153,6 +164,26 @@ class Executor:
             trusted = decoded is not None and not self.security_key
             self._last_resort(Job(delivery, decoded, result_id=decoded.id if trusted and decoded else None), exc)
         return None
+
+    def _claim(self, delivery: Delivery, msg: Message) -> Optional[bytes]:
+        """Take this delivery's once-only mark (replay protection; SET NX, see minique/replay.py): None when
+        it is ours, else who holds it. Asked again for the same delivery (its pre-run write failed, or the
+        reply was lost and the client sent the SET again), the mark it took is still its own."""
+        last = self._claimed
+        if last is not None and last[0] is delivery:
+            token = last[1]
+        else:
+            token = f"{self.hostname}:{os.getpid()}:{os.urandom(6).hex()}"
+            self._claimed = (delivery, token)
+        key = keys.replay_mark(msg.id, msg.retries, delivery.deliveries)
+        try:
+            held = self.app.broker_client.set(key, token, nx=True, get=True,
+                                              px=replay.mark_ttl_ms(msg, time.time(), self.max_age or 0.0))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc  # kept, and handled again (with the same token) once Redis answers
+        if held is None or held == token.encode():
+            return None
+        return cast(bytes, held)
 
     def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
         """A message that cannot be read: where its id can be found, its result becomes FAILURE so
@@ -359,6 +390,8 @@ class Executor:
                   else None)
             self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)
         if msg is not None:
+            if s.resend and self.max_age is not None:  # the same bytes run again: give their mark back first
+                outbox.broker.execute_command("DEL", keys.replay_mark(msg.id, msg.retries, job.delivery.deliveries))
             if s.park:
                 self.app.publish(outbox.broker, msg)
             if s.retry:

@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Sequence
 
 import redis
 
-from .. import keys, serializers, settle as fate, states
+from .. import keys, replay, serializers, settle as fate, states
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..lua import Scripts
 from ..message import new_id, peek_id
@@ -66,6 +66,10 @@ class Worker:
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
             raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
                                      f"early ack), not {window!r}")
+        max_age = replay.max_age_of(conf.security_message_max_age)  # (a bad value stops the start here)
+        if max_age is not None and max_age < conf.visibility_timeout:
+            log.warning("security_message_max_age (%gs) is shorter than visibility_timeout (%gs): a message a dead "
+                        "worker held is redelivered stale, and dead-lettered", max_age, conf.visibility_timeout)
         self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
         self.max_memory = max_memory_per_child if max_memory_per_child is not None else conf.worker_max_memory_per_child
         self.send_events = conf.worker_send_task_events if events is None else events
