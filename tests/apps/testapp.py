@@ -369,3 +369,11 @@ def reject_requeue_once(self, key):
     if n == 1:
         raise Reject("not now", requeue=True)
     return n
+
+
+@app.task(bind=True, max_retries=5)
+def retry_n(self, n):
+    """Retry `n` times (touching no Redis key of its own), then return the retries made."""
+    if self.request.retries < n:
+        raise self.retry(countdown=0.05)
+    return self.request.retries
