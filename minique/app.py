@@ -15,6 +15,7 @@ from . import context, message as message_mod, routing, serializers
 from .canvas import Call, Signature, register_builtins
 from .config import Settings
 from .exceptions import ConfigurationError
+from .keys import check_queue
 from .result import AsyncResult, GroupResult
 from .signing import sign
 from .task import Task
@@ -148,7 +149,8 @@ class Minique:
         accept = self.conf.result_accept_content or self.conf.accept_content
         return ResultBackend(self.backend_client, self.conf.result_expires,
                              serializers.canonical(self.conf.result_serializer),
-                             frozenset(serializers.canonical(c) for c in accept))
+                             frozenset(serializers.canonical(c) for c in accept),
+                             self.conf.task_exception_max_size, self.conf.task_traceback_max_size)
 
     @cached_property
     def accept(self) -> frozenset:
@@ -184,8 +186,13 @@ class Minique:
         if priority is None:
             priority = conf.task_default_priority or 0
         ignore = task.ignore_result if task is not None and task.ignore_result is not None else conf.task_ignore_result
-        found = {"task": task, "dynamic_routes": not static and bool(self._routers),
-                 "queue": route.get("queue") or (task and task.queue) or conf.task_default_queue,
+        if route.get("queue"):
+            queue = route["queue"]  # (checked by routing)
+        elif task is not None and task.queue:
+            queue = check_queue(task.queue, f"the queue option of task {name!r}")
+        else:
+            queue = check_queue(conf.task_default_queue, "task_default_queue")
+        found = {"task": task, "dynamic_routes": not static and bool(self._routers), "queue": queue,
                  "priority": priority, "ignore_result": bool(ignore),
                  "serializer": serializers.canonical((task and task.serializer) or conf.task_serializer),
                  "expires": task.expires if task is not None else None, "security_key": conf.security_key}
@@ -204,7 +211,8 @@ class Minique:
             route = routing.route(self._routers, name, args, kwargs, options, d["task"]) or {}
             queue = route.get("queue") or queue
             priority = route.get("priority", priority)
-        queue = options.get("queue") or queue
+        if options.get("queue"):
+            queue = check_queue(options["queue"], "apply_async(queue=...)")
         if options.get("priority") is not None:
             priority = options["priority"]
         if priority.__class__ is not int or not 0 <= priority <= 9:

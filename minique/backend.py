@@ -6,15 +6,15 @@ wakes and the value stays). No polling anywhere.
 """
 from __future__ import annotations
 
-import importlib
+import sys
 import time
 import traceback as tb_module
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, cast
+from typing import Any, Dict, List, Optional, Sequence, Type, cast
 
 import redis
 
-from . import keys, serializers, states
+from . import caps, keys, serializers, states
 from .exceptions import EncodeError, RemoteError, TimeoutError
 from .lua import Scripts
 from .pipe import ClientPipe, Commands, Pipe
@@ -23,43 +23,68 @@ SCRIPTS = Scripts(Path(__file__).parent / "backend_lua")
 _BLOCK_CHUNK = 30.0  # seconds one blocking wait may take, below the socket timeout
 
 
-def exception_to_dict(exc: BaseException) -> Dict[str, Any]:
-    """A portable description of an exception (class path and message)."""
+def exception_to_dict(exc: BaseException, max_size: Optional[int] = caps.EXCEPTION_MAX) -> Dict[str, Any]:
+    """A portable description of an exception (class path and arguments), its texts cut to
+    `max_size` characters in all (task_exception_max_size)."""
     cls = type(exc)
     return {"exc_type": cls.__qualname__, "exc_module": cls.__module__,
-            "exc_message": [str(a) if not isinstance(a, (int, float, str, bool, type(None))) else a for a in exc.args]}
+            "exc_message": caps.exception_args(exc.args, max_size)}
 
 
 def exception_from_dict(data: Any, remote_tb: Optional[str] = None) -> BaseException:
-    """Rebuild an exception: its own class where importable and an exception, else RemoteError."""
+    """Rebuild an exception: its own class when that class is already loaded here and is an Exception
+    subclass, else RemoteError. Nothing is imported: a stored result (which anyone who can write to
+    Redis can forge) must not make a client import a module it names."""
     if not isinstance(data, dict) or "exc_type" not in data:
         return RemoteError("Exception", repr(data), remote_tb)
     name, module = data["exc_type"], data.get("exc_module") or "builtins"
     args = data.get("exc_message") or []
     if not isinstance(args, list):
         args = [args]
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in name.split("."):
-            obj = getattr(obj, part)
-        if isinstance(obj, type) and issubclass(obj, BaseException):
-            try:
-                exc = obj(*args)
-            except Exception:
-                exc = obj.__new__(obj)
-                exc.args = tuple(args)
+    cls = loaded_exception_class(module, name)
+    if cls is not None:
+        try:
+            return cls(*args)
+        except Exception:
+            exc = cls.__new__(cls)
+            exc.args = tuple(args)
             return exc
-    except Exception:
-        pass
     return RemoteError(f"{module}.{name}", " ".join(map(str, args)), remote_tb)
 
 
+def loaded_exception_class(module: Any, qualname: Any) -> Optional[Type[Exception]]:
+    """The class `module.qualname` if its module is in sys.modules already and it is an Exception
+    subclass, else None. Never imports, and looks names up in the namespaces themselves (a module's
+    `__getattr__` may import lazily). Only Exception: a stored SystemExit or KeyboardInterrupt would
+    end the client that calls get()."""
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    found: Any = sys.modules.get(module)
+    if found is None:
+        return None
+    for part in qualname.split("."):
+        if not part.isidentifier() or part.startswith("__"):
+            return None  # (<locals>, dunders: nothing a class path names)
+        try:
+            found = vars(found).get(part)
+        except TypeError:  # an object without a namespace of its own
+            return None
+        if found is None:
+            return None
+    if isinstance(found, type) and issubclass(found, Exception):
+        return found
+    return None
+
+
 class ResultBackend:
-    def __init__(self, client: "redis.Redis", expires: Optional[float], serializer: str, accept: frozenset):
+    def __init__(self, client: "redis.Redis", expires: Optional[float], serializer: str, accept: frozenset,
+                 exception_max: Optional[int] = caps.EXCEPTION_MAX, traceback_max: Optional[int] = caps.TRACEBACK_MAX):
         self.client = client
         self.expires = int(expires) if expires else None
         self.serializer = serializer
         self.accept = frozenset(accept) | {serializer}
+        self.exception_max = exception_max    # task_exception_max_size: an exception's texts, in characters
+        self.traceback_max = traceback_max    # task_traceback_max_size
 
     # --- writing ------------------------------------------------------------------------------------
     def encode_meta(self, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None,
@@ -67,14 +92,14 @@ class ResultBackend:
         """The stored record of a state; EncodeError when `result` cannot be encoded."""
         ct = serializer or self.serializer
         if isinstance(result, BaseException):
-            result = exception_to_dict(result)
+            result = exception_to_dict(result, self.exception_max)
         try:
             body = serializers.dumps(result, ct)
         except Exception as exc:  # TypeError, a circular value's ValueError, RecursionError, OverflowError...
             raise EncodeError(f"cannot encode the result with {ct}: {type(exc).__name__}: {exc}"[:1000]) from None
         meta = {"id": task_id, "s": state, "ct": ct, "r": body, "t": time.time()}
         if traceback:
-            meta["tb"] = traceback
+            meta["tb"] = caps.cut_tail(traceback, self.traceback_max)
         if extra:
             meta.update(extra)
         return serializers.pack(meta)
@@ -190,5 +215,12 @@ class ResultBackend:
         pipe.execute_command("DEL", keys.chord(chord_id))
 
 
-def format_traceback(exc: BaseException) -> str:
-    return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+def format_traceback(exc: BaseException, line_max: Optional[int] = caps.EXCEPTION_MAX) -> str:
+    """The exception's traceback as text, each piece (a frame, the message) cut to `line_max`
+    characters: the message of a huge exception does not crowd out the frames (a stored traceback
+    is cut once more, to task_traceback_max_size, keeping its end)."""
+    try:
+        chunks = tb_module.TracebackException.from_exception(exc).format()
+        return "".join(caps.cut(chunk, line_max) for chunk in chunks)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not fail what reports it
+        return f"{type(exc).__qualname__}: <traceback unavailable>\n"

@@ -76,8 +76,12 @@ DEFAULTS: Dict[str, Any] = {
     "beat_max_loop_interval": 300.0,
     "beat_lease_seconds": 5.0,                   # leader lease; a standby takes over within this
     "beat_missed_policy": "once",                # "once" | "skip" | "all"
-    # Security
+    # Security (docs/security.md)
     "security_key": None,                        # bytes/str: HMAC-sign messages, reject unsigned ones
+    "security_message_max_age": None,            # seconds: replay protection (off: None); see docs/security.md
+    "task_exception_max_size": 4096,             # characters of an exception's message kept (results, events, logs)
+    "task_traceback_max_size": 8192,             # characters of a traceback kept in a result (its end)
+    "task_argsrepr_max_size": 512,               # characters of an argument repr in events and inspect
     # Include
     "imports": (),
     "include": (),

@@ -35,7 +35,7 @@ import reprlib
 import time
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
-from . import keys, serializers
+from . import caps, keys, serializers
 from .display import DISPLAYABLE
 from .message import decode
 
@@ -67,16 +67,17 @@ def _small(value: Any) -> bool:
     return t in _SCALARS or (t is str and len(value) <= 100)
 
 
-def short_repr(value: Any) -> str:
-    """A bounded repr: its cost does not grow with the size of the value."""
+def short_repr(value: Any, limit: Optional[int] = caps.ARGSREPR_MAX) -> str:
+    """A bounded repr (task_argsrepr_max_size characters, the cut marked): its cost does not grow with
+    the size of the value."""
     t = type(value)
     if t is list or t is tuple:  # the common case, args: plain repr when small (5x cheaper than reprlib)
         if len(value) <= 8 and all(map(_small, value)):
-            return repr(value)
+            return caps.cut(repr(value), limit)
     elif t is dict and len(value) <= 8 and all(map(_small, value.values())) and all(map(_small, value)):
-        return repr(value)
+        return caps.cut(repr(value), limit)
     try:
-        return _repr.repr(value)[:512]
+        return caps.cut(_repr.repr(value), limit)
     except Exception:  # noqa: BLE001 - a broken __repr__ must not fail the task
         return f"<unrepresentable {type(value).__name__}>"
 
@@ -103,8 +104,10 @@ class Events:
     events. `read()` turns a batch back into Celery-style event dicts, so readers never see the
     packing."""
 
-    def __init__(self, hostname: str, send: bool = True, recorder: Any = None):
+    def __init__(self, hostname: str, send: bool = True, recorder: Any = None,
+                 repr_max: Optional[int] = caps.ARGSREPR_MAX):
         self.hostname = hostname
+        self.repr_max = repr_max    # task_argsrepr_max_size
         self.send = send
         self.recorder = recorder
         self.pid = os.getpid()
@@ -157,7 +160,7 @@ class Events:
             # it is (its bounded reprs are made by whoever reads the event, off the task path)
             body = msg.body
             shown = ((body, msg.content_type) if len(body) <= SMALL_BODY and msg.content_type in _READABLE
-                     else (short_repr(args), short_repr(kwargs)))
+                     else (short_repr(args, self.repr_max), short_repr(kwargs, self.repr_max)))
             if self._pending is msg:  # received and started at once: one record for both
                 self._pending = None
                 self._task(_RECEIVED_STARTED, msg, (msg.sent_at, msg.eta, msg.expires, msg.priority) + shown)

@@ -2,6 +2,7 @@
 
     MiniqueError
     ├── ConfigurationError        a broken setting or app
+    │   └── InvalidQueueName      a queue name Redis keys cannot hold (also a ValueError)
     ├── NotRegistered             unknown task name
     ├── ContentDisallowed         a content type not in accept_content
     ├── DecodeError               a message that cannot be decoded
@@ -32,6 +33,11 @@ class MiniqueError(Exception):
 
 class ConfigurationError(MiniqueError):
     """The app or one of its settings is broken."""
+
+
+class InvalidQueueName(ConfigurationError, ValueError):
+    """A queue name that cannot name a queue: empty, not a string, or with `{` or `}` (they would
+    change its keys' hash tag, so scripts and dead letters would name another queue)."""
 
 
 class NotRegistered(MiniqueError, KeyError):

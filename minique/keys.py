@@ -1,7 +1,8 @@
 """Every Redis key minique uses is built here; this docstring is the key-space map.
 
 Keys that one script or transaction touches together share a hash tag (the part in
-braces) so that the layout already fits Redis Cluster.
+braces) so that the layout already fits Redis Cluster. A queue name is the hash tag of
+its keys, so it may not hold `{` or `}` (`check_queue`; the key builders refuse it too).
 
 Broker (broker_url):
     minique:{Q}:p<N>          stream, queue Q at priority N (0..9); fields m=message bytes, d=deliveries
@@ -16,6 +17,8 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:replay:{ID}:<R>:<D>  string, once-only mark of task ID's retry R, delivery D (replay protection,
+                              security_message_max_age): the worker that took it; expires with the window
 Result backend (result_backend):
     minique:res:{ID}          string, the task's state and result (msgpack), expires after result_expires
     minique:res:{ID}:ready    list holding one token once the task is ready; waiters block on it
@@ -24,6 +27,10 @@ Result backend (result_backend):
     minique:group:{GID}       string, a saved GroupResult (member ids)
 """
 from __future__ import annotations
+
+from typing import Any
+
+from .exceptions import InvalidQueueName
 
 PREFIX = "minique"
 GROUP = "minique"           # the consumer group every worker reads through
@@ -37,7 +44,24 @@ WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
 
 
+def check_queue(name: Any, where: str = "") -> str:
+    """`name` if it can name a queue, else InvalidQueueName saying why (`where`: where it was given)."""
+    if type(name) is str and name and "{" not in name and "}" not in name:
+        return name
+    given = f" (given in {where})" if where else ""
+    if not isinstance(name, str):
+        why = f"a queue name is a string, not {type(name).__name__}"
+    elif not name:
+        why = "a queue name cannot be empty"
+    else:
+        why = ("a queue name cannot contain '{' or '}': it is the hash tag of the queue's Redis keys, "
+               "and a brace would change it (the queue's scripts and dead letters would name another queue)")
+    raise InvalidQueueName(f"invalid queue name {name!r}{given}: {why}")
+
+
 def queue(name: str, priority: int = 0) -> str:
+    if "{" in name or "}" in name or not name:  # (the send path: check_queue only to say why)
+        check_queue(name)
     return f"{PREFIX}:{{{name}}}:p{priority}"
 
 
@@ -47,14 +71,17 @@ def queue_priorities(name: str) -> list[str]:
 
 
 def delayed(name: str) -> str:
+    check_queue(name)
     return f"{PREFIX}:{{{name}}}:delayed"
 
 
 def processing(name: str, consumer: str) -> str:
+    check_queue(name)
     return f"{PREFIX}:{{{name}}}:proc:{consumer}"
 
 
 def consumers(name: str) -> str:
+    check_queue(name)
     return f"{PREFIX}:{{{name}}}:consumers"
 
 
@@ -65,6 +92,10 @@ def queue_name_of(key: str) -> str:
 
 def priority_of(key: str) -> int:
     return int(key.rsplit(":p", 1)[1])
+
+
+def replay_mark(task_id: str, retries: int, deliveries: int) -> str:
+    return f"{PREFIX}:replay:{{{task_id}}}:{retries}:{deliveries}"
 
 
 def result(task_id: str) -> str:

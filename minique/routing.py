@@ -5,20 +5,27 @@ import fnmatch
 import re
 from typing import Any, Callable, Dict, List, Optional
 
+from .keys import check_queue
+
 Route = Dict[str, Any]
 
 
 def _as_route(value: Any) -> Optional[Route]:
+    """A router's answer as a route; a queue name it gives is checked (keys.check_queue)."""
     if value is None:
         return None
     if isinstance(value, str):
-        return {"queue": value}
+        return {"queue": check_queue(value, "task_routes")}
     if isinstance(value, dict):
+        if value.get("queue") is not None:
+            check_queue(value["queue"], "task_routes")
         return dict(value)
     raise TypeError(f"a route must be a queue name or a dict of options, not {type(value).__name__}")
 
 
 def _dict_router(table: Dict[Any, Any]) -> Callable[..., Optional[Route]]:
+    for value in table.values():  # a bad queue name is refused when the table is read, not at a send
+        _as_route(value)
     exact = {k: v for k, v in table.items() if isinstance(k, str) and not any(c in k for c in "*?[")}
     patterns = [(k, v) for k, v in table.items() if k not in exact]
 

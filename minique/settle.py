@@ -19,7 +19,8 @@ Celery's rules (celery/worker/request.py), with minique's deliberate differences
 - minique: every requeue counts a delivery, and past `task_max_deliveries` the message
   goes to the dead letters with a FAILURE stored (Celery requeues forever).
 - minique: a message that cannot be run at all (undecodable, unknown task, forged,
-  over-size, a malformed record) goes to the dead letters, never silently away.
+  over-size, a malformed record) goes to the dead letters, never silently away; so does one
+  refused by replay protection (stale, or replayed), which like a forged one writes no result.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ UNDECODABLE = "undecodable"          # not a minique message, or a field of the 
 MALFORMED = "malformed"              # the broker's record itself is broken (no message field, bad count)
 OVERSIZE = "oversize"                # over task_max_message_size
 FORGED = "forged"                    # unsigned or badly signed, with security_key set
+STALE = "stale"                      # older than security_message_max_age (replay protection)
+REPLAYED = "replayed"                # this delivery of it started already (its once-only mark is taken)
 UNKNOWN_TASK = "unknown-task"        # no task of that name is registered here
 BAD_CONTENT = "bad-content"          # the body's content type is not accepted, or it does not decode
 TOO_MANY_DELIVERIES = "too-many-deliveries"  # delivered more often than task_max_deliveries allows
@@ -55,10 +58,14 @@ TIME_LIMIT = "time-limit"            # killed at the hard time limit
 TERMINATED = "terminated"            # revoke(terminate=True)
 SHUTDOWN = "shutdown"                # cut off by a cold shutdown
 
-PRE_RUN = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, UNKNOWN_TASK, BAD_CONTENT, TOO_MANY_DELIVERIES,
-                     REVOKED, EXPIRED, EARLY})
+PRE_RUN = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, STALE, REPLAYED, UNKNOWN_TASK, BAD_CONTENT,
+                     TOO_MANY_DELIVERIES, REVOKED, EXPIRED, EARLY})
 # the message cannot (or must not) run: it goes to the dead letters whatever acks_late says
-_DEAD = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, UNKNOWN_TASK, BAD_CONTENT, TOO_MANY_DELIVERIES, INTERNAL})
+_DEAD = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, STALE, REPLAYED, UNKNOWN_TASK, BAD_CONTENT,
+                   TOO_MANY_DELIVERIES, INTERNAL})
+# ...and must not write anyone's result nor tell anything downstream: its id is unverified (FORGED), or
+# the task it names ran or may have run from another copy whose result and follow-ups stand (replays)
+_SILENT = frozenset({FORGED, STALE, REPLAYED})
 _FAILED = frozenset({FAILURE, BAD_ARGUMENTS})
 
 # What a settlement tells the canvas (links and chain, or errbacks and the failure of what waits)
@@ -108,11 +115,11 @@ def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
     kind, value = outcome.kind, outcome.value
     late = policy.acks_late
     if kind in _DEAD:
-        # FORGED stores nothing: an unverified message must not write anyone's result; what waits on
-        # the others fails too (INTERNAL excepted: the follow-ups may be what failed)
-        return Settlement(ack=True, dead_letter=outcome.reason or kind,
-                          state=None if kind == FORGED else states.FAILURE,
-                          follow=None if kind == FORGED or kind == INTERNAL else FOLLOW_FAILURE, event="task-rejected")
+        # FORGED, STALE and REPLAYED store nothing (_SILENT); what waits on the others fails too
+        # (INTERNAL excepted: the follow-ups may be what failed)
+        silent = kind in _SILENT
+        return Settlement(ack=True, dead_letter=outcome.reason or kind, state=None if silent else states.FAILURE,
+                          follow=None if silent or kind == INTERNAL else FOLLOW_FAILURE, event="task-rejected")
     if kind == REVOKED or kind == EXPIRED:
         return Settlement(ack=True, state=states.REVOKED, result=None if value is not None else TaskRevokedError(kind),
                           follow=FOLLOW_FAILURE, event="task-revoked")

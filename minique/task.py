@@ -67,6 +67,9 @@ class Task(Generic[R]):
         self.__wrapped__ = fun
         for key, default in OPTION_DEFAULTS.items():
             setattr(self, key, options.get(key, default))
+        if self.queue is not None:  # refused here, where it is given, rather than at the first send
+            from .keys import check_queue
+            check_queue(self.queue, f"the queue option of task {name!r}")
         autoretry_for = options.get("autoretry_for")  # one exception class, or a tuple/list of them
         self.autoretry_for = (autoretry_for,) if isinstance(autoretry_for, type) else tuple(autoretry_for or ())
         self.policy = retry_engine.RetryPolicy(

@@ -25,6 +25,8 @@ TABLE = [
     (fate.MALFORMED,           ANY,  ANY,  ANY, "dead",    states.FAILURE),   # minique (no Celery equivalent)
     (fate.OVERSIZE,            ANY,  ANY,  ANY, "dead",    states.FAILURE),   # minique (no Celery equivalent)
     (fate.FORGED,              ANY,  ANY,  ANY, "dead",    None),             # minique: Celery's auth serializer drops it; no result from unverified data
+    (fate.STALE,               ANY,  ANY,  ANY, "dead",    None),             # minique (replay protection): no result, the original's stands
+    (fate.REPLAYED,            ANY,  ANY,  ANY, "dead",    None),             # minique (replay protection): no result, the original's stands
     (fate.UNKNOWN_TASK,        ANY,  ANY,  ANY, "dead",    states.FAILURE),   # minique: Celery rejects it (task_unknown) and stores nothing
     (fate.BAD_CONTENT,         ANY,  ANY,  ANY, "dead",    states.FAILURE),   # minique: Celery rejects it (ContentDisallowed)
     (fate.TOO_MANY_DELIVERIES, ANY,  ANY,  ANY, "dead",    states.FAILURE),   # minique: Celery has no delivery limit
@@ -111,7 +113,8 @@ def test_every_outcome_under_every_policy(kind, late, aofot, rowl):
     policy = Policy(acks_late=late, acks_on_failure_or_timeout=aofot, reject_on_worker_lost=rowl, max_deliveries=3)
     s = settle(Outcome(kind, value_of(kind), "why"), policy, deliveries=0)
     assert (what(s), s.state) == (message, state)
-    if s.requeue or kind in (fate.FORGED, fate.INTERNAL, fate.EARLY, fate.IGNORE, fate.RETRY):
+    if s.requeue or kind in (fate.FORGED, fate.STALE, fate.REPLAYED, fate.INTERNAL, fate.EARLY, fate.IGNORE,
+                             fate.RETRY):
         assert s.follow is None  # it runs again, or must not (or need not) tell anything downstream
     elif kind == fate.SUCCESS or kind == fate.REPLACE:
         assert s.follow == FOLLOWS[kind]

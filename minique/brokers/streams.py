@@ -277,6 +277,8 @@ class StreamsBroker(Broker):
         pipe.xlen(key)
         pipe.xpending(key, keys.GROUP)
         total, pending = pipe.execute(raise_on_error=False)
+        if isinstance(total, Exception):  # (XPENDING fails without the group: no pending; XLEN must answer)
+            raise total
         pending = int(pending.get("pending", 0)) if isinstance(pending, dict) else 0
         return max(0, int(total) - pending)
 

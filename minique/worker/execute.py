@@ -19,11 +19,11 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import redis
 
-from .. import canvas, context, retry as retry_engine, settle as fate, states
+from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..exceptions import (
@@ -80,6 +80,9 @@ class Executor:
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.max_deliveries = int(app.broker.max_deliveries)
         self.security_key = self.conf.security_key
+        self.exc_max = self.conf.task_exception_max_size  # characters of an exception's text in events, logs, reasons
+        self.max_age = replay.max_age_of(self.conf.security_message_max_age)  # replay protection (None: off)
+        self._claimed: Optional[Tuple[Delivery, str]] = None  # the last delivery a once-only mark was asked for
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
         self._options: Dict[str, Tuple[tuple, tuple]] = {}  # per task name, see _task_options
@@ -114,6 +117,10 @@ class Executor:
             if self.security_key and not verify(msg, self.security_key):
                 return self._record(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
                                                                                     "(security_key is set)"))
+            if self.max_age is not None:
+                stale = replay.staleness(msg, time.time(), self.max_age)
+                if stale is not None:
+                    return self._record(Job(delivery, msg), Outcome(fate.STALE, reason=stale))
             task = self.app.tasks.get(msg.task)
             if task is None:
                 return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
@@ -142,6 +149,11 @@ class Executor:
             if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
                 self.limiter.acquire(msg.task, self.outbox,
                                      self.events.received_now if self.events is not None else None)
+            if self.max_age is not None:
+                holder = self._claim(delivery, msg)
+                if holder is not None:
+                    return self._record(job._replace(result_id=None), Outcome(
+                        fate.REPLAYED, reason=replay.replayed_reason(msg, delivery.deliveries, holder)))
             self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
             return None
         except _PASS:
@@ -152,6 +164,26 @@ class Executor:
             trusted = decoded is not None and not self.security_key
             self._last_resort(Job(delivery, decoded, result_id=decoded.id if trusted and decoded else None), exc)
         return None
+
+    def _claim(self, delivery: Delivery, msg: Message) -> Optional[bytes]:
+        """Take this delivery's once-only mark (replay protection; SET NX, see minique/replay.py): None when
+        it is ours, else who holds it. Asked again for the same delivery (its pre-run write failed, or the
+        reply was lost and the client sent the SET again), the mark it took is still its own."""
+        last = self._claimed
+        if last is not None and last[0] is delivery:
+            token = last[1]
+        else:
+            token = f"{self.hostname}:{os.getpid()}:{os.urandom(6).hex()}"
+            self._claimed = (delivery, token)
+        key = keys.replay_mark(msg.id, msg.retries, delivery.deliveries)
+        try:
+            held = self.app.broker_client.set(key, token, nx=True, get=True,
+                                              px=replay.mark_ttl_ms(msg, time.time(), self.max_age or 0.0))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc  # kept, and handled again (with the same token) once Redis answers
+        if held is None or held == token.encode():
+            return None
+        return cast(bytes, held)
 
     def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
         """A message that cannot be read: where its id can be found, its result becomes FAILURE so
@@ -306,11 +338,22 @@ class Executor:
             return False
 
     # --- writing what settle() decided --------------------------------------------------------------
+    def _settle(self, outcome: Outcome, policy: Policy, deliveries: int) -> Settlement:
+        """settle(), with the dead-letter reason cut to task_exception_max_size (it may hold an exception)."""
+        settlement = settle(outcome, policy, deliveries)
+        if settlement.dead_letter is not None and self.exc_max and len(settlement.dead_letter) > self.exc_max:
+            settlement = settlement._replace(dead_letter=caps.cut(settlement.dead_letter, self.exc_max))
+        return settlement
+
+    def _repr(self, value: Any) -> str:
+        """An exception's (or a reason's) repr as events and logs show it: cut to task_exception_max_size."""
+        return caps.safe_repr(value, self.exc_max)
+
     def _record(self, job: Job, outcome: Outcome) -> None:
         """Settle the outcome and queue its writes (every outcome but a success, which has its own
         path: _succeeded_with); if that fails, take them back and end the message as INTERNAL instead
         (dead letter + FAILURE with the reason)."""
-        settlement = settle(outcome, job.policy, job.delivery.deliveries)
+        settlement = self._settle(outcome, job.policy, job.delivery.deliveries)
         mark = self.outbox.mark()
         try:
             self._write(job, outcome, settlement)
@@ -330,7 +373,11 @@ class Executor:
 
     def _last_resort(self, job: Job, exc: BaseException) -> None:
         """INTERNAL: the message goes to the dead letters with the error; its result becomes FAILURE."""
-        reason = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+        try:
+            text = str(exc)
+        except Exception:  # noqa: BLE001 - a broken __str__
+            text = "<unprintable>"
+        reason = caps.cut(f"internal error: {type(exc).__name__}: {text}", self.exc_max)
         self._record(job, Outcome(fate.INTERNAL, exc, reason))
 
     def _write(self, job: Job, outcome: Outcome, s: Settlement) -> None:
@@ -339,9 +386,12 @@ class Executor:
         result = s.result if s.result is not None else outcome.value
         if s.state is not None and job.result_id is not None:
             extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
-            tb = format_traceback(result) if isinstance(result, BaseException) and result.__traceback__ else None
+            tb = (format_traceback(result, self.exc_max) if isinstance(result, BaseException) and result.__traceback__
+                  else None)
             self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)
         if msg is not None:
+            if s.resend and self.max_age is not None:  # the same bytes run again: give their mark back first
+                outbox.broker.execute_command("DEL", keys.replay_mark(msg.id, msg.retries, job.delivery.deliveries))
             if s.park:
                 self.app.publish(outbox.broker, msg)
             if s.retry:
@@ -367,12 +417,13 @@ class Executor:
         kind = outcome.kind
         if s.event == "task-retried":
             exc = outcome.value
+            shown = self._repr(exc.exc)
             if events is not None:
-                events.task("task-retried", msg, exception=repr(exc.exc))
-            log.info("Task %s[%s] retry %d %s: %r", msg.task, msg.id, msg.retries + 1, exc.humanize(), exc.exc,
+                events.task("task-retried", msg, exception=shown)
+            log.info("Task %s[%s] retry %d %s: %s", msg.task, msg.id, msg.retries + 1, exc.humanize(), shown,
                      extra=_fields(msg, "retried"))
         elif kind == fate.REJECT:
-            reason = f"rejected by the task: {outcome.value.reason}"
+            reason = caps.cut(f"rejected by the task: {outcome.value.reason}", self.exc_max)
             if events is not None:
                 events.task("task-rejected", msg, reason=reason, requeue=bool(outcome.value.requeue),
                             dead=s.dead_letter is not None)
@@ -383,9 +434,10 @@ class Executor:
                 events.task("task-revoked", msg, reason=kind)
             log.info("Task %s[%s] %s: not run", msg.task, msg.id, kind, extra=_fields(msg, kind))
         elif s.event == "task-failed":
+            shown = self._repr(result)
             if events is not None:
-                events.task("task-failed", msg, exception=repr(result))
-            log.error("Task %s[%s] raised %r%s", msg.task, msg.id, result,
+                events.task("task-failed", msg, exception=shown)
+            log.error("Task %s[%s] raised %s%s", msg.task, msg.id, shown,
                       f"; dead-lettered: {s.dead_letter}" if s.dead_letter else "", extra=_fields(msg, "failed"))
 
     def _send_retry(self, msg: Message, exc: Retry) -> None:
@@ -454,7 +506,7 @@ class Executor:
             policy = policy._replace(acks_late=False)
         msg = self._decoded(Delivery(data, "", 0, 0, None)) if data is not None else None
         job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
-        settlement = settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
+        settlement = self._settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
         self._write(job, outcome, settlement)
         return settlement
 

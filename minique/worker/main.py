@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import redis
 
-from .. import keys, serializers, settle as fate, states
+from .. import keys, replay, serializers, settle as fate, states
 from ..config import check_worker_settings, mask_url
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..logs import Once
@@ -57,7 +57,8 @@ class Worker:
                  metrics_port: Optional[int] = None, beat: bool = False):
         conf = app.conf
         self.app = app
-        self.queues = list(queues or [conf.task_default_queue])
+        self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
+                       else [keys.check_queue(conf.task_default_queue, "task_default_queue")])
         self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
         self.max_memory = max_memory_per_child if max_memory_per_child is not None else conf.worker_max_memory_per_child
         # the command line's value, else the setting's (as Celery); a broken one stops the worker here
@@ -73,6 +74,10 @@ class Worker:
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
             raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
                                      f"early ack), not {window!r}")
+        max_age = replay.max_age_of(conf.security_message_max_age)  # (a bad value stops the start here)
+        if max_age is not None and max_age < conf.visibility_timeout:
+            log.warning("security_message_max_age (%gs) is shorter than visibility_timeout (%gs): a message a dead "
+                        "worker held is redelivered stale, and dead-lettered", max_age, conf.visibility_timeout)
         self.send_events = conf.worker_send_task_events if events is None else events
         self.metrics_port = metrics_port if metrics_port is not None else conf.worker_metrics_port
         self.embed_beat = beat

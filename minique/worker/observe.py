@@ -47,7 +47,8 @@ class Telemetry:
         """The Events object a pool process (made in the child after fork, or a pool thread) records through."""
         from ..events import Events
         index = next(i for i, s in enumerate(self.worker.pool.slots.slots) if s is slot)
-        return Events(self.worker.hostname, send=self.worker.send_events, recorder=self.table.recorder(index))
+        return Events(self.worker.hostname, send=self.worker.send_events, recorder=self.table.recorder(index),
+                      repr_max=self.worker.app.conf.task_argsrepr_max_size)
 
     def limiter_for(self, slot: Any) -> RateLimiter:
         """The rate limiter the pool process of `slot` waits on before each task (see worker/ratelimit.py)."""

@@ -344,3 +344,36 @@ def circular():
     value = [1]
     value.append(value)
     return value
+
+
+# --- security model tests (tests/test_exception_rebuild.py, test_caps.py, test_replay.py, test_acl.py) -----
+
+@app.task
+def fail_big(n, chunk="x"):
+    """Raise a ValueError whose message is `n` characters (a 1 MB message must not become 1 MB everywhere)."""
+    raise ValueError(chunk * n)
+
+
+@app.task
+def fail_with_own_class(message):
+    """Raise an exception whose class lives in a module only this task imports (testapp_errors)."""
+    import testapp_errors
+    raise testapp_errors.OwnError(message)
+
+
+@app.task(bind=True)
+def reject_requeue_once(self, key):
+    """Reject(requeue=True) on the first run, succeed on the next (counted under `key`)."""
+    from minique.exceptions import Reject
+    n = store().incr(key)
+    if n == 1:
+        raise Reject("not now", requeue=True)
+    return n
+
+
+@app.task(bind=True, max_retries=5)
+def retry_n(self, n):
+    """Retry `n` times (touching no Redis key of its own), then return the retries made."""
+    if self.request.retries < n:
+        raise self.retry(countdown=0.05)
+    return self.request.retries
