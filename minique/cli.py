@@ -374,8 +374,11 @@ def result(ctx: click.Context, task_id: str, show_tb: bool) -> None:
 @click.pass_context
 def purge(ctx: click.Context, queues: Optional[str], force: bool) -> None:
     """Delete every waiting message in the queues."""
-    app = _client_app(ctx)
-    names = [q.strip() for q in (queues or app.conf.task_default_queue).split(",") if q.strip()]
+    from . import keys
+    app = _app(ctx)
+    names = [keys.check_queue(q.strip(), "-Q/--queues") for q in (queues or app.conf.task_default_queue).split(",")
+             if q.strip()]  # (bad names are refused before anything connects)
+    _reachable(app, True, False)
     if not force:
         click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
     total = sum(app.broker.purge(q) for q in names)

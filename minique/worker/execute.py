@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import redis
@@ -39,12 +40,14 @@ from ..exceptions import (
     TaskRevokedError,
     WorkerLostError,
 )
+from ..lua import Scripts
 from ..message import Message, decode, peek_id
 from ..settle import Outcome, Policy, Settlement, settle
 from ..signing import sign, verify
 from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
+SCRIPTS = Scripts(Path(__file__).parent / "execute_lua")
 _PASS = (NotStarted, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # the consumer's to handle
 
 
@@ -177,8 +180,8 @@ class Executor:
             self._claimed = (delivery, token)
         key = keys.replay_mark(msg.id, msg.retries, delivery.deliveries)
         try:
-            held = self.app.broker_client.set(key, token, nx=True, get=True,
-                                              px=replay.mark_ttl_ms(msg, time.time(), self.max_age or 0.0))
+            held = SCRIPTS(self.app.broker_client, "replay_claim", [key],
+                           [token, replay.mark_ttl_ms(msg, time.time(), self.max_age or 0.0)])
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise NotStarted(str(exc)) from exc  # kept, and handled again (with the same token) once Redis answers
         if held is None or held == token.encode():
