@@ -199,19 +199,28 @@ class Observer:
 
     # --- inspection ---------------------------------------------------------------------------------
     def _describe(self, data: Optional[bytes]) -> Dict[str, Any]:
-        """id, name, args, kwargs of a message (args as values when they pack, else bounded reprs);
-        the body decoded for display only as `display_args` allows."""
-        from ..message import decode
+        """id, name, args, kwargs of a message, decoded only as minique.display allows (json or msgpack,
+        the signature first when security_key is set, never pickle); args that may not be shown are a
+        `<not decoded: why>` note, and values that do not pack into the reply a bounded repr."""
+        from ..display import describe_for_display
+        from ..events import short_repr
         if not data:
             return {}
-        try:
-            msg = decode(data)
-        except Exception:  # noqa: BLE001
+        seen = describe_for_display(data, self.worker.app.conf.security_key)
+        if seen["name"] is None:  # not a message at all
             return {}
-        out: Dict[str, Any] = {"id": msg.id, "name": msg.task, "type": msg.task, "retries": msg.retries,
-                               "eta": msg.eta, "expires": msg.expires, "root_id": msg.root_id,
-                               "parent_id": msg.parent_id}
-        out["args"], out["kwargs"] = display_args(msg, self.worker.app.conf.security_key)
+        out: Dict[str, Any] = {key: seen.get(key) for key in ("id", "name", "retries", "eta", "expires", "root_id",
+                                                              "parent_id")}
+        out["type"] = seen["name"]
+        args, kwargs = seen["args"], seen["kwargs"]
+        if args is None:
+            args, kwargs = f"<not decoded: {seen['problem']}>", None
+        else:
+            try:
+                serializers.pack([args, kwargs])
+            except Exception:  # noqa: BLE001 - not msgpack-able here: a repr goes in the reply
+                args, kwargs = short_repr(args), short_repr(kwargs)
+        out["args"], out["kwargs"] = args, kwargs
         return out
 
     def _active(self, args: dict) -> list:
@@ -385,25 +394,6 @@ class Observer:
 
 
 DISPLAYABLE = frozenset({"json", "msgpack"})  # content types decoded for display: decoding them runs no code
-
-
-def display_args(msg: Any, security_key: Any) -> Tuple[Any, Any]:
-    """A message's (args, kwargs) for display (inspect active|reserved|scheduled): decoded only from
-    json or msgpack, never pickle (unpickling runs code; only the executor decodes it, after
-    verification), and with `security_key` set only once the signature verifies. Otherwise, or when
-    they do not decode or pack, (a bounded note or repr, None)."""
-    from ..events import short_repr
-    from ..signing import verify
-    if security_key and not verify(msg, security_key):
-        return "<not decoded: unsigned or forged message (security_key is set)>", None
-    if msg.content_type not in DISPLAYABLE:
-        return f"<not decoded: {msg.content_type!r:.40} body of {len(msg.body)} bytes>", None
-    try:
-        args, kwargs = msg.args_kwargs(DISPLAYABLE)
-        serializers.pack([args, kwargs])
-    except Exception:  # noqa: BLE001 - not decodable or not msgpack-able here: show a repr
-        return short_repr(msg.body), None
-    return args, kwargs
 
 
 def parse_command(raw: Any) -> Tuple[Optional[dict], Optional[str]]:
