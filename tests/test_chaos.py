@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import sys
 import threading
 import time
 
@@ -33,15 +32,6 @@ TASKS = 2400       # sent over ~12 s by one producer
 FAULTS = 6
 
 
-@pytest.fixture
-def chaos_app(fresh_redis, monkeypatch):
-    from procs import import_testapp
-    testapp = import_testapp(monkeypatch, fresh_redis.url())
-    yield testapp
-    testapp.app.close()
-    sys.modules.pop("testapp", None)
-
-
 def settled(app):
     b = app.broker
     return (sum(b.length("default", p) for p in range(10)) == 0 and sum(b.held(["default"]).values()) == 0
@@ -50,11 +40,11 @@ def settled(app):
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("acks_late", [True, False], ids=["acks-late", "early-ack"])
-def test_chaos(fresh_redis, chaos_app, tmp_path, acks_late):
+def test_chaos(fresh_redis, fresh_app, tmp_path, acks_late):
     seed = int(os.environ.get("MINIQUE_CHAOS_SEED") or random.randrange(1 << 30))
     print(f"chaos seed {seed}")
     rng = random.Random(seed)
-    app = chaos_app.app
+    app = fresh_app.app
     settings = json.dumps({"broker_transport_options": {"visibility_timeout": VIS}, "task_acks_late": acks_late,
                            "task_reject_on_worker_lost": acks_late})
     procs = Processes(tmp_path, fresh_redis.url())

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import statistics
-import sys
 import threading
 import time
 
@@ -255,16 +254,6 @@ def test_cold_shutdown(procs, client_app, redis_client, acks_late, how):
 
 
 # --- 4. Redis killed and restarted under load --------------------------------------------------------
-
-@pytest.fixture
-def fresh_app(fresh_redis, monkeypatch):
-    """testapp imported here, pointed at the AOF server of `fresh_redis`."""
-    from procs import import_testapp
-    testapp = import_testapp(monkeypatch, fresh_redis.url())
-    yield testapp
-    testapp.app.close()
-    sys.modules.pop("testapp", None)
-
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
