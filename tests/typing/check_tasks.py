@@ -54,12 +54,28 @@ def noop() -> None:
     return None
 
 
+@app.task(bind=True)
+def celery_style(self, x: int) -> str:  # type: ignore[no-untyped-def]  # a bare `self`, as Celery's docs write it
+    return str(x)
+
+
+@app.task()
+def empty_parens(s: str) -> int:
+    return len(s)
+
+
+def no_self() -> int:
+    return 1
+
+
 mul_task: Task[[float, float], float] = mul
 assert_type(mul.delay(3.0).get(), float)
 assert_type(fetch.delay("http://x", retries=1), AsyncResult[bytes])
 assert_type(fetch("http://x"), bytes)
 assert_type(fetch.delay("http://x").get(timeout=5), bytes)
 assert_type(noop.delay().get(), None)
+assert_type(celery_style.delay(1).get(), str)
+assert_type(empty_parens.delay("abc"), AsyncResult[int])
 
 
 def untyped(x):  # type: ignore[no-untyped-def]  # (shows the strict flags of pyproject.toml apply to this file)
@@ -95,6 +111,9 @@ add("x", "y")  # type: ignore[arg-type]
 fetch.delay(1)  # type: ignore[arg-type]
 fetch.delay(fetch, "http://x")  # type: ignore[arg-type, call-arg]  # self is not passed
 fetch.delay("http://x", tries=1)  # type: ignore[call-arg]
+celery_style.delay("1")  # type: ignore[arg-type]
+empty_parens.delay(s=1)  # type: ignore[arg-type]
+app.task(bind=True)(no_self)  # type: ignore[arg-type]  # a bound task's function takes the task first
 mul.delay(1.0).get().upper()  # type: ignore[attr-defined]
 wrong_task: Task[[str], int] = add  # type: ignore[assignment]
 wrong: AsyncResult[str] = add.delay(1, 2)  # type: ignore[assignment]
