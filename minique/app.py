@@ -5,7 +5,20 @@ import importlib
 import time
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    Concatenate,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    ParamSpec,
+    Tuple,
+    TypeVar,
+    overload,
+)
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -44,6 +57,10 @@ def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[flo
     return now + float(value)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 class Minique:
     """A minique application: `app = Minique("proj", broker=..., backend=..., include=[...])`."""
 
@@ -60,7 +77,7 @@ class Minique:
         if include:
             self.conf.include = tuple(include)
         self.conf.update(settings)
-        self.tasks: Dict[str, Task] = {}
+        self.tasks: Dict[str, Task[..., Any]] = {}
         self._defaults_cache: Dict[tuple, Any] = {}
         self._routers_at: Tuple[int, list] = (-1, [])
         context.set_current_app(self)
@@ -96,12 +113,24 @@ class Minique:
             importlib.import_module(name)
 
     # --- tasks --------------------------------------------------------------------------------------
+    # For type checkers, `@app.task` on `def add(x: int, y: int) -> int` gives a `Task[[int, int], int]`;
+    # with bind=True the function's first parameter (the task itself) is not among the task's parameters.
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]:
+        ...
+    @overload
+    def task(self, *, bind: Literal[False] = ..., **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    @overload
+    def task(self, *, bind: bool, **options: Any) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
     def task(self, *args: Any, **options: Any) -> Any:
         """Decorator: `@app.task` or `@app.task(name=..., bind=True, queue=..., ...)`."""
-        def register(fun: Callable[..., Any]) -> Task:
+        def register(fun: Callable[..., Any]) -> Task[..., Any]:
             name = options.pop("name", None) or self.gen_task_name(fun)
             bind = options.pop("bind", False)
-            task = Task(self, fun, name, bind=bind, **options)
+            task: Task[..., Any] = Task(self, fun, name, bind=bind, **options)
             self.tasks[name] = task
             return task
         if len(args) == 1 and callable(args[0]) and not options:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator, List, Optional
+from typing import Any, Generic, Iterator, List, Optional, TypeVar
 
 from . import context, states
 from .exceptions import TaskRevokedError, TimeoutError
+
+# What the task returns: `AsyncResult[int].get()` is an int. Covariant: a handle only gives values out,
+# so an AsyncResult[int] is an AsyncResult[object]. Only type checkers read it (no run-time cost).
+R_co = TypeVar("R_co", covariant=True)
 
 
 def _assert_may_wait(disable_sync_subtasks: bool) -> None:
@@ -16,8 +20,8 @@ def _assert_may_wait(disable_sync_subtasks: bool) -> None:
                            "if you really must (it can deadlock a pool whose slots all wait).")
 
 
-class AsyncResult:
-    """The result of one task, by id."""
+class AsyncResult(Generic[R_co]):
+    """The result of one task, by id (`AsyncResult[R]` for type checkers: `get()` returns an R)."""
 
     def __init__(self, id: str, app: Any = None, task_name: Optional[str] = None,
                  parent: Optional["AsyncResult"] = None):
@@ -73,8 +77,11 @@ class AsyncResult:
 
     # --- waiting ------------------------------------------------------------------------------------
     def get(self, timeout: Optional[float] = None, propagate: bool = True, interval: float = 0.5,
-            disable_sync_subtasks: bool = True, follow_parents: bool = True) -> Any:
-        """Wait for the result (blocking in Redis, never polling); re-raise the task's exception."""
+            disable_sync_subtasks: bool = True, follow_parents: bool = True) -> R_co:
+        """Wait for the result (blocking in Redis, never polling); re-raise the task's exception.
+
+        (With propagate=False a failed task's exception is returned instead: typed as R all the same,
+        as Celery's stubs do; check `failed()` first when you pass it.)"""
         _assert_may_wait(disable_sync_subtasks)
         if self._cache is None:
             self._cache = self.app.backend.wait(self.id, timeout)
@@ -116,23 +123,23 @@ class AsyncResult:
         return (self.id, self.parent.as_tuple() if self.parent else None)
 
 
-class GroupResult:
-    """Results of a group's tasks, in the group's order."""
+class GroupResult(Generic[R_co]):
+    """Results of a group's tasks, in the group's order (`GroupResult[R]`: `get()` returns a list of R)."""
 
-    def __init__(self, id: Optional[str], results: List[AsyncResult], app: Any = None,
+    def __init__(self, id: Optional[str], results: List[AsyncResult[R_co]], app: Any = None,
                  parent: Optional[AsyncResult] = None):
         self.id = id
         self.results = list(results)
         self.app = app if app is not None else context.current_app()
         self.parent = parent
 
-    def __iter__(self) -> Iterator[AsyncResult]:
+    def __iter__(self) -> Iterator[AsyncResult[R_co]]:
         return iter(self.results)
 
     def __len__(self) -> int:
         return len(self.results)
 
-    def __getitem__(self, index: int) -> AsyncResult:
+    def __getitem__(self, index: int) -> AsyncResult[R_co]:
         return self.results[index]
 
     def ready(self) -> bool:
@@ -151,7 +158,7 @@ class GroupResult:
         return sum(1 for r in self.results if r.successful())
 
     def get(self, timeout: Optional[float] = None, propagate: bool = True, disable_sync_subtasks: bool = True,
-            **kwargs: Any) -> List[Any]:
+            **kwargs: Any) -> List[R_co]:
         """Every member's result, in order; `timeout` covers the whole wait."""
         _assert_may_wait(disable_sync_subtasks)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -163,7 +170,7 @@ class GroupResult:
 
     join = get
 
-    def join_native(self, *args: Any, **kwargs: Any) -> List[Any]:
+    def join_native(self, *args: Any, **kwargs: Any) -> List[R_co]:
         return self.get(*args, **kwargs)
 
     def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> None:
@@ -175,7 +182,7 @@ class GroupResult:
         if self.id:
             self.app.backend.delete_group(self.id)
 
-    def save(self) -> "GroupResult":
+    def save(self) -> "GroupResult[R_co]":
         self.app.backend.save_group(self.id, [r.id for r in self.results])
         return self
 
@@ -183,7 +190,7 @@ class GroupResult:
         self.app.backend.delete_group(self.id)
 
     @classmethod
-    def restore(cls, id: str, app: Any = None) -> Optional["GroupResult"]:
+    def restore(cls, id: str, app: Any = None) -> Optional["GroupResult[Any]"]:
         app = app if app is not None else context.current_app()
         ids = app.backend.restore_group(id)
         return None if ids is None else cls(id, [AsyncResult(i, app=app) for i in ids], app=app)
@@ -192,7 +199,7 @@ class GroupResult:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R_co]):
     """The result of a task run in-process (task_always_eager or .apply())."""
 
     def __init__(self, id: str, value: Any, state: str, traceback: Optional[str] = None, app: Any = None):
@@ -208,7 +215,7 @@ class EagerResult(AsyncResult):
         return self._cache
 
     def get(self, timeout: Optional[float] = None, propagate: bool = True, interval: float = 0.5,
-            disable_sync_subtasks: bool = True, follow_parents: bool = True, **kwargs: Any) -> Any:
+            disable_sync_subtasks: bool = True, follow_parents: bool = True, **kwargs: Any) -> R_co:
         return super().get(timeout=timeout, propagate=propagate, disable_sync_subtasks=False)
 
     def forget(self) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Generic, Iterable, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, ParamSpec, Tuple, Type, TypeVar, Union
 
 from . import context, retry as retry_engine, states
 from .backend import format_traceback
@@ -11,6 +11,9 @@ from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 from .message import new_id
 from .result import AsyncResult, EagerResult
 
+# Task[P, R]: P is the task's parameters (without the bound `self` of a bind=True task), R what it returns.
+# Only type checkers read them: at run time Task is a plain class (Generic adds no per-call cost).
+P = ParamSpec("P")
 R = TypeVar("R")
 
 # Task options with Celery's names; None means "use the app's setting".
@@ -24,8 +27,11 @@ OPTION_DEFAULTS: Dict[str, Any] = {
 }
 
 
-class Task(Generic[R]):
-    """Wraps a function registered with `@app.task`. A plain object: read it, call it, send it."""
+class Task(Generic[P, R]):
+    """Wraps a function registered with `@app.task`. A plain object: read it, call it, send it.
+
+    For type checkers a task is `Task[P, R]`: `add.delay(1, 2)` is checked against `add`'s parameters and
+    gives an `AsyncResult[int]`, whose `get()` is an `int` (see tests/typing/check_tasks.py)."""
 
     # The options of OPTION_DEFAULTS, set by __init__ (None: the app's setting applies).
     queue: Optional[str]
@@ -78,7 +84,7 @@ class Task(Generic[R]):
             retry_jitter=self.retry_jitter)
 
     # --- calling in-process -------------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:
             return self.run(self, *args, **kwargs)
         return self.run(*args, **kwargs)
@@ -91,7 +97,7 @@ class Task(Generic[R]):
         return req
 
     def apply(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None, task_id: Optional[str] = None,
-              **options: Any) -> Any:
+              **options: Any) -> EagerResult[R]:
         """Run the task here and now (eager), retries included; returns an EagerResult."""
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
@@ -118,13 +124,13 @@ class Task(Generic[R]):
                 context.pop()
 
     # --- sending ------------------------------------------------------------------------------------
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments; returns an AsyncResult."""
         return self.apply_async(args, kwargs)
 
     def apply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
                     task_id: Optional[str] = None, link: Any = None, link_error: Any = None,
-                    **options: Any) -> Any:
+                    **options: Any) -> AsyncResult[R]:
         """Send the task with options: countdown, eta, expires, queue, priority, serializer, headers, ..."""
         if self.app.conf.task_always_eager:
             return self.apply(args or (), kwargs or {}, task_id=task_id, **options)
@@ -132,24 +138,25 @@ class Task(Generic[R]):
             options.update(task_id=task_id, link=link, link_error=link_error)
         return self.app.send_task(self.name, args, kwargs, **options)
 
-    def delay_many(self, arglist: Iterable[Tuple[Any, ...]], **options: Any) -> list:
+    def delay_many(self, arglist: Iterable[Tuple[Any, ...]], **options: Any) -> List[AsyncResult[R]]:
         """Send one task per args tuple in a single pipelined round trip (the bulk path)."""
         return self.app.send_many(self.name, ((tuple(a), None) for a in arglist), **options)
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:
         return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
 
     # --- canvas -------------------------------------------------------------------------------------
-    def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
+                  **options: Any) -> Signature:
         return Signature(self.name, args, kwargs, options, app=self.app,
                          immutable=options.pop("immutable", False))
 
     subtask = signature
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
         return self.signature(args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Any:
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
         return self.signature(args, kwargs, immutable=True)
 
     def map(self, it: Iterable[Any]) -> Any:
