@@ -457,20 +457,51 @@ def dlq_purge(ctx: click.Context, force: bool) -> None:
     click.echo(f"Deleted {app.broker.purge_dead_letters()} dead letter(s).")
 
 
+_NO_REPLIES = "No nodes replied within time constraint."
+
+
+def _reply_text(reply: Any) -> Tuple[str, str]:
+    """One node's reply as Celery prints it: (status, body). `{"ok": ...}` is OK with its message (and
+    any other fields after it), `{"error": ...}` is ERROR; anything else is OK with the data, indented."""
+    if isinstance(reply, dict) and ("ok" in reply or "error" in reply):
+        status, key = ("ERROR", "error") if "error" in reply else ("OK", "ok")
+        lines = [str(reply[key])] + [f"{k}: {json.dumps(v, default=repr)}" for k, v in reply.items() if k != key]
+        return status, "\n".join(lines)
+    if isinstance(reply, (dict, list)):
+        return "OK", json.dumps(reply, indent=2, default=repr) if reply else "- empty -"
+    return "OK", str(reply)
+
+
+def _say_replies(replies: dict, as_json: bool, show_online: bool = False) -> None:
+    """`{node: reply}` in Celery's format (`-> node: OK`, the reply indented; one block per node) or, with
+    --json, as one JSON object. No replies: Celery's error line and exit status 1."""
+    if as_json:
+        click.echo(json.dumps(replies, indent=2, default=repr))
+    else:
+        for node, reply in replies.items():
+            status, body = _reply_text(reply)
+            click.echo(f"-> {node}: {status}")
+            if body:
+                click.echo("\n".join("    " + line for line in body.splitlines()))
+        if show_online and replies:
+            click.echo(f"\n{len(replies)} {'node' if len(replies) == 1 else 'nodes'} online.")
+    if not replies:
+        raise OneLineError(_NO_REPLIES)
+
+
 @main.command()
 @click.argument("what", type=click.Choice(["active", "reserved", "scheduled", "stats", "registered", "ping",
                                            "revoked"]))
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object {worker: reply} instead of text.")
 @click.pass_context
-def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: float) -> None:
+def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: float, as_json: bool) -> None:
     """Ask the workers what they are doing."""
     app = _client_app(ctx)
     dest = destination.split(",") if destination else None
     replies = getattr(app.control.inspect(destination=dest, timeout=timeout), what)()
-    click.echo(json.dumps(replies or {}, indent=2, default=repr))
-    if not replies:
-        raise OneLineError(f"no worker answered within {timeout:g}s (-t/--timeout)")
+    _say_replies(replies or {}, as_json, show_online=True)
 
 
 @main.command()
@@ -478,8 +509,10 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object {worker: reply} instead of text.")
 @click.pass_context
-def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float) -> None:
+def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
+            as_json: bool) -> None:
     """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
@@ -500,7 +533,10 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
-    click.echo(json.dumps(replies, indent=2, default=repr))
+    merged: dict = {}
+    for one in replies:  # each reply is {node: answer}: the same shape as inspect's
+        merged.update(one)
+    _say_replies(merged, as_json)
 
 
 @main.command()
