@@ -379,9 +379,14 @@ def purge(ctx: click.Context, queues: Optional[str], force: bool) -> None:
     names = [keys.check_queue(q.strip(), "-Q/--queues") for q in (queues or app.conf.task_default_queue).split(",")
              if q.strip()]  # (bad names are refused before anything connects)
     _reachable(app, True, False)
+    broker = app.broker
+    counts = {q: sum(broker.length(q, p) for p in keys.PRIORITIES) + broker.delayed_count(q) for q in names}
     if not force:
-        click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
-    total = sum(app.broker.purge(q) for q in names)
+        click.confirm(f"Delete {sum(counts.values())} waiting message(s) in {', '.join(names)}?", abort=True)
+    total = 0
+    with _progress(names, "Purging", sum(counts.values()), weights=counts) as bar:
+        for q in bar:
+            total += broker.purge(q)
     click.echo(f"Purged {total} message(s) from {len(names)} queue(s).")
 
 
@@ -404,6 +409,48 @@ def status(ctx: click.Context) -> None:
         age = time.time() - info["ts"]
         click.echo(f"worker {host.decode()}: {'up' if age < 10 else 'silent'} ({age:.0f}s ago), "
                    f"pool {info['concurrency']}, processed {info['processed']}")
+
+
+PROGRESS_FROM = 500  # messages: fewer take no more than a moment, and get no progress bar
+
+
+class _Quiet:
+    """What `_progress` gives when it shows nothing: the items, as they are."""
+
+    def __init__(self, items: Any):
+        self.items = items
+
+    def __enter__(self) -> Any:
+        return iter(self.items)
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _progress(items: Any, label: str, size: int, weights: Optional[dict] = None) -> Any:
+    """A click progress bar on stderr over `items` when there are PROGRESS_FROM messages or more and stderr is a
+    terminal (a pipe or a file gets only the command's result); `weights`: how many messages each item counts
+    for (a queue's length), else one each."""
+    if size < PROGRESS_FROM or not sys.stderr.isatty():
+        return _Quiet(items)
+    if weights is None:
+        return click.progressbar(items, label=label, file=sys.stderr, show_pos=True)
+    counts: dict = weights
+
+    class _Weighted:
+        def __enter__(self) -> Any:
+            self.bar = click.progressbar(length=size, label=label, file=sys.stderr, show_pos=True).__enter__()
+            return self._walk()
+
+        def _walk(self) -> Any:
+            for item in items:
+                yield item
+                self.bar.update(counts.get(item, 0))
+
+        def __exit__(self, *exc: Any) -> None:
+            self.bar.__exit__(*exc)
+
+    return _Weighted()
 
 
 @main.group()
@@ -440,7 +487,8 @@ def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional
         found = [f"{t} is in entry {held[t]}" for t in bad if t in held]
         raise UsageLine(f"not a dead-letter entry id: {', '.join(bad)} (entry ids look like 1712345678901-0; "
                            + (f"{'; '.join(found)}" if found else "'minique dlq list' shows them") + ")")
-    missing = [i for i in ids if not app.broker.replay_dead_letter(i, queue)]
+    with _progress(ids, "Replaying dead letters", len(ids)) as bar:
+        missing = [i for i in bar if not app.broker.replay_dead_letter(i, queue)]
     click.echo(f"Replayed {len(ids) - len(missing)} message(s).")
     if missing:
         raise OneLineError(f"no dead letter with entry id {', '.join(missing)} ('minique dlq list' shows them)")

