@@ -5,11 +5,16 @@ piped output; the worker's success line with its result; `minique embedded stop|
 """
 from __future__ import annotations
 
+import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
+
+from minique.events import short_repr
+from procs import wait_for
 
 
 def run_cli(procs, *args: str, input: str = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -99,3 +104,20 @@ def test_few_messages_get_no_progress_bar_even_on_a_terminal(procs, client_app, 
     _dead_letters(client_app, redis_client, 3)
     code, out, shown = run_with_tty_stderr(procs, "dlq", "replay", "--all")
     assert code == 0 and out == "Replayed 3 message(s).\n" and shown == ""
+
+
+# --- the worker's success line -----------------------------------------------------------------------
+
+def test_worker_success_line_carries_a_bounded_repr_of_the_result(procs, client_app):
+    worker = procs.worker("-c", "1", settings=json.dumps({"task_argsrepr_max_size": 60}))
+    small = client_app.add.delay(40, 2)
+    big = client_app.identity.delay("x" * 5000)
+    assert small.get(timeout=10) == 42 and big.get(timeout=10) == "x" * 5000
+    lines = wait_for(lambda: [line for line in worker.log().splitlines() if "succeeded in" in line and
+                              (small.id in line or big.id in line)][1:] and
+                     [line for line in worker.log().splitlines() if "succeeded in" in line], 10, "the success lines")
+    [add_line] = [line for line in lines if small.id in line]
+    assert re.search(rf"Task testapp\.add\[{small.id}\] succeeded in [0-9.]+s: 42$", add_line), add_line
+    [big_line] = [line for line in lines if big.id in line]
+    shown = big_line.split("s: ", 1)[1]
+    assert shown == short_repr("x" * 5000, 60) and len(shown) <= 60 and shown.startswith("'xxx"), shown
