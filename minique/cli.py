@@ -1,4 +1,4 @@
-"""The `minique` command (click): worker, beat, call, result, purge, status, dlq, inspect, control.
+"""The `minique` command (click): worker, beat, call, result, purge, status, dlq, inspect, control, embedded.
 
 Every error is one line on stderr and a non-zero exit (`minique --traceback ...`, or `-l debug` where a
 command has it, shows the stack instead). One-shot commands first check that Redis answers, for
@@ -585,6 +585,51 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
     for one in replies:  # each reply is {node: answer}: the same shape as inspect's
         merged.update(one)
     _say_replies(merged, as_json)
+
+
+@main.group()
+def embedded() -> None:
+    """The private redis-server of a redis+embedded:// URL: status, stop. (It keeps running after the
+    worker, beat or client that started it exits, so that they share it.)"""
+
+
+def _embedded_dir(where: str) -> Any:
+    """A data directory, or a redis+embedded:// URL naming one."""
+    from pathlib import Path
+
+    from . import embedded as emb
+    if emb.is_embedded_url(where):
+        return emb.parse_embedded_url(where)[0]
+    return Path(os.path.abspath(where))
+
+
+@embedded.command("status")
+@click.argument("where", metavar="DIR")
+def embedded_status(where: str) -> None:
+    """Whether the embedded redis-server of DIR (or a redis+embedded:// URL) runs; exit status 1 if not."""
+    from . import embedded as emb
+    directory = _embedded_dir(where)
+    pid = emb.server_pid(directory)
+    if pid is None:
+        click.echo(f"No embedded redis-server runs in {directory}.")
+        raise click.exceptions.Exit(1)
+    sock, logfile = directory / emb.SOCKET_NAME, directory / emb.LOGFILE_NAME
+    click.echo(f"Running: pid {pid}, socket {sock}, URL redis+embedded://{directory}, log {logfile}")
+
+
+@embedded.command("stop")
+@click.argument("where", metavar="DIR")
+@click.option("-t", "--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for a clean shutdown before killing it.")
+def embedded_stop(where: str, timeout: float) -> None:
+    """Stop the embedded redis-server of DIR (or a redis+embedded:// URL); its data stays in DIR (AOF)."""
+    from . import embedded as emb
+    directory = _embedded_dir(where)
+    pid = emb.server_pid(directory)
+    if not emb.stop(directory, timeout=timeout):
+        click.echo(f"No embedded redis-server runs in {directory}.")
+        return
+    click.echo(f"Stopped the embedded redis-server in {directory}" + (f" (pid {pid})." if pid else "."))
 
 
 @main.command()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from minique.events import short_repr
-from procs import wait_for
+from procs import pid_alive, wait_for
 
 
 def run_cli(procs, *args: str, input: str = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -121,3 +121,37 @@ def test_worker_success_line_carries_a_bounded_repr_of_the_result(procs, client_
     [big_line] = [line for line in lines if big.id in line]
     shown = big_line.split("s: ", 1)[1]
     assert shown == short_repr("x" * 5000, 60) and len(shown) <= 60 and shown.startswith("'xxx"), shown
+
+
+# --- minique embedded status|stop --------------------------------------------------------------------
+
+def run_plain(cwd, *args: str, env: dict = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minique.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_embedded_status_and_stop_from_the_command_line(tmp_path, redis_server):
+    from minique import embedded
+    directory = tmp_path / "emb"
+    env = {**os.environ, "MINIQUE_REDIS_SERVER": redis_server.binary}
+    out = run_plain(tmp_path, "embedded", "status", "./emb", env=env)
+    assert out.returncode == 1 and out.stdout == f"No embedded redis-server runs in {directory}.\n"
+    embedded.ensure_server(directory)
+    try:
+        pid = embedded.server_pid(directory)
+        assert pid is not None
+        for where in ("./emb", f"redis+embedded://{directory}"):
+            out = run_plain(tmp_path, "embedded", "status", where, env=env)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.startswith(f"Running: pid {pid}, socket {directory / 'redis.sock'}, "
+                                         f"URL redis+embedded://{directory}")
+        out = run_plain(tmp_path, "embedded", "stop", "redis+embedded://./emb", env=env)
+        assert out.returncode == 0 and out.stdout == f"Stopped the embedded redis-server in {directory} (pid {pid}).\n"
+        assert embedded.server_pid(directory) is None and not (directory / "redis.sock").exists()
+        wait_for(lambda: not pid_alive(pid), 10, "the server process to end")
+        out = run_plain(tmp_path, "embedded", "status", str(directory), env=env)
+        assert out.returncode == 1 and "No embedded redis-server runs in" in out.stdout
+        out = run_plain(tmp_path, "embedded", "stop", str(directory), env=env)
+        assert out.returncode == 0 and out.stdout == f"No embedded redis-server runs in {directory}.\n"
+    finally:
+        embedded.stop(directory)
