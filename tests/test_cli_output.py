@@ -12,6 +12,9 @@ import re
 import select
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from minique.events import short_repr
 from procs import pid_alive, wait_for
@@ -155,3 +158,34 @@ def test_embedded_status_and_stop_from_the_command_line(tmp_path, redis_server):
         assert out.returncode == 0 and out.stdout == f"No embedded redis-server runs in {directory}.\n"
     finally:
         embedded.stop(directory)
+
+
+@pytest.mark.integration  # starts a worker and an embedded redis-server
+@pytest.mark.timeout(120)
+def test_readme_own_tasks_run_on_the_embedded_url_as_written(tmp_path, redis_server):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Your own tasks", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'broker="redis+embedded://./.minique"' in code and "MINIQUE_BROKER_URL" in code
+    (tmp_path / "tasks.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIQUE_BROKER", "MINIQUE_RESULT"))}
+    env["MINIQUE_REDIS_SERVER"] = redis_server.binary
+    worker = subprocess.Popen([sys.executable, "-m", "minique.cli", "-A", "tasks", "worker", "-c", "1"], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        out = subprocess.run([sys.executable, "-c", "from tasks import add; r = add.delay(2, 3); "
+                              "print(r.get(timeout=60), r.state)"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=90)
+        assert out.stdout == "5 SUCCESS\n", out.stderr
+        worker.send_signal(15)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0 and "[tasks]\n  . tasks.add" in err, err
+        out = run_plain(tmp_path, "embedded", "stop", "./.minique", env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"Stopped the embedded redis-server in {tmp_path / '.minique'} (pid ")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=30)
+        from minique import embedded
+        embedded.stop(tmp_path / ".minique")
