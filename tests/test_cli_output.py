@@ -116,9 +116,11 @@ def test_worker_success_line_carries_a_bounded_repr_of_the_result(procs, client_
     small = client_app.add.delay(40, 2)
     big = client_app.identity.delay("x" * 5000)
     assert small.get(timeout=10) == 42 and big.get(timeout=10) == "x" * 5000
-    lines = wait_for(lambda: [line for line in worker.log().splitlines() if "succeeded in" in line and
-                              (small.id in line or big.id in line)][1:] and
-                     [line for line in worker.log().splitlines() if "succeeded in" in line], 10, "the success lines")
+    def success_lines():
+        lines = [line for line in worker.log().splitlines() if "succeeded in" in line]
+        return lines if all(any(r.id in line for line in lines) for r in (small, big)) else None
+
+    lines = wait_for(success_lines, 10, "both success lines in the worker's log")
     [add_line] = [line for line in lines if small.id in line]
     assert re.search(rf"Task testapp\.add\[{small.id}\] succeeded in [0-9.]+s: 42$", add_line), add_line
     [big_line] = [line for line in lines if big.id in line]
