@@ -12,8 +12,10 @@
   ``keys.BEAT_LAST``. Before sending, a slot is claimed by a Lua
   compare-and-set on that hash (it must still hold the value the decision was
   based on), so two beats that briefly both think they lead (lease expiry race)
-  cannot both send a slot. The task id is derived from the slot
-  (``beat:<entry>:<slot ms>``), so a slot is recognisable wherever it lands.
+  cannot both send a slot. Each run gets a new task id (a UUID, as Celery's);
+  the slot's deterministic key (``beat:<entry>:<slot ms>``, :meth:`Beat.slot_key`)
+  travels in the message header ``beat_key``, so a slot is recognisable wherever
+  it lands, and the claim on that slot is what makes it fire once.
   The claim comes first: a crash between claim and send loses that one run
   (at most once, like Celery).
 * Missed runs (nobody was up) follow ``beat_missed_policy``: see :func:`due_slots`.
@@ -54,6 +56,7 @@ POLICIES = ("once", "skip", "all")
 ALL_CAP = 100          # "all" fires at most this many missed slots per entry
 COUNT_CAP = 10_000     # missed slots counted exactly up to this many
 SKIP_GRACE = 1.0       # "skip" without a leader-since time: a slot this late (s) is still on time
+BEAT_KEY_HEADER = "beat_key"  # the header carrying a run's slot key (Beat.slot_key)
 _ENTRY_KEYS = {"task", "schedule", "args", "kwargs", "options", "relative"}
 
 
@@ -120,7 +123,9 @@ def parse_entries(beat_schedule: Any, tz: Any = None, app: Any = None) -> Dict[s
         if not isinstance(options, dict):
             raise bad(f"'options' must be a dict, not {type(options).__name__}")
         if "task_id" in options:
-            raise bad("'options' may not set task_id: beat derives it from the slot")
+            raise bad("'options' may not set task_id: beat gives each run a new one")
+        if not isinstance(options.get("headers") or {}, dict):
+            raise bad(f"'headers' in 'options' must be a dict, not {type(options['headers']).__name__}")
         entry = Entry(name, task, sched, tuple(args), dict(kwargs), dict(options))
         if app is not None:
             try:
@@ -314,8 +319,8 @@ class Beat:
         return bool(won), current.decode() if isinstance(current, bytes) else str(current)
 
     @staticmethod
-    def task_id(name: str, slot: datetime) -> str:
-        """The deterministic task id of an entry's slot."""
+    def slot_key(name: str, slot: datetime) -> str:
+        """The deterministic key of an entry's slot (in the header ``beat_key`` of the run's message)."""
         return f"beat:{name}:{round(slot.timestamp() * 1000)}"
 
     def _apply(self, entry: Entry, prev_raw: str, due: Due) -> str:
@@ -337,8 +342,11 @@ class Beat:
             if send:
                 logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
                 try:
+                    options = dict(entry.options)
+                    options["headers"] = {**(options.get("headers") or {}),
+                                          BEAT_KEY_HEADER: self.slot_key(entry.name, slot)}
                     self.app.send_task(entry.task, list(entry.args), dict(entry.kwargs),
-                                       task_id=self.task_id(entry.name, slot), **entry.options)
+                                       task_id=str(uuid.uuid4()), **options)
                 except Exception as exc:  # the slot stays claimed: at most once
                     logger.error("beat: Message Error: could not send %s (%s): %r",
                                  entry.name, entry.task, exc, exc_info=True)

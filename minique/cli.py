@@ -1,4 +1,4 @@
-"""The `minique` command (click): worker, beat, call, result, purge, status, dlq, inspect, control.
+"""The `minique` command (click): worker, beat, call, result, purge, status, dlq, inspect, control, embedded.
 
 Every error is one line on stderr and a non-zero exit (`minique --traceback ...`, or `-l debug` where a
 command has it, shows the stack instead). One-shot commands first check that Redis answers, for
@@ -379,9 +379,14 @@ def purge(ctx: click.Context, queues: Optional[str], force: bool) -> None:
     names = [keys.check_queue(q.strip(), "-Q/--queues") for q in (queues or app.conf.task_default_queue).split(",")
              if q.strip()]  # (bad names are refused before anything connects)
     _reachable(app, True, False)
+    broker = app.broker
+    counts = {q: sum(broker.length(q, p) for p in keys.PRIORITIES) + broker.delayed_count(q) for q in names}
     if not force:
-        click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
-    total = sum(app.broker.purge(q) for q in names)
+        click.confirm(f"Delete {sum(counts.values())} waiting message(s) in {', '.join(names)}?", abort=True)
+    total = 0
+    with _progress(names, "Purging", sum(counts.values()), weights=counts) as bar:
+        for q in bar:
+            total += broker.purge(q)
     click.echo(f"Purged {total} message(s) from {len(names)} queue(s).")
 
 
@@ -404,6 +409,48 @@ def status(ctx: click.Context) -> None:
         age = time.time() - info["ts"]
         click.echo(f"worker {host.decode()}: {'up' if age < 10 else 'silent'} ({age:.0f}s ago), "
                    f"pool {info['concurrency']}, processed {info['processed']}")
+
+
+PROGRESS_FROM = 500  # messages: fewer take no more than a moment, and get no progress bar
+
+
+class _Quiet:
+    """What `_progress` gives when it shows nothing: the items, as they are."""
+
+    def __init__(self, items: Any):
+        self.items = items
+
+    def __enter__(self) -> Any:
+        return iter(self.items)
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _progress(items: Any, label: str, size: int, weights: Optional[dict] = None) -> Any:
+    """A click progress bar on stderr over `items` when there are PROGRESS_FROM messages or more and stderr is a
+    terminal (a pipe or a file gets only the command's result); `weights`: how many messages each item counts
+    for (a queue's length), else one each."""
+    if size < PROGRESS_FROM or not sys.stderr.isatty():
+        return _Quiet(items)
+    if weights is None:
+        return click.progressbar(items, label=label, file=sys.stderr, show_pos=True)
+    counts: dict = weights
+
+    class _Weighted:
+        def __enter__(self) -> Any:
+            self.bar = click.progressbar(length=size, label=label, file=sys.stderr, show_pos=True).__enter__()
+            return self._walk()
+
+        def _walk(self) -> Any:
+            for item in items:
+                yield item
+                self.bar.update(counts.get(item, 0))
+
+        def __exit__(self, *exc: Any) -> None:
+            self.bar.__exit__(*exc)
+
+    return _Weighted()
 
 
 @main.group()
@@ -440,7 +487,8 @@ def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional
         found = [f"{t} is in entry {held[t]}" for t in bad if t in held]
         raise UsageLine(f"not a dead-letter entry id: {', '.join(bad)} (entry ids look like 1712345678901-0; "
                            + (f"{'; '.join(found)}" if found else "'minique dlq list' shows them") + ")")
-    missing = [i for i in ids if not app.broker.replay_dead_letter(i, queue)]
+    with _progress(ids, "Replaying dead letters", len(ids)) as bar:
+        missing = [i for i in bar if not app.broker.replay_dead_letter(i, queue)]
     click.echo(f"Replayed {len(ids) - len(missing)} message(s).")
     if missing:
         raise OneLineError(f"no dead letter with entry id {', '.join(missing)} ('minique dlq list' shows them)")
@@ -457,20 +505,51 @@ def dlq_purge(ctx: click.Context, force: bool) -> None:
     click.echo(f"Deleted {app.broker.purge_dead_letters()} dead letter(s).")
 
 
+_NO_REPLIES = "No nodes replied within time constraint."
+
+
+def _reply_text(reply: Any) -> Tuple[str, str]:
+    """One node's reply as Celery prints it: (status, body). `{"ok": ...}` is OK with its message (and
+    any other fields after it), `{"error": ...}` is ERROR; anything else is OK with the data, indented."""
+    if isinstance(reply, dict) and ("ok" in reply or "error" in reply):
+        status, key = ("ERROR", "error") if "error" in reply else ("OK", "ok")
+        lines = [str(reply[key])] + [f"{k}: {json.dumps(v, default=repr)}" for k, v in reply.items() if k != key]
+        return status, "\n".join(lines)
+    if isinstance(reply, (dict, list)):
+        return "OK", json.dumps(reply, indent=2, default=repr) if reply else "- empty -"
+    return "OK", str(reply)
+
+
+def _say_replies(replies: dict, as_json: bool, show_online: bool = False) -> None:
+    """`{node: reply}` in Celery's format (`-> node: OK`, the reply indented; one block per node) or, with
+    --json, as one JSON object. No replies: Celery's error line and exit status 1."""
+    if as_json:
+        click.echo(json.dumps(replies, indent=2, default=repr))
+    else:
+        for node, reply in replies.items():
+            status, body = _reply_text(reply)
+            click.echo(f"-> {node}: {status}")
+            if body:
+                click.echo("\n".join("    " + line for line in body.splitlines()))
+        if show_online and replies:
+            click.echo(f"\n{len(replies)} {'node' if len(replies) == 1 else 'nodes'} online.")
+    if not replies:
+        raise OneLineError(_NO_REPLIES)
+
+
 @main.command()
 @click.argument("what", type=click.Choice(["active", "reserved", "scheduled", "stats", "registered", "ping",
                                            "revoked"]))
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object {worker: reply} instead of text.")
 @click.pass_context
-def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: float) -> None:
+def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: float, as_json: bool) -> None:
     """Ask the workers what they are doing."""
     app = _client_app(ctx)
     dest = destination.split(",") if destination else None
     replies = getattr(app.control.inspect(destination=dest, timeout=timeout), what)()
-    click.echo(json.dumps(replies or {}, indent=2, default=repr))
-    if not replies:
-        raise OneLineError(f"no worker answered within {timeout:g}s (-t/--timeout)")
+    _say_replies(replies or {}, as_json, show_online=True)
 
 
 @main.command()
@@ -478,8 +557,10 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object {worker: reply} instead of text.")
 @click.pass_context
-def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float) -> None:
+def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
+            as_json: bool) -> None:
     """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
@@ -500,7 +581,55 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
-    click.echo(json.dumps(replies, indent=2, default=repr))
+    merged: dict = {}
+    for one in replies:  # each reply is {node: answer}: the same shape as inspect's
+        merged.update(one)
+    _say_replies(merged, as_json)
+
+
+@main.group()
+def embedded() -> None:
+    """The private redis-server of a redis+embedded:// URL: status, stop. (It keeps running after the
+    worker, beat or client that started it exits, so that they share it.)"""
+
+
+def _embedded_dir(where: str) -> Any:
+    """A data directory, or a redis+embedded:// URL naming one."""
+    from pathlib import Path
+
+    from . import embedded as emb
+    if emb.is_embedded_url(where):
+        return emb.parse_embedded_url(where)[0]
+    return Path(os.path.abspath(where))
+
+
+@embedded.command("status")
+@click.argument("where", metavar="DIR")
+def embedded_status(where: str) -> None:
+    """Whether the embedded redis-server of DIR (or a redis+embedded:// URL) runs; exit status 1 if not."""
+    from . import embedded as emb
+    directory = _embedded_dir(where)
+    pid = emb.server_pid(directory)
+    if pid is None:
+        click.echo(f"No embedded redis-server runs in {directory}.")
+        raise click.exceptions.Exit(1)
+    sock, logfile = directory / emb.SOCKET_NAME, directory / emb.LOGFILE_NAME
+    click.echo(f"Running: pid {pid}, socket {sock}, URL redis+embedded://{directory}, log {logfile}")
+
+
+@embedded.command("stop")
+@click.argument("where", metavar="DIR")
+@click.option("-t", "--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for a clean shutdown before killing it.")
+def embedded_stop(where: str, timeout: float) -> None:
+    """Stop the embedded redis-server of DIR (or a redis+embedded:// URL); its data stays in DIR (AOF)."""
+    from . import embedded as emb
+    directory = _embedded_dir(where)
+    pid = emb.server_pid(directory)
+    if not emb.stop(directory, timeout=timeout):
+        click.echo(f"No embedded redis-server runs in {directory}.")
+        return
+    click.echo(f"Stopped the embedded redis-server in {directory}" + (f" (pid {pid})." if pid else "."))
 
 
 @main.command()

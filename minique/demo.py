@@ -13,22 +13,24 @@ import sys
 import time
 
 from minique import Minique, chord, group
+from minique.config import mask_url
 
 DEFAULT_URL = "redis+embedded://./.minique-demo"
 app = Minique("minique.demo", broker=os.environ.get("MINIQUE_BROKER_URL", DEFAULT_URL))
 
 
-@app.task
+# named demo.* (not minique.demo.*): the worker's banner leaves minique.* out as minique's own tasks
+@app.task(name="demo.add")
 def add(x, y):
     return x + y
 
 
-@app.task
+@app.task(name="demo.mul")
 def mul(x, y):
     return x * y
 
 
-@app.task
+@app.task(name="demo.total")
 def total(values):
     return sum(values)
 
@@ -38,6 +40,8 @@ def main() -> int:
     worker = subprocess.Popen([sys.executable, "-m", "minique.cli", "-A", "minique.demo", "worker", "-c", "2",
                                "-l", "warning"], env=env)
     try:
+        tasks = sorted(name for name in app.tasks if name.startswith("demo."))
+        print(f"minique demo: broker {mask_url(app.conf.broker_url)}, tasks {', '.join(tasks)}")
         started = time.time()
         print("add(2, 3)                       =", add.delay(2, 3).get(timeout=30))
         print("add(1, 2) | add(3) | mul(10)    =", (add.s(1, 2) | add.s(3) | mul.s(10)).delay().get(timeout=10))

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from typing import Any, Callable, List
 
 import pytest
@@ -38,7 +39,7 @@ def sent(client: redis.Redis) -> List[message_mod.Message]:
 
 
 def slot_ms(msg: message_mod.Message) -> int:
-    return int(msg.id.rsplit(":", 1)[1])
+    return int(msg.headers["beat_key"].rsplit(":", 1)[1])
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -90,10 +91,13 @@ def test_two_beats_side_by_side_fire_each_slot_once(redis_url, redis_client, run
     msgs = sent(redis_client)
     ids = [m.id for m in msgs]
     assert len(ids) == len(set(ids)), f"duplicate task ids: {ids}"
+    slot_keys = [m.headers["beat_key"] for m in msgs]
+    assert len(slot_keys) == len(set(slot_keys)), f"a slot sent twice: {slot_keys}"
+    assert all(uuid.UUID(i).version == 4 for i in ids)
     # one run per second of the grid: at most one more than the whole seconds that passed (the first
     # run goes at once), and one more for the slot that may fall due while the beats stop
     assert 5 <= len(ids) <= int(elapsed) + 2, (elapsed, ids)
-    assert all(i.startswith("beat:tick:") and m.task == "t.tick" for i, m in zip(ids, msgs))
+    assert all(k.startswith("beat:tick:") and m.task == "t.tick" for k, m in zip(slot_keys, msgs))
     slots = [slot_ms(m) for m in msgs]
     assert [y - x for x, y in zip(slots, slots[1:])] == [1000] * (len(slots) - 1)
     assert float(redis_client.hget(keys.BEAT_LAST, "tick")) * 1000 == pytest.approx(slots[-1], abs=1)
@@ -207,11 +211,13 @@ def test_missed_runs_follow_the_policy(redis_url, redis_client, caplog, policy, 
 @pytest.mark.timeout(20)
 def test_options_reach_the_message(redis_url, redis_client):
     entry = {"task": "t.opt", "schedule": 60, "args": [1, 2], "kwargs": {"k": "v"},
-             "options": {"queue": "other", "priority": 3}}
+             "options": {"queue": "other", "priority": 3, "headers": {"mine": 1}}}
     Beat(make_app(redis_url, {"opt": entry})).tick()
     [(_, fields)] = redis_client.xrange(keys.queue("other", 3))
     msg = message_mod.decode(fields[b"m"])
-    assert msg.task == "t.opt" and msg.queue == "other" and msg.id.startswith("beat:opt:")
+    assert msg.task == "t.opt" and msg.queue == "other" and uuid.UUID(msg.id).version == 4
+    assert msg.headers["mine"] == 1 and msg.headers["beat_key"].startswith("beat:opt:")
+    assert entry["options"]["headers"] == {"mine": 1}  # the entry's own options are left as they were
     assert msg.args_kwargs({"json"}) == ([1, 2], {"k": "v"})
 
 

@@ -57,6 +57,7 @@ def test_parse_entries_keeps_a_schedule_own_time_zone():
     ({"task": "t", "schedule": 5, "kwargs": [1]}, "'kwargs'"),
     ({"task": "t", "schedule": 5, "options": 3}, "'options'"),
     ({"task": "t", "schedule": 5, "options": {"task_id": "x"}}, "task_id"),
+    ({"task": "t", "schedule": 5, "options": {"headers": ["x"]}}, "'headers' in 'options' must be a dict"),
     ({"task": "t", "schedule": 5, "kwarg": {}}, "unknown key"),
     ({"task": "t", "schedule": crontab(), "relative": True}, "relative"),
     ("t.task", "must be a dict"),
@@ -96,11 +97,11 @@ def test_beat_validates_entries_and_settings_at_start():
     assert beat.token.startswith("unit-beat:")
 
 
-def test_task_id_is_deterministic_per_slot():
+def test_slot_key_is_deterministic_per_slot():
     slot = datetime(2024, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)
-    assert Beat.task_id("e", slot) == "beat:e:1704067201500"
-    assert Beat.task_id("e", slot) == Beat.task_id("e", slot.astimezone(timezone(timedelta(hours=2))))
-    assert Beat.task_id("e", slot) != Beat.task_id("e", slot + timedelta(milliseconds=500))
+    assert Beat.slot_key("e", slot) == "beat:e:1704067201500"
+    assert Beat.slot_key("e", slot) == Beat.slot_key("e", slot.astimezone(timezone(timedelta(hours=2))))
+    assert Beat.slot_key("e", slot) != Beat.slot_key("e", slot + timedelta(milliseconds=500))
 
 
 # --- due_slots -----------------------------------------------------------------------------------

@@ -167,21 +167,35 @@ def run_cli(procs, *args, timeout=30):
 
 def test_cli_inspect_and_control(procs, client_app):
     w1, w2 = two_workers(procs)
-    out = run_cli(procs, "inspect", "ping", "-t", "0.5")
+    out = run_cli(procs, "inspect", "ping", "-t", "0.5", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {w1.hostname: {"ok": "pong"}, w2.hostname: {"ok": "pong"}}
-    out = run_cli(procs, "inspect", "stats", "-d", w1.hostname)
+    out = run_cli(procs, "inspect", "ping", "-t", "0.5")  # Celery's human format: one block per node
+    assert out.returncode == 0, out.stderr
+    pongs = {f"-> {w.hostname}: OK\n    pong\n" for w in (w1, w2)}
+    assert out.stdout in {a + b + "\n2 nodes online.\n" for a in pongs for b in pongs - {a}}
+    out = run_cli(procs, "inspect", "stats", "-d", w1.hostname, "--json")
     assert out.returncode == 0, out.stderr
     assert list(json.loads(out.stdout)) == [w1.hostname]
-    out = run_cli(procs, "inspect", "registered", "-d", w1.hostname)
+    out = run_cli(procs, "inspect", "registered", "-d", w1.hostname, "--json")
     assert "testapp.add" in json.loads(out.stdout)[w1.hostname]
-    out = run_cli(procs, "control", "pool_grow", "1", "-d", w2.hostname)
+    out = run_cli(procs, "inspect", "registered", "-d", w1.hostname)
+    assert out.stdout.startswith(f"-> {w1.hostname}: OK\n    [\n") and '\n      "testapp.add",\n' in out.stdout
+    out = run_cli(procs, "control", "pool_grow", "1", "-d", w2.hostname, "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [{w2.hostname: {"ok": "pool will grow", "size": 2}}]
+    assert json.loads(out.stdout) == {w2.hostname: {"ok": "pool will grow", "size": 2}}
     out = run_cli(procs, "control", "rate_limit", "testapp.add", "5/m", "-d", w2.hostname)
-    assert json.loads(out.stdout) == [{w2.hostname: {"ok": "new rate limit set successfully"}}]
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"-> {w2.hostname}: OK\n    new rate limit set successfully\n"
+    out = run_cli(procs, "control", "pool_shrink", "5", "-d", w2.hostname)  # the worker refuses: ERROR
+    assert out.stdout == f"-> {w2.hostname}: ERROR\n    cannot shrink the pool below 1 process (size 2)\n"
     out = run_cli(procs, "control", "shutdown", "-d", w1.hostname)
     assert out.returncode == 0, out.stderr
+    assert out.stdout == f"-> {w1.hostname}: OK\n    shutting down\n"
     assert w1.wait(15) == 0
-    out = run_cli(procs, "inspect", "ping", "-d", w1.hostname, "-t", "0.3")
-    assert out.returncode == 1 and json.loads(out.stdout) == {}
+    for cmd in (("inspect", "ping"), ("control", "ping")):
+        out = run_cli(procs, *cmd, "-d", w1.hostname, "-t", "0.3")
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.strip() == "Error: No nodes replied within time constraint."
+        out = run_cli(procs, *cmd, "-d", w1.hostname, "-t", "0.3", "--json")
+        assert out.returncode == 1 and json.loads(out.stdout) == {}

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,8 +96,17 @@ def test_quick_start_demo_runs_on_an_embedded_redis(tmp_path):
                          text=True, timeout=100)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "chord(mul(i, i) ..) -> total    = 285" in out.stdout
+    assert out.stdout.startswith("minique demo: broker redis+embedded://./.minique-demo, "
+                                 "tasks demo.add, demo.mul, demo.total\n")
+    assert "[tasks]\n  . demo.add\n  . demo.mul\n  . demo.total\n" in out.stderr  # the worker's banner
     data = tmp_path / ".minique-demo"  # the AOF is persisted: a directory since Redis 7, one file before
     assert (data / "appendonlydir").exists() or (data / "appendonly.aof").exists()
+
+
+@pytest.mark.unit
+def test_the_demo_folder_is_git_ignored():
+    ignored = (Path(__file__).parent.parent / ".gitignore").read_text().splitlines()
+    assert "/.minique-demo/" in ignored
 
 
 def test_worker_with_embedded_beat(procs, client_app, redis_client):

@@ -27,6 +27,7 @@ import redis
 from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states
 from ..backend import format_traceback
 from ..brokers import Delivery
+from ..events import short_repr
 from ..exceptions import (
     ChordError,
     ContentDisallowed,
@@ -84,6 +85,7 @@ class Executor:
         self.max_deliveries = int(app.broker.max_deliveries)
         self.security_key = self.conf.security_key
         self.exc_max = self.conf.task_exception_max_size  # characters of an exception's text in events, logs, reasons
+        self.repr_max = self.conf.task_argsrepr_max_size  # characters of a result's repr in the success log line
         self.max_age = replay.max_age_of(self.conf.security_message_max_age)  # replay protection (None: off)
         self._claimed: Optional[Tuple[Delivery, str]] = None  # the last delivery a once-only mark was asked for
         self.use_alarm = use_alarm
@@ -269,8 +271,8 @@ class Executor:
         if self.events is not None:
             self.events.succeeded(msg, runtime)
         if log.isEnabledFor(logging.INFO):
-            log.info("Task %s[%s] succeeded in %.6fs", msg.task, msg.id, runtime,
-                     extra=_fields(msg, "succeeded", runtime=runtime))
+            log.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, runtime,
+                     short_repr(value, self.repr_max), extra=_fields(msg, "succeeded", runtime=runtime))
         return None
 
     def _failed(self, job: Job, args: list, kwargs: dict, exc: BaseException) -> Outcome:
