@@ -34,21 +34,24 @@ def malformed(client):
     return [d for d in dead_letters(client) if d[1].startswith("malformed record: ")]
 
 
-@pytest.fixture(params=["streams", "lists"])
-def broker(request, redis_url):
+def _broker(cls, redis_url):
+    """A broker of `cls` on queue "q" (claims expire after 0.5 s, two deliveries at most), and its client."""
     client = redis.Redis.from_url(redis_url)
-    cls = StreamsBroker if request.param == "streams" else ListsBroker
     b = cls(client, visibility_timeout=0.5, max_deliveries=2)
     b.ensure_queues(["q"])
+    return b, client
+
+
+@pytest.fixture(params=["streams", "lists"])
+def broker(request, redis_url):
+    b, client = _broker(StreamsBroker if request.param == "streams" else ListsBroker, redis_url)
     yield b
     client.close()
 
 
 @pytest.fixture
 def streams(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    b = StreamsBroker(client, visibility_timeout=0.5, max_deliveries=2)
-    b.ensure_queues(["q"])
+    b, client = _broker(StreamsBroker, redis_url)
     yield b
     client.close()
 
