@@ -179,22 +179,16 @@ def procs(tmp_path, redis_url):
 @pytest.fixture
 def fresh_app(fresh_redis, monkeypatch):
     """testapp imported here, pointed at the AOF server of `fresh_redis`."""
-    import sys
-
-    from procs import import_testapp
+    from procs import drop_testapp, import_testapp
     testapp = import_testapp(monkeypatch, fresh_redis.url())
     yield testapp
-    testapp.app.close()
-    sys.modules.pop("testapp", None)
+    drop_testapp(testapp)
 
 
 @pytest.fixture
 def client_app(redis_url, monkeypatch):
     """The test app imported in this process (the client side), pointed at the test's Redis."""
-    import sys
-
-    from procs import import_testapp
+    from procs import drop_testapp, import_testapp
     testapp = import_testapp(monkeypatch, redis_url)
     yield testapp
-    testapp.app.close()
-    sys.modules.pop("testapp", None)
+    drop_testapp(testapp)

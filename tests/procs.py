@@ -30,6 +30,13 @@ def import_testapp(monkeypatch, url: str):
     return testapp
 
 
+def drop_testapp(testapp) -> None:
+    """Undo import_testapp: close the app's connections and forget the module (None: nothing to do)."""
+    if testapp is not None:
+        testapp.app.close()
+    sys.modules.pop("testapp", None)
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
     """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from procs import APPS, Processes, import_testapp, wait_for
+from procs import APPS, Processes, drop_testapp, import_testapp, wait_for
 from redis_server import RedisServer
 
 PASSWORD = "s3cret-pw"
@@ -82,9 +82,7 @@ def test_worker_started_before_redis_waits_for_it_and_then_runs_tasks(tmp_path, 
         assert PASSWORD not in log
     finally:
         procs.close()
-        if testapp is not None:
-            testapp.app.close()
-            sys.modules.pop("testapp", None)
+        drop_testapp(testapp)
         server.kill()
 
 

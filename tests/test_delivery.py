@@ -15,7 +15,7 @@ import pytest
 
 from minique import keys, states
 from minique.exceptions import MaxRetriesExceededError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from procs import Books, Processes, pid_alive, wait_for
+from procs import Books, Processes, drop_testapp, pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -476,9 +476,7 @@ def test_urls_with_credentials(tmp_path, monkeypatch, who):
                         username=None if who == "requirepass" else "alice").ping()
     finally:
         procs.close()
-        if testapp is not None:
-            testapp.app.close()
-        sys.modules.pop("testapp", None)
+        drop_testapp(testapp)
         server.kill()
 
 
@@ -520,7 +518,5 @@ def test_rediss_url_with_tls(tmp_path, monkeypatch):
         assert any(c.get("laddr", "").endswith(f":{tls_port}") for c in clients)   # traffic went over TLS
     finally:
         procs.close()
-        if testapp is not None:
-            testapp.app.close()
-        sys.modules.pop("testapp", None)
+        drop_testapp(testapp)
         server.kill()

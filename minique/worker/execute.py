@@ -49,6 +49,7 @@ from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "execute_lua")
+_UNRUN = fate.PRE_RUN | {fate.INTERNAL}  # outcomes whose dead letter is the whole story (no task ran to tell of)
 _PASS = (NotStarted, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # the consumer's to handle
 
 
@@ -411,7 +412,7 @@ class Executor:
         """The task event and the log line of a settlement."""
         msg, events = job.msg, self.events
         result = s.result if s.result is not None else outcome.value
-        if msg is None or s.dead_letter is not None and outcome.kind in fate.PRE_RUN | {fate.INTERNAL}:
+        if msg is None or s.dead_letter is not None and outcome.kind in _UNRUN:
             task_id = msg.id if msg is not None else peek_id(job.delivery.data)
             if events is not None:
                 events.raw("task-rejected", uuid=task_id, reason=s.dead_letter, hostname=self.hostname,
