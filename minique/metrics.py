@@ -326,7 +326,7 @@ class ClusterCollector:
         return []
 
     def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         sample = queue_sample(self.app, self.queues())
         length = GaugeMetricFamily("minique_queue_length", "Messages waiting in a queue, by priority.",
                                    labels=["queue", "priority"])
@@ -334,14 +334,29 @@ class ClusterCollector:
                                     labels=["queue"])
         unacked = GaugeMetricFamily("minique_queue_unacked", "Messages delivered to workers and not acknowledged.",
                                     labels=["queue"])
+        age = GaugeMetricFamily("minique_queue_oldest_message_age_seconds",
+                                "Seconds the oldest waiting message has waited in its queue (streams).",
+                                labels=["queue"])
+        sent = CounterMetricFamily("minique_tasks_sent", "Messages added to a queue: sent, retried, or due "
+                                   "from the delayed set (streams, Redis 7+).", labels=["queue"])
+        now = sample["time"]
         for q, info in sorted(sample["queues"].items()):
             for p, n in sorted(info["priorities"].items()):
-                length.add_metric([q, str(p)], n)
+                if n or p == 0:  # priority 0 always (sums over a queue work); the others while in use
+                    length.add_metric([q, str(p)], n)
             delayed.add_metric([q], info["delayed"])
             unacked.add_metric([q], info["unacked"])
+            if info["waiting"] and info["oldest"] is not None:
+                age.add_metric([q], max(0.0, now - info["oldest"]))
+            elif info["waiting"] == 0:
+                age.add_metric([q], 0.0)
+            if info["added"] is not None:
+                sent.add_metric([q], info["added"])
         yield length
         yield delayed
         yield unacked
+        yield age
+        yield sent
         yield GaugeMetricFamily("minique_dead_letter_queue_length", "Messages in the dead-letter stream.",
                                 value=sample["dead_letters"])
         up = GaugeMetricFamily("minique_worker_heartbeat_age_seconds", "Seconds since each worker's heartbeat.",
@@ -357,7 +372,8 @@ class ClusterCollector:
             up.add_metric([host.decode()], max(0.0, now - ts))
             alive += now - ts < max(3 * interval, 6.0)
         yield up
-        yield GaugeMetricFamily("minique_workers_up", "Workers whose heartbeat is recent.", value=alive)
+        yield GaugeMetricFamily("minique_workers_alive", "Workers whose heartbeat is recent (cluster-wide).",
+                                value=alive)
 
 
 def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
@@ -369,7 +385,7 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
     for q in queues:
         for p in keys.PRIORITIES:
             if streams:
-                pipe.xlen(keys.queue(q, p))
+                pipe.xinfo_stream(keys.queue(q, p))  # length, and entries-added (Redis 7): a sent counter
                 pipe.xpending(keys.queue(q, p), keys.GROUP)
             else:
                 pipe.llen(keys.queue(q, p))
@@ -383,10 +399,13 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
     for q in queues:
         prios: Dict[int, int] = {}
         unacked = 0
+        added: Optional[int] = None
         for p in keys.PRIORITIES:
             if streams:
-                total, pending = next(results), next(results)
-                total = total if isinstance(total, int) else 0
+                stream, pending = next(results), next(results)  # (XINFO fails on a stream never used: 0)
+                total = int(stream.get("length", 0)) if isinstance(stream, dict) else 0
+                if isinstance(stream, dict) and "entries-added" in stream:
+                    added = (added or 0) + int(stream["entries-added"])
                 pending = int(pending.get("pending", 0)) if isinstance(pending, dict) else 0
                 prios[p] = max(0, total - pending)
                 unacked += pending
@@ -395,13 +414,17 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
                 prios[p] = n if isinstance(n, int) else 0
         delayed = next(results)
         info = {"priorities": prios, "waiting": sum(prios.values()),
-                "delayed": delayed if isinstance(delayed, int) else 0, "unacked": unacked}
+                "delayed": delayed if isinstance(delayed, int) else 0, "unacked": unacked, "added": added}
         if not streams:
             consumers = next(results)
             held_lists.append((q, [c.decode() for c in consumers] if isinstance(consumers, list) else []))
         out["queues"][q] = info
     dead = next(results)
     out["dead_letters"] = dead if isinstance(dead, int) else 0
+    waiting = [q for q in queues if out["queues"][q]["waiting"]]
+    oldest = app.broker.oldest_waiting(waiting) if waiting else {}
+    for q in queues:
+        out["queues"][q]["oldest"] = oldest.get(q)
     if held_lists:
         pipe = client.pipeline(transaction=False)
         for q, consumers in held_lists:

@@ -143,10 +143,48 @@ def test_dashboard_exports_cluster_wide_queue_gauges(procs, client_app, redis_cl
     assert value(m, "minique_queue_delayed", queue="default") == 1
     assert value(m, "minique_queue_unacked", queue="default") == 0
     assert value(m, "minique_dead_letter_queue_length") == 1
-    assert value(m, "minique_workers_up") == 0
+    assert value(m, "minique_workers_alive") == 0
+    # priority series only for priorities in use (and 0, so sums over a queue always have a series)
+    assert ("minique_queue_length", frozenset({"queue": "default", "priority": "3"}.items())) not in m
+    assert ("minique_queue_length", frozenset({"queue": "other", "priority": "5"}.items())) not in m
+    # the oldest waiting message's age: from its stream entry id, so it was waiting before the scrape began
+    assert 0 < value(m, "minique_queue_oldest_message_age_seconds", queue="default") < 60
+    if redis_client.info("server")["redis_version"] >= "7":  # entries-added came with Redis 7.0
+        assert value(m, "minique_tasks_sent_total", queue="default") == 3  # (the countdown one is not due)
     # once a worker takes the messages, the gauges follow
     procs.worker("-c", "1")
     wait_for(lambda: value(dash.metrics(), "minique_queue_length", queue="default", priority="0") == 0, 10,
              "the default queue to drain")
-    assert value(dash.metrics(), "minique_workers_up") == 1
+    m = dash.metrics()
+    assert value(m, "minique_workers_alive") == 1
+    assert value(m, "minique_queue_oldest_message_age_seconds", queue="default") == 0
     assert app.broker.delayed_count("default") == 1
+
+
+def _exported_names(text: str) -> set:
+    """Every sample name the families of an exposition can have (a family with no sample yet counts)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
+                "info": ("_info",), "summary": ("_sum", "_count", "")}
+    return {family.name + suffix for family in text_string_to_metric_families(text)
+            for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_the_grafana_board_queries_only_metrics_that_exist(procs):
+    """docs/grafana/minique.json: every metric a panel names is exported by a worker or the dashboard."""
+    import json
+    import re
+    from pathlib import Path
+
+    from test_dashboard import start_dashboard
+    board = json.loads((Path(__file__).resolve().parents[1] / "docs/grafana/minique.json").read_text())
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    named = {m for expr in exprs for m in re.findall(r"\b(?:minique|process)_[a-z_]+", expr)}
+    assert len(named) >= 15 and len(exprs) >= 15
+    _, port = metrics_worker(procs, "-c", "1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        exported = _exported_names(resp.read().decode())
+    dash = start_dashboard(procs)
+    status, _, data = dash.request("GET", "/metrics")
+    assert status == 200
+    exported |= _exported_names(data.decode())
+    assert named - exported == set(), f"panels query metrics nobody exports: {sorted(named - exported)}"
