@@ -252,12 +252,14 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
 @click.option("--without-events", is_flag=True, help="Do not send task events.")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this worker (development only).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--health-port", type=int, help="Serve the probes /livez and /readyz on this port (0: off; they "
+                                              "are on --metrics-port too).")
 @click.pass_context
 def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int], pool: Optional[str], loglevel: str,
            logfile: Optional[str], log_json: bool, hostname: Optional[str], prefetch_multiplier: Optional[int],
            max_tasks_per_child: Optional[int], max_memory_per_child: Optional[int], time_limit: Optional[float],
            soft_time_limit: Optional[float], task_events: Optional[bool], without_events: bool, beat: bool,
-           metrics_port: Optional[int]) -> None:
+           metrics_port: Optional[int], health_port: Optional[int]) -> None:
     """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
 
     A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
@@ -272,7 +274,8 @@ def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int]
     w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
                concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat)
+               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat,
+               health_port=health_port)
     w.install_signals()
     sys.exit(w.run())
 

@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import keys, serializers
 from .logs import Once
@@ -445,12 +445,17 @@ def metrics_payload(registry: Any, accept: str = "") -> Tuple[bytes, str]:
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):
-    registry: Any = None
+    registry: Any = None  # None: a health-only server
+    health: Any = None    # callable(probe) -> (ok, text) answering /livez and /readyz, or None
     server_version = "minique-metrics"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
-        if path not in ("/metrics", "/"):
+        if path in ("/livez", "/readyz") and self.health is not None:
+            ok, text = self.health(path[1:])
+            self._answer(200 if ok else 503, (text + "\n").encode(), "text/plain; charset=utf-8")
+            return
+        if path not in ("/metrics", "/") or self.registry is None:
             self.send_error(404)
             return
         if path == "/":
@@ -462,7 +467,10 @@ class _MetricsHandler(BaseHTTPRequestHandler):
                 _report("collect", "metrics collection failed: %r", exc, exc_info=True)
                 self.send_error(500, str(exc))
                 return
-        self.send_response(200)
+        self._answer(200, body, ctype)
+
+    def _answer(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -473,10 +481,12 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """A /metrics HTTP server in a daemon thread (stdlib ThreadingHTTPServer)."""
+    """A /metrics (and /livez, /readyz) HTTP server in a daemon thread (stdlib ThreadingHTTPServer)."""
 
-    def __init__(self, registry: Any, host: str, port: int):
-        handler = type("Handler", (_MetricsHandler,), {"registry": registry})
+    def __init__(self, registry: Any, host: str, port: int,
+                 health: Optional[Callable[[str], Tuple[bool, str]]] = None):
+        handler = type("Handler", (_MetricsHandler,), {"registry": registry, "health": staticmethod(health)
+                                                       if health is not None else None})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]

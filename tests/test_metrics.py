@@ -1,5 +1,7 @@
 """Prometheus metrics scraped over HTTP from real workers (and the dashboard's cluster-wide gauges)."""
 import socket
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -188,3 +190,57 @@ def test_the_grafana_board_queries_only_metrics_that_exist(procs):
     assert status == 200
     exported |= _exported_names(data.decode())
     assert named - exported == set(), f"panels query metrics nobody exports: {sorted(named - exported)}"
+
+
+def _probe(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return None, ""
+
+
+def test_health_probes_follow_redis_and_shutdown(fresh_redis, tmp_path):
+    """--health-port: /livez while the parent's loop turns; /readyz also needs Redis and a live pool."""
+    from procs import Processes
+    procs = Processes(tmp_path, fresh_redis.url())
+    try:
+        port = free_port()
+        worker = procs.worker("-c", "1", "--health-port", str(port))
+        wait_for(lambda: _probe(port, "/readyz")[0] == 200, 10, "/readyz to answer 200")
+        assert _probe(port, "/livez") == (200, "ok\n")
+        assert _probe(port, "/metrics")[0] == 404  # a health-only port serves no metrics
+        fresh_redis.kill()
+        wait_for(lambda: _probe(port, "/readyz")[0] == 503, 20, "/readyz to fail without Redis")
+        assert "Redis does not answer" in _probe(port, "/readyz")[1]
+        assert _probe(port, "/livez")[0] == 200  # the process is alive: restarting it would not help
+        fresh_redis.start()
+        wait_for(lambda: _probe(port, "/readyz")[0] == 200, 15, "/readyz to recover with Redis")
+        worker.signal(__import__("signal").SIGTERM)
+        worker.wait(15)
+        assert _probe(port, "/livez")[0] is None  # gone with the worker
+    finally:
+        procs.close()
+
+
+@pytest.mark.parametrize("stalled, stopping, members, probe, expected", [
+    (0, None, 1, "livez", (True, "ok")),
+    (0, None, 1, "readyz", (True, "ok")),
+    (31, None, 1, "livez", (False, "the worker's loop has not turned for 31s")),
+    (0, "warm", 1, "livez", (True, "ok")),
+    (0, "warm", 1, "readyz", (False, "shutting down (warm)")),
+    (0, None, 0, "readyz", (False, "no pool process is alive")),
+])
+def test_health_rules(stalled, stopping, members, probe, expected):
+    """Telemetry.health's rules, without a worker: a stalled loop fails both probes; readiness also needs
+    a running, un-stopping pool whose loop reached Redis."""
+    from types import SimpleNamespace
+
+    from minique.worker.observe import Telemetry
+    worker = SimpleNamespace(loop_at=time.monotonic() - stalled, stopping=stopping,
+                             pool=SimpleNamespace(members={i: None for i in range(members)}),
+                             _unreachable_since=None)
+    health = Telemetry.health(SimpleNamespace(worker=worker), probe)
+    assert health[0] == expected[0] and health[1].startswith(expected[1][:30])

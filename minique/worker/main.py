@@ -54,7 +54,7 @@ class Worker:
                  pool: Optional[str] = None, hostname: Optional[str] = None,
                  prefetch_multiplier: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
                  max_memory_per_child: Optional[int] = None, events: Optional[bool] = None,
-                 metrics_port: Optional[int] = None, beat: bool = False):
+                 metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None):
         conf = app.conf
         self.app = app
         self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
@@ -80,6 +80,8 @@ class Worker:
                         "worker held is redelivered stale, and dead-lettered", max_age, conf.visibility_timeout)
         self.send_events = conf.worker_send_task_events if events is None else events
         self.metrics_port = metrics_port if metrics_port is not None else conf.worker_metrics_port
+        self.health_port = health_port if health_port is not None else conf.worker_health_port
+        self.loop_at = time.monotonic()  # the last turn of the parent's loop (/livez)
         self.embed_beat = beat
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
         self.wake = threading.Event()
@@ -209,6 +211,7 @@ class Worker:
         warm_deadline = None
         while True:
             now = time.time()
+            self.loop_at = time.monotonic()  # /livez reads it
             try:
                 self._upkeep("reap", self._reap)
                 self._upkeep("time limits", self._enforce_time_limits, now)
