@@ -414,6 +414,75 @@ def status(ctx: click.Context) -> None:
                    f"pool {info['concurrency']}, processed {info['processed']}")
 
 
+_EVENT_DETAILS = ("args", "kwargs", "runtime", "exception", "reason", "eta", "queue", "retries")
+
+
+def event_line(ev: dict) -> str:
+    """One event as `celery events --dump` shows it: when, who, what, then its details."""
+    import datetime
+    when = datetime.datetime.fromtimestamp(float(ev.get("ts") or 0)).isoformat(sep=" ", timespec="milliseconds")
+    kind = ev.get("type", "?")
+    if kind.startswith("task-"):
+        what = f"{kind} {ev.get('name') or '?'}[{ev.get('uuid')}]"
+        details = " ".join(f"{k}={ev[k]}" for k in _EVENT_DETAILS if ev.get(k) not in (None, "", (), []))
+    else:
+        what = kind
+        details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "ts", "hostname", "pid")
+                           and v not in (None, "", (), []))
+    return f"{when} {ev.get('hostname') or '?'} {what}" + (f" {details}" if details else "")
+
+
+@main.command()
+@click.option("--dump", is_flag=True, help="Print events as they come (the only mode; accepted as Celery's).")
+@click.option("--task", "task_glob", help="Only events of tasks whose name matches (a glob: 'proj.*').")
+@click.option("--state", "states", multiple=True,
+              help="Only these task events: received, started, succeeded, failed, retried, revoked, rejected "
+                   "(repeat the option for several).")
+@click.option("--workers/--no-workers", default=False, help="Also worker events (online, heartbeat, offline).")
+@click.option("--from-start", is_flag=True, help="Begin with the events already in the stream (default: new ones).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--timeout", type=float, help="Stop when no event came for this many seconds.")
+@click.pass_context
+def events(ctx: click.Context, dump: bool, task_glob: Optional[str], states: Tuple[str, ...], workers: bool,
+           from_start: bool, as_json: bool, count: Optional[int], timeout: Optional[float]) -> None:
+    """Watch the event stream live, as `celery events --dump`: one line per event."""
+    import fnmatch
+    import json as json_mod
+    import time
+
+    from . import keys
+    from .events import Reader
+    app = _client_app(ctx)
+    client = app.broker_client
+    kinds = {s if s.startswith("task-") else f"task-{s}" for s in states}
+    start = "0-0"
+    if not from_start:
+        newest = client.xrevrange(keys.EVENTS, count=1)
+        if newest:
+            start = newest[0][0].decode()
+    reader = Reader(client, start)
+    click.echo(f"-> minique events: watching {keys.EVENTS} (Ctrl-C to stop)", err=True)
+    shown, quiet_since = 0, time.monotonic()
+    while count is None or shown < count:
+        if timeout is not None and time.monotonic() - quiet_since > timeout:
+            break
+        block = 1.0 if timeout is None else max(0.01, min(1.0, timeout - (time.monotonic() - quiet_since)))
+        for ev in reader.read(count=100, block=block):
+            kind = str(ev.get("type", ""))
+            if kind.startswith("task-"):
+                if kinds and kind not in kinds or task_glob and not fnmatch.fnmatchcase(str(ev.get("name")),
+                                                                                         task_glob):
+                    continue
+            elif not workers:
+                continue
+            click.echo(json_mod.dumps(ev, default=str) if as_json else event_line(ev))
+            shown += 1
+            quiet_since = time.monotonic()
+            if count is not None and shown >= count:
+                break
+
+
 PROGRESS_FROM = 500  # messages: fewer take no more than a moment, and get no progress bar
 
 
