@@ -64,7 +64,7 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     "beat": _SEND + (
         "+script|load",
         "(~minique:lock:beat +set +get +del +pttl +pexpire +evalsha +eval)",        # the leader's lease
-        "(~minique:beat:last +hkeys +hdel +hmget +hget +hset +evalsha +eval)",      # when each entry last ran
+        "(~minique:beat:last ~minique:beat:lag +hkeys +hdel +hmget +hget +hset +evalsha +eval)",  # last runs, lag
     ),
 }
 

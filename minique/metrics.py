@@ -364,7 +364,15 @@ class ClusterCollector:
         alive = 0
         interval = float(self.app.conf.worker_heartbeat_interval)
         now = time.time()
-        for host, raw in self.app.broker_client.hgetall(keys.WORKERS).items():
+        pipe = self.app.broker_client.pipeline(transaction=False)
+        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG):
+            pipe.hgetall(key)
+        workers, last_runs, lags = pipe.execute()
+        yield _per_entry("minique_beat_last_run_timestamp_seconds", "When each beat entry last ran (its slot, epoch).",
+                         last_runs)
+        yield _per_entry("minique_beat_lag_seconds", "How late each beat entry's last run was sent after its slot.",
+                         lags)
+        for host, raw in workers.items():
             try:
                 ts = serializers.unpack(raw)["ts"]
             except Exception:  # noqa: BLE001
@@ -374,6 +382,18 @@ class ClusterCollector:
         yield up
         yield GaugeMetricFamily("minique_workers_alive", "Workers whose heartbeat is recent (cluster-wide).",
                                 value=alive)
+
+
+def _per_entry(name: str, doc: str, stored: Dict[bytes, bytes]) -> Any:
+    """A gauge labelled by beat entry from one of beat's hashes (values it cannot read are left out)."""
+    from prometheus_client.core import GaugeMetricFamily
+    family = GaugeMetricFamily(name, doc, labels=["entry"])
+    for entry, raw in sorted(stored.items()):
+        try:
+            family.add_metric([entry.decode(errors="replace")], float(raw))
+        except ValueError:
+            continue
+    return family
 
 
 def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
