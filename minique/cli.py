@@ -402,10 +402,12 @@ def status(ctx: click.Context) -> None:
     from . import keys, serializers
     app = _client_app(ctx)
     broker = app.broker
+    paused = set(app.control.paused())
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
-    for q in broker.queues_known():
+    for q in sorted(set(broker.queues_known()) | paused):
         waiting = sum(broker.length(q, p) for p in keys.PRIORITIES)
-        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}")
+        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}"
+                   + ("  paused" if q in paused else ""))
     click.echo(f"dead letters: {app.broker_client.xlen(keys.DLQ)}")
     for host, raw in app.broker_client.hgetall(keys.WORKERS).items():
         info = serializers.unpack(raw)
@@ -625,7 +627,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 
 
 @main.command()
-@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "rate_limit", "revoke", "ping"]))
+@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "rate_limit", "revoke", "ping",
+                                              "pause", "resume"]))
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
@@ -633,7 +636,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.pass_context
 def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
             as_json: bool) -> None:
-    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID."""
+    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID,
+    pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later obey it too)."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
             raise click.UsageError(f"usage: control {command} [N]: N is a number of pool processes >= 1 "
@@ -651,6 +655,14 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.rate_limit(args[0], args[1], destination=dest, reply=True, timeout=timeout)
     elif command == "revoke":
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)
+    elif command in ("pause", "resume"):
+        if len(args) != 1:
+            raise click.UsageError(f"usage: control {command} QUEUE")
+        replies = getattr(ctl, command)(args[0], destination=dest, reply=True, timeout=timeout)
+        click.echo(f"queue {args[0]} {'paused' if command == 'pause' else 'resumed'}"
+                   + ("" if replies else " (no worker answered: workers started later obey it)"), err=True)
+        if not replies:  # kept in Redis: done, whether or not a worker runs now
+            return
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
     merged: dict = {}

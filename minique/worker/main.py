@@ -35,6 +35,7 @@ from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+PAUSED_POLL = 2.0  # seconds between reads of the paused queues (in case a control command was missed)
 RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 4.0  # seconds between attempts to reach Redis at start-up
 SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
 
@@ -84,6 +85,7 @@ class Worker:
         self.loop_at = time.monotonic()  # the last turn of the parent's loop (/livez)
         self.embed_beat = beat
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
+        self.paused: frozenset = frozenset()  # this worker's queues that are paused (refresh_paused)
         self.wake = threading.Event()
         self.pool: Optional[Pool] = None
         self.started_at = time.time()
@@ -110,6 +112,9 @@ class Worker:
         if not self.wait_for_redis():
             return  # stopped while waiting: run() ends without starting the pool
         app.broker.ensure_queues(self.queues)
+        self.paused = frozenset(q.decode() for q in app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        if self.paused:
+            log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
         # the parent writes the fate of tasks lost with their process through the same executor code
@@ -204,7 +209,7 @@ class Worker:
         self.start()
         if self.pool is None:  # stopped while waiting for Redis
             return 0
-        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0}
+        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0, "paused": 0.0}
         vis = self.app.broker.visibility_timeout
         extend_every = max(0.5, min(vis / 4, 60.0))
         reclaim_every = max(0.5, min(vis / 2, 30.0))
@@ -229,6 +234,9 @@ class Worker:
                     if now >= timers["reclaim"]:
                         timers["reclaim"] = now + reclaim_every
                         self._upkeep("reclaim", self._reclaim)
+                    if now >= timers["paused"]:  # (a pause also arrives at once as a control command)
+                        timers["paused"] = now + PAUSED_POLL
+                        self._upkeep("paused", self.refresh_paused)
                     if now >= timers["heartbeat"]:
                         timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
                         self._upkeep("heartbeat", self.heartbeat)
@@ -425,13 +433,36 @@ class Worker:
                 SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
+    def refresh_paused(self) -> frozenset:
+        """Read the paused queues; when they changed, tell the pool processes (they re-read them)."""
+        paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        if paused != self.paused:
+            self.paused = paused
+            if paused:
+                log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
+            else:
+                log.warning("no queue of this worker is paused now")
+            self._tell_pool(wake=True)
+        return paused
+
+    def _tell_pool(self, wake: bool = False) -> None:
+        """Bump every pool slot's control number: its process re-reads revocations and paused queues.
+        `wake`: also end a blocking wait (SIGUSR2), so a process does not take from a queue just paused."""
+        assert self.pool is not None
+        for m in list(self.pool.members.values()):  # (may run in the control thread: copy the members)
+            self.pool.slots[m.index].bump_ctl()
+            if m.consumer is not None:
+                m.consumer.reload_control()
+            elif wake and m.pid:
+                try:
+                    os.kill(m.pid, signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
+
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
         assert self.pool is not None
-        for m in list(self.pool.members.values()):  # (runs in the control thread: copy the members)
-            self.pool.slots[m.index].bump_ctl()
-            if m.consumer is not None:
-                m.consumer.load_revoked()
+        self._tell_pool()
         if terminate and self.pool.hard_time_limits:
             wanted = set(task_ids)
             for m in list(self.pool.members.values()):

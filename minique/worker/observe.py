@@ -197,6 +197,7 @@ class Observer:
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
             "pool_shrink": lambda a: self._resize(-int(a.get("n", 1))),
             "rate_limit": self._rate_limit,
+            "queues_changed": lambda a: {"ok": "paused: " + (", ".join(sorted(worker.refresh_paused())) or "none")},
         }
 
     @property
