@@ -294,6 +294,9 @@ class Minique:
             value = options.get(key)
             if value is not None:
                 fields[key] = value
+        rate_key = options.get("rate_limit_key")
+        if rate_key is not None:  # a cluster-wide rate limit counted per this key (worker/ratelimit.py)
+            fields["headers"] = {**(fields.get("headers") or {}), "rate_limit_key": str(rate_key)}
         for option, field in (("link", "links"), ("link_error", "errbacks")):
             sigs = options.get(option)
             if sigs:

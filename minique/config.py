@@ -49,6 +49,7 @@ DEFAULTS: Dict[str, Any] = {
     "task_eager_propagates": False,
     "task_annotations": None,
     "task_default_rate_limit": None,
+    "worker_rate_limit_scope": "cluster",        # "cluster": a rate limit holds across workers; "worker": Celery's
     "task_max_message_size": 16 * 1024 * 1024,   # bytes; larger messages are dead-lettered
     "task_max_deliveries": 10,                   # redeliveries past this go to the dead letters
     "task_send_sent_event": False,
@@ -235,6 +236,10 @@ def check_worker_settings(concurrency: Any, prefetch_multiplier: Any, conf: Mapp
             _number(name, flag, conf[name], False, 0, True, "seconds > 0 (None: no limit)")
     for name in ("broker_connection_timeout", "worker_heartbeat_interval"):
         _number(name, None, conf[name], False, 0, True, "seconds > 0")
+    if conf["worker_rate_limit_scope"] not in ("cluster", "worker"):
+        from .exceptions import ConfigurationError
+        raise ConfigurationError(f"worker_rate_limit_scope must be \"cluster\" (a limit holds across workers) or "
+                                 f"\"worker\" (Celery's: per worker), not {conf['worker_rate_limit_scope']!r}")
     retries = conf["broker_connection_max_retries"]
     if retries is not None:
         _number("broker_connection_max_retries", None, retries, True, 0, False, "a number >= 0 (0 or None: forever)")

@@ -24,6 +24,7 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "autoretry_for": (), "retry_kwargs": None, "acks_late": None, "reject_on_worker_lost": None,
     "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
+    "rate_limit_key": None,
 }
 
 
@@ -51,6 +52,7 @@ class Task(Generic[P, R]):
     soft_time_limit: Optional[float]
     expires: Any  # seconds from now, or a datetime
     rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
+    rate_limit_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key a cluster limit counts per
     track_started: Optional[bool]
     store_errors_even_if_ignored: Optional[bool]
     typing: bool

@@ -46,6 +46,7 @@ from ..message import Message, decode, peek_id
 from ..settle import Outcome, Policy, Settlement, settle
 from ..signing import sign, verify
 from .outbox import NotStarted, Outbox
+from .ratelimit import KEY_HEADER, RESERVED
 
 log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "execute_lua")
@@ -152,9 +153,15 @@ class Executor:
                 return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
             if self.events is not None:
                 self.events.received(msg, data)
-            if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
-                self.limiter.acquire(msg.task, self.outbox,
-                                     self.events.received_now if self.events is not None else None)
+            if self.limiter is not None:  # the task's rate limit, if any (worker/ratelimit.py)
+                if not self.limiter.cluster:  # Celery's per-worker limit: waits here, after a flush of the Outbox
+                    self.limiter.acquire(msg.task, self.outbox,
+                                         self.events.received_now if self.events is not None else None)
+                else:
+                    at = self._throttled(task, msg, args, kwargs)
+                    if at is not None:
+                        return self._record(job._replace(msg=self._parked(msg, at)), Outcome(
+                            fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
             if self.max_age is not None:
                 holder = self._claim(delivery, msg)
                 if holder is not None:
@@ -190,6 +197,26 @@ class Executor:
         if held is None or held == token.encode():
             return None
         return cast(bytes, held)
+
+    def _throttled(self, task: Any, msg: Message, args: list, kwargs: dict) -> Optional[float]:
+        """Cluster-wide rate limit: None to run now, else the start reserved for this task (the message
+        is parked until then). A message that comes back at the start it reserved runs without asking."""
+        assert self.limiter is not None
+        headers = msg.headers
+        if headers and msg.eta is not None and headers.get(RESERVED) == msg.eta:
+            return None
+        key = headers.get(KEY_HEADER) if headers else None
+        if key is None and task.rate_limit_key is not None:
+            key = task.rate_limit_key(args, kwargs)
+        try:
+            return self.limiter.reserve(msg.task, msg.queue, None if key is None else str(key))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
+
+    def _parked(self, msg: Message, at: float) -> Message:
+        """The message as it waits for its reserved start: due then, and marked as holding it."""
+        parked = msg._replace(eta=at, headers={**(msg.headers or {}), RESERVED: at}, signature=None)
+        return sign(parked, self.security_key) if self.security_key else parked
 
     def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
         """A message that cannot be read: where its id can be found, its result becomes FAILURE so
@@ -435,6 +462,13 @@ class Executor:
                             dead=s.dead_letter is not None)
             log.warning("Task %s[%s] %s (%s)", msg.task, msg.id, reason,
                         "requeued" if s.requeue or s.resend else "dead-lettered", extra=_fields(msg, "rejected"))
+        elif kind == fate.THROTTLED:
+            at = msg.eta or 0.0
+            if events is not None:
+                events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
+                           eta=at, reason=outcome.reason)
+            log.info("Task %s[%s] over its %s: runs at %s (in %.3fs)", msg.task, msg.id, outcome.reason,
+                     time.strftime("%H:%M:%S", time.localtime(at)), at - time.time(), extra=_fields(msg, "throttled"))
         elif s.event == "task-revoked":
             if events is not None:
                 events.task("task-revoked", msg, reason=kind)

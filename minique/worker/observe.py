@@ -53,12 +53,16 @@ class Telemetry:
                       repr_max=self.worker.app.conf.task_argsrepr_max_size)
 
     def limiter_for(self, slot: Any) -> RateLimiter:
-        """The rate limiter the pool process of `slot` waits on before each task (see worker/ratelimit.py)."""
-        return RateLimiter(self.limits, slot)
+        """The rate limiter the pool process of `slot` asks before each task (see worker/ratelimit.py)."""
+        return RateLimiter(self.limits, slot, self.worker.app.broker_client if self.cluster_scope else None)
+
+    @property
+    def cluster_scope(self) -> bool:
+        return self.worker.app.conf.worker_rate_limit_scope == "cluster"
 
     def publish_rates(self) -> None:
-        size = max(1, self.worker.pool.size)
-        self.limits.write({name: size / rate for name, rate in self.rates.items() if rate > 0})
+        share = 1 if self.cluster_scope else max(1, self.worker.pool.size)  # cluster: one bucket for all
+        self.limits.write({name: share / rate for name, rate in self.rates.items() if rate > 0})
 
     def set_rate(self, name: str, value: Any) -> float:
         rate = parse_rate(value)
