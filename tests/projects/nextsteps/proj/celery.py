@@ -15,8 +15,8 @@ app.conf.update(
 
 @app.on_after_configure.connect
 def setup_periodic_tasks(sender, **kwargs):
-    from proj.tasks import tick
     from minique.schedules import crontab
+    from proj.tasks import tick
 
     # every half second, with arguments (the periodic tasks guide's way)
     sender.add_periodic_task(0.5, tick.s("proj:ticks", "configured"), name="tick every 0.5s")
