@@ -501,6 +501,22 @@ class Minique:
         schedule_conf[key] = entry
         self.conf.beat_schedule = schedule_conf
 
+    # --- the command line -----------------------------------------------------------------------------
+    def start(self, argv: Optional[List[str]] = None) -> None:
+        """Run the `minique` command with this app (Celery's app.start), e.g. `if __name__ == "__main__":
+        app.start()` in proj/celery.py, then `python -m proj.celery worker`."""
+        import sys
+
+        from .cli import main
+        module = sys.modules.get("__main__")
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.name not in sys.modules and any(v is self for v in vars(module).values()):
+            # run as `python -m proj.celery`: `from .celery import app` in proj/tasks.py must find this
+            # module (and app), not import the file a second time as another app
+            sys.modules[spec.name] = module  # type: ignore[assignment]
+        main.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="minique",
+                  obj={"app_object": self})
+
     def close(self) -> None:
         for attr in ("broker_client", "backend_client"):
             client = self.__dict__.get(attr)

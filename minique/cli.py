@@ -176,9 +176,11 @@ def main(ctx: click.Context, app_spec: Optional[str], show_traceback: bool) -> N
 
 def _app(ctx: click.Context) -> Any:
     spec = ctx.obj.get("app_spec")
-    if not spec:
+    app = ctx.obj.get("app_object")  # app.start(): the command runs with that app
+    if app is None and not spec:
         raise click.UsageError("which app? give -A/--app MODULE (or set MINIQUE_APP)")
-    app = load_app(spec)
+    if app is None:
+        app = load_app(spec)
     ctx.obj["app"] = app  # the error handler names its URLs
     return app
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from minique import chain, chord, group
+from procs import Proc
 
 PROJECTS = Path(__file__).parent / "projects"
 NEXTSTEPS = PROJECTS / "nextsteps"
@@ -166,3 +167,65 @@ after_rollback = waiting()
 print("RESULT " + json.dumps([inside, after_commit, after_rollback]))
 """)
     assert got == [0, 2, 2]
+
+
+def test_nextsteps_app_start_runs_the_command_with_that_app(procs, redis_url, nextsteps):
+    """`python -m proj.celery worker` (proj/celery.py ends with `app.start()`): proj.tasks, imported by
+    `include`, registers in the app being run, not in a second copy of proj/celery.py."""
+    proc = Proc.__new__(Proc)
+    proc.args, proc.log_path = ["worker"], procs.tmp_path / "start.log"
+    proc._log = open(proc.log_path, "wb")
+    proc.hostname = "started@test"
+    proc.popen = subprocess.Popen([sys.executable, "-m", "proj.celery", "worker", "-n", proc.hostname, "-c", "1"],
+                                  cwd=NEXTSTEPS, env=_nextsteps_env(procs, redis_url), stdout=proc._log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    procs.procs.append(proc)
+    procs.wait_ready(proc)
+    assert nextsteps.mul.delay(6, 7).get(timeout=10) == 42
+
+
+FORKAPP = '''
+import os
+import redis
+from minique import Minique
+
+app = Minique("forkapp")
+
+
+def _record(event):
+    client = redis.Redis.from_url(app.conf.broker_url)
+    client.rpush("forkapp:events", f"{event}:{os.getpid()}")
+    client.close()
+
+
+@app.on_configure.connect
+def configuring(sender, **kwargs):
+    assert sender is app
+    os.environ["FORKAPP_SEEN"] = "configure"  # (no Redis URL to record with before the configuration)
+
+
+@app.on_after_configure.connect
+def configured(sender, source, **kwargs):
+    _record("after_configure" if os.environ.get("FORKAPP_SEEN") == "configure" else "after_configure-alone")
+
+
+@app.on_after_finalize.connect
+def finalized(sender, **kwargs):
+    _record("after_finalize")
+
+
+@app.on_after_fork.connect
+def forked(sender, **kwargs):
+    _record("after_fork")
+'''
+
+
+def test_app_signals_in_a_worker(procs, redis_client, tmp_path):
+    (tmp_path / "forkapp.py").write_text(FORKAPP)
+    proc = procs.worker("-c", "2", app="forkapp", cwd=tmp_path)
+    events = [redis_client.blpop(["forkapp:events"], timeout=20)[1].decode() for _ in range(4)]
+    kinds = [event.split(":")[0] for event in events]
+    pids = [int(event.split(":")[1]) for event in events]
+    assert kinds == ["after_configure", "after_finalize", "after_fork", "after_fork"]
+    assert pids[0] == pids[1] == proc.pid  # the parent configures and finalizes, once
+    assert set(pids[2:]) == set(proc.children()) and len(set(pids[2:])) == 2  # each pool process after its fork
