@@ -91,6 +91,7 @@ class Minique:
         self.on_after_finalize = signals.Signal("app.on_after_finalize")
         self.on_after_fork = signals.Signal("app.on_after_fork")
         self.configured = False
+        self._configuring = False
         self.finalized = False
         self._config_source: Any = None
         self._pending_periodic: List[Tuple[Any, ...]] = []
@@ -126,16 +127,23 @@ class Minique:
     def _configure(self) -> None:
         """The first read of `conf` runs this (Celery's lazy configuration): on_configure, the config
         source read, the periodic tasks added before, on_after_configure."""
-        with self._setup_lock:
-            if self.configured:
+        with self._setup_lock:  # (another thread reading meanwhile waits here)
+            if self.configured or self._configuring:  # (a receiver reading conf: as it is so far)
                 return
-            self.on_configure.send(sender=self)
-            if self._config_source is not None:
-                self.conf.from_object(*self._config_source)
-            self.configured = True
-            pending, self._pending_periodic = self._pending_periodic, []
-            for args in pending:
-                self._add_periodic_task(*args)
+            self._configuring = True
+            try:
+                self.on_configure.send(sender=self)
+                if self._config_source is not None:
+                    self.conf.from_object(*self._config_source)
+                self.configured = True
+                pending, self._pending_periodic = self._pending_periodic, []
+                for args in pending:
+                    self._add_periodic_task(*args)
+            finally:
+                self._configuring = False
+                conf = self.conf
+                if isinstance(conf, PendingSettings):
+                    conf.done()
             self.on_after_configure.send(sender=self, source=self.conf)
 
     def config_from_object(self, obj: Any, silent: bool = False, force: bool = False,

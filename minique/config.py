@@ -183,11 +183,14 @@ class PendingSettings(Settings):
     __slots__ = ()
 
     def _configured(self) -> None:
-        configure = self._configure
-        object.__setattr__(self, "_configure", None)
-        object.__setattr__(self, "__class__", Settings)  # (same layout: only the behaviour changes)
+        configure = self._configure  # the app's: under its lock; ends with `done()`
         if configure is not None:
             configure()
+
+    def done(self) -> None:
+        """Configured: from now on a plain Settings (same layout: only the behaviour changes)."""
+        object.__setattr__(self, "_configure", None)
+        object.__setattr__(self, "__class__", Settings)
 
     def __getitem__(self, key: str) -> Any:
         self._configured()

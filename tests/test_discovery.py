@@ -87,7 +87,7 @@ def test_configuration_is_lazy_and_the_signals_fire_once_in_order():
 
     @app.on_configure.connect
     def configuring(sender, **kw):
-        seen.append(("configure", sender))
+        seen.append(("configure", sender, sender.conf.task_serializer))  # a read in here: the source not yet
 
     @app.on_after_configure.connect
     def configured(sender, source, **kw):
@@ -97,7 +97,7 @@ def test_configuration_is_lazy_and_the_signals_fire_once_in_order():
     app.config_from_object({"result_expires": 5, "task_serializer": "msgpack"})
     assert seen == [] and not app.configured
     assert app.conf.task_serializer == "msgpack"  # the first read
-    assert seen == [("configure", app), ("after_configure", app, True, 60)]  # the write won over the source
+    assert seen == [("configure", app, "json"), ("after_configure", app, True, 60)]  # the write won over the source
     assert app.conf.broker_url == "redis://localhost:1/0"  # (a second read: no signal again)
     assert len(seen) == 2 and app.configured
 

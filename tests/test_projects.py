@@ -229,3 +229,30 @@ def test_app_signals_in_a_worker(procs, redis_client, tmp_path):
     assert kinds == ["after_configure", "after_finalize", "after_fork", "after_fork"]
     assert pids[0] == pids[1] == proc.pid  # the parent configures and finalizes, once
     assert set(pids[2:]) == set(proc.children()) and len(set(pids[2:])) == 2  # each pool process after its fork
+
+
+def test_django_worker_fixup_closes_connections_around_tasks(django_env):
+    """What the fix-up does in a worker, driven by the signals a worker sends (worker_init,
+    worker_process_init, task_prerun, task_postrun): connections are closed around each task."""
+    got = _shell(django_env, """
+import json
+from django.db import connection
+from minique import signals
+from orders.models import Order
+from orders.tasks import count_paid
+from proj import celery_app
+
+fixup = celery_app._fixups[0]
+before = fixup.worker_fixup
+signals.worker_init.send(sender=None)
+Order.objects.count()
+opened = connection.connection is not None
+signals.task_postrun.send(sender=count_paid, task_id="t", task=count_paid, args=(), kwargs={}, retval=0,
+                          state="SUCCESS")
+after_task = connection.connection is None
+Order.objects.count()
+signals.worker_process_init.send(sender=None)
+after_fork = connection.connection is None
+print("RESULT " + json.dumps([before is None, type(fixup.worker_fixup).__name__, opened, after_task, after_fork]))
+""")
+    assert got == [True, "DjangoWorkerFixup", True, True, True]
