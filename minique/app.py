@@ -116,8 +116,9 @@ class Minique:
         register_builtins(self)
         # fix-ups for frameworks (Django when DJANGO_SETTINGS_MODULE is set), as Celery's; kept alive here
         from .contrib.django.fixup import fixup as django_fixup
-        self._fixups = [f for f in ((fixup(self) for fixup in fixups) if fixups is not None
-                                    else [django_fixup(self, custom_task_cls=task_cls is not None)]) if f is not None]
+        self._fixups = [f for f in ((import_object(fix) if isinstance(fix, str) else fix)(self) for fix in fixups)
+                        if f is not None] if fixups is not None else [
+            f for f in [django_fixup(self, custom_task_cls=task_cls is not None)] if f is not None]
 
     def set_current(self) -> None:
         """Make this the current app (what `current_app` and shared tasks use)."""

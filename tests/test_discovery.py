@@ -251,3 +251,4 @@ def test_django_fixup_only_with_django_settings(monkeypatch, tmp_path):
 
     assert type(f).__name__ == "DjangoTask" and hasattr(f, "delay_on_commit")
     assert Minique("custom", task_cls=Task).task_cls is Task  # a class given wins
+    assert Minique("nofix", fixups=[]).task_cls is Task  # Celery's fixups=[]: none
