@@ -208,6 +208,21 @@ def test_shared_task_registers_in_apps_made_before_and_after_and_follows_the_cur
     assert current_app.main == "before" and current_app._get_current_object() is before
 
 
+def test_shared_task_declared_before_any_app_exists(monkeypatch):
+    import weakref
+    monkeypatch.setattr(context, "_current_app", None)
+    monkeypatch.setattr(context, "_apps", weakref.WeakSet())
+
+    @shared_task
+    def early(x):
+        return x + 1
+
+    assert context.apps() == []  # declaring made no app
+    app = Minique("later", broker="redis://localhost:1/0")
+    assert early.app is app and early.name == f"{__name__}.early" and early.delay.__self__.app is app
+    assert early.apply((1,)).get() == 2
+
+
 def test_current_app_without_any_app_is_a_default_app(monkeypatch):
     monkeypatch.setattr(context, "_current_app", None)
     app = get_current_app()

@@ -133,6 +133,11 @@ print("RESULT " + json.dumps({
     assert got["current"] == "proj"
     # CELERY_-prefixed settings read; TASK_DEFAULT_QUEUE (no prefix) is not
     assert got["settings"] == [redis_url, 600, True, "default"]
+    # the command line knows the autodiscovered tasks too (minique call checks the name is registered)
+    called = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "proj", "call", "notes.shout", "-a", '["x"]',
+                             "--wait", "10"], cwd=DJANGO, env=django_env, capture_output=True, text=True, timeout=60)
+    assert called.returncode == 0, called.stderr
+    assert called.stdout.splitlines()[-1] == '"X"'
 
 
 def test_django_delay_on_commit_sends_only_after_commit(django_env):
