@@ -230,6 +230,9 @@ def import_object(path: str) -> Any:
             raise first from None
 
 
+_OLD_NAMES = ("CELERY_", "CELERYD_", "CELERYBEAT_", "BROKER_")  # Celery 3's setting names
+
+
 def read_source(obj: Any, namespace: Optional[str] = None) -> Dict[str, Any]:
     """The settings a config source gives, by their setting names.
 
@@ -256,6 +259,12 @@ def read_source(obj: Any, namespace: Optional[str] = None) -> Dict[str, Any]:
             if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
                 out[name[len(prefix):].lower()] = value
         return out
+    old = sorted(name for name, _ in items if isinstance(name, str) and name.isupper() and name.startswith(_OLD_NAMES))
+    if old:  # Celery 3's names: not read, and silently ignoring them would send a worker to the defaults
+        warnings.warn(f"config source has upper-case setting names that are not read: {', '.join(old[:5])}"
+                      f"{' ...' if len(old) > 5 else ''}; use the lower-case names (broker_url, result_backend, "
+                      f"...), or config_from_object(..., namespace='CELERY') for CELERY_-prefixed names",
+                      stacklevel=4)
     for name, value in items:
         if not isinstance(name, str) or not name.islower():
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import types
+import warnings
 
 import pytest
 
@@ -178,6 +179,16 @@ def test_config_from_object_forms_namespace_and_envvar(pkgdir, monkeypatch):
         app3.config_from_object("djsettings:nope")
     app3.config_from_object(types.SimpleNamespace(result_expires=9))  # configured: read at once
     assert app3.conf.result_expires == 9
+
+
+def test_old_upper_case_names_without_a_namespace_are_named_in_a_warning():
+    app = Minique("t")
+    with pytest.warns(UserWarning, match="not read: BROKER_URL, CELERY_RESULT_BACKEND; use the lower-case"):
+        app.config_from_object({"BROKER_URL": "redis://x/0", "CELERY_RESULT_BACKEND": "redis://x/1", "DEBUG": 1},
+                               force=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.config_from_object({"CELERY_BROKER_URL": "redis://x/0", "DEBUG": 1}, namespace="CELERY", force=True)
 
 
 # --- shared_task, current_app ---------------------------------------------------------------------
