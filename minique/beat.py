@@ -453,20 +453,12 @@ def run_beat(app: Any, loglevel: str = "INFO") -> int:
 
 
 def _load_app(spec: str) -> Any:
-    """The Minique app named by ``module`` or ``module:attr``."""
-    import importlib
-
-    from .app import Minique
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    if attr:
-        found = getattr(module, attr, None)
-    else:  # the usual names first, then any Minique instance in the module
-        candidates = [getattr(module, n, None) for n in ("app", "minique", "celery")] + list(vars(module).values())
-        found = next((c for c in candidates if isinstance(c, Minique)), None)
-    if not isinstance(found, Minique):
-        raise ConfigurationError(f"no Minique app found in {spec!r}")
-    return found
+    """The Minique app named by ``module`` or ``module:attr`` (Celery's -A rules), its modules imported."""
+    from .discovery import find_app
+    app = find_app(spec)
+    app.set_current()
+    app.import_modules()
+    return app
 
 
 if __name__ == "__main__":  # python -m minique.beat -A module[:attr]

@@ -7,7 +7,6 @@ command has it, shows the stack instead). One-shot commands first check that Red
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 import logging
 import os
@@ -31,29 +30,16 @@ _ENTRY_ID = re.compile(r"^[0-9]+(-[0-9]+)?$")  # a stream entry id (the dead let
 
 
 def load_app(spec: str) -> Any:
-    """`module`, `module:attr` or `module.attr`: the Minique app inside (Celery's -A rules)."""
-    from .app import Minique
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
+    """`module`, `package` (then its `celery` module), `module:attr` or `module.attr`: the app inside, by
+    Celery's -A rules (minique.discovery.find_app); it becomes the current app."""
+    from .discovery import find_app
     try:
-        module = importlib.import_module(module_name)
+        app = find_app(spec)
     except ImportError as exc:
-        if not attr and "." in module_name:
-            module_name, _, attr = module_name.rpartition(".")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
-        else:
-            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}") from exc
-    if attr:
-        app = getattr(module, attr, None)
-    else:
-        app = next((getattr(module, n) for n in ("app", "celery") if isinstance(getattr(module, n, None), Minique)),
-                   None) or next((v for v in vars(module).values() if isinstance(v, Minique)), None)
-    if not isinstance(app, Minique):
-        raise click.ClickException(f"no minique app found in {spec!r} (expected a Minique instance named app)")
+        raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
+    except (AttributeError, ConfigurationError) as exc:
+        raise click.ClickException(f"no minique app found in {spec!r}: {exc}") from exc
+    app.set_current()
     return app
 
 
@@ -190,9 +176,11 @@ def main(ctx: click.Context, app_spec: Optional[str], show_traceback: bool) -> N
 
 def _app(ctx: click.Context) -> Any:
     spec = ctx.obj.get("app_spec")
-    if not spec:
+    app = ctx.obj.get("app_object")  # app.start(): the command runs with that app
+    if app is None and not spec:
         raise click.UsageError("which app? give -A/--app MODULE (or set MINIQUE_APP)")
-    app = load_app(spec)
+    if app is None:
+        app = load_app(spec)
     ctx.obj["app"] = app  # the error handler names its URLs
     return app
 
@@ -289,6 +277,7 @@ def beat(ctx: click.Context, loglevel: str, logfile: Optional[str], list_only: b
     """Run the periodic task scheduler (any number may run; one leads)."""
     app = _app(ctx)
     setup_logging(loglevel, logfile)
+    app.import_modules()  # tasks and their periodic entries (on_after_finalize, autodiscover_tasks), as Celery's beat
     from .beat import Beat, run_beat
     if list_only:
         for name, task, sched, nxt in Beat(app).entries():
