@@ -230,3 +230,22 @@ def test_request_headers_are_attributes_too():
     assert getattr(Request(id="2"), "traceparent", None) is None
     import copy
     assert copy.copy(req).tenant == 3
+
+
+def test_headers_a_publish_receiver_adds_are_kept_and_signed():
+    from minique.signing import verify
+    app = Minique("t", broker="redis://localhost:1/0", security_key="k" * 32)
+
+    def add_header(headers=None, **kwargs):
+        headers["traceparent"] = "00-" + headers["id"]
+        headers["retries"] = 99  # a field of the message itself: not a header, not taken
+
+    signals.before_task_publish.connect(add_header, weak=False)
+    try:
+        msg = app.build_message("t.x", (1,), None, {"headers": {"tenant": "a"}, "task_id": "m1"})
+        changed, headers = app._before_publish(msg)
+    finally:
+        signals.before_task_publish.disconnect(add_header)
+    assert changed.headers == {"tenant": "a", "traceparent": "00-m1"} and changed.retries == 0
+    assert headers["task"] == "t.x" and headers["traceparent"] == "00-m1"
+    assert verify(changed, "k" * 32) and not verify(msg._replace(headers=changed.headers), "k" * 32)
