@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from .config import PendingSettings, Settings, import_object
 from .exceptions import ConfigurationError
 from .keys import check_queue
 from .result import AsyncResult, GroupResult
+from .signals import after_task_publish, before_task_publish
 from .signing import sign
 from .task import Task
 
@@ -42,6 +44,16 @@ _VARYING = ("task_id", "group_index")  # what may differ between calls that shar
 # apply_async options that become message fields as they are
 _DIRECT_FIELDS = ("retries", "root_id", "parent_id", "group_id", "group_index", "chord", "chain",
                   "time_limit", "soft_time_limit", "headers", "ignore_result")
+
+
+# the headers before_task_publish receivers see that describe the message itself (Celery's protocol 2
+# names); whatever else they hold or a receiver adds travels as the message's own headers
+_MESSAGE_HEADERS = frozenset({"lang", "task", "id", "root_id", "parent_id", "group", "group_index", "retries",
+                              "eta", "expires", "timelimit", "ignore_result", "shadow", "origin"})
+
+
+def _iso(epoch: Optional[float]) -> Optional[str]:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[float]:
@@ -241,6 +253,10 @@ class Minique:
     def task(self, *args: Any, **options: Any) -> Any:
         """Decorator: `@app.task` or `@app.task(name=..., bind=True, queue=..., ...)`."""
         def register(fun: Callable[..., Any]) -> Task[..., Any]:
+            if inspect.iscoroutinefunction(fun) or inspect.isasyncgenfunction(fun):
+                raise ConfigurationError(
+                    f"{getattr(fun, '__qualname__', fun)!r} is an async def: minique runs tasks as plain functions "
+                    f"(its body would never run). Make it a def, e.g. one that calls asyncio.run(...).")
             name = options.pop("name", None) or self.gen_task_name(fun)
             bind = options.pop("bind", False)
             cls = _task_class(options.pop("base", None) or self.task_cls)
@@ -413,6 +429,9 @@ class Minique:
 
     def publish(self, pipe: Any, msg: message_mod.Message) -> None:
         """Add `msg` to `pipe` (None: send it now): into its queue, or the delayed set for a future ETA."""
+        headers = None
+        if before_task_publish.receivers:
+            msg, headers = self._before_publish(msg)
         data = msg.encode()
         if msg.eta is not None and msg.eta > time.time():
             self.broker.send_later(self.broker_client if pipe is None else pipe, msg.queue, msg.priority, data,
@@ -421,6 +440,45 @@ class Minique:
             self.broker.send_now(msg.queue, msg.priority, data)
         else:
             self.broker.send(pipe, msg.queue, msg.priority, data)
+        if after_task_publish.receivers:
+            self._after_publish(msg, headers)
+
+    def _publish_headers(self, msg: message_mod.Message) -> Dict[str, Any]:
+        """The `headers` publish signals get: the message's own headers, then Celery's names for its fields."""
+        headers = dict(msg.headers or {})
+        headers.update(lang="py", task=msg.task, id=msg.id, root_id=msg.root_id, parent_id=msg.parent_id,
+                       group=msg.group_id, group_index=msg.group_index, retries=msg.retries, eta=_iso(msg.eta),
+                       expires=_iso(msg.expires), timelimit=[msg.time_limit, msg.soft_time_limit],
+                       ignore_result=msg.ignore_result)
+        return headers
+
+    def _publish_body(self, msg: message_mod.Message) -> Any:
+        """Celery's body: (args, kwargs, embed), for the publish signals' receivers to read."""
+        try:
+            args, kwargs = msg.args_kwargs({msg.content_type})
+        except Exception:  # noqa: BLE001 - only to show it
+            args, kwargs = [], {}
+        return (args, kwargs, {"callbacks": msg.links, "errbacks": msg.errbacks, "chain": msg.chain,
+                               "chord": msg.chord})
+
+    def _before_publish(self, msg: message_mod.Message) -> Tuple[message_mod.Message, Dict[str, Any]]:
+        """before_task_publish (sender: the task name); headers its receivers add travel with the
+        message (`self.request.headers`, and as request attributes), re-signed with security_key."""
+        headers = self._publish_headers(msg)
+        before_task_publish.send(sender=msg.task, body=self._publish_body(msg), exchange="", routing_key=msg.queue,
+                                 headers=headers, properties={"correlation_id": msg.id, "priority": msg.priority,
+                                                              "content_type": msg.content_type},
+                                 declare=[], retry_policy=None)
+        own = {key: value for key, value in headers.items() if key not in _MESSAGE_HEADERS}
+        if own != (msg.headers or {}):
+            msg = msg._replace(headers=own or None)
+            if self.conf.security_key:
+                msg = sign(msg, self.conf.security_key)
+        return msg, headers
+
+    def _after_publish(self, msg: message_mod.Message, headers: Optional[Dict[str, Any]]) -> None:
+        after_task_publish.send(sender=msg.task, body=self._publish_body(msg), exchange="", routing_key=msg.queue,
+                                headers=headers if headers is not None else self._publish_headers(msg))
 
     def send_calls(self, calls: List[Call], pipe: Any = None) -> None:
         """Publish planned calls (canvas `plan()`): into the caller's pipeline `pipe`, or now: one
@@ -436,7 +494,10 @@ class Minique:
         now = time.time()
         items = []
         last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
-        templates = not self.conf.security_key  # a signed message is signed whole
+        # publish signals see each message: then each is built alone (a signed message is signed whole)
+        signalled = bool(before_task_publish.receivers or after_task_publish.receivers)
+        templates = not self.conf.security_key and not signalled
+        sent: List[tuple] = []  # (message, headers) for after_task_publish once their chunk is sent
         for name, a, k, o in calls:
             shape = {key: v for key, v in o.items() if key not in _VARYING}
             if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
@@ -448,6 +509,12 @@ class Minique:
                 data = template.encode(o.get("task_id") or message_mod.new_id(), body, o.get("group_index"))
             else:
                 msg = self.build_message(name, a, k, o)
+                if signalled:
+                    headers = None
+                    if before_task_publish.receivers:
+                        msg, headers = self._before_publish(msg)
+                    if after_task_publish.receivers:
+                        sent.append((msg, headers))
                 queue, priority, data = msg.queue, msg.priority, msg.encode()
                 eta = msg.eta if msg.eta is not None and msg.eta > now else None
                 if templates and not self._defaults(name)["dynamic_routes"]:
@@ -456,8 +523,13 @@ class Minique:
             if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
                 self.broker.send_many(items)
                 items = []
+                for msg, headers in sent:
+                    self._after_publish(msg, headers)
+                sent = []
         if items:
             self.broker.send_many(items)
+        for msg, headers in sent:
+            self._after_publish(msg, headers)
 
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""

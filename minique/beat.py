@@ -46,6 +46,7 @@ from .exceptions import ConfigurationError
 from .logs import Once
 from .lua import Scripts
 from .schedules import BaseSchedule, schedule as interval, to_schedule
+from .signals import beat_init
 
 __all__ = ["Beat", "Entry", "Due", "due_slots", "parse_entries", "run_beat", "POLICIES"]
 
@@ -400,6 +401,8 @@ class Beat:
     # --- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
         """Loop until :meth:`stop`; releases the lease on the way out."""
+        if beat_init.receivers:
+            beat_init.send(sender=self)
         logger.info("beat: Starting %s (lease %.1fs, missed-run policy %r, %d entries)",
                     self.hostname, self.lease, self.policy, len(self.schedule))
         try:

@@ -59,6 +59,17 @@ class Request:
         if self.called_directly is None:
             self.called_directly = False
 
+    def __getattr__(self, name: str) -> Any:
+        """A message header is also an attribute (as in Celery: `self.request.traceparent`)."""
+        if not name.startswith("__"):
+            try:
+                headers = object.__getattribute__(self, "headers")
+            except AttributeError:
+                headers = None
+            if headers and name in headers:
+                return headers[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def as_dict(self) -> Dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__ if name != "message"}
 

@@ -10,6 +10,7 @@ from .canvas import Replace, Signature, chunks, xmap, xstarmap
 from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 from .message import new_id
 from .result import AsyncResult, EagerResult
+from .trace import Hooks
 
 # Task[P, R]: P is the task's parameters (without the bound `self` of a bind=True task), R what it returns.
 # Only type checkers read them: at run time Task is a plain class (Generic adds no per-call cost).
@@ -26,6 +27,15 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
     "rate_limit_key": None,
 }
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _default(fun: _F) -> _F:
+    """Marks Task's own no-op hooks (and __call__): a subclass that keeps them is not traced (minique/trace.py)."""
+    fun._minique_default = True  # type: ignore[attr-defined]
+    return fun
 
 
 class Task(Generic[P, R]):
@@ -86,7 +96,30 @@ class Task(Generic[P, R]):
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
             retry_jitter=self.retry_jitter)
 
+    # --- hooks (Celery's): override them in a task class (`base=`); called by the worker and in eager
+    # mode, in Celery's order (minique/trace.py). One that raises is logged; the outcome stands.
+    @_default
+    def before_start(self, task_id: str, args: Any, kwargs: dict) -> None:
+        """Called before the body runs."""
+
+    @_default
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: dict) -> None:
+        """Called when the task succeeded (its result is written or queued)."""
+
+    @_default
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called when the task failed for good (also an autoretry past max_retries); einfo: ExceptionInfo."""
+
+    @_default
+    def on_retry(self, exc: Optional[BaseException], task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called when the task is to be retried (self.retry() or autoretry_for); exc: the cause."""
+
+    @_default
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called after on_success / on_failure (not after a retry, reject or ignore), as in Celery."""
+
     # --- calling in-process -------------------------------------------------------------------------
+    @_default
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:
             return self.run(self, *args, **kwargs)
@@ -104,26 +137,39 @@ class Task(Generic[P, R]):
         """Run the task here and now (eager), retries included; returns an EagerResult."""
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
+        hooks = Hooks(self)
         retries = 0
         while True:
             req = context.Request(id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries,
-                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={})
+                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={},
+                                  headers=options.get("headers"))
             context.push(req)
+            run = hooks.run(task_id, args, kwargs)  # None: no hooks, no task signal connected
             try:
-                value = self(*args, **kwargs)
+                value = self(*args, **kwargs) if run is None else run.body()
+                if run is not None:
+                    run.succeeded(value)
                 return EagerResult(task_id, value, states.SUCCESS, app=self.app)
-            except Retry:
+            except Retry as exc:
+                if run is not None:
+                    run.retried(exc)
                 retries += 1
                 continue
             except Exception as exc:
                 if self.autoretry_for and isinstance(exc, self.autoretry_for) and \
                         retry_engine.can_retry(self.policy, retries):
+                    if run is not None:
+                        run.retried(Retry(exc=exc))
                     retries += 1
                     continue
                 if options.get("throw") or self.app.conf.task_eager_propagates:
-                    raise
+                    raise  # (as Celery: propagated, so neither on_failure nor task_failure)
+                if run is not None:
+                    run.failed(exc)
                 return EagerResult(task_id, exc, states.FAILURE, format_traceback(exc), app=self.app)
             finally:
+                if run is not None:
+                    run.finish()
                 context.pop()
 
     # --- sending ------------------------------------------------------------------------------------

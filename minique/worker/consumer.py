@@ -49,6 +49,7 @@ class Consumer:
         self.max_memory_kib = max_memory_kib
         self.outbox = Outbox(app, name, queues, slot, float(app.conf.worker_early_ack_window or 0), use_alarm)
         self.executor = Executor(app, hostname, self.outbox, events=events, limiter=limiter, use_alarm=use_alarm)
+        self.executor.consumer = self  # the sender of task_received, task_rejected, task_unknown (as Celery)
         self.stopping = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
         self._suspect = False                        # a Redis failure happened since the last audit

@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import redis
 
-from .. import keys, replay, serializers, settle as fate, states
+from .. import keys, replay, serializers, settle as fate, signals, states
 from ..config import check_worker_settings, mask_url
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..logs import Once
@@ -58,6 +58,12 @@ class Worker:
                  metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None):
         conf = app.conf
         self.app = app
+        self.hostname = expand_hostname(hostname)
+        if signals.celeryd_init.receivers:  # before the settings are read: a receiver may change them (Celery)
+            signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf, options=dict(
+                queues=queues, concurrency=concurrency, pool=pool, hostname=hostname,
+                prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child, events=events, metrics_port=metrics_port, beat=beat))
         self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
                        else [keys.check_queue(conf.task_default_queue, "task_default_queue")])
         self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
@@ -70,7 +76,6 @@ class Worker:
         self.pool_kind = pool or conf.worker_pool
         if self.pool_kind == "solo":
             self.concurrency = 1
-        self.hostname = expand_hostname(hostname)
         window = conf.worker_early_ack_window
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
             raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
@@ -86,6 +91,7 @@ class Worker:
         self.embed_beat = beat
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
         self.paused: frozenset = frozenset()  # this worker's queues that are paused (refresh_paused)
+        self._paused_lock = threading.Lock()
         self.wake = threading.Event()
         self.pool: Optional[Pool] = None
         self.started_at = time.time()
@@ -108,6 +114,8 @@ class Worker:
 
     def start(self) -> None:
         app = self.app
+        if signals.worker_init.receivers:
+            signals.worker_init.send(sender=self)
         app.import_modules()
         if not self.wait_for_redis():
             return  # stopped while waiting: run() ends without starting the pool
@@ -115,6 +123,8 @@ class Worker:
         self.paused = frozenset(q.decode() for q in app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
         if self.paused:
             log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
+        if signals.celeryd_after_setup.receivers:
+            signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
         # the parent writes the fate of tasks lost with their process through the same executor code
@@ -127,6 +137,8 @@ class Worker:
             log.info(self.banner())
         else:  # shown whatever the log level, as Celery's banner is
             print(self.banner(), file=sys.stderr, flush=True)
+        if self.pool_kind == "solo" and signals.worker_process_init.receivers:  # (prefork: in each child)
+            signals.worker_process_init.send(sender=None)
         self.pool.start()
         try:
             from .observe import Observer
@@ -137,8 +149,12 @@ class Worker:
         if self.embed_beat:  # -B: a beat inside this worker, for development (Celery's -B)
             from ..beat import Beat
             self.beat = Beat(self.app, hostname=self.hostname)
+            if signals.beat_embedded_init.receivers:
+                signals.beat_embedded_init.send(sender=self.beat)
             self.beat_thread = threading.Thread(target=self.beat.run, name="minique-beat", daemon=True)
             self.beat_thread.start()
+        if signals.worker_ready.receivers:
+            signals.worker_ready.send(sender=self)
 
     def wait_for_redis(self) -> bool:
         """Wait until the broker's Redis (and the result store's) answers, as Celery's worker does with
@@ -192,15 +208,17 @@ class Worker:
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold"))
+        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold", "SIGQUIT"))
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        self.shutdown("cold" if self.stopping else "warm")
+        self.shutdown("cold" if self.stopping else "warm", signal.Signals(signum).name)
 
-    def shutdown(self, how: str = "warm") -> None:
+    def shutdown(self, how: str = "warm", sig: Optional[str] = None) -> None:
         if self.stopping == "cold":
             return
         log.warning("%s shutdown (%s)", how.capitalize(), self.hostname)
+        if signals.worker_shutting_down.receivers:
+            signals.worker_shutting_down.send(sender=self.hostname, sig=sig, how=how.capitalize(), exitcode=0)
         self.stopping = how
         self.wake.set()
 
@@ -434,16 +452,19 @@ class Worker:
 
     # --- control hooks (used by the control module) -------------------------------------------------
     def refresh_paused(self) -> frozenset:
-        """Read the paused queues; when they changed, tell the pool processes (they re-read them)."""
-        paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
-        if paused != self.paused:
-            self.paused = paused
-            if paused:
-                log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
-            else:
-                log.warning("no queue of this worker is paused now")
-            self._tell_pool(wake=True)
-        return paused
+        """Read the paused queues; when they changed, tell the pool processes (they re-read them). Called by
+        the main loop and by the control thread: the lock makes a control command's answer wait until the
+        pool has been told, whichever of the two noticed the change first."""
+        with self._paused_lock:
+            paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+            if paused != self.paused:
+                if paused:
+                    log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
+                else:
+                    log.warning("no queue of this worker is paused now")
+                self._tell_pool(wake=True)
+                self.paused = paused
+            return paused
 
     def _tell_pool(self, wake: bool = False) -> None:
         """Bump every pool slot's control number: its process re-reads revocations and paused queues.
@@ -510,4 +531,6 @@ class Worker:
         except redis.exceptions.RedisError:
             pass
         log.info("worker %s stopped", self.hostname)
+        if signals.worker_shutdown.receivers:
+            signals.worker_shutdown.send(sender=self)
 

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from ..signals import worker_process_init, worker_process_shutdown
 from .consumer import Consumer
 from .slots import SlotTable
 
@@ -104,12 +105,16 @@ class PreforkPool(Pool):
                 consumer = self.make_consumer(member.name, slot)
                 consumer.install_signals()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                if worker_process_init.receivers:  # e.g. connections made before the fork made anew (Celery's)
+                    worker_process_init.send(sender=None)
                 consumer.reload_control()
                 consumer.run()
             except BaseException:  # noqa: BLE001 - a child reports and exits, never returns into the parent
                 log.exception("pool child %s crashed", member.name)
                 code = 1
             finally:
+                if worker_process_shutdown.receivers:
+                    worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
