@@ -70,7 +70,9 @@ DEFAULTS: Dict[str, Any] = {
     "worker_metrics_port": 0,
     "worker_metrics_host": "127.0.0.1",          # address /metrics binds ("0.0.0.0": every interface)
     "worker_heartbeat_interval": 2.0,
-    "worker_state_db": None,
+    "worker_state_db": None,                     # accepted and ignored: revokes live in Redis (minique:revoked)
+    "worker_autoscale": None,                    # "MAX,MIN" (or (max, min)): as --autoscale
+    "worker_autoscale_keepalive": 30.0,          # seconds the pool must have been larger than needed to shrink
     # Beat
     "beat_schedule": {},
     "beat_max_loop_interval": 300.0,
