@@ -300,8 +300,10 @@ _NOOP = "Accepted for Celery's command lines; minique has nothing to turn off he
 @click.option("--pidfile", help="Write the worker's pid here (%n etc. expand); refuse to start while it names a "
                                 "live process; removed at exit.")
 @click.option("--workdir", help="Change to this directory first (relative files and the app are found there).")
-@click.option("--umask", help="With --detach: the daemon's umask (octal with a leading 0, e.g. 022).")
+@click.option("--umask", help="Create files with this umask (octal with a leading 0, e.g. 022).")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this worker (development only).")
+@click.option("-s", "--schedule-filename", "--schedule", "schedule_filename",
+              help="Accepted with a warning and ignored: beat keeps its schedule's state in Redis.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.pass_context
 def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[str], include: Optional[str],
@@ -312,7 +314,7 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
            task_events: Optional[bool], without_events: bool, heartbeat_interval: Optional[float],
            without_heartbeat: bool, without_gossip: bool, without_mingle: bool, statedb: Optional[str],
            purge_first: bool, detach: bool, pidfile: Optional[str], workdir: Optional[str], umask: Optional[str],
-           beat: bool, metrics_port: Optional[int]) -> None:
+           beat: bool, schedule_filename: Optional[str], metrics_port: Optional[int]) -> None:
     """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
 
     A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
@@ -330,8 +332,7 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param_hint="'--umask'") from None
     if umask_value is not None and not detach:
-        raise click.UsageError("--umask applies to a detached worker: give --detach too (or set the umask in the "
-                               "shell that starts it)")
+        os.umask(umask_value)  # (a detached worker sets it in the daemon)
     app = _app(ctx)
     nodename = expand_hostname(hostname)
     if detach:  # celery multi's defaults: a detached worker without them could be neither found nor heard
@@ -361,6 +362,8 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
         if not names:
             raise click.UsageError("-X/--exclude-queues leaves no queue to consume (minique consumes the -Q queues, "
                                    "else task_default_queue)")
+    if not detach:  # (a detached worker's logging starts in the daemon: until then, warnings go to the terminal)
+        setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
     from .worker import Worker
     w = Worker(app, queues=names, concurrency=concurrency, pool=pool, hostname=hostname,
                prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
@@ -379,7 +382,7 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
         except OSError as exc:
             raise OneLineError(f"cannot write the log file {logfile}: {exc.strerror}") from None
         detached = daemon.detach(os.getcwd(), umask_value, logfile)
-    setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
+        setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
     wlog = logging.getLogger("minique.worker")
     if fair and prefetch_multiplier not in (None, 0, 1):
         wlog.warning("-O fair: each pool process takes one message at a time; --prefetch-multiplier %s is not used",
@@ -387,6 +390,9 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
     if statedb or app.conf.worker_state_db:
         wlog.warning("--statedb/worker_state_db (%s) is not used: revokes already live in Redis (minique:revoked), "
                      "known to every worker", statedb or app.conf.worker_state_db)
+    if schedule_filename:
+        wlog.warning("-s/--schedule-filename (%s) is not used: beat keeps its schedule's state in Redis",
+                     schedule_filename)
     try:
         if lock is not None:
             lock.acquire()

@@ -36,12 +36,14 @@ def stats_of(app, hostname):
 def test_celery_flags_are_accepted(procs, client_app):
     w = procs.worker("-c", "1", "-O", "fair", "--without-gossip", "--without-mingle", "--without-heartbeat",
                      "-S", "worker.db", "--events", "--heartbeat-interval", "1", "--prefetch-multiplier", "8",
-                     "-X", "other")
+                     "-X", "other", "-B", "-s", "celerybeat-schedule", "--umask", "027")
     assert client_app.add.delay(2, 3).get(timeout=10) == 5
     log = w.log()
     assert "revokes already live in Redis" in log and "worker.db" in log       # --statedb: said, not used
     assert "--prefetch-multiplier 8 is not used" in log                        # -O fair takes one at a time
     assert "prefetch 1 per process (-O fair)" in log
+    assert "-s/--schedule-filename (celerybeat-schedule) is not used" in log
+    assert "Umask:\t0027" in Path(f"/proc/{w.pid}/status").read_text()
     stats = stats_of(client_app.app, w.hostname)
     assert stats["prefetch_count"] == 1
     w2 = procs.worker("-c", "1", "-O", "default", "--disable-prefetch")  # Celery's other name for fair
@@ -53,14 +55,25 @@ def test_bad_worker_flags_are_refused_with_one_line(procs):
                        (("--autoscale", "many"), "--autoscale takes MAX,MIN or MAX"),
                        (("--autoscale", "0"), "MAX must be >= 1"),
                        (("--autoscale", "2,1", "-P", "solo"), "--autoscale needs a pool of several processes"),
-                       (("--umask", "022"), "--umask applies to a detached worker"),
+                       (("--umask", "u=rwx"), "--umask must be a number"),
                        (("--pidfile", "%z.pid"), "unknown format %z"),
-                       (("-Q", "a", "-X", "a"), "leaves no queue to consume")):
+                       (("-Q", "a", "-X", "a"), "leaves no queue to consume"),
+                       (("-I", "no_such_module"), "No module named 'no_such_module'")):
         out = cli(procs, "worker", *args)
         assert out.returncode != 0, args
         errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and said in errors[0], (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_purge_deletes_the_waiting_messages_first(procs, client_app, redis_client):
+    key = f"purged-{uuid.uuid4().hex[:6]}"
+    for i in range(3):
+        client_app.record.delay(key, str(i))
+    w = procs.worker("-c", "1", "--purge")
+    assert "--purge: deleted 3 waiting message(s) from default" in w.log()
+    assert client_app.record.delay(key, "after").get(timeout=10) == "after"
+    assert redis_client.lrange(key, 0, -1) == [b"after"]
 
 
 def test_help_says_what_the_celery_flags_do(procs):
