@@ -57,6 +57,16 @@ def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[flo
     return now + float(value)
 
 
+def _task_class(cls: Any) -> type:
+    """`base=` / `task_cls`: a Task subclass, or its "module:Class" (or "module.Class") name."""
+    if isinstance(cls, str):
+        module, _, attr = cls.rpartition(":") if ":" in cls else cls.rpartition(".")
+        cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigurationError(f"a task class must be a subclass of minique.Task, not {cls!r}")
+    return cls
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -65,8 +75,9 @@ class Minique:
     """A minique application: `app = Minique("proj", broker=..., backend=..., include=[...])`."""
 
     def __init__(self, main: Optional[str] = None, broker: Optional[str] = None, backend: Optional[str] = None,
-                 include: Iterable[str] = (), config_source: Any = None, **settings: Any):
+                 include: Iterable[str] = (), config_source: Any = None, task_cls: Any = None, **settings: Any):
         self.main = main
+        self.task_cls: Any = task_cls or Task  # the class of @app.task's tasks: a Task subclass or "module:Class"
         self.conf = Settings()
         if config_source is not None:
             self.conf.from_object(config_source)
@@ -130,7 +141,8 @@ class Minique:
         def register(fun: Callable[..., Any]) -> Task[..., Any]:
             name = options.pop("name", None) or self.gen_task_name(fun)
             bind = options.pop("bind", False)
-            task: Task[..., Any] = Task(self, fun, name, bind=bind, **options)
+            cls = _task_class(options.pop("base", None) or self.task_cls)
+            task: Task[..., Any] = cls(self, fun, name, bind=bind, **options)
             self.tasks[name] = task
             return task
         if len(args) == 1 and callable(args[0]) and not options:

@@ -297,6 +297,7 @@ class Beat:
         stale = [k for k in names if k.decode() not in self.schedule]
         if stale:
             self.client.hdel(keys.BEAT_LAST, *stale)
+            self.client.hdel(keys.BEAT_LAG, *stale)
             logger.info("beat: forgot the state of %d removed entr%s: %s", len(stale),
                         "y" if len(stale) == 1 else "ies", ", ".join(k.decode() for k in stale))
 
@@ -350,6 +351,12 @@ class Beat:
                 except Exception as exc:  # the slot stays claimed: at most once
                     logger.error("beat: Message Error: could not send %s (%s): %r",
                                  entry.name, entry.task, exc, exc_info=True)
+                    continue
+                # how late it went out (the dashboard's minique_beat_lag_seconds); a lost write only loses that
+                try:
+                    self.client.hset(keys.BEAT_LAG, entry.name, f"{max(0.0, time.time() - slot.timestamp()):.6f}")
+                except redis.RedisError as exc:
+                    logger.debug("beat: could not record the lag of %s: %r", entry.name, exc)
         return prev_raw
 
     def tick(self) -> float:

@@ -305,6 +305,8 @@ _NOOP = "Accepted for Celery's command lines; minique has nothing to turn off he
 @click.option("-s", "--schedule-filename", "--schedule", "schedule_filename",
               help="Accepted with a warning and ignored: beat keeps its schedule's state in Redis.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--health-port", type=int, help="Serve the probes /livez and /readyz on this port (0: off; they "
+                                              "are on --metrics-port too).")
 @click.pass_context
 def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[str], include: Optional[str],
            concurrency: Optional[int], pool: Optional[str], autoscale: Optional[Tuple[int, int]], loglevel: str,
@@ -314,7 +316,8 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
            task_events: Optional[bool], without_events: bool, heartbeat_interval: Optional[float],
            without_heartbeat: bool, without_gossip: bool, without_mingle: bool, statedb: Optional[str],
            purge_first: bool, detach: bool, pidfile: Optional[str], workdir: Optional[str], umask: Optional[str],
-           beat: bool, schedule_filename: Optional[str], metrics_port: Optional[int]) -> None:
+           beat: bool, schedule_filename: Optional[str], metrics_port: Optional[int],
+           health_port: Optional[int]) -> None:
     """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
 
     A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
@@ -368,7 +371,8 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
     w = Worker(app, queues=names, concurrency=concurrency, pool=pool, hostname=hostname,
                prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
                max_memory_per_child=max_memory_per_child, events=False if without_events else task_events,
-               metrics_port=metrics_port, beat=beat, autoscale=autoscale, fair=fair, purge=purge_first)
+               metrics_port=metrics_port, beat=beat, autoscale=autoscale, fair=fair, purge=purge_first,
+               health_port=health_port)
     lock = daemon.Pidfile(pidfile) if pidfile else None
     detached = None
     if detach:  # what would stop the daemon is said here, on the terminal
@@ -533,16 +537,87 @@ def status(ctx: click.Context) -> None:
     from . import keys, serializers
     app = _client_app(ctx)
     broker = app.broker
+    paused = set(app.control.paused())
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
-    for q in broker.queues_known():
+    for q in sorted(set(broker.queues_known()) | paused):
         waiting = sum(broker.length(q, p) for p in keys.PRIORITIES)
-        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}")
+        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}"
+                   + ("  paused" if q in paused else ""))
     click.echo(f"dead letters: {app.broker_client.xlen(keys.DLQ)}")
     for host, raw in app.broker_client.hgetall(keys.WORKERS).items():
         info = serializers.unpack(raw)
         age = time.time() - info["ts"]
         click.echo(f"worker {host.decode()}: {'up' if age < 10 else 'silent'} ({age:.0f}s ago), "
                    f"pool {info['concurrency']}, processed {info['processed']}")
+
+
+_EVENT_DETAILS = ("args", "kwargs", "runtime", "exception", "reason", "eta", "queue", "retries")
+
+
+def event_line(ev: dict) -> str:
+    """One event as `celery events --dump` shows it: when, who, what, then its details."""
+    import datetime
+    when = datetime.datetime.fromtimestamp(float(ev.get("ts") or 0)).isoformat(sep=" ", timespec="milliseconds")
+    kind = ev.get("type", "?")
+    if kind.startswith("task-"):
+        what = f"{kind} {ev.get('name') or '?'}[{ev.get('uuid')}]"
+        details = " ".join(f"{k}={ev[k]}" for k in _EVENT_DETAILS if ev.get(k) not in (None, "", (), []))
+    else:
+        what = kind
+        details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "ts", "hostname", "pid")
+                           and v not in (None, "", (), []))
+    return f"{when} {ev.get('hostname') or '?'} {what}" + (f" {details}" if details else "")
+
+
+@main.command()
+@click.option("--dump", is_flag=True, help="Print events as they come (the only mode; accepted as Celery's).")
+@click.option("--task", "task_glob", help="Only events of tasks whose name matches (a glob: 'proj.*').")
+@click.option("--state", "states", multiple=True,
+              help="Only these task events: received, started, succeeded, failed, retried, revoked, rejected "
+                   "(repeat the option for several).")
+@click.option("--workers/--no-workers", default=False, help="Also worker events (online, heartbeat, offline).")
+@click.option("--from-start", is_flag=True, help="Begin with the events already in the stream (default: new ones).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--timeout", type=float, help="Stop when no event came for this many seconds.")
+@click.pass_context
+def events(ctx: click.Context, dump: bool, task_glob: Optional[str], states: Tuple[str, ...], workers: bool,
+           from_start: bool, as_json: bool, count: Optional[int], timeout: Optional[float]) -> None:
+    """Watch the event stream live, as `celery events --dump`: one line per event."""
+    import fnmatch
+    import json as json_mod
+    import time
+
+    from . import keys
+    from .events import Reader
+    app = _client_app(ctx)
+    client = app.broker_client
+    kinds = {s if s.startswith("task-") else f"task-{s}" for s in states}
+    start = "0-0"
+    if not from_start:
+        newest = client.xrevrange(keys.EVENTS, count=1)
+        if newest:
+            start = newest[0][0].decode()
+    reader = Reader(client, start)
+    click.echo(f"-> minique events: watching {keys.EVENTS} (Ctrl-C to stop)", err=True)
+    shown, quiet_since = 0, time.monotonic()
+    while count is None or shown < count:
+        if timeout is not None and time.monotonic() - quiet_since > timeout:
+            break
+        block = 1.0 if timeout is None else max(0.01, min(1.0, timeout - (time.monotonic() - quiet_since)))
+        for ev in reader.read(count=100, block=block):
+            kind = str(ev.get("type", ""))
+            if kind.startswith("task-"):
+                if kinds and kind not in kinds or task_glob and not fnmatch.fnmatchcase(str(ev.get("name")),
+                                                                                         task_glob):
+                    continue
+            elif not workers:
+                continue
+            click.echo(json_mod.dumps(ev, default=str) if as_json else event_line(ev))
+            shown += 1
+            quiet_since = time.monotonic()
+            if count is not None and shown >= count:
+                break
 
 
 PROGRESS_FROM = 500  # messages: fewer take no more than a moment, and get no progress bar
@@ -688,7 +763,7 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 
 @main.command()
 @click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "autoscale", "rate_limit",
-                                              "revoke", "ping"]))
+                                              "revoke", "ping", "pause", "resume"]))
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
@@ -697,7 +772,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
             as_json: bool) -> None:
     """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, autoscale MAX [MIN],
-    rate_limit TASK RATE, revoke ID."""
+    rate_limit TASK RATE, revoke ID, pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later
+    obey it too)."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
             raise click.UsageError(f"usage: control {command} [N]: N is a number of pool processes >= 1 "
@@ -721,6 +797,14 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.rate_limit(args[0], args[1], destination=dest, reply=True, timeout=timeout)
     elif command == "revoke":
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)
+    elif command in ("pause", "resume"):
+        if len(args) != 1:
+            raise click.UsageError(f"usage: control {command} QUEUE")
+        replies = getattr(ctl, command)(args[0], destination=dest, reply=True, timeout=timeout)
+        click.echo(f"queue {args[0]} {'paused' if command == 'pause' else 'resumed'}"
+                   + ("" if replies else " (no worker answered: workers started later obey it)"), err=True)
+        if not replies:  # kept in Redis: done, whether or not a worker runs now
+            return
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
     merged: dict = {}

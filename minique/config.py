@@ -69,6 +69,8 @@ DEFAULTS: Dict[str, Any] = {
     "worker_log_json": False,
     "worker_metrics_port": 0,
     "worker_metrics_host": "127.0.0.1",          # address /metrics binds ("0.0.0.0": every interface)
+    "worker_health_port": 0,                     # /livez and /readyz on a port of their own (0: off)
+    "worker_health_host": "0.0.0.0",             # the probes come from the orchestrator, not the loopback
     "worker_heartbeat_interval": 2.0,
     "worker_state_db": None,                     # accepted and ignored: revokes live in Redis (minique:revoked)
     "worker_autoscale": None,                    # "MAX,MIN" (or (max, min)): as --autoscale

@@ -17,6 +17,8 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:paused            set, queues no worker takes messages from (pause/resume)
+    minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
     minique:replay:{ID}:<R>:<D>  string, once-only mark of task ID's retry R, delivery D (replay protection,
                               security_message_max_age): the worker that took it; expires with the window
 Result backend (result_backend):
@@ -42,6 +44,8 @@ CONTROL = f"{PREFIX}:control"
 EVENTS = f"{PREFIX}:events"
 WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
+BEAT_LAG = f"{PREFIX}:beat:lag"
+PAUSED = f"{PREFIX}:paused"
 
 
 def check_queue(name: Any, where: str = "") -> str:

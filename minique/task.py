@@ -57,7 +57,7 @@ class Task(Generic[P, R]):
     routing_key: Optional[str]
 
     def __init__(self, app: Any, fun: Callable[..., R], name: str, bind: bool = False, **options: Any):
-        unknown = set(options) - set(OPTION_DEFAULTS) - {"base", "shared", "trail", "lazy"}
+        unknown = set(options) - set(OPTION_DEFAULTS) - {"shared", "trail", "lazy"}
         if unknown:
             from .exceptions import ConfigurationError
             raise ConfigurationError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")
@@ -71,12 +71,13 @@ class Task(Generic[P, R]):
         if module is not None:
             self.__module__ = module
         self.__wrapped__ = fun
+        cls = type(self)  # a base class's attributes (Celery's task classes) are its tasks' defaults
         for key, default in OPTION_DEFAULTS.items():
-            setattr(self, key, options.get(key, default))
+            setattr(self, key, options[key] if key in options else getattr(cls, key, default))
         if self.queue is not None:  # refused here, where it is given, rather than at the first send
             from .keys import check_queue
             check_queue(self.queue, f"the queue option of task {name!r}")
-        autoretry_for = options.get("autoretry_for")  # one exception class, or a tuple/list of them
+        autoretry_for = self.autoretry_for  # one exception class, or a tuple/list of them
         self.autoretry_for = (autoretry_for,) if isinstance(autoretry_for, type) else tuple(autoretry_for or ())
         self.policy = retry_engine.RetryPolicy(
             max_retries=self.max_retries, default_retry_delay=self.default_retry_delay,

@@ -36,6 +36,7 @@ from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+PAUSED_POLL = 2.0  # seconds between reads of the paused queues (in case a control command was missed)
 AUTOSCALE_EVERY = 0.5  # seconds between the autoscaler's looks at the backlog (one round trip each)
 RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 4.0  # seconds between attempts to reach Redis at start-up
 SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
@@ -56,8 +57,8 @@ class Worker:
                  pool: Optional[str] = None, hostname: Optional[str] = None,
                  prefetch_multiplier: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
                  max_memory_per_child: Optional[int] = None, events: Optional[bool] = None,
-                 metrics_port: Optional[int] = None, beat: bool = False, autoscale: Any = None,
-                 fair: bool = False, purge: bool = False):
+                 metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None,
+                 autoscale: Any = None, fair: bool = False, purge: bool = False):
         conf = app.conf
         self.app = app
         self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
@@ -103,9 +104,12 @@ class Worker:
                         "worker held is redelivered stale, and dead-lettered", max_age, conf.visibility_timeout)
         self.send_events = conf.worker_send_task_events if events is None else events
         self.metrics_port = metrics_port if metrics_port is not None else conf.worker_metrics_port
+        self.health_port = health_port if health_port is not None else conf.worker_health_port
+        self.loop_at = time.monotonic()  # the last turn of the parent's loop (/livez)
         self.embed_beat = beat
         self.purge_first = purge  # --purge: delete the queues' waiting messages before starting
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
+        self.paused: frozenset = frozenset()  # this worker's queues that are paused (refresh_paused)
         self.wake = threading.Event()
         self.pool: Optional[Pool] = None
         self.started_at = time.time()
@@ -136,6 +140,9 @@ class Worker:
         if self.purge_first:
             purged = sum(app.broker.purge(q) for q in self.queues)
             log.warning("--purge: deleted %d waiting message(s) from %s", purged, ", ".join(self.queues))
+        self.paused = frozenset(q.decode() for q in app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        if self.paused:
+            log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         most = self.autoscale[0] if self.autoscale else self.concurrency
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, most * 4))
@@ -236,13 +243,14 @@ class Worker:
         self.start()
         if self.pool is None:  # stopped while waiting for Redis
             return 0
-        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0}
+        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0, "paused": 0.0}
         vis = self.app.broker.visibility_timeout
         extend_every = max(0.5, min(vis / 4, 60.0))
         reclaim_every = max(0.5, min(vis / 2, 30.0))
         warm_deadline = None
         while True:
             now = time.time()
+            self.loop_at = time.monotonic()  # /livez reads it
             try:
                 self._upkeep("reap", self._reap)
                 self._upkeep("time limits", self._enforce_time_limits, now)
@@ -260,6 +268,9 @@ class Worker:
                     if now >= timers["reclaim"]:
                         timers["reclaim"] = now + reclaim_every
                         self._upkeep("reclaim", self._reclaim)
+                    if now >= timers["paused"]:  # (a pause also arrives at once as a control command)
+                        timers["paused"] = now + PAUSED_POLL
+                        self._upkeep("paused", self.refresh_paused)
                     if now >= timers["heartbeat"]:
                         timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
                         self._upkeep("heartbeat", self.heartbeat)
@@ -319,7 +330,9 @@ class Worker:
         members = list(self.pool.members.values())
         busy = sum(1 for m in members if not m.retiring and self.pool.slots[m.index].running()[2] is not None)
         size = self.pool.size
-        wanted = self.autoscaler.decide(now, size, busy, self.app.broker.waiting(self.queues))
+        serving = [q for q in self.queues if q not in self.paused]  # (a paused queue's messages wait for no one)
+        waiting = self.app.broker.waiting(serving) if serving else 0
+        wanted = self.autoscaler.decide(now, size, busy, waiting)
         if wanted != size:
             log.info("autoscale: %s the pool from %d to %d process(es) (%d busy, %d waiting)",
                      "growing" if wanted > size else "shrinking", size, wanted, busy, self.autoscaler.demand - busy)
@@ -475,13 +488,36 @@ class Worker:
                 SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
+    def refresh_paused(self) -> frozenset:
+        """Read the paused queues; when they changed, tell the pool processes (they re-read them)."""
+        paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        if paused != self.paused:
+            self.paused = paused
+            if paused:
+                log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
+            else:
+                log.warning("no queue of this worker is paused now")
+            self._tell_pool(wake=True)
+        return paused
+
+    def _tell_pool(self, wake: bool = False) -> None:
+        """Bump every pool slot's control number: its process re-reads revocations and paused queues.
+        `wake`: also end a blocking wait (SIGUSR2), so a process does not take from a queue just paused."""
+        assert self.pool is not None
+        for m in list(self.pool.members.values()):  # (may run in the control thread: copy the members)
+            self.pool.slots[m.index].bump_ctl()
+            if m.consumer is not None:
+                m.consumer.reload_control()
+            elif wake and m.pid:
+                try:
+                    os.kill(m.pid, signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
+
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
         assert self.pool is not None
-        for m in list(self.pool.members.values()):  # (runs in the control thread: copy the members)
-            self.pool.slots[m.index].bump_ctl()
-            if m.consumer is not None:
-                m.consumer.load_revoked()
+        self._tell_pool()
         if terminate and self.pool.hard_time_limits:
             wanted = set(task_ids)
             for m in list(self.pool.members.values()):

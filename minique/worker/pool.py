@@ -20,7 +20,8 @@ from .consumer import Consumer
 from .slots import SlotTable
 
 log = logging.getLogger("minique.worker")
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+# (and SIGUSR2, the parent's "look at your control number now": its default action would kill the child)
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2}
 
 
 @dataclass
@@ -136,7 +137,7 @@ class PreforkPool(Pool):
                 consumer = self.make_consumer(member.name, slot)
                 consumer.install_signals()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                consumer.load_revoked()
+                consumer.reload_control()
                 consumer.run()
             except BaseException:  # noqa: BLE001 - a child reports and exits, never returns into the parent
                 log.exception("pool child %s crashed", member.name)
@@ -199,7 +200,7 @@ class ThreadPool(Pool):
         slot.reset()
         member = Member(index, self.new_name(index))
         member.consumer = self.make_consumer(member.name, slot)
-        member.consumer.load_revoked()
+        member.consumer.reload_control()
         member.thread = threading.Thread(target=member.consumer.run, name=member.name, daemon=True)
         member.thread.start()
         self.members[index] = member
