@@ -217,18 +217,49 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
     return app
 
 
+class _Autoscale(click.ParamType):
+    """Celery's --autoscale: MAX,MIN (either order) or MAX."""
+
+    name = "MAX,MIN"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        from .autoscale import parse_autoscale
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_autoscale(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_NOOP = "Accepted for Celery's command lines; minique has nothing to turn off here"
+
+
 @main.command()
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: task_default_queue).")
+@click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume (taken out of -Q's list).")
+@click.option("-I", "--include", help="Comma-separated modules to import as well (their tasks register).")
 @click.option("-c", "--concurrency", type=int,
               help="Pool processes (or threads), >= 1; 0: the CPU count (default: worker_concurrency, else the "
                    "CPU count).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Pool implementation.")
+@click.option("--autoscale", type=_Autoscale(),
+              help="MAX,MIN (Celery's form; MAX alone: MIN 1): start with MIN pool processes, grow up to MAX while "
+                   "messages wait, shrink back when fewer were needed for worker_autoscale_keepalive seconds "
+                   "(30). A process retired finishes its task first; what it fetched goes back to the queue.")
 @click.option("-l", "--loglevel", default="WARNING", show_default=True, callback=_loglevel,
               help="DEBUG, INFO, WARNING, ERROR or CRITICAL (Celery's default: WARNING); INFO adds one line per "
                    "task event, DEBUG also shows the stack of an error.")
-@click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+@click.option("-f", "--logfile", help="Log to this file instead of stderr (%n, %h, %d, %p, %i, %I expand as in "
+                                      "Celery; pool processes write to the worker's file).")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.option("-n", "--hostname", help="Node name (%h, %n, %d expand as in Celery).")
+@click.option("-O", "--optimization", type=click.Choice(["default", "fair"]), default="default", show_default=True,
+              help="fair: each pool process takes a message only when it is free (prefetch 1, none fetched ahead), "
+                   "so no message waits behind a long task while another process is idle. default: each process "
+                   "reserves --prefetch-multiplier messages and fetches ahead after short tasks (fastest for short "
+                   "tasks).")
+@click.option("--disable-prefetch", is_flag=True, help="As -O fair (Celery's flag of the same meaning).")
 @click.option("--prefetch-multiplier", type=int,
               help="Messages each pool process reserves, >= 0 (0 and 1: one at a time; default: "
                    "worker_prefetch_multiplier, 4).")
@@ -236,36 +267,140 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
 @click.option("--max-memory-per-child", type=int, help="KiB (>= 1), as Celery: a pool process above it is replaced.")
 @click.option("--time-limit", type=float, help="Hard time limit (s, > 0): the process is killed.")
 @click.option("--soft-time-limit", type=float, help="Soft time limit (s, > 0): SoftTimeLimitExceeded is raised.")
-@click.option("-E", "--task-events", is_flag=True, default=None, help="Send task events (on by default).")
+@click.option("-E", "--task-events", "--events", "task_events", is_flag=True, default=None,
+              help="Send task events (on by default).")
 @click.option("--without-events", is_flag=True, help="Do not send task events.")
+@click.option("--heartbeat-interval", type=float,
+              help="Seconds between the worker's heartbeats (default: worker_heartbeat_interval, 2).")
+@click.option("--without-heartbeat", is_flag=True,
+              help=f"{_NOOP}: the heartbeat tells the others this worker is alive and keeps its claims on the "
+                   f"messages it holds, so it always runs.")
+@click.option("--without-gossip", is_flag=True, help=f"{_NOOP}: workers do not gossip (they meet in Redis).")
+@click.option("--without-mingle", is_flag=True,
+              help=f"{_NOOP}: there is no start-up sync; revokes are read from Redis.")
+@click.option("-S", "--statedb", help="Accepted with a warning and ignored: revokes already live in Redis "
+                                      "(minique:revoked), for every worker, also ones started later.")
+@click.option("--purge", "--discard", "purge_first", is_flag=True,
+              help="Delete every waiting message of the worker's queues before it starts.")
+@click.option("-D", "--detach", is_flag=True,
+              help="Run in the background: the command returns once the worker has written its pid file. "
+                   "Default pid file %n.pid, log file %n%I.log (celery multi's), in --workdir.")
+@click.option("--pidfile", help="Write the worker's pid here (%n etc. expand); refuse to start while it names a "
+                                "live process; removed at exit.")
+@click.option("--workdir", help="Change to this directory first (relative files and the app are found there).")
+@click.option("--umask", help="Create files with this umask (octal with a leading 0, e.g. 022).")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this worker (development only).")
+@click.option("-s", "--schedule-filename", "--schedule", "schedule_filename",
+              help="Accepted with a warning and ignored: beat keeps its schedule's state in Redis.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--health-port", type=int, help="Serve the probes /livez and /readyz on this port (0: off; they "
                                               "are on --metrics-port too).")
 @click.pass_context
-def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int], pool: Optional[str], loglevel: str,
-           logfile: Optional[str], log_json: bool, hostname: Optional[str], prefetch_multiplier: Optional[int],
-           max_tasks_per_child: Optional[int], max_memory_per_child: Optional[int], time_limit: Optional[float],
-           soft_time_limit: Optional[float], task_events: Optional[bool], without_events: bool, beat: bool,
-           metrics_port: Optional[int], health_port: Optional[int]) -> None:
+def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[str], include: Optional[str],
+           concurrency: Optional[int], pool: Optional[str], autoscale: Optional[Tuple[int, int]], loglevel: str,
+           logfile: Optional[str], log_json: bool, hostname: Optional[str], optimization: str, disable_prefetch: bool,
+           prefetch_multiplier: Optional[int], max_tasks_per_child: Optional[int],
+           max_memory_per_child: Optional[int], time_limit: Optional[float], soft_time_limit: Optional[float],
+           task_events: Optional[bool], without_events: bool, heartbeat_interval: Optional[float],
+           without_heartbeat: bool, without_gossip: bool, without_mingle: bool, statedb: Optional[str],
+           purge_first: bool, detach: bool, pidfile: Optional[str], workdir: Optional[str], umask: Optional[str],
+           beat: bool, schedule_filename: Optional[str], metrics_port: Optional[int],
+           health_port: Optional[int]) -> None:
     """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
 
     A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
     broker_connection_max_retries attempts). Its settings are checked first: a broken one is one line."""
+    from . import daemon
+    from .worker.main import expand_hostname
+    if workdir:
+        try:
+            os.chdir(workdir)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot change to {workdir!r}: {exc.strerror}", ctx,
+                                     param_hint="'--workdir'") from None
+    try:
+        umask_value = daemon.parse_umask(umask)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param_hint="'--umask'") from None
+    if umask_value is not None and not detach:
+        os.umask(umask_value)  # (a detached worker sets it in the daemon)
     app = _app(ctx)
-    setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
+    nodename = expand_hostname(hostname)
+    if detach:  # celery multi's defaults: a detached worker without them could be neither found nor heard
+        pidfile = pidfile or "%n.pid"
+        logfile = logfile or "%n%I.log"
+    try:
+        pidfile = daemon.node_format(pidfile, nodename)
+        logfile = daemon.node_format(logfile, nodename)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx) from None
+    pidfile = os.path.abspath(pidfile) if pidfile else None
+    logfile = os.path.abspath(logfile) if logfile else None
     if time_limit is not None:
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
+    if heartbeat_interval is not None:
+        app.conf.worker_heartbeat_interval = heartbeat_interval
+    if include:
+        app.conf.include = tuple(app.conf.include or ()) + tuple(m.strip() for m in include.split(",") if m.strip())
+    fair = optimization == "fair" or disable_prefetch
+    names: Optional[List[str]] = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if exclude_queues:
+        names = names or [app.conf.task_default_queue]
+        excluded = {q.strip() for q in exclude_queues.split(",") if q.strip()}
+        names = [q for q in names if q not in excluded]
+        if not names:
+            raise click.UsageError("-X/--exclude-queues leaves no queue to consume (minique consumes the -Q queues, "
+                                   "else task_default_queue)")
+    if not detach:  # (a detached worker's logging starts in the daemon: until then, warnings go to the terminal)
+        setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
     from .worker import Worker
-    w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-               concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
-               max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat,
+    w = Worker(app, queues=names, concurrency=concurrency, pool=pool, hostname=hostname,
+               prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
+               max_memory_per_child=max_memory_per_child, events=False if without_events else task_events,
+               metrics_port=metrics_port, beat=beat, autoscale=autoscale, fair=fair, purge=purge_first,
                health_port=health_port)
-    w.install_signals()
-    sys.exit(w.run())
+    lock = daemon.Pidfile(pidfile) if pidfile else None
+    detached = None
+    if detach:  # what would stop the daemon is said here, on the terminal
+        try:
+            if lock is not None:
+                lock.check()
+            if logfile:
+                open(logfile, "a").close()
+        except daemon.PidfileLocked as exc:
+            raise OneLineError(str(exc)) from None
+        except OSError as exc:
+            raise OneLineError(f"cannot write the log file {logfile}: {exc.strerror}") from None
+        detached = daemon.detach(os.getcwd(), umask_value, logfile)
+        setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
+    wlog = logging.getLogger("minique.worker")
+    if fair and prefetch_multiplier not in (None, 0, 1):
+        wlog.warning("-O fair: each pool process takes one message at a time; --prefetch-multiplier %s is not used",
+                     prefetch_multiplier)
+    if statedb or app.conf.worker_state_db:
+        wlog.warning("--statedb/worker_state_db (%s) is not used: revokes already live in Redis (minique:revoked), "
+                     "known to every worker", statedb or app.conf.worker_state_db)
+    if schedule_filename:
+        wlog.warning("-s/--schedule-filename (%s) is not used: beat keeps its schedule's state in Redis",
+                     schedule_filename)
+    try:
+        if lock is not None:
+            lock.acquire()
+    except (daemon.PidfileLocked, OSError) as exc:
+        if detached is not None:
+            detached.report(str(exc))
+        raise OneLineError(str(exc)) from None
+    if detached is not None:
+        detached.report()
+    try:
+        w.install_signals()
+        code = w.run()
+    finally:
+        if lock is not None:
+            lock.release()
+    sys.exit(code)
 
 
 @main.command()
@@ -616,8 +751,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 
 
 @main.command()
-@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "rate_limit", "revoke", "ping",
-                                              "pause", "resume"]))
+@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "autoscale", "rate_limit",
+                                              "revoke", "ping", "pause", "resume"]))
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
@@ -625,12 +760,15 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.pass_context
 def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
             as_json: bool) -> None:
-    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID,
-    pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later obey it too)."""
+    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, autoscale MAX [MIN],
+    rate_limit TASK RATE, revoke ID, pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later
+    obey it too)."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
             raise click.UsageError(f"usage: control {command} [N]: N is a number of pool processes >= 1 "
                                    f"(default 1), not {' '.join(args)!r}")
+    if command == "autoscale" and (not 1 <= len(args) <= 2 or not all(re.fullmatch(r"\s*[0-9]+\s*", a) for a in args)):
+        raise click.UsageError(f"usage: control autoscale MAX [MIN]: numbers of pool processes, not {' '.join(args)!r}")
     app = _client_app(ctx)
     dest = destination.split(",") if destination else None
     ctl = app.control
@@ -638,6 +776,10 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.shutdown(destination=dest, reply=True, timeout=timeout)
     elif command in ("pool_grow", "pool_shrink"):
         replies = getattr(ctl, command)(int(args[0]) if args else 1, destination=dest, reply=True, timeout=timeout)
+    elif command == "autoscale":
+        bounds = [int(a) for a in args]
+        replies = ctl.autoscale(bounds[0], bounds[1] if len(bounds) > 1 else None, destination=dest, reply=True,
+                                timeout=timeout)
     elif command == "rate_limit":
         if len(args) != 2:
             raise click.UsageError("usage: control rate_limit TASK_NAME RATE (e.g. 10/s, 100/m; 0 to remove)")

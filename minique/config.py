@@ -73,7 +73,9 @@ DEFAULTS: Dict[str, Any] = {
     "worker_health_port": 0,                     # /livez and /readyz on a port of their own (0: off)
     "worker_health_host": "0.0.0.0",             # the probes come from the orchestrator, not the loopback
     "worker_heartbeat_interval": 2.0,
-    "worker_state_db": None,
+    "worker_state_db": None,                     # accepted and ignored: revokes live in Redis (minique:revoked)
+    "worker_autoscale": None,                    # "MAX,MIN" (or (max, min)): as --autoscale
+    "worker_autoscale_keepalive": 30.0,          # seconds the pool must have been larger than needed to shrink
     # Beat
     "beat_schedule": {},
     "beat_max_loop_interval": 300.0,

@@ -82,6 +82,11 @@ class Control:
                     timeout: float = 1.0) -> List[Dict[str, Any]]:
         return self.broadcast("pool_shrink", {"n": n}, destination, reply, timeout)
 
+    def autoscale(self, max: Optional[int] = None, min: Optional[int] = None, destination: Optional[List[str]] = None,
+                  reply: bool = False, timeout: float = 1.0) -> List[Dict[str, Any]]:
+        """New bounds for the autoscaler of workers started with --autoscale (Celery's `autoscale`)."""
+        return self.broadcast("autoscale", {"max": max, "min": min}, destination, reply, timeout)
+
     def rate_limit(self, task_name: str, rate_limit: Any, destination: Optional[List[str]] = None,
                    reply: bool = False, timeout: float = 1.0) -> List[Dict[str, Any]]:
         return self.broadcast("rate_limit", {"task_name": task_name, "rate_limit": rate_limit}, destination,

@@ -72,6 +72,19 @@ def test_length_and_purge(broker):
     assert broker.length("q", 0) == 0 and broker.delayed_count("q") == 0
 
 
+def test_waiting_counts_ready_messages_of_every_priority_and_queue(broker):
+    """What the autoscaler reads: ready messages no consumer took (not held, not delayed, not other queues)."""
+    assert broker.waiting(["q", "r", "never-used"]) == 0
+    for priority in (0, 0, 5, 9):
+        send(broker, b"m", priority=priority)
+    send(broker, b"other", queue="r")
+    send(broker, b"elsewhere", queue="s")
+    broker.send_later(broker.client, "q", 0, b"later", time.time() + 60)
+    assert broker.waiting(["q", "r"]) == 5
+    broker.fetch("c1", ["q"], 2, 0)
+    assert broker.waiting(["q"]) == 2 and broker.waiting(["r"]) == 1
+
+
 def test_release_returns_unstarted_messages_uncounted(broker):
     send(broker, b"a")
     send(broker, b"b")

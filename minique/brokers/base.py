@@ -190,6 +190,10 @@ class Broker(ABC):
     def length(self, queue: str, priority: int) -> int:
         """Messages waiting in one queue at one priority."""
 
+    def waiting(self, queues: Sequence[str]) -> int:
+        """Messages ready in `queues` (every priority) that no consumer has taken: one round trip."""
+        return sum(self.length(q, p) for q in queues for p in keys.PRIORITIES)
+
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete every waiting message of `queue` (all priorities, delayed too); returns the count."""

@@ -38,7 +38,8 @@ class Consumer:
 
     def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
                  slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,
-                 max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None):
+                 max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None,
+                 fetch_ahead: bool = True):
         self.app = app
         self.name = name
         self.queues = list(queues)
@@ -59,6 +60,7 @@ class Consumer:
         # past this age a fetched message may have been redelivered elsewhere, were this process not
         # renewing its claims (frozen): it is looked up before it runs (see _keep_what_is_ours)
         self._stale_after = float(app.broker.visibility_timeout) / 2
+        self.fetch_ahead = fetch_ahead  # False (-O fair): take a message only when free, never one ahead
         self.processed = 0
         self._report = Once(log)                     # errors of the loop itself, logged once per kind
 
@@ -212,7 +214,7 @@ class Consumer:
 
     def _ahead_count(self) -> int:
         """How many to fetch ahead while the last fetched message runs."""
-        return self._fetch_count(running=1)
+        return self._fetch_count(running=1) if self.fetch_ahead else 0
 
     def _recycle_due(self) -> bool:
         if self.max_tasks and self.processed >= self.max_tasks:
