@@ -71,6 +71,9 @@ DEFAULTS: Dict[str, Any] = {
     "worker_metrics_host": "127.0.0.1",          # address /metrics binds ("0.0.0.0": every interface)
     "worker_heartbeat_interval": 2.0,
     "worker_state_db": None,
+    # seconds a revoke is kept past the last moment its task could start: its ETA or expiry when the revoke
+    # finds it waiting in a delayed set, else the revoke itself (Celery: CELERY_WORKER_REVOKE_EXPIRES, 3 h)
+    "worker_revoke_expires": 7 * 86400,
     # Beat
     "beat_schedule": {},
     "beat_max_loop_interval": 300.0,
