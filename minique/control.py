@@ -14,9 +14,12 @@ revoked task) instead of at its ETA.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional, Set, Union
+
+import redis
 
 from . import keys, serializers
 from .exceptions import ConfigurationError, DecodeError
@@ -27,6 +30,7 @@ from .message import decode
 # A worker that has not heard yet sees a task before its ETA and parks it again (the revoke is kept past
 # the ETA for that case), so correctness never depends on this delay.
 REVOKE_GRACE = 1.0
+log = logging.getLogger("minique.control")
 
 
 class Control:
@@ -69,7 +73,13 @@ class Control:
             return []
         keep = _revoke_expires(self.app.conf)
         broker, client = self.app.broker, self.app.broker_client
-        waiting = {queue: broker.find_delayed(queue, ids) for queue in self._queues_to_search()}
+        waiting = {}
+        for queue in self._queues_to_search():
+            try:
+                waiting[queue] = broker.find_delayed(queue, ids)
+            except redis.exceptions.ResponseError as exc:  # a broken key, a role without the scripts
+                log.warning("revoke: could not search the delayed set of queue %r (%s); a task waiting there "
+                            "is revoked for worker_revoke_expires from now", queue, exc)
         now = time.time()
         until = dict.fromkeys(ids, now + keep)
         for found in waiting.values():
@@ -82,7 +92,11 @@ class Control:
         replies = self.broadcast("revoke", {"task_ids": ids, "terminate": terminate, "signal": signal},
                                  destination, reply, timeout)
         for queue, found in waiting.items():  # after the broadcast: the workers hear first (REVOKE_GRACE)
-            broker.bring_forward(queue, found, REVOKE_GRACE)
+            try:
+                broker.bring_forward(queue, found, REVOKE_GRACE)
+            except redis.exceptions.ResponseError as exc:  # it runs never, at its ETA it is settled as revoked
+                log.warning("revoke: could not bring forward revoked tasks waiting in queue %r (%s): they are "
+                            "settled as revoked at their ETA", queue, exc)
         return replies
 
     def _queues_to_search(self) -> Set[str]:
@@ -91,7 +105,12 @@ class Control:
         run while its revoke is kept: `worker_revoke_expires` from the revoke.)"""
         conf = self.app.conf
         names = {conf.task_default_queue}
-        for raw in self.app.broker_client.hvals(keys.WORKERS):
+        try:
+            heartbeats = self.app.broker_client.hvals(keys.WORKERS)
+        except redis.exceptions.ResponseError as exc:
+            log.warning("revoke: could not read the workers' heartbeats for their queues (%s)", exc)
+            heartbeats = []
+        for raw in heartbeats:
             try:
                 queues = serializers.unpack(raw).get("queues")
             except Exception:  # noqa: BLE001 - any client can write a heartbeat: a broken one names no queue

@@ -22,7 +22,8 @@ Decoder = Callable[[bytes], Any]
 
 
 def _portable(obj: Any, fmt: str) -> Any:
-    """What Celery's serializers also carry (dates, UUIDs, decimals, sets); anything else is a clear error."""
+    """msgpack's extras (dates and times as ISO strings, UUIDs and decimals as strings, sets as lists);
+    anything else is a clear error. (json writes these with their types: `_json_default`.)"""
     if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
         return obj.isoformat()
     if isinstance(obj, (uuid.UUID, decimal.Decimal)):
@@ -69,7 +70,7 @@ def _json_default(obj: Any) -> Any:
     marker = _JSON_EXACT.get(type(obj))
     if marker is not None:
         return marker(obj)
-    for cls, marker in _JSON_TYPES:  # a subclass (a pendulum DateTime, a str-based UUID type...)
+    for cls, marker in _JSON_TYPES:  # a subclass (a pendulum DateTime, a Decimal subclass...)
         if isinstance(obj, cls):
             return marker(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
@@ -121,7 +122,9 @@ def _json_dumps(obj: Any) -> bytes:
 
 _json_decoder = json.JSONDecoder()
 _json_typed_decoder = json.JSONDecoder(object_hook=_typed)
-_TYPE_KEY = '"__type__"'  # only a text holding it can hold a typed value: the others skip the object hook
+# only a text holding this key (unescaped, as JSON writers write keys) can hold a typed value: the others
+# (nearly every body and result) skip the object hook and decode as fast as before
+_TYPE_KEY = '"__type__"'
 
 
 def _json_loads(data: bytes) -> Any:

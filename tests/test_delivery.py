@@ -248,6 +248,15 @@ def test_revoking_delayed_tasks_takes_them_out_of_the_delayed_sets_they_wait_in(
     assert redis_client.llen("rd:started") == 0
 
 
+def test_a_broken_delayed_set_or_heartbeat_does_not_stop_a_revoke(client_app, redis_client, caplog):
+    redis_client.set(keys.delayed("default"), b"not a sorted set")   # any Redis client can write these
+    redis_client.hset(keys.WORKERS, "junk@host", b"\xc1 not msgpack")
+    client_app.app.control.revoke("some-id")
+    keep = client_app.app.conf.worker_revoke_expires
+    assert redis_client.zscore(keys.REVOKED, "some-id") == pytest.approx(time.time() + keep, abs=5)
+    assert "could not search the delayed set of queue 'default'" in caplog.text
+
+
 def test_revoke_terminate_kills_the_running_task_only(procs, client_app, redis_client):
     worker = procs.worker("-c", "2")
     r = client_app.gated.delay("term", "g", 20)
