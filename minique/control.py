@@ -67,7 +67,11 @@ class Control:
     def revoke(self, task_id: Union[str, Iterable[str]], destination: Optional[List[str]] = None,
                terminate: bool = False, signal: str = "SIGTERM", reply: bool = False, timeout: float = 1.0,
                **kwargs: Any) -> List[Dict[str, Any]]:
-        """Revoke tasks: never run if not started; with terminate=True the running process gets `signal`."""
+        """Revoke tasks: never run if not started; with terminate=True the running process gets `signal`.
+
+        The revoke is kept `worker_revoke_expires` past the later of the task's ETA and expiry when the
+        task waits in a delayed set (`_queues_to_search`), else past now. A task found waiting is then
+        brought forward (due in REVOKE_GRACE), so a worker settles it as REVOKED now, not at its ETA."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         if not ids:
             return []
