@@ -53,14 +53,17 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     ),
     "operator": (
         "+scan", "+multi", "+exec", "+discard", "+script|load",
+        "+time",                                           # (TIME: inside bring_forward.lua, revoke)
         "&minique:control", "+publish",                    # control commands (workers answer on reply lists)
         "(~minique:reply:* +blpop +del)",                  # the answers to inspect, ping, ...
         "(~minique:revoked +zadd +zremrangebyscore +zrangebyscore)",  # revoke
+        "(~minique:workers +hvals)",                       # revoke: the live workers' queues (their delayed sets)
         "(~minique:dlq +xrange +xlen +xdel +del)",         # dead letters: list, replay, purge
         "(~minique:paused +sadd +srem +smembers)",         # pause and resume queues
-        # queues: replay and retry send into them; purge empties them (purge.lua reads the group first)
+        # queues: replay and retry send into them; purge empties them (purge.lua reads the group first);
+        # revoke finds a delayed task and brings it forward (find_delayed.lua, bring_forward.lua)
         "(~minique:{*}:* +xadd +lpush +xlen +xpending +xinfo|groups +xrange +xdel +llen +zcard +del"
-        " +evalsha +eval)",
+        " +zscan +zadd +evalsha +eval)",
     ),
     "beat": _SEND + (
         "+script|load",

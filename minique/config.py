@@ -76,6 +76,9 @@ DEFAULTS: Dict[str, Any] = {
     "worker_state_db": None,                     # accepted and ignored: revokes live in Redis (minique:revoked)
     "worker_autoscale": None,                    # "MAX,MIN" (or (max, min)): as --autoscale
     "worker_autoscale_keepalive": 30.0,          # seconds the pool must have been larger than needed to shrink
+    # seconds a revoke is kept past the last moment its task could start: its ETA or expiry when the revoke
+    # finds it waiting in a delayed set, else the revoke itself (Celery: CELERY_WORKER_REVOKE_EXPIRES, 3 h)
+    "worker_revoke_expires": 7 * 86400,
     # Beat
     "beat_schedule": {},
     "beat_max_loop_interval": 300.0,

@@ -12,7 +12,7 @@ Broker (broker_url):
     minique:{Q}:consumers     zset, Lists broker only: consumer C -> claim deadline (ms)
     minique:{Q}:rl:<T>[:<K>]  string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
     minique:dlq               stream, dead letters: m, reason, queue, task_id, worker, time
-    minique:revoked           zset, revoked task id -> expiry (epoch s)
+    minique:revoked           zset, revoked task id -> until when it is kept (epoch s; control.revoke)
     minique:control           pub/sub channel for remote control; replies on minique:reply:<id>
     minique:events            stream, task and worker events (capped)
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from minique import Minique, acl, chord, events as events_mod, keys
+from minique.exceptions import TaskRevokedError
 from minique.metrics import queue_sample
 from minique.result import GroupResult
 from procs import APPS, Proc, Processes, wait_for
@@ -177,7 +178,10 @@ def test_each_role_does_its_job_through_minique_and_no_more(server, tmp_path, ki
         operator = app_for(url("operator"), broker_transport_options=transport)
         assert worker.hostname in (operator.control.inspect(timeout=2).ping() or {})
         assert operator.control.rate_limit("testapp.add", "100/s", reply=True, timeout=2)
-        operator.control.revoke("some-task-id")
+        delayed = producer.send_task("testapp.add", (5, 5), countdown=60)
+        operator.control.revoke(["some-task-id", delayed.id])  # (finds the delayed one, brings it forward)
+        with pytest.raises(TaskRevokedError):
+            delayed.get(timeout=10)
         (entry, fields), = operator.broker.dead_letters()
         assert fields["task_id"] == unknown.id
         assert operator.broker.replay_dead_letter(entry)

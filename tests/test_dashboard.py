@@ -5,6 +5,7 @@ Chromium driven by Playwright (skipped only when no Chromium is installed). With
 MINIQUE_DOCS_SCREENSHOTS=1 the browser test also refreshes docs/img/*.png.
 """
 import base64
+import datetime
 import json
 import os
 import pickle
@@ -297,6 +298,10 @@ def test_task_pages_never_unpickle_a_result_nor_import_an_exception_module(procs
     backend.write_meta(redis_client, "importing-error", "FAILURE",
                        backend.encode_meta("importing-error", "FAILURE", exc, "Traceback: ...", serializer="json"))
     backend.write_meta(redis_client, "junk-record", "SUCCESS", b"\xc1 not msgpack")
+    typed = {"raw": b"\xff", "day": datetime.date(2026, 11, 30), "n": 1}  # JSON with types: shown as their reprs
+    backend.write_meta(redis_client, "typed-result", "SUCCESS", backend.encode_meta("typed-result", "SUCCESS", typed))
+    assert dash.get("/api/tasks/typed-result")["result"] == {"raw": "b'\\xff'", "day": "datetime.date(2026, 11, 30)",
+                                                             "n": 1}
     shown = dash.get("/api/tasks/pickled-result")
     assert shown["state"] == "SUCCESS" and "pickle result is not decoded" in shown["result"]
     shown = dash.get("/api/tasks/importing-error")
