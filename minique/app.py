@@ -256,6 +256,8 @@ class Minique:
         if parent is not None and not parent.called_directly and "parent_id" not in fields:
             fields["parent_id"] = parent.id
             fields["root_id"] = parent.root_id or parent.id
+        else:
+            parent = None  # (not sent by a running task: no child to note)
         task_id = options.get("task_id") or message_mod.new_id()
         if "root_id" not in fields:
             fields["root_id"] = task_id
@@ -263,6 +265,8 @@ class Minique:
             msg = message_mod.make(name, args, kwargs, serializer, task_id=task_id, **fields)
         except TypeError as exc:
             raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
+        if parent is not None:  # AsyncResult.children of the running task
+            context.add_child(parent, task_id, fields.get("group_id"))
         if d["security_key"]:
             msg = sign(msg, d["security_key"])
         return msg
@@ -320,6 +324,9 @@ class Minique:
         items = []
         last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
         templates = not self.conf.security_key  # a signed message is signed whole
+        parent = context.current()  # sent by a running task: its children (build_message notes the others)
+        if parent is not None and parent.called_directly:
+            parent = None
         for name, a, k, o in calls:
             shape = {key: v for key, v in o.items() if key not in _VARYING}
             if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
@@ -328,7 +335,10 @@ class Minique:
                     body = message_mod.encode_args(a, k, template.content_type)
                 except TypeError as exc:
                     raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
-                data = template.encode(o.get("task_id") or message_mod.new_id(), body, o.get("group_index"))
+                task_id = o.get("task_id") or message_mod.new_id()
+                data = template.encode(task_id, body, o.get("group_index"))
+                if parent is not None and o.get("parent_id") is None:
+                    context.add_child(parent, task_id, o.get("group_id"))
             else:
                 msg = self.build_message(name, a, k, o)
                 queue, priority, data = msg.queue, msg.priority, msg.encode()

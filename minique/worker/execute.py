@@ -50,6 +50,7 @@ from .outbox import NotStarted, Outbox
 log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "execute_lua")
 _UNRUN = fate.PRE_RUN | {fate.INTERNAL}  # outcomes whose dead letter is the whole story (no task ran to tell of)
+_Request = context.Request
 _PASS = (NotStarted, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # the consumer's to handle
 
 
@@ -61,6 +62,7 @@ class Job(NamedTuple):
     task: Any = None
     policy: Policy = Policy()
     result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
+    extra: Optional[Dict[str, Any]] = None  # stored with the result: children, result_extended's fields
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -96,6 +98,7 @@ class Executor:
         self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
         self._in_body = False      # a task body runs now (the Outbox's connection is idle)
+        self.extended = bool(self.conf.result_extended)  # name, args, ... stored with each result
         if use_alarm:
             signal.signal(signal.SIGALRM, self._on_alarm)
 
@@ -229,8 +232,10 @@ class Executor:
         if soft and self.use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
-        context.pop()
+        request = context.pop()
         outbox.end(time.monotonic() - started)
+        if self.extended or request.__class__ is _Request and request.children:
+            job = job._replace(extra=self._extra(job, args, kwargs, request))
         if error is None:
             self._succeeded_with(job, value)
         elif isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -248,7 +253,8 @@ class Executor:
         encoded = None
         if not msg.ignore_result:
             try:
-                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer)
+                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer,
+                                                   extra=job.extra)
             except EncodeError as exc:
                 return self._record(job, Outcome(fate.FAILURE, exc))
         settlement = self._succeeded.get(job.policy)
@@ -333,6 +339,24 @@ class Executor:
             callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
             time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
 
+    def _extra(self, job: Job, args: Optional[list], kwargs: Optional[dict], request: Any) -> Dict[str, Any]:
+        """What is stored with the result besides the value: the children the body sent, and with
+        result_extended, Celery's name, args, kwargs, worker, queue, retries (date_done is the
+        record's time). Off the common path: only when one of them is there."""
+        extra: Dict[str, Any] = {}
+        if request.__class__ is _Request and request.children:
+            extra["children"] = request.children
+        msg = job.msg
+        if self.extended and msg is not None:
+            if args is None:  # an outcome before the body: the arguments, if they can be read
+                try:
+                    args, kwargs = msg.args_kwargs(self.accept)
+                except Exception:  # noqa: BLE001 - the record stands without them
+                    args, kwargs = None, None
+            extra.update(name=msg.task, args=args, kwargs=kwargs, worker=self.hostname,
+                         queue=job.delivery.queue or msg.queue, retries=msg.retries)
+        return extra
+
     def _args_fit(self, task: Any, args: list, kwargs: dict) -> bool:
         sig = self._signatures.get(task.name)
         if sig is None:
@@ -392,6 +416,8 @@ class Executor:
         result = s.result if s.result is not None else outcome.value
         if s.state is not None and job.result_id is not None:
             extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
+            if job.extra is not None or self.extended and msg is not None:
+                extra = {**(job.extra or self._extra(job, None, None, None)), **(extra or {})}
             tb = (format_traceback(result, self.exc_max) if isinstance(result, BaseException) and result.__traceback__
                   else None)
             self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)
