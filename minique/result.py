@@ -171,6 +171,11 @@ class GroupResult(Generic[R_co]):
     def __iter__(self) -> Iterator[AsyncResult[R_co]]:
         return iter(self.results)
 
+    @property
+    def children(self) -> List[AsyncResult[R_co]]:
+        """The members (Celery's GroupResult.children)."""
+        return self.results
+
     def __len__(self) -> int:
         return len(self.results)
 

@@ -27,14 +27,16 @@ def _state_is(result, state, meta=None):
     return lambda: result.state == state and (meta is None or result.info == meta)
 
 
-def test_progress_state_and_meta_are_seen_while_the_task_runs(procs, rapp, redis_client):
-    procs.worker("-c", "1", app="resultsapp")
-    r = rapp.progress.delay("p1", total=2)
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_progress_state_and_meta_are_seen_while_the_task_runs(procs, rapp, redis_client, pool):
+    procs.worker("-c", "1", "-P", pool, app="resultsapp")
+    key = f"p1-{pool}"
+    r = rapp.progress.delay(key, total=2)
     wait_for(_state_is(r, "PROGRESS", {"done": 0, "total": 2}), 10, "the first PROGRESS")
     assert not r.ready() and r.result == {"done": 0, "total": 2}
-    redis_client.rpush("p1:gate", 1)
+    redis_client.rpush(f"{key}:gate", 1)
     wait_for(_state_is(r, "PROGRESS", {"done": 1, "total": 2}), 10, "the second PROGRESS")
-    redis_client.rpush("p1:gate", 1)
+    redis_client.rpush(f"{key}:gate", 1)
     assert r.get(timeout=10) == {"done": 2}  # the final state replaces the custom one
     assert r.state == states.SUCCESS and r.info == {"done": 2} and r.ready()
 
@@ -77,7 +79,8 @@ def test_update_state_from_outside_a_task_with_a_task_id(rapp):
 
 
 def test_result_extended_stores_name_args_kwargs_worker_queue_retries(procs, rapp):
-    worker = procs.worker("-c", "1", app="resultsapp", settings='{"result_extended": true, "accept_content": ["json", "msgpack"]}')
+    worker = procs.worker("-c", "1", app="resultsapp",
+                          settings='{"result_extended": true, "accept_content": ["json", "msgpack"]}')
     r = rapp.add.delay(2, y=3)
     assert r.get(timeout=10) == 5
     assert (r.name, r.args, r.kwargs, r.worker, r.queue, r.retries) == (

@@ -26,6 +26,8 @@ decides when they leave:
   write carries the next fetch (`next()`: fetch-ahead), whose reply arrives while it runs.
 - flush(): everything written and answered, including what reply handlers queued (the
   callback a chord's last join fires).
+- write_now(): a write from inside a running body (update_state) leaves at once, with (and
+  behind) whatever was queued or deferred; SIGALRM waits until it is out.
 Commands stay in the pipes until answered: a lost connection re-sends them (pipe.py).
 """
 from __future__ import annotations
