@@ -80,7 +80,8 @@ def test_update_state_from_outside_a_task_with_a_task_id(rapp):
 
 def test_result_extended_stores_name_args_kwargs_worker_queue_retries(procs, rapp):
     worker = procs.worker("-c", "1", app="resultsapp",
-                          settings='{"result_extended": true, "accept_content": ["json", "msgpack"]}')
+                          settings='{"result_extended": true, "task_track_started": true, '
+                                   '"accept_content": ["json", "msgpack"]}')
     r = rapp.add.delay(2, y=3)
     assert r.get(timeout=10) == 5
     assert (r.name, r.args, r.kwargs, r.worker, r.queue, r.retries) == (
@@ -95,6 +96,13 @@ def test_result_extended_stores_name_args_kwargs_worker_queue_retries(procs, rap
     b = rapp.takes_bytes.apply_async((b"\x00\x01",), {"flag": True}, serializer="msgpack")
     assert b.get(timeout=10) == 2
     assert b.args == "(b'\\x00\\x01',)" and b.name == "resultsapp.takes_bytes"
+    # a custom state written while the task runs carries them too
+    p = rapp.progress.apply_async(("p5",), {"total": 1})
+    wait_for(_state_is(p, "PROGRESS"), 10, "PROGRESS")
+    assert (p.name, p.args, p.kwargs, p.worker, p.queue) == (
+        "resultsapp.progress", ["p5"], {"total": 1}, worker.hostname, "default")
+    rapp.store().rpush("p5:gate", 1)
+    assert p.get(timeout=10) == {"done": 1} and p.args == ["p5"]
 
 
 def test_result_extended_off_stores_none_of_it(procs, rapp, redis_client):

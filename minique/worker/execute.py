@@ -211,8 +211,10 @@ class Executor:
         if not acks_late:
             self.app.broker.ack(outbox.broker, delivery)
         if track and not msg.ignore_result:
-            self.backend.store(outbox.backend, msg.id, states.STARTED, None,
-                               extra={"hostname": self.hostname, "pid": os.getpid()})
+            started_extra = {"hostname": self.hostname, "pid": os.getpid()}
+            if self.extended:
+                started_extra.update(self._extra(job, args, kwargs, None))
+            self.backend.store(outbox.backend, msg.id, states.STARTED, None, extra=started_extra)
         if self.events is not None:
             self.events.started(msg, args, kwargs)
             self.events.before_run(outbox.broker)
