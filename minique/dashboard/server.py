@@ -283,8 +283,8 @@ class Dashboard:
         """The result store's record of `tid` as the pages show it: `status`, `result` (a json or
         msgpack value; anything else, pickle above all, is not decoded), `error` (an exception
         described from its stored class name and arguments: nothing is imported or built),
-        `traceback`, `date_done`, and `meta` for a custom state (update_state). Any Redis client can write the record: a malformed one is shown
-        as such."""
+        `traceback`, `date_done`, and `meta` for a custom state (update_state). Any Redis client
+        can write the record: a malformed one is shown as such."""
         pipe = self.app.backend.client.pipeline(transaction=False)
         pipe.lindex(keys.ready(tid), 0)
         pipe.get(keys.result(tid))
