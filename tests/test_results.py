@@ -146,3 +146,23 @@ def test_dashboard_task_page_shows_the_custom_state_and_its_meta(procs, rapp, re
     shown = wait_for(lambda: (lambda t: t if t["state"] == "SUCCESS" else None)(dash.get(f"/api/tasks/{r.id}")),
                      10, "the task page to show SUCCESS")
     assert shown["result"] == {"done": 1} and "meta" not in shown
+
+
+def test_a_sent_chain_runs_its_own_link_and_link_error(procs, rapp, redis_client):
+    """A chain's link gets the chain's result; its link_error runs when a step fails (given the id of
+    the step that would have ended it, whose result holds the exception). Both were dropped for
+    chains of two or more steps."""
+    import json
+
+    from minique import chain
+    procs.worker("-c", "2", app="resultsapp")
+    ok = chain(rapp.add.s(1, 2), rapp.add.s(10))
+    ok.link(rapp.push_to.s("links"))
+    assert ok.delay().get(timeout=10) == 13
+    assert json.loads(redis_client.blpop("links", 10)[1]) == 13
+    bad = chain(rapp.add.s(1, 2), rapp.fail.s(), rapp.add.s(1))
+    bad.link_error(rapp.push_to.s("errbacks"))
+    r = bad.delay()
+    with pytest.raises(ValueError, match="step failed"):
+        r.get(timeout=10)
+    assert json.loads(redis_client.blpop("errbacks", 10)[1]) == r.id

@@ -76,3 +76,15 @@ def noop():
 def takes_bytes(data, flag=False):
     """Sent with serializer="msgpack" (bytes in its arguments); its result is stored as json."""
     return len(data)
+
+
+@app.task
+def push_to(value, key):
+    """A link or errback that records what it was given under `key`."""
+    store().rpush(key, json.dumps(value))
+    return value
+
+
+@app.task
+def fail(*args):
+    raise ValueError("step failed")
