@@ -520,12 +520,21 @@ def _eager_abandon(app: Any, rest: List[Signature], failed: Tuple[BaseException,
     for step in rest:
         ids = _task_ids(step) or [new_id()]
         down = abandoned(app, step)
-        for name, a, k, o in down.errbacks:
-            Signature(name, a, k, o, app=app).apply()
+        for call in down.errbacks:
+            _apply_planned(app, call)
         result: Any = EagerResult(ids[-1], exc, "FAILURE", tb, app=app)
         result.parent = res
         res = result
     return res
+
+
+def _apply_planned(app: Any, call: Call) -> Any:
+    """Run a planned call here and now, with the rest of its chain (the `chain` option) after it."""
+    name, a, k, o = call
+    o = dict(o)
+    rest = o.pop("chain", None)
+    sig = Signature(name, a, k, o, app=app)
+    return chain(sig, *rest, app=app).apply() if rest else sig.apply()
 
 
 def apply_linked(task: Any, args: Any, kwargs: Any, task_id: Optional[str], link: Any, link_error: Any,

@@ -179,3 +179,12 @@ def test_update_state_stores_nothing_for_an_eager_task(app):
         progress.update_state(state="PROGRESS")  # not running: which task?
     with pytest.raises(ValueError, match="state name"):
         progress.update_state(task_id="x", state=None)
+
+
+def test_eager_errback_that_is_a_chain_runs_whole(app, calc):
+    from minique import chain
+    errback = chain(calc.note.s(), calc.note.s())  # the id, then what the first step returned
+    c = chain(calc.add.s(1, 1), calc.boom.s(), calc.add.s(1))
+    c.link_error(errback)
+    r = c.delay()
+    assert r.failed() and calc.calls == [r.id, r.id]
