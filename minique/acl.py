@@ -57,6 +57,7 @@ ROLES: Dict[str, Tuple[str, ...]] = {
         "(~minique:reply:* +blpop +del)",                  # the answers to inspect, ping, ...
         "(~minique:revoked +zadd +zremrangebyscore +zrangebyscore)",  # revoke
         "(~minique:dlq +xrange +xlen +xdel +del)",         # dead letters: list, replay, purge
+        "(~minique:paused +sadd +srem +smembers)",         # pause and resume queues
         # queues: replay and retry send into them; purge empties them (purge.lua reads the group first)
         "(~minique:{*}:* +xadd +lpush +xlen +xpending +xinfo|groups +xrange +xdel +llen +zcard +del"
         " +evalsha +eval)",
@@ -64,7 +65,7 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     "beat": _SEND + (
         "+script|load",
         "(~minique:lock:beat +set +get +del +pttl +pexpire +evalsha +eval)",        # the leader's lease
-        "(~minique:beat:last +hkeys +hdel +hmget +hget +hset +evalsha +eval)",      # when each entry last ran
+        "(~minique:beat:last ~minique:beat:lag +hkeys +hdel +hmget +hget +hset +evalsha +eval)",  # last runs, lag
     ),
 }
 

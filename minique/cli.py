@@ -7,7 +7,6 @@ command has it, shows the stack instead). One-shot commands first check that Red
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 import logging
 import os
@@ -31,29 +30,16 @@ _ENTRY_ID = re.compile(r"^[0-9]+(-[0-9]+)?$")  # a stream entry id (the dead let
 
 
 def load_app(spec: str) -> Any:
-    """`module`, `module:attr` or `module.attr`: the Minique app inside (Celery's -A rules)."""
-    from .app import Minique
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
+    """`module`, `package` (then its `celery` module), `module:attr` or `module.attr`: the app inside, by
+    Celery's -A rules (minique.discovery.find_app); it becomes the current app."""
+    from .discovery import find_app
     try:
-        module = importlib.import_module(module_name)
+        app = find_app(spec)
     except ImportError as exc:
-        if not attr and "." in module_name:
-            module_name, _, attr = module_name.rpartition(".")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
-        else:
-            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}") from exc
-    if attr:
-        app = getattr(module, attr, None)
-    else:
-        app = next((getattr(module, n) for n in ("app", "celery") if isinstance(getattr(module, n, None), Minique)),
-                   None) or next((v for v in vars(module).values() if isinstance(v, Minique)), None)
-    if not isinstance(app, Minique):
-        raise click.ClickException(f"no minique app found in {spec!r} (expected a Minique instance named app)")
+        raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
+    except (AttributeError, ConfigurationError) as exc:
+        raise click.ClickException(f"no minique app found in {spec!r}: {exc}") from exc
+    app.set_current()
     return app
 
 
@@ -190,9 +176,11 @@ def main(ctx: click.Context, app_spec: Optional[str], show_traceback: bool) -> N
 
 def _app(ctx: click.Context) -> Any:
     spec = ctx.obj.get("app_spec")
-    if not spec:
+    app = ctx.obj.get("app_object")  # app.start(): the command runs with that app
+    if app is None and not spec:
         raise click.UsageError("which app? give -A/--app MODULE (or set MINIQUE_APP)")
-    app = load_app(spec)
+    if app is None:
+        app = load_app(spec)
     ctx.obj["app"] = app  # the error handler names its URLs
     return app
 
@@ -252,12 +240,14 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
 @click.option("--without-events", is_flag=True, help="Do not send task events.")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this worker (development only).")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+@click.option("--health-port", type=int, help="Serve the probes /livez and /readyz on this port (0: off; they "
+                                              "are on --metrics-port too).")
 @click.pass_context
 def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int], pool: Optional[str], loglevel: str,
            logfile: Optional[str], log_json: bool, hostname: Optional[str], prefetch_multiplier: Optional[int],
            max_tasks_per_child: Optional[int], max_memory_per_child: Optional[int], time_limit: Optional[float],
            soft_time_limit: Optional[float], task_events: Optional[bool], without_events: bool, beat: bool,
-           metrics_port: Optional[int]) -> None:
+           metrics_port: Optional[int], health_port: Optional[int]) -> None:
     """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
 
     A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
@@ -272,7 +262,8 @@ def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int]
     w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
                concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
                max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat)
+               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat,
+               health_port=health_port)
     w.install_signals()
     sys.exit(w.run())
 
@@ -286,6 +277,7 @@ def beat(ctx: click.Context, loglevel: str, logfile: Optional[str], list_only: b
     """Run the periodic task scheduler (any number may run; one leads)."""
     app = _app(ctx)
     setup_logging(loglevel, logfile)
+    app.import_modules()  # tasks and their periodic entries (on_after_finalize, autodiscover_tasks), as Celery's beat
     from .beat import Beat, run_beat
     if list_only:
         for name, task, sched, nxt in Beat(app).entries():
@@ -399,16 +391,87 @@ def status(ctx: click.Context) -> None:
     from . import keys, serializers
     app = _client_app(ctx)
     broker = app.broker
+    paused = set(app.control.paused())
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
-    for q in broker.queues_known():
+    for q in sorted(set(broker.queues_known()) | paused):
         waiting = sum(broker.length(q, p) for p in keys.PRIORITIES)
-        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}")
+        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}"
+                   + ("  paused" if q in paused else ""))
     click.echo(f"dead letters: {app.broker_client.xlen(keys.DLQ)}")
     for host, raw in app.broker_client.hgetall(keys.WORKERS).items():
         info = serializers.unpack(raw)
         age = time.time() - info["ts"]
         click.echo(f"worker {host.decode()}: {'up' if age < 10 else 'silent'} ({age:.0f}s ago), "
                    f"pool {info['concurrency']}, processed {info['processed']}")
+
+
+_EVENT_DETAILS = ("args", "kwargs", "runtime", "exception", "reason", "eta", "queue", "retries")
+
+
+def event_line(ev: dict) -> str:
+    """One event as `celery events --dump` shows it: when, who, what, then its details."""
+    import datetime
+    when = datetime.datetime.fromtimestamp(float(ev.get("ts") or 0)).isoformat(sep=" ", timespec="milliseconds")
+    kind = ev.get("type", "?")
+    if kind.startswith("task-"):
+        what = f"{kind} {ev.get('name') or '?'}[{ev.get('uuid')}]"
+        details = " ".join(f"{k}={ev[k]}" for k in _EVENT_DETAILS if ev.get(k) not in (None, "", (), []))
+    else:
+        what = kind
+        details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "ts", "hostname", "pid")
+                           and v not in (None, "", (), []))
+    return f"{when} {ev.get('hostname') or '?'} {what}" + (f" {details}" if details else "")
+
+
+@main.command()
+@click.option("--dump", is_flag=True, help="Print events as they come (the only mode; accepted as Celery's).")
+@click.option("--task", "task_glob", help="Only events of tasks whose name matches (a glob: 'proj.*').")
+@click.option("--state", "states", multiple=True,
+              help="Only these task events: received, started, succeeded, failed, retried, revoked, rejected "
+                   "(repeat the option for several).")
+@click.option("--workers/--no-workers", default=False, help="Also worker events (online, heartbeat, offline).")
+@click.option("--from-start", is_flag=True, help="Begin with the events already in the stream (default: new ones).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--timeout", type=float, help="Stop when no event came for this many seconds.")
+@click.pass_context
+def events(ctx: click.Context, dump: bool, task_glob: Optional[str], states: Tuple[str, ...], workers: bool,
+           from_start: bool, as_json: bool, count: Optional[int], timeout: Optional[float]) -> None:
+    """Watch the event stream live, as `celery events --dump`: one line per event."""
+    import fnmatch
+    import json as json_mod
+    import time
+
+    from . import keys
+    from .events import Reader
+    app = _client_app(ctx)
+    client = app.broker_client
+    kinds = {s if s.startswith("task-") else f"task-{s}" for s in states}
+    start = "0-0"
+    if not from_start:
+        newest = client.xrevrange(keys.EVENTS, count=1)
+        if newest:
+            start = newest[0][0].decode()
+    reader = Reader(client, start)
+    click.echo(f"-> minique events: watching {keys.EVENTS} (Ctrl-C to stop)", err=True)
+    shown, quiet_since = 0, time.monotonic()
+    while count is None or shown < count:
+        if timeout is not None and time.monotonic() - quiet_since > timeout:
+            break
+        block = 1.0 if timeout is None else max(0.01, min(1.0, timeout - (time.monotonic() - quiet_since)))
+        for ev in reader.read(count=100, block=block):
+            kind = str(ev.get("type", ""))
+            if kind.startswith("task-"):
+                if kinds and kind not in kinds or task_glob and not fnmatch.fnmatchcase(str(ev.get("name")),
+                                                                                         task_glob):
+                    continue
+            elif not workers:
+                continue
+            click.echo(json_mod.dumps(ev, default=str) if as_json else event_line(ev))
+            shown += 1
+            quiet_since = time.monotonic()
+            if count is not None and shown >= count:
+                break
 
 
 PROGRESS_FROM = 500  # messages: fewer take no more than a moment, and get no progress bar
@@ -553,7 +616,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 
 
 @main.command()
-@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "rate_limit", "revoke", "ping"]))
+@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "rate_limit", "revoke", "ping",
+                                              "pause", "resume"]))
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
@@ -561,7 +625,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.pass_context
 def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
             as_json: bool) -> None:
-    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID."""
+    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID,
+    pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later obey it too)."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
             raise click.UsageError(f"usage: control {command} [N]: N is a number of pool processes >= 1 "
@@ -579,6 +644,14 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.rate_limit(args[0], args[1], destination=dest, reply=True, timeout=timeout)
     elif command == "revoke":
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)
+    elif command in ("pause", "resume"):
+        if len(args) != 1:
+            raise click.UsageError(f"usage: control {command} QUEUE")
+        replies = getattr(ctl, command)(args[0], destination=dest, reply=True, timeout=timeout)
+        click.echo(f"queue {args[0]} {'paused' if command == 'pause' else 'resumed'}"
+                   + ("" if replies else " (no worker answered: workers started later obey it)"), err=True)
+        if not replies:  # kept in Redis: done, whether or not a worker runs now
+            return
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
     merged: dict = {}

@@ -1,7 +1,10 @@
-"""The running task's request (`self.request`), per thread, and the current app."""
+"""The running task's request (`self.request`), per thread, the current app, and the apps that exist
+(for `shared_task`: what registers in every app when it is finalized, and `app.on_after_fork`)."""
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
@@ -9,6 +12,8 @@ if TYPE_CHECKING:
 
 _local = threading.local()
 _current_app: Any = None
+_apps: "weakref.WeakSet[Any]" = weakref.WeakSet()   # every app created (Celery's _state._apps)
+_on_app_finalizers: List[Callable[[Any], Any]] = []  # called with each app when it is finalized
 
 
 class Request:
@@ -54,6 +59,17 @@ class Request:
             self.retries = 0
         if self.called_directly is None:
             self.called_directly = False
+
+    def __getattr__(self, name: str) -> Any:
+        """A message header is also an attribute (as in Celery: `self.request.traceparent`)."""
+        if not name.startswith("__"):
+            try:
+                headers = object.__getattribute__(self, "headers")
+            except AttributeError:
+                headers = None
+            if headers and name in headers:
+                return headers[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def as_dict(self) -> Dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__ if name != "message"}
@@ -128,3 +144,33 @@ def current_app() -> Any:
         from .exceptions import ConfigurationError
         raise ConfigurationError("no minique app exists yet: create Minique(...) first or pass app=")
     return _current_app
+
+
+def register_app(app: Any) -> None:
+    _apps.add(app)
+
+
+def apps() -> List[Any]:
+    """The apps that exist now."""
+    return list(_apps)
+
+
+def connect_on_app_finalize(callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Call `callback(app)` for every app when it is finalized, also apps created later (shared tasks)."""
+    _on_app_finalizers.append(callback)
+    return callback
+
+
+def announce_app_finalized(app: Any) -> None:
+    for callback in list(_on_app_finalizers):
+        callback(app)
+
+
+def _after_fork_in_child() -> None:
+    for app in list(_apps):
+        signal = getattr(app, "on_after_fork", None)
+        if signal is not None and signal.receivers:
+            signal.send(sender=app)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

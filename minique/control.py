@@ -15,6 +15,7 @@ import uuid
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from . import keys, serializers
+from .keys import check_queue
 
 REVOKE_TTL = 3 * 3600  # seconds a revocation is remembered (Celery keeps them 3 h)
 
@@ -85,6 +86,23 @@ class Control:
                    reply: bool = False, timeout: float = 1.0) -> List[Dict[str, Any]]:
         return self.broadcast("rate_limit", {"task_name": task_name, "rate_limit": rate_limit}, destination,
                               reply, timeout)
+
+    def pause(self, queue: str, destination: Optional[List[str]] = None, reply: bool = False,
+              timeout: float = 1.0) -> List[Dict[str, Any]]:
+        """Stop every worker taking messages from `queue` (kept in Redis: workers started later obey it);
+        what they already reserved still runs. Workers also notice it on their own within 2 s."""
+        self.app.broker_client.sadd(keys.PAUSED, check_queue(queue, "control pause"))
+        return self.broadcast("queues_changed", {"paused": queue}, destination, reply, timeout)
+
+    def resume(self, queue: str, destination: Optional[List[str]] = None, reply: bool = False,
+               timeout: float = 1.0) -> List[Dict[str, Any]]:
+        """Undo `pause(queue)`."""
+        self.app.broker_client.srem(keys.PAUSED, check_queue(queue, "control resume"))
+        return self.broadcast("queues_changed", {"resumed": queue}, destination, reply, timeout)
+
+    def paused(self) -> List[str]:
+        """The paused queues."""
+        return sorted(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED))
 
     def inspect(self, destination: Optional[List[str]] = None, timeout: float = 1.0) -> "Inspect":
         return Inspect(self, destination, timeout)

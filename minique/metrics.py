@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import keys, serializers
 from .logs import Once
@@ -326,7 +326,7 @@ class ClusterCollector:
         return []
 
     def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         sample = queue_sample(self.app, self.queues())
         length = GaugeMetricFamily("minique_queue_length", "Messages waiting in a queue, by priority.",
                                    labels=["queue", "priority"])
@@ -334,14 +334,33 @@ class ClusterCollector:
                                     labels=["queue"])
         unacked = GaugeMetricFamily("minique_queue_unacked", "Messages delivered to workers and not acknowledged.",
                                     labels=["queue"])
+        age = GaugeMetricFamily("minique_queue_oldest_message_age_seconds",
+                                "Seconds the oldest waiting message has waited in its queue (streams).",
+                                labels=["queue"])
+        paused = GaugeMetricFamily("minique_queue_paused", "1 while the queue is paused (control pause).",
+                                   labels=["queue"])
+        sent = CounterMetricFamily("minique_tasks_sent", "Messages added to a queue: sent, retried, or due "
+                                   "from the delayed set (streams, Redis 7+).", labels=["queue"])
+        now = sample["time"]
         for q, info in sorted(sample["queues"].items()):
             for p, n in sorted(info["priorities"].items()):
-                length.add_metric([q, str(p)], n)
+                if n or p == 0:  # priority 0 always (sums over a queue work); the others while in use
+                    length.add_metric([q, str(p)], n)
             delayed.add_metric([q], info["delayed"])
             unacked.add_metric([q], info["unacked"])
+            paused.add_metric([q], 1.0 if q in sample["paused"] else 0.0)
+            if info["waiting"] and info["oldest"] is not None:
+                age.add_metric([q], max(0.0, now - info["oldest"]))
+            elif info["waiting"] == 0:
+                age.add_metric([q], 0.0)
+            if info["added"] is not None:
+                sent.add_metric([q], info["added"])
         yield length
         yield delayed
         yield unacked
+        yield age
+        yield paused
+        yield sent
         yield GaugeMetricFamily("minique_dead_letter_queue_length", "Messages in the dead-letter stream.",
                                 value=sample["dead_letters"])
         up = GaugeMetricFamily("minique_worker_heartbeat_age_seconds", "Seconds since each worker's heartbeat.",
@@ -349,7 +368,15 @@ class ClusterCollector:
         alive = 0
         interval = float(self.app.conf.worker_heartbeat_interval)
         now = time.time()
-        for host, raw in self.app.broker_client.hgetall(keys.WORKERS).items():
+        pipe = self.app.broker_client.pipeline(transaction=False)
+        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG):
+            pipe.hgetall(key)
+        workers, last_runs, lags = pipe.execute()
+        yield _per_entry("minique_beat_last_run_timestamp_seconds", "When each beat entry last ran (its slot, epoch).",
+                         last_runs)
+        yield _per_entry("minique_beat_lag_seconds", "How late each beat entry's last run was sent after its slot.",
+                         lags)
+        for host, raw in workers.items():
             try:
                 ts = serializers.unpack(raw)["ts"]
             except Exception:  # noqa: BLE001
@@ -357,7 +384,20 @@ class ClusterCollector:
             up.add_metric([host.decode()], max(0.0, now - ts))
             alive += now - ts < max(3 * interval, 6.0)
         yield up
-        yield GaugeMetricFamily("minique_workers_up", "Workers whose heartbeat is recent.", value=alive)
+        yield GaugeMetricFamily("minique_workers_alive", "Workers whose heartbeat is recent (cluster-wide).",
+                                value=alive)
+
+
+def _per_entry(name: str, doc: str, stored: Dict[bytes, bytes]) -> Any:
+    """A gauge labelled by beat entry from one of beat's hashes (values it cannot read are left out)."""
+    from prometheus_client.core import GaugeMetricFamily
+    family = GaugeMetricFamily(name, doc, labels=["entry"])
+    for entry, raw in sorted(stored.items()):
+        try:
+            family.add_metric([entry.decode(errors="replace")], float(raw))
+        except ValueError:
+            continue
+    return family
 
 
 def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
@@ -369,7 +409,7 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
     for q in queues:
         for p in keys.PRIORITIES:
             if streams:
-                pipe.xlen(keys.queue(q, p))
+                pipe.xinfo_stream(keys.queue(q, p))  # length, and entries-added (Redis 7): a sent counter
                 pipe.xpending(keys.queue(q, p), keys.GROUP)
             else:
                 pipe.llen(keys.queue(q, p))
@@ -377,16 +417,20 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
         if not streams:
             pipe.zrange(keys.consumers(q), 0, -1)
     pipe.xlen(keys.DLQ)
+    pipe.smembers(keys.PAUSED)
     results = iter(pipe.execute(raise_on_error=False))
     out: Dict[str, Any] = {"time": time.time(), "queues": {}}
     held_lists: List[Tuple[str, List[str]]] = []
     for q in queues:
         prios: Dict[int, int] = {}
         unacked = 0
+        added: Optional[int] = None
         for p in keys.PRIORITIES:
             if streams:
-                total, pending = next(results), next(results)
-                total = total if isinstance(total, int) else 0
+                stream, pending = next(results), next(results)  # (XINFO fails on a stream never used: 0)
+                total = int(stream.get("length", 0)) if isinstance(stream, dict) else 0
+                if isinstance(stream, dict) and "entries-added" in stream:
+                    added = (added or 0) + int(stream["entries-added"])
                 pending = int(pending.get("pending", 0)) if isinstance(pending, dict) else 0
                 prios[p] = max(0, total - pending)
                 unacked += pending
@@ -395,13 +439,18 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
                 prios[p] = n if isinstance(n, int) else 0
         delayed = next(results)
         info = {"priorities": prios, "waiting": sum(prios.values()),
-                "delayed": delayed if isinstance(delayed, int) else 0, "unacked": unacked}
+                "delayed": delayed if isinstance(delayed, int) else 0, "unacked": unacked, "added": added}
         if not streams:
             consumers = next(results)
             held_lists.append((q, [c.decode() for c in consumers] if isinstance(consumers, list) else []))
         out["queues"][q] = info
-    dead = next(results)
+    dead, paused = next(results), next(results)
     out["dead_letters"] = dead if isinstance(dead, int) else 0
+    out["paused"] = {q.decode(errors="replace") for q in paused} if isinstance(paused, set) else set()
+    waiting = [q for q in queues if out["queues"][q]["waiting"]]
+    oldest = app.broker.oldest_waiting(waiting) if waiting else {}
+    for q in queues:
+        out["queues"][q]["oldest"] = oldest.get(q)
     if held_lists:
         pipe = client.pipeline(transaction=False)
         for q, consumers in held_lists:
@@ -422,12 +471,17 @@ def metrics_payload(registry: Any, accept: str = "") -> Tuple[bytes, str]:
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):
-    registry: Any = None
+    registry: Any = None  # None: a health-only server
+    health: Any = None    # callable(probe) -> (ok, text) answering /livez and /readyz, or None
     server_version = "minique-metrics"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
-        if path not in ("/metrics", "/"):
+        if path in ("/livez", "/readyz") and self.health is not None:
+            ok, text = self.health(path[1:])
+            self._answer(200 if ok else 503, (text + "\n").encode(), "text/plain; charset=utf-8")
+            return
+        if path not in ("/metrics", "/") or self.registry is None:
             self.send_error(404)
             return
         if path == "/":
@@ -439,7 +493,10 @@ class _MetricsHandler(BaseHTTPRequestHandler):
                 _report("collect", "metrics collection failed: %r", exc, exc_info=True)
                 self.send_error(500, str(exc))
                 return
-        self.send_response(200)
+        self._answer(200, body, ctype)
+
+    def _answer(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -450,10 +507,12 @@ class _MetricsHandler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """A /metrics HTTP server in a daemon thread (stdlib ThreadingHTTPServer)."""
+    """A /metrics (and /livez, /readyz) HTTP server in a daemon thread (stdlib ThreadingHTTPServer)."""
 
-    def __init__(self, registry: Any, host: str, port: int):
-        handler = type("Handler", (_MetricsHandler,), {"registry": registry})
+    def __init__(self, registry: Any, host: str, port: int,
+                 health: Optional[Callable[[str], Tuple[bool, str]]] = None):
+        handler = type("Handler", (_MetricsHandler,), {"registry": registry, "health": staticmethod(health)
+                                                       if health is not None else None})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]

@@ -11,6 +11,7 @@ from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 from .message import new_id
 from .pipe import ClientPipe
 from .result import AsyncResult, EagerResult
+from .trace import Hooks
 
 # Task[P, R]: P is the task's parameters (without the bound `self` of a bind=True task), R what it returns.
 # Only type checkers read them: at run time Task is a plain class (Generic adds no per-call cost).
@@ -25,7 +26,17 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "autoretry_for": (), "retry_kwargs": None, "acks_late": None, "reject_on_worker_lost": None,
     "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
+    "rate_limit_key": None,
 }
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _default(fun: _F) -> _F:
+    """Marks Task's own no-op hooks (and __call__): a subclass that keeps them is not traced (minique/trace.py)."""
+    fun._minique_default = True  # type: ignore[attr-defined]
+    return fun
 
 
 class Task(Generic[P, R]):
@@ -52,13 +63,14 @@ class Task(Generic[P, R]):
     soft_time_limit: Optional[float]
     expires: Any  # seconds from now, or a datetime
     rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
+    rate_limit_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key a cluster limit counts per
     track_started: Optional[bool]
     store_errors_even_if_ignored: Optional[bool]
     typing: bool
     routing_key: Optional[str]
 
     def __init__(self, app: Any, fun: Callable[..., R], name: str, bind: bool = False, **options: Any):
-        unknown = set(options) - set(OPTION_DEFAULTS) - {"base", "shared", "trail", "lazy"}
+        unknown = set(options) - set(OPTION_DEFAULTS) - {"shared", "trail", "lazy"}
         if unknown:
             from .exceptions import ConfigurationError
             raise ConfigurationError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")
@@ -72,19 +84,43 @@ class Task(Generic[P, R]):
         if module is not None:
             self.__module__ = module
         self.__wrapped__ = fun
+        cls = type(self)  # a base class's attributes (Celery's task classes) are its tasks' defaults
         for key, default in OPTION_DEFAULTS.items():
-            setattr(self, key, options.get(key, default))
+            setattr(self, key, options[key] if key in options else getattr(cls, key, default))
         if self.queue is not None:  # refused here, where it is given, rather than at the first send
             from .keys import check_queue
             check_queue(self.queue, f"the queue option of task {name!r}")
-        autoretry_for = options.get("autoretry_for")  # one exception class, or a tuple/list of them
+        autoretry_for = self.autoretry_for  # one exception class, or a tuple/list of them
         self.autoretry_for = (autoretry_for,) if isinstance(autoretry_for, type) else tuple(autoretry_for or ())
         self.policy = retry_engine.RetryPolicy(
             max_retries=self.max_retries, default_retry_delay=self.default_retry_delay,
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
             retry_jitter=self.retry_jitter)
 
+    # --- hooks (Celery's): override them in a task class (`base=`); called by the worker and in eager
+    # mode, in Celery's order (minique/trace.py). One that raises is logged; the outcome stands.
+    @_default
+    def before_start(self, task_id: str, args: Any, kwargs: dict) -> None:
+        """Called before the body runs."""
+
+    @_default
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: dict) -> None:
+        """Called when the task succeeded (its result is written or queued)."""
+
+    @_default
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called when the task failed for good (also an autoretry past max_retries); einfo: ExceptionInfo."""
+
+    @_default
+    def on_retry(self, exc: Optional[BaseException], task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called when the task is to be retried (self.retry() or autoretry_for); exc: the cause."""
+
+    @_default
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called after on_success / on_failure (not after a retry, reject or ignore), as in Celery."""
+
     # --- calling in-process -------------------------------------------------------------------------
+    @_default
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:
             return self.run(self, *args, **kwargs)
@@ -106,26 +142,39 @@ class Task(Generic[P, R]):
             return apply_linked(self, args, kwargs, task_id, link, link_error, options)
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
+        hooks = Hooks(self)
         retries = 0
         while True:
             req = context.Request(id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries,
-                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={})
+                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={},
+                                  headers=options.get("headers"))
             context.push(req)
+            run = hooks.run(task_id, args, kwargs)  # None: no hooks, no task signal connected
             try:
-                value = self(*args, **kwargs)
+                value = self(*args, **kwargs) if run is None else run.body()
+                if run is not None:
+                    run.succeeded(value)
                 return EagerResult(task_id, value, states.SUCCESS, app=self.app)
-            except Retry:
+            except Retry as exc:
+                if run is not None:
+                    run.retried(exc)
                 retries += 1
                 continue
             except Exception as exc:
                 if self.autoretry_for and isinstance(exc, self.autoretry_for) and \
                         retry_engine.can_retry(self.policy, retries):
+                    if run is not None:
+                        run.retried(Retry(exc=exc))
                     retries += 1
                     continue
                 if options.get("throw") or self.app.conf.task_eager_propagates:
-                    raise
+                    raise  # (as Celery: propagated, so neither on_failure nor task_failure)
+                if run is not None:
+                    run.failed(exc)
                 return EagerResult(task_id, exc, states.FAILURE, format_traceback(exc), app=self.app)
             finally:
+                if run is not None:
+                    run.finish()
                 context.pop()
 
     # --- sending ------------------------------------------------------------------------------------

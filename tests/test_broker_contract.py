@@ -203,3 +203,22 @@ def test_send_many_in_one_round_trip(broker):
     broker.send_many([("q", 0, b"now", None), ("q", 0, b"later", time.time() + 60)])
     assert [d.data for d in broker.fetch("c1", ["q"], 10, 0)] == [b"now"]
     assert broker.delayed_count("q") == 1
+
+
+def test_oldest_waiting_is_the_first_message_not_yet_delivered(broker):
+    import time
+    before = time.time()
+    assert broker.oldest_waiting(["q"]) == {}
+    send(broker, b"first")
+    send(broker, b"second", priority=5)
+    if broker.kind == "lists":  # lists keep no time: the broker says nothing rather than guess
+        assert broker.oldest_waiting(["q"]) == {}
+        return
+    oldest = broker.oldest_waiting(["q"])["q"]
+    assert before - 0.002 <= oldest <= time.time()
+    broker.ensure_queues(["q"])
+    taken = broker.fetch("c1", ["q"], 1, 0)  # priority 5 first; "first" still waits
+    assert [d.data for d in taken] == [b"second"]
+    assert broker.oldest_waiting(["q"])["q"] == oldest
+    broker.fetch("c1", ["q"], 1, 0)
+    assert broker.oldest_waiting(["q"]) == {}

@@ -1,5 +1,7 @@
 """Prometheus metrics scraped over HTTP from real workers (and the dashboard's cluster-wide gauges)."""
 import socket
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -135,6 +137,8 @@ def test_dashboard_exports_cluster_wide_queue_gauges(procs, client_app, redis_cl
     client_app.add.apply_async((1, 1), countdown=300)
     redis_client.xadd("minique:dlq", {"m": b"x", "reason": "test", "queue": "default", "task_id": "",
                                       "worker": "w", "time": "0"})
+    redis_client.hset("minique:beat:last", mapping={"nightly": "1700000000.5", "broken": "x"})
+    redis_client.hset("minique:beat:lag", "nightly", "0.25")
     dash = start_dashboard(procs)
     m = dash.metrics()
     assert value(m, "minique_queue_length", queue="default", priority="0") == 2
@@ -143,10 +147,105 @@ def test_dashboard_exports_cluster_wide_queue_gauges(procs, client_app, redis_cl
     assert value(m, "minique_queue_delayed", queue="default") == 1
     assert value(m, "minique_queue_unacked", queue="default") == 0
     assert value(m, "minique_dead_letter_queue_length") == 1
-    assert value(m, "minique_workers_up") == 0
+    assert value(m, "minique_workers_alive") == 0
+    assert value(m, "minique_beat_last_run_timestamp_seconds", entry="nightly") == 1700000000.5
+    assert value(m, "minique_beat_lag_seconds", entry="nightly") == 0.25
+    assert ("minique_beat_last_run_timestamp_seconds", frozenset({"entry": "broken"}.items())) not in m
+    # priority series only for priorities in use (and 0, so sums over a queue always have a series)
+    assert ("minique_queue_length", frozenset({"queue": "default", "priority": "3"}.items())) not in m
+    assert ("minique_queue_length", frozenset({"queue": "other", "priority": "5"}.items())) not in m
+    # the oldest waiting message's age: from its stream entry id, so it was waiting before the scrape began
+    assert 0 < value(m, "minique_queue_oldest_message_age_seconds", queue="default") < 60
+    if redis_client.info("server")["redis_version"] >= "7":  # entries-added came with Redis 7.0
+        assert value(m, "minique_tasks_sent_total", queue="default") == 3  # (the countdown one is not due)
     # once a worker takes the messages, the gauges follow
     procs.worker("-c", "1")
     wait_for(lambda: value(dash.metrics(), "minique_queue_length", queue="default", priority="0") == 0, 10,
              "the default queue to drain")
-    assert value(dash.metrics(), "minique_workers_up") == 1
+    m = dash.metrics()
+    assert value(m, "minique_workers_alive") == 1
+    assert value(m, "minique_queue_oldest_message_age_seconds", queue="default") == 0
     assert app.broker.delayed_count("default") == 1
+
+
+def _exported_names(text: str) -> set:
+    """Every sample name the families of an exposition can have (a family with no sample yet counts)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",),
+                "info": ("_info",), "summary": ("_sum", "_count", "")}
+    return {family.name + suffix for family in text_string_to_metric_families(text)
+            for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_the_grafana_board_queries_only_metrics_that_exist(procs):
+    """docs/grafana/minique.json: every metric a panel names is exported by a worker or the dashboard."""
+    import json
+    import re
+    from pathlib import Path
+
+    from test_dashboard import start_dashboard
+    board = json.loads((Path(__file__).resolve().parents[1] / "docs/grafana/minique.json").read_text())
+    exprs = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    named = {m for expr in exprs for m in re.findall(r"\b(?:minique|process)_[a-z_]+", expr)}
+    assert len(named) >= 15 and len(exprs) >= 15
+    _, port = metrics_worker(procs, "-c", "1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        exported = _exported_names(resp.read().decode())
+    dash = start_dashboard(procs)
+    status, _, data = dash.request("GET", "/metrics")
+    assert status == 200
+    exported |= _exported_names(data.decode())
+    assert named - exported == set(), f"panels query metrics nobody exports: {sorted(named - exported)}"
+
+
+def _probe(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return None, ""
+
+
+def test_health_probes_follow_redis_and_shutdown(fresh_redis, tmp_path):
+    """--health-port: /livez while the parent's loop turns; /readyz also needs Redis and a live pool."""
+    from procs import Processes
+    procs = Processes(tmp_path, fresh_redis.url())
+    try:
+        port = free_port()
+        worker = procs.worker("-c", "1", "--health-port", str(port))
+        wait_for(lambda: _probe(port, "/readyz")[0] == 200, 10, "/readyz to answer 200")
+        assert _probe(port, "/livez") == (200, "ok\n")
+        assert _probe(port, "/metrics")[0] == 404  # a health-only port serves no metrics
+        fresh_redis.kill()
+        wait_for(lambda: _probe(port, "/readyz")[0] == 503, 20, "/readyz to fail without Redis")
+        assert "Redis does not answer" in _probe(port, "/readyz")[1]
+        assert _probe(port, "/livez")[0] == 200  # the process is alive: restarting it would not help
+        fresh_redis.start()
+        wait_for(lambda: _probe(port, "/readyz")[0] == 200, 15, "/readyz to recover with Redis")
+        worker.signal(__import__("signal").SIGTERM)
+        worker.wait(15)
+        assert _probe(port, "/livez")[0] is None  # gone with the worker
+    finally:
+        procs.close()
+
+
+@pytest.mark.parametrize("stalled, stopping, members, probe, expected", [
+    (0, None, 1, "livez", (True, "ok")),
+    (0, None, 1, "readyz", (True, "ok")),
+    (31, None, 1, "livez", (False, "the worker's loop has not turned for 31s")),
+    (0, "warm", 1, "livez", (True, "ok")),
+    (0, "warm", 1, "readyz", (False, "shutting down (warm)")),
+    (0, None, 0, "readyz", (False, "no pool process is alive")),
+])
+def test_health_rules(stalled, stopping, members, probe, expected):
+    """Telemetry.health's rules, without a worker: a stalled loop fails both probes; readiness also needs
+    a running, un-stopping pool whose loop reached Redis."""
+    from types import SimpleNamespace
+
+    from minique.worker.observe import Telemetry
+    worker = SimpleNamespace(loop_at=time.monotonic() - stalled, stopping=stopping,
+                             pool=SimpleNamespace(members={i: None for i in range(members)}),
+                             _unreachable_since=None)
+    health = Telemetry.health(SimpleNamespace(worker=worker), probe)
+    assert health[0] == expected[0] and health[1].startswith(expected[1][:30])

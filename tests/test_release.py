@@ -9,7 +9,9 @@ from minique.cli import main
 
 
 def test_one_version_everywhere():
-    assert importlib.metadata.version("minique") == minique.__version__  # pyproject reads it from the package
+    # the distribution is minique-tasks ("minique" on the package index is another project); it provides `minique`
+    assert importlib.metadata.version("minique-tasks") == minique.__version__  # pyproject reads it from the package
+    assert "minique-tasks" in importlib.metadata.packages_distributions()["minique"]
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"minique, version {minique.__version__}"
 

@@ -166,3 +166,11 @@ def test_a_sent_chain_runs_its_own_link_and_link_error(procs, rapp, redis_client
     with pytest.raises(ValueError, match="step failed"):
         r.get(timeout=10)
     assert json.loads(redis_client.blpop("errbacks", 10)[1]) == r.id
+
+
+def test_children_of_a_task_whose_class_has_hooks(procs, rapp, redis_client):
+    procs.worker("-c", "1", app="resultsapp")
+    r = rapp.spawn_hooked.delay(5)
+    child_id = r.get(timeout=10)
+    assert [c.id for c in r.children] == [child_id] and r.children[0].get(timeout=10) == 6
+    assert redis_client.blpop(f"after_return:{r.id}", 10)[1] == b"SUCCESS"

@@ -269,6 +269,11 @@ class Broker(ABC):
         self.client.delete(keys.DLQ)
         return n
 
+    def oldest_waiting(self, queues: Sequence[str]) -> Dict[str, float]:
+        """When the oldest message still waiting in each queue entered it (epoch seconds); queues with
+        none waiting, or a broker that cannot tell (lists do not keep the time), are left out."""
+        return {}
+
     def delayed_count(self, queue: str) -> int:
         return self.client.zcard(keys.delayed(queue))
 

@@ -270,6 +270,32 @@ class StreamsBroker(Broker):
                 out[q] = out.get(q, 0) + int(info.get("pending", 0))
         return out
 
+    def oldest_waiting(self, queues: Sequence[str]) -> Dict[str, float]:
+        """A stream entry's id is the millisecond it was added; the oldest waiting one is the first after
+        the group's last-delivered id (acked entries are deleted, delivered ones come before it)."""
+        stream_keys = self._keys(queues)
+        pipe = self.client.pipeline(transaction=False)
+        for key in stream_keys:
+            pipe.xinfo_groups(key)
+        after = []
+        for key, groups in zip(stream_keys, pipe.execute(raise_on_error=False)):
+            start = "-"  # no group yet (no worker has read it): every entry waits
+            for group in groups if isinstance(groups, list) else ():
+                if group.get("name") in (keys.GROUP, keys.GROUP.encode()):
+                    last = group.get("last-delivered-id")
+                    start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            after.append((key, start))
+        for key, start in after:
+            pipe.xrange(key, min=start, count=1)
+        out: Dict[str, float] = {}
+        for (key, _), found in zip(after, pipe.execute(raise_on_error=False) if after else ()):
+            if isinstance(found, list) and found:
+                entry_id = found[0][0]
+                added = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0]) / 1000
+                q = keys.queue_name_of(key)
+                out[q] = min(out.get(q, added), added)
+        return out
+
     def length(self, queue: str, priority: int) -> int:
         """Waiting = in the stream and not delivered (delivered ones stay until acked)."""
         key = keys.queue(queue, priority)

@@ -22,10 +22,15 @@ from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
 AUDIT_EVERY = 60.0  # at most this many seconds between audits of what a consumer holds (see _audit)
+PAUSED_NAP = 0.2    # seconds a process whose queues are all paused waits between looks at its control number
 
 
 class _Interrupt(BaseException):
     """Breaks a blocking fetch when the process is asked to stop."""
+
+
+class _Wake(BaseException):
+    """Breaks a blocking fetch when the parent has news (a queue paused): the fetch starts again."""
 
 
 class Consumer:
@@ -44,6 +49,7 @@ class Consumer:
         self.max_memory_kib = max_memory_kib
         self.outbox = Outbox(app, name, queues, slot, float(app.conf.worker_early_ack_window or 0), use_alarm)
         self.executor = Executor(app, hostname, self.outbox, events=events, limiter=limiter, use_alarm=use_alarm)
+        self.executor.consumer = self  # the sender of task_received, task_rejected, task_unknown (as Celery)
         self.stopping = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
         self._suspect = False                        # a Redis failure happened since the last audit
@@ -62,6 +68,14 @@ class Consumer:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR2, self._on_wake)
+
+    def _on_wake(self, signum: int, frame: Any) -> None:
+        """SIGUSR2 from the parent, after it bumped the control number: a blocking wait would still read
+        the queues just paused, so it ends (or does not begin) and the loop looks again."""
+        self.outbox.woken = True
+        if self.outbox.in_wait:
+            raise _Wake()
 
     def _on_term(self, signum: int, frame: Any) -> None:
         if self.slot is not None and not self.slot.stop_requested():
@@ -85,7 +99,16 @@ class Consumer:
         backoff = 0.05
         while not self.stopping:
             try:
+                if not outbox.buffer and not outbox.queues:  # every queue of this worker is paused
+                    self._on_idle()
+                    outbox.flush()
+                    time.sleep(PAUSED_NAP)  # (the parent tells of a resume through the control number)
+                    self._check_control()
+                    continue
                 if not outbox.buffer:
+                    if outbox.woken:  # (SIGUSR2: the queues to fetch from may have changed)
+                        outbox.woken = False
+                        self._check_control()
                     if self._suspect or time.monotonic() >= self._audit_at:
                         outbox.flush()
                         self._audit()
@@ -124,6 +147,8 @@ class Consumer:
                     break
             except _Interrupt:
                 break
+            except _Wake:  # the cut-off wait's reply may have taken messages: the audit gives them back
+                self._suspect = True
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, NotStarted) as exc:
                 # The Outbox keeps its commands and sends them again; once Redis answers, the audit
                 # gives back whatever this consumer holds that a cut-off reply left out of its hands.
@@ -202,16 +227,26 @@ class Consumer:
         return False
 
     def _check_control(self) -> None:
-        """The parent bumps the slot's control number when revocations arrive: reload them."""
+        """The parent bumps the slot's control number when revocations arrive or queues are paused or
+        resumed: reload them."""
         if self.slot is None:
             return
         seq = self.slot.ctl_seq()
         if seq != self._ctl_seen:
             self._ctl_seen = seq
-            self.load_revoked()
+            self.reload_control()
+
+    def reload_control(self) -> None:
+        self.load_revoked()
+        self.load_paused()
 
     def load_revoked(self) -> None:
         self.executor.revoked = load_revoked(self.app)
+
+    def load_paused(self) -> None:
+        """Fetch only from the queues not paused (what this process holds stays in hand and runs)."""
+        paused = {q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)}
+        self.outbox.queues = [q for q in self.queues if q not in paused]
 
 
 def load_revoked(app: Any) -> set:

@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import redis
 
-from .. import keys, replay, serializers, settle as fate, states
+from .. import keys, replay, serializers, settle as fate, signals, states
 from ..config import check_worker_settings, mask_url
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..logs import Once
@@ -35,6 +35,7 @@ from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+PAUSED_POLL = 2.0  # seconds between reads of the paused queues (in case a control command was missed)
 RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 4.0  # seconds between attempts to reach Redis at start-up
 SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
 
@@ -54,9 +55,15 @@ class Worker:
                  pool: Optional[str] = None, hostname: Optional[str] = None,
                  prefetch_multiplier: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
                  max_memory_per_child: Optional[int] = None, events: Optional[bool] = None,
-                 metrics_port: Optional[int] = None, beat: bool = False):
+                 metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None):
         conf = app.conf
         self.app = app
+        self.hostname = expand_hostname(hostname)
+        if signals.celeryd_init.receivers:  # before the settings are read: a receiver may change them (Celery)
+            signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf, options=dict(
+                queues=queues, concurrency=concurrency, pool=pool, hostname=hostname,
+                prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child, events=events, metrics_port=metrics_port, beat=beat))
         self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
                        else [keys.check_queue(conf.task_default_queue, "task_default_queue")])
         self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
@@ -69,7 +76,6 @@ class Worker:
         self.pool_kind = pool or conf.worker_pool
         if self.pool_kind == "solo":
             self.concurrency = 1
-        self.hostname = expand_hostname(hostname)
         window = conf.worker_early_ack_window
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
             raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
@@ -80,8 +86,12 @@ class Worker:
                         "worker held is redelivered stale, and dead-lettered", max_age, conf.visibility_timeout)
         self.send_events = conf.worker_send_task_events if events is None else events
         self.metrics_port = metrics_port if metrics_port is not None else conf.worker_metrics_port
+        self.health_port = health_port if health_port is not None else conf.worker_health_port
+        self.loop_at = time.monotonic()  # the last turn of the parent's loop (/livez)
         self.embed_beat = beat
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
+        self.paused: frozenset = frozenset()  # this worker's queues that are paused (refresh_paused)
+        self._paused_lock = threading.Lock()
         self.wake = threading.Event()
         self.pool: Optional[Pool] = None
         self.started_at = time.time()
@@ -104,10 +114,17 @@ class Worker:
 
     def start(self) -> None:
         app = self.app
+        if signals.worker_init.receivers:
+            signals.worker_init.send(sender=self)
         app.import_modules()
         if not self.wait_for_redis():
             return  # stopped while waiting: run() ends without starting the pool
         app.broker.ensure_queues(self.queues)
+        self.paused = frozenset(q.decode() for q in app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        if self.paused:
+            log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
+        if signals.celeryd_after_setup.receivers:
+            signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
         # the parent writes the fate of tasks lost with their process through the same executor code
@@ -120,6 +137,8 @@ class Worker:
             log.info(self.banner())
         else:  # shown whatever the log level, as Celery's banner is
             print(self.banner(), file=sys.stderr, flush=True)
+        if self.pool_kind == "solo" and signals.worker_process_init.receivers:  # (prefork: in each child)
+            signals.worker_process_init.send(sender=None)
         self.pool.start()
         try:
             from .observe import Observer
@@ -130,8 +149,12 @@ class Worker:
         if self.embed_beat:  # -B: a beat inside this worker, for development (Celery's -B)
             from ..beat import Beat
             self.beat = Beat(self.app, hostname=self.hostname)
+            if signals.beat_embedded_init.receivers:
+                signals.beat_embedded_init.send(sender=self.beat)
             self.beat_thread = threading.Thread(target=self.beat.run, name="minique-beat", daemon=True)
             self.beat_thread.start()
+        if signals.worker_ready.receivers:
+            signals.worker_ready.send(sender=self)
 
     def wait_for_redis(self) -> bool:
         """Wait until the broker's Redis (and the result store's) answers, as Celery's worker does with
@@ -185,15 +208,17 @@ class Worker:
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold"))
+        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold", "SIGQUIT"))
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        self.shutdown("cold" if self.stopping else "warm")
+        self.shutdown("cold" if self.stopping else "warm", signal.Signals(signum).name)
 
-    def shutdown(self, how: str = "warm") -> None:
+    def shutdown(self, how: str = "warm", sig: Optional[str] = None) -> None:
         if self.stopping == "cold":
             return
         log.warning("%s shutdown (%s)", how.capitalize(), self.hostname)
+        if signals.worker_shutting_down.receivers:
+            signals.worker_shutting_down.send(sender=self.hostname, sig=sig, how=how.capitalize(), exitcode=0)
         self.stopping = how
         self.wake.set()
 
@@ -202,13 +227,14 @@ class Worker:
         self.start()
         if self.pool is None:  # stopped while waiting for Redis
             return 0
-        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0}
+        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0, "paused": 0.0}
         vis = self.app.broker.visibility_timeout
         extend_every = max(0.5, min(vis / 4, 60.0))
         reclaim_every = max(0.5, min(vis / 2, 30.0))
         warm_deadline = None
         while True:
             now = time.time()
+            self.loop_at = time.monotonic()  # /livez reads it
             try:
                 self._upkeep("reap", self._reap)
                 self._upkeep("time limits", self._enforce_time_limits, now)
@@ -226,6 +252,9 @@ class Worker:
                     if now >= timers["reclaim"]:
                         timers["reclaim"] = now + reclaim_every
                         self._upkeep("reclaim", self._reclaim)
+                    if now >= timers["paused"]:  # (a pause also arrives at once as a control command)
+                        timers["paused"] = now + PAUSED_POLL
+                        self._upkeep("paused", self.refresh_paused)
                     if now >= timers["heartbeat"]:
                         timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
                         self._upkeep("heartbeat", self.heartbeat)
@@ -422,13 +451,39 @@ class Worker:
                 SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
+    def refresh_paused(self) -> frozenset:
+        """Read the paused queues; when they changed, tell the pool processes (they re-read them). Called by
+        the main loop and by the control thread: the lock makes a control command's answer wait until the
+        pool has been told, whichever of the two noticed the change first."""
+        with self._paused_lock:
+            paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+            if paused != self.paused:
+                if paused:
+                    log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
+                else:
+                    log.warning("no queue of this worker is paused now")
+                self._tell_pool(wake=True)
+                self.paused = paused
+            return paused
+
+    def _tell_pool(self, wake: bool = False) -> None:
+        """Bump every pool slot's control number: its process re-reads revocations and paused queues.
+        `wake`: also end a blocking wait (SIGUSR2), so a process does not take from a queue just paused."""
+        assert self.pool is not None
+        for m in list(self.pool.members.values()):  # (may run in the control thread: copy the members)
+            self.pool.slots[m.index].bump_ctl()
+            if m.consumer is not None:
+                m.consumer.reload_control()
+            elif wake and m.pid:
+                try:
+                    os.kill(m.pid, signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
+
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
         assert self.pool is not None
-        for m in list(self.pool.members.values()):  # (runs in the control thread: copy the members)
-            self.pool.slots[m.index].bump_ctl()
-            if m.consumer is not None:
-                m.consumer.load_revoked()
+        self._tell_pool()
         if terminate and self.pool.hard_time_limits:
             wanted = set(task_ids)
             for m in list(self.pool.members.values()):
@@ -476,4 +531,6 @@ class Worker:
         except redis.exceptions.RedisError:
             pass
         log.info("worker %s stopped", self.hostname)
+        if signals.worker_shutdown.receivers:
+            signals.worker_shutdown.send(sender=self)
 

@@ -25,6 +25,7 @@ from .consumer import revoked_ids
 from .ratelimit import RateLimiter, RateLimitTable, initial_rates, parse_rate
 
 log = logging.getLogger("minique.worker")
+LIVENESS_STALL = 30.0  # seconds without a turn of the parent's loop (it turns every TICK) before /livez fails
 
 
 class Telemetry:
@@ -41,6 +42,7 @@ class Telemetry:
         self.publish_rates()
         self.parent = Events(worker.hostname, send=worker.send_events, recorder=self.table.recorder(n))
         self.server: Any = None
+        self.health_server: Any = None
 
     # --- pool processes -----------------------------------------------------------------------------
     def events_for(self, slot: Any) -> Any:
@@ -51,12 +53,16 @@ class Telemetry:
                       repr_max=self.worker.app.conf.task_argsrepr_max_size)
 
     def limiter_for(self, slot: Any) -> RateLimiter:
-        """The rate limiter the pool process of `slot` waits on before each task (see worker/ratelimit.py)."""
-        return RateLimiter(self.limits, slot)
+        """The rate limiter the pool process of `slot` asks before each task (see worker/ratelimit.py)."""
+        return RateLimiter(self.limits, slot, self.worker.app.broker_client if self.cluster_scope else None)
+
+    @property
+    def cluster_scope(self) -> bool:
+        return self.worker.app.conf.worker_rate_limit_scope == "cluster"
 
     def publish_rates(self) -> None:
-        size = max(1, self.worker.pool.size)
-        self.limits.write({name: size / rate for name, rate in self.rates.items() if rate > 0})
+        share = 1 if self.cluster_scope else max(1, self.worker.pool.size)  # cluster: one bucket for all
+        self.limits.write({name: share / rate for name, rate in self.rates.items() if rate > 0})
 
     def set_rate(self, name: str, value: Any) -> float:
         rate = parse_rate(value)
@@ -67,18 +73,44 @@ class Telemetry:
         self.publish_rates()
         return rate
 
-    # --- /metrics -----------------------------------------------------------------------------------
+    # --- /metrics, /livez, /readyz -------------------------------------------------------------------
     def serve(self) -> None:
-        port = int(self.worker.metrics_port or 0)
-        if not port:
-            return
         from ..metrics import MetricsServer, worker_registry
-        host = str(self.worker.app.conf.worker_metrics_host)  # 127.0.0.1 unless set (or MINIQUE_METRICS_HOST)
-        try:
-            self.server = MetricsServer(worker_registry(self.worker, self.table), host, port).start()
-            log.info("metrics on http://%s:%d/metrics", host, self.server.port)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s:%d: %s (the worker runs without them)", host, port, exc)
+        conf = self.worker.app.conf
+        port = int(self.worker.metrics_port or 0)
+        if port:
+            host = str(conf.worker_metrics_host)  # 127.0.0.1 unless set (or MINIQUE_METRICS_HOST)
+            try:
+                self.server = MetricsServer(worker_registry(self.worker, self.table), host, port, self.health).start()
+                log.info("metrics on http://%s:%d/metrics", host, self.server.port)
+            except OSError as exc:
+                log.error("cannot serve metrics on %s:%d: %s (the worker runs without them)", host, port, exc)
+        health_port = int(self.worker.health_port or 0)
+        if health_port:
+            host = str(conf.worker_health_host)
+            try:
+                self.health_server = MetricsServer(None, host, health_port, self.health).start()
+                log.info("health probes on http://%s:%d/livez and /readyz", host, self.health_server.port)
+            except OSError as exc:
+                log.error("cannot serve health probes on %s:%d: %s", host, health_port, exc)
+
+    def health(self, probe: str) -> Tuple[bool, str]:
+        """/livez: the parent's loop turned recently (a stuck parent is restarted by the orchestrator).
+        /readyz: also the loop reached Redis on its last turn, the pool has a live process, and the
+        worker is not stopping."""
+        w = self.worker
+        stalled = time.monotonic() - w.loop_at
+        if stalled > LIVENESS_STALL:
+            return False, f"the worker's loop has not turned for {stalled:.0f}s"
+        if probe == "livez":
+            return True, "ok"
+        if w.stopping is not None:
+            return False, f"shutting down ({w.stopping})"
+        if w.pool is None or not w.pool.members:
+            return False, "no pool process is alive"
+        if w._unreachable_since is not None:  # the loop reaches Redis every turn: no probe of its own
+            return False, f"Redis does not answer (for {time.time() - w._unreachable_since:.0f}s)"
+        return True, "ok"
 
     # --- worker events ------------------------------------------------------------------------------
     def _send(self, type: str, **fields: Any) -> None:
@@ -136,9 +168,10 @@ class Telemetry:
 
     def close(self) -> None:
         self.offline()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        for server in (self.server, self.health_server):
+            if server is not None:
+                server.stop()
+        self.server = self.health_server = None
 
 
 class Observer:
@@ -168,6 +201,7 @@ class Observer:
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
             "pool_shrink": lambda a: self._resize(-int(a.get("n", 1))),
             "rate_limit": self._rate_limit,
+            "queues_changed": lambda a: {"ok": "paused: " + (", ".join(sorted(worker.refresh_paused())) or "none")},
         }
 
     @property

@@ -73,6 +73,7 @@ class Outbox:
         self.last_runtime = float("inf")  # seconds the last body took (none yet: unknown, long)
         self.stopping = False
         self.in_wait = False           # blocked in the fetch that may be interrupted (nothing left unsent)
+        self.woken = False             # the parent signalled news (SIGUSR2): do not begin a blocking wait
         self._deferred_at: Optional[float] = None  # when a pre-run write was first left for later
         self._slot_room = True         # the slot can list one more finished, unwritten task
         self._ahead = False            # a fetch-ahead is queued or in flight
@@ -242,7 +243,7 @@ class Outbox:
             self.flush()  # neither the events nor what the replies queued (a chord's callback) wait with us
             self.in_wait = True  # only the blocking wait may be interrupted: everything is answered
             try:
-                if not self.stopping:
+                if not self.stopping and not self.woken:
                     found = broker.wait(self.consumer, self.queues, count, FETCH_BLOCK)
                     self._drained = len(found) < count
             finally:

@@ -16,11 +16,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from ..signals import worker_process_init, worker_process_shutdown
 from .consumer import Consumer
 from .slots import SlotTable
 
 log = logging.getLogger("minique.worker")
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+# (and SIGUSR2, the parent's "look at your control number now": its default action would kill the child)
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2}
 
 
 @dataclass
@@ -103,12 +105,16 @@ class PreforkPool(Pool):
                 consumer = self.make_consumer(member.name, slot)
                 consumer.install_signals()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                consumer.load_revoked()
+                if worker_process_init.receivers:  # e.g. connections made before the fork made anew (Celery's)
+                    worker_process_init.send(sender=None)
+                consumer.reload_control()
                 consumer.run()
             except BaseException:  # noqa: BLE001 - a child reports and exits, never returns into the parent
                 log.exception("pool child %s crashed", member.name)
                 code = 1
             finally:
+                if worker_process_shutdown.receivers:
+                    worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -163,7 +169,7 @@ class ThreadPool(Pool):
         slot.reset()
         member = Member(index, self.new_name(index))
         member.consumer = self.make_consumer(member.name, slot)
-        member.consumer.load_revoked()
+        member.consumer.reload_control()
         member.thread = threading.Thread(target=member.consumer.run, name=member.name, daemon=True)
         member.thread.start()
         self.members[index] = member

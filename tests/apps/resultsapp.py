@@ -8,7 +8,7 @@ import time
 
 import redis
 
-from minique import Minique, group
+from minique import Minique, Task, group
 
 app = Minique("resultsapp", include=["resultsapp"])
 app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
@@ -88,3 +88,15 @@ def push_to(value, key):
 @app.task
 def fail(*args):
     raise ValueError("step failed")
+
+
+class WithHooks(Task):
+    """A task class with a hook: the worker runs its tasks through trace.Run (the request stays current)."""
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        store().rpush(f"after_return:{task_id}", status)
+
+
+@app.task(bind=True, base=WithHooks)
+def spawn_hooked(self, x):
+    return add.delay(x, 1).id
