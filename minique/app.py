@@ -386,6 +386,8 @@ class Minique:
         if parent is not None and not parent.called_directly and "parent_id" not in fields:
             fields["parent_id"] = parent.id
             fields["root_id"] = parent.root_id or parent.id
+        else:
+            parent = None  # (not sent by a running task: no child to note)
         task_id = options.get("task_id") or message_mod.new_id()
         if "root_id" not in fields:
             fields["root_id"] = task_id
@@ -393,6 +395,8 @@ class Minique:
             msg = message_mod.make(name, args, kwargs, serializer, task_id=task_id, **fields)
         except TypeError as exc:
             raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
+        if parent is not None:  # AsyncResult.children of the running task
+            context.add_child(parent, task_id, fields.get("group_id"))
         if d["security_key"]:
             msg = sign(msg, d["security_key"])
         return msg
@@ -498,6 +502,9 @@ class Minique:
         signalled = bool(before_task_publish.receivers or after_task_publish.receivers)
         templates = not self.conf.security_key and not signalled
         sent: List[tuple] = []  # (message, headers) for after_task_publish once their chunk is sent
+        parent = context.current()  # sent by a running task: its children (build_message notes the others)
+        if parent is not None and parent.called_directly:
+            parent = None
         for name, a, k, o in calls:
             shape = {key: v for key, v in o.items() if key not in _VARYING}
             if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
@@ -506,7 +513,10 @@ class Minique:
                     body = message_mod.encode_args(a, k, template.content_type)
                 except TypeError as exc:
                     raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
-                data = template.encode(o.get("task_id") or message_mod.new_id(), body, o.get("group_index"))
+                task_id = o.get("task_id") or message_mod.new_id()
+                data = template.encode(task_id, body, o.get("group_index"))
+                if parent is not None and o.get("parent_id") is None:
+                    context.add_child(parent, task_id, o.get("group_id"))
             else:
                 msg = self.build_message(name, a, k, o)
                 if signalled:

@@ -22,7 +22,7 @@ class Request:
     __slots__ = ("id", "task", "args", "kwargs", "retries", "root_id", "parent_id", "group", "group_index",
                  "hostname", "delivery_info", "eta", "expires", "headers", "chord", "chain", "is_eager",
                  "callbacks", "errbacks", "called_directly", "message", "ignore_result", "time_limit",
-                 "soft_time_limit", "delivery_count")
+                 "soft_time_limit", "delivery_count", "children")
 
     # Every slot is set by __init__ (None when not given); the types are those of the message fields.
     id: Optional[str]
@@ -50,6 +50,7 @@ class Request:
     time_limit: Optional[float]
     soft_time_limit: Optional[float]
     delivery_count: Optional[int]
+    children: Optional[List[Any]]  # what the task sent so far (add_child), None: nothing
 
     def __init__(self, **fields: Any):
         for name in self.__slots__:
@@ -89,8 +90,36 @@ def push(request: Union[Request, Callable[[], Request]]) -> None:
     _stack().append(request)
 
 
-def pop() -> None:
-    _stack().pop()
+def pop() -> Any:
+    """Take the current request off; returns it (a Request, or the callable that was never asked for)."""
+    return _stack().pop()
+
+
+def add_child(request: Request, task_id: str, group_id: Optional[str]) -> None:
+    """Note a task `request`'s task sent (app.build_message): stored with its result, read back as
+    AsyncResult.children. Members of one group (or chord header) sent together are one entry
+    [group_id, [ids]] (a GroupResult), as Celery records a group; a lone task is its id."""
+    children = request.children
+    if children is None:
+        children = request.children = []
+    if group_id is not None:
+        last = children[-1] if children else None
+        if last is not None and last.__class__ is list and last[0] == group_id:
+            last[1].append(task_id)
+            return
+        children.append([group_id, [task_id]])
+    else:
+        children.append(task_id)
+
+
+def set_result_writer(writer: Optional[Callable[[Callable[[Any], None]], None]]) -> None:
+    """Where update_state writes in this thread: a worker's pool thread sets its Outbox's write_now
+    (its connection is idle while a body runs, and writing there keeps the order of its writes)."""
+    _local.writer = writer
+
+
+def result_writer() -> Optional[Callable[[Callable[[Any], None]], None]]:
+    return getattr(_local, "writer", None)
 
 
 def current() -> Optional[Request]:

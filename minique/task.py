@@ -9,6 +9,7 @@ from .backend import format_traceback
 from .canvas import Replace, Signature, chunks, xmap, xstarmap
 from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 from .message import new_id
+from .pipe import ClientPipe
 from .result import AsyncResult, EagerResult
 from .trace import Hooks
 
@@ -135,6 +136,10 @@ class Task(Generic[P, R]):
     def apply(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None, task_id: Optional[str] = None,
               **options: Any) -> EagerResult[R]:
         """Run the task here and now (eager), retries included; returns an EagerResult."""
+        link, link_error = options.pop("link", None), options.pop("link_error", None)
+        if link or link_error:  # callbacks run as a worker runs them (canvas.apply_linked)
+            from .canvas import apply_linked
+            return apply_linked(self, args, kwargs, task_id, link, link_error, options)
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         hooks = Hooks(self)
@@ -182,7 +187,7 @@ class Task(Generic[P, R]):
                     **options: Any) -> AsyncResult[R]:
         """Send the task with options: countdown, eta, expires, queue, priority, serializer, headers, ..."""
         if self.app.conf.task_always_eager:
-            return self.apply(args or (), kwargs or {}, task_id=task_id, **options)
+            return self.apply(args or (), kwargs or {}, task_id=task_id, link=link, link_error=link_error, **options)
         if task_id is not None or link is not None or link_error is not None:  # (plain calls skip the options)
             options.update(task_id=task_id, link=link, link_error=link_error)
         return self.app.send_task(self.name, args, kwargs, **options)
@@ -242,6 +247,37 @@ class Task(Generic[P, R]):
         if throw:
             raise signal
         return signal
+
+    def update_state(self, task_id: Optional[str] = None, state: Optional[str] = None, meta: Any = None,
+                     **kwargs: Any) -> None:
+        """Store a state for a task (Celery's): by default the running task's, as a custom state such as
+        "PROGRESS" whose `meta` is what `AsyncResult.info` (and `.result`) show while it runs; the
+        task's final state replaces it. Inside a worker it is written at once through the pool
+        process's own connection (idle while the body runs, and keeping its writes in order); with
+        an explicit `task_id` it also works from anywhere else. Nothing is stored for an eager task."""
+        req = self.request
+        if task_id is None:
+            if req.called_directly or req.id is None:
+                raise ValueError("update_state() needs a task_id outside a running task")
+            task_id = req.id
+        if not isinstance(state, str) or not state:
+            raise ValueError(f"update_state() needs a state name (a non-empty str), not {state!r}")
+        if req.is_eager and task_id == req.id:
+            return  # an eager task's result is its EagerResult: nothing is stored for it
+        backend = self.app.backend
+        extra = None
+        if self.app.conf.result_extended and not req.called_directly and task_id == req.id:
+            queue = (req.delivery_info or {}).get("queue")
+            extra = {"name": req.task, "args": req.args, "kwargs": req.kwargs, "worker": req.hostname,
+                     "queue": queue, "retries": req.retries}
+        record = backend.encode_meta(task_id, state, meta, serializer=self.serializer, extra=extra)  # EncodeError
+        writer = context.result_writer()
+        if writer is not None:  # in a worker's pool process or thread
+            writer(lambda pipe: backend.write_meta(pipe, task_id, state, record))
+        else:
+            pipe = ClientPipe(backend.client)
+            backend.write_meta(pipe, task_id, state, record)
+            pipe.execute()
 
     def replace(self, sig: Any) -> None:
         """Replace this task with `sig`: its result becomes this task's result."""

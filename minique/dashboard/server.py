@@ -264,6 +264,8 @@ class Dashboard:
         out["traceback"] = meta["traceback"]
         out["date_done"] = meta["date_done"]
         out["result_state"] = meta["status"]
+        if "meta" in meta:
+            out["meta"] = meta["meta"]
         started, ended = out.get("started"), out.get("succeeded") or out.get("failed") or out.get("retried")
         if out.get("sent_at") and started:
             out["queue_wait"] = max(0.0, started - max(out["sent_at"], out.get("eta") or 0))
@@ -281,8 +283,8 @@ class Dashboard:
         """The result store's record of `tid` as the pages show it: `status`, `result` (a json or
         msgpack value; anything else, pickle above all, is not decoded), `error` (an exception
         described from its stored class name and arguments: nothing is imported or built),
-        `traceback`, `date_done`. Any Redis client can write the record: a malformed one is shown
-        as such."""
+        `traceback`, `date_done`, and `meta` for a custom state (update_state). Any Redis client
+        can write the record: a malformed one is shown as such."""
         pipe = self.app.backend.client.pipeline(transaction=False)
         pipe.lindex(keys.ready(tid), 0)
         pipe.get(keys.result(tid))
@@ -295,7 +297,7 @@ class Dashboard:
         try:
             meta = serializers.unpack(raw)
             status = meta["s"]
-            if status not in states.ALL_STATES:
+            if status not in states.ALL_STATES and not _custom_state(status):
                 raise ValueError(status)
         except Exception:  # noqa: BLE001 - not a record minique writes
             out.update(status="UNKNOWN", error="<a malformed record in the result store>")
@@ -316,6 +318,8 @@ class Dashboard:
             out["result"] = _jsonable(value)
         elif status in states.EXCEPTION_STATES:
             out["error"] = _described_exception(value)
+        elif status not in states.ALL_STATES:  # update_state(state="PROGRESS", meta={...}): its meta
+            out["meta"] = _jsonable(value)
         return out
 
     def queues(self) -> Dict[str, Any]:
@@ -419,6 +423,11 @@ class Dashboard:
         log.info("dead letter %s (task %s[%s]) sent back to %s from the dashboard", entry, msg.task, msg.id,
                  msg.queue)
         return {"ok": True, "entry": entry, "sent": _shown_message(data, self.app.conf.security_key)}
+
+
+def _custom_state(status: Any) -> bool:
+    """A state a task set with update_state (a name, as Celery's custom states: "PROGRESS"), shown as it is."""
+    return isinstance(status, str) and 0 < len(status) <= 64 and status.isprintable()
 
 
 def _described_exception(value: Any) -> str:

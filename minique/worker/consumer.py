@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import redis
 
-from .. import keys
+from .. import context, keys
 from ..logs import Once
 from .execute import Executor
 from .outbox import NotStarted, Outbox
@@ -96,6 +96,7 @@ class Consumer:
     def run(self) -> None:
         parent = os.getppid()
         outbox = self.outbox
+        context.set_result_writer(outbox.write_now)  # update_state from this thread's task bodies
         fetches = 0
         backoff = 0.05
         while not self.stopping:

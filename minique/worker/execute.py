@@ -64,6 +64,7 @@ from .ratelimit import KEY_HEADER, RESERVED
 log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "execute_lua")
 _UNRUN = fate.PRE_RUN | {fate.INTERNAL}  # outcomes whose dead letter is the whole story (no task ran to tell of)
+_Request = context.Request
 _PASS = (NotStarted, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # the consumer's to handle
 # the signal each outcome that ran no body sends (Celery's: the revoked, the unknown, the refused)
 _UNRUN_SIGNAL = {**{kind: task_rejected for kind in fate.PRE_RUN}, fate.REVOKED: task_revoked,
@@ -80,6 +81,7 @@ class Job(NamedTuple):
     policy: Policy = Policy()
     result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
     run: Any = None                   # trace.Run: hooks or task signals to call (None: a plain run)
+    extra: Optional[Dict[str, Any]] = None  # stored with the result: children, result_extended's fields
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -116,6 +118,7 @@ class Executor:
         self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
         self._in_body = False      # a task body runs now (the Outbox's connection is idle)
+        self.extended = bool(self.conf.result_extended)  # name, args, ... stored with each result
         if use_alarm:
             signal.signal(signal.SIGALRM, self._on_alarm)
 
@@ -262,8 +265,10 @@ class Executor:
         if not acks_late:
             self.app.broker.ack(outbox.broker, delivery)
         if track and not msg.ignore_result:
-            self.backend.store(outbox.backend, msg.id, states.STARTED, None,
-                               extra={"hostname": self.hostname, "pid": os.getpid()})
+            started_extra = {"hostname": self.hostname, "pid": os.getpid()}
+            if self.extended:
+                started_extra.update(self._extra(job, args, kwargs, None))
+            self.backend.store(outbox.backend, msg.id, states.STARTED, None, extra=started_extra)
         if self.events is not None:
             self.events.started(msg, args, kwargs)
             self.events.before_run(outbox.broker)
@@ -287,8 +292,12 @@ class Executor:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
         if run is None:
-            context.pop()
+            request = context.pop()
+        else:
+            request = context.current()  # (it stays current until after_return, below)
         outbox.end(time.monotonic() - started)
+        if self.extended or request.__class__ is _Request and request.children:
+            job = job._replace(extra=self._extra(job, args, kwargs, request))
         try:
             if error is None:
                 self._succeeded_with(job, value)
@@ -313,7 +322,8 @@ class Executor:
         encoded = None
         if not msg.ignore_result:
             try:
-                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer)
+                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer,
+                                                   extra=job.extra)
             except EncodeError as exc:
                 return self._record(job, Outcome(fate.FAILURE, exc))
         settlement = self._succeeded.get(job.policy)
@@ -400,6 +410,24 @@ class Executor:
             eta=msg.eta, expires=msg.expires, headers=msg.headers, chord=msg.chord, chain=msg.chain,
             callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
             time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
+
+    def _extra(self, job: Job, args: Optional[list], kwargs: Optional[dict], request: Any) -> Dict[str, Any]:
+        """What is stored with the result besides the value: the children the body sent, and with
+        result_extended, Celery's name, args, kwargs, worker, queue, retries (date_done is the
+        record's time). Off the common path: only when one of them is there."""
+        extra: Dict[str, Any] = {}
+        if request.__class__ is _Request and request.children:
+            extra["children"] = request.children
+        msg = job.msg
+        if self.extended and msg is not None:
+            if args is None:  # an outcome before the body: the arguments, if they can be read
+                try:
+                    args, kwargs = msg.args_kwargs(self.accept)
+                except Exception:  # noqa: BLE001 - the record stands without them
+                    args, kwargs = None, None
+            extra.update(name=msg.task, args=args, kwargs=kwargs, worker=self.hostname,
+                         queue=job.delivery.queue or msg.queue, retries=msg.retries)
+        return extra
 
     def _args_fit(self, task: Any, args: list, kwargs: dict) -> bool:
         sig = self._signatures.get(task.name)
@@ -503,6 +531,8 @@ class Executor:
         result = s.result if s.result is not None else outcome.value
         if s.state is not None and job.result_id is not None:
             extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
+            if job.extra is not None or self.extended and msg is not None:
+                extra = {**(job.extra or self._extra(job, None, None, None)), **(extra or {})}
             tb = (format_traceback(result, self.exc_max) if isinstance(result, BaseException) and result.__traceback__
                   else None)
             self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)

@@ -26,6 +26,8 @@ decides when they leave:
   write carries the next fetch (`next()`: fetch-ahead), whose reply arrives while it runs.
 - flush(): everything written and answered, including what reply handlers queued (the
   callback a chord's last join fires).
+- write_now(): a write from inside a running body (update_state) leaves at once, with (and
+  behind) whatever was queued or deferred; SIGALRM waits until it is out.
 Commands stay in the pipes until answered: a lost connection re-sends them (pipe.py).
 """
 from __future__ import annotations
@@ -110,6 +112,21 @@ class Outbox:
                 self.write()
             except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
                 log.warning("could not write deferred acks while a task runs: %s", exc)
+
+    def write_now(self, queue: Callable[[Any], None]) -> None:
+        """A write from inside a running body (update_state), sent at once: `queue(pipe)` adds its
+        commands to the result store's pipe, behind what is queued there already, and everything
+        queued leaves now (a deferred pre-run write with it: a task's STARTED never lands after its
+        PROGRESS, and acks still leave last, behind the results). SIGALRM is held off meanwhile: a
+        deferred write (on_alarm) or a soft time limit must not cut into a write half-sent; one
+        that came due is handled as soon as the write is out. The replies are read with the next
+        fetch or flush, as those of every write."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            queue(self.backend)
+            self.write()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     # --- a message's fate ---------------------------------------------------------------------------
     def apply(self, delivery: Delivery, settlement: Settlement, task_id: Optional[str], hostname: str) -> None:

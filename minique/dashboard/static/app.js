@@ -245,6 +245,7 @@ pages.task = {
         ["signature", m.verified === null ? "no security_key" : (m.verified ? "verified" : "does not verify: Retry refuses it")],
         ["note", m.problem || ""]])));
     }
+    if (t.meta !== undefined) out.push(h("h2", {}, `State meta (${t.result_state})`), h("pre", { id: "task-meta" }, JSON.stringify(t.meta, null, 2)));
     if (t.state === "SUCCESS" || t.result !== null) out.push(h("h2", {}, "Result"), h("pre", { id: "task-result" }, JSON.stringify(t.result, null, 2)));
     if (t.error || t.exception) out.push(h("h2", {}, "Error"), h("pre", { class: "error-box" }, t.error || t.exception));
     if (t.traceback) out.push(h("h2", {}, "Traceback"), h("pre", { id: "task-traceback" }, t.traceback));
