@@ -17,6 +17,8 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:throughput        hash, the dashboard's task counts per 10 s: "<epoch s>:s|f|r" -> count
+                              (succeeded, failed, retried), "last" -> the last events entry counted
     minique:replay:{ID}:<R>:<D>  string, once-only mark of task ID's retry R, delivery D (replay protection,
                               security_message_max_age): the worker that took it; expires with the window
 Result backend (result_backend):
@@ -42,6 +44,7 @@ CONTROL = f"{PREFIX}:control"
 EVENTS = f"{PREFIX}:events"
 WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
+THROUGHPUT = f"{PREFIX}:throughput"
 
 
 def check_queue(name: Any, where: str = "") -> str:

@@ -583,3 +583,135 @@ def test_browser_pages_live_updates_and_retry_from_the_button(procs, client_app,
                            failed.id)
     assert status == 403
     ctx.close()
+
+
+# --- running tasks, retries, rejections, workers, queues, throughput (issue 19) ------------------------
+ACTIONS = ("/api/tasks/{tid}/retry", "/api/tasks/{tid}/revoke", "/api/dlq/1-0/replay", "/api/workers/{host}/shutdown",
+           "/api/workers/{host}/pool_grow", "/api/workers/{host}/pool_shrink")
+
+
+def test_every_action_is_refused_without_auth_or_csrf_and_audited(procs, client_app):
+    worker = procs.worker("-c", "1")
+    dash = start_dashboard(procs, auth=AUTH)
+    wait_for(lambda: any(w["hostname"] == worker.hostname for w in dash.get("/api/workers")["workers"]), 10,
+             "the worker on the dashboard")
+    tid = "11111111-2222-3333-4444-555555555555"
+    for template in ACTIONS:
+        path = template.format(tid=tid, host=worker.hostname)
+        body = {"terminate": True} if path.endswith("revoke") else {"n": 1}
+        assert dash.request("POST", path, body, auth=False, headers={"X-CSRF-Token": dash.csrf})[0] == 401, path
+        assert dash.post(path, body, csrf=False)[0] == 403, path
+        assert dash.request("POST", path, body, headers={"X-CSRF-Token": "forged"})[0] == 403, path
+        assert dash.request("POST", path, body, headers={"X-CSRF-Token": dash.csrf,
+                                                         "Origin": "http://evil.example"})[0] == 403, path
+        assert dash.request("GET", path)[0] == 404, path  # a GET never acts
+    log = dash.proc.log()
+    for action, target in (("retry", tid), ("revoke", tid), ("replay", "1-0"), ("shutdown", worker.hostname),
+                           ("pool_grow", worker.hostname), ("pool_shrink", worker.hostname)):
+        assert f"dashboard action {action} on {target} by admin from 127.0.0.1: refused: missing or wrong " \
+               f"X-CSRF-Token" in log, action
+        assert f"dashboard action {action} on {target} by anonymous from 127.0.0.1: refused: not authenticated" \
+               in log, action
+    assert "s3cret" not in log  # (the audit names the user, never the password)
+    # nothing was done: the worker still runs one pool process and answers
+    assert client_app.app.control.inspect(destination=[worker.hostname], timeout=2).stats()[worker.hostname][
+        "pool"]["max-concurrency"] == 1
+    assert dash.post("/api/workers/nobody@nowhere/shutdown")[0] == 404
+    assert dash.post(f"/api/workers/{worker.hostname}/pool_grow", {"n": "many"})[0] == 400
+    assert dash.post(f"/api/tasks/{tid}/revoke", {"terminate": "yes"})[0] == 400
+    assert worker.popen.poll() is None
+
+
+def test_worker_actions_offline_workers_and_their_last_tasks(procs, client_app):
+    worker = procs.worker("-c", "1")
+    dash = start_dashboard(procs, "--prune-after", "3", auth=AUTH)
+
+    def me():
+        return next((w for w in dash.get("/api/workers")["workers"] if w["hostname"] == worker.hostname), None)
+    wait_for(me, 10, "the worker on the dashboard")
+    status, answer = dash.post(f"/api/workers/{worker.hostname}/pool_grow", {"n": 1})
+    assert status == 200 and answer["ok"], answer
+    wait_for(lambda: me()["concurrency"] == 2, 10, "the pool grown to 2")
+    status, answer = dash.post(f"/api/workers/{worker.hostname}/pool_shrink", {"n": 1})
+    assert status == 200, answer
+    wait_for(lambda: me()["concurrency"] == 1, 10, "the pool shrunk to 1")
+    assert "dashboard action pool_grow on " + worker.hostname + " by admin from 127.0.0.1: done (n=1)" in \
+        dash.proc.log()
+
+    # tasks run just before the worker stops count in its processed total
+    results = [client_app.add.delay(i, 1) for i in range(7)]
+    for r in results:
+        r.get(timeout=10)
+    status, answer = dash.post(f"/api/workers/{worker.hostname}/shutdown")
+    assert status == 200, answer
+    assert worker.wait(20) == 0
+    offline = wait_for(lambda: (w := me()) and w["status"] == "offline" and w, 10, "the worker offline")
+    assert offline["processed"] == 7 and offline["active"] == 0
+    overview = dash.get("/api/overview")
+    assert overview["workers"]["online"] == 0
+    # and after --prune-after seconds it is no longer listed
+    wait_for(lambda: me() is None, 10, "the offline worker pruned")
+    assert dash.get("/api/overview")["workers"] == {"online": 0, "total": 0}
+    assert "dashboard action shutdown on " + worker.hostname + " by admin from 127.0.0.1: done" in dash.proc.log()
+
+
+def test_running_retrying_and_rejected_tasks_queues_pruned_and_throughput_kept(procs, client_app, redis_client):
+    app = client_app.app
+    worker = procs.worker("-c", "2")
+    dash = start_dashboard(procs, "--prune-after", "2")
+
+    # a task sent to the idle worker is listed STARTED, with its worker, while it runs
+    held = client_app.hold.delay("dash-held")
+    running = wait_for(lambda: next((t for t in dash.get("/api/tasks?state=STARTED")["tasks"] if t["id"] == held.id),
+                                    None), 5, "the running task on the dashboard")
+    assert running["worker"] == worker.hostname and running["started"] <= time.time()
+    assert redis_client.llen("dash-held:gate") == 0  # (it still runs: nobody opened its gate)
+    detail = dash.get(f"/api/tasks/{held.id}")
+    assert (detail["state"], detail["worker"], detail["id"]) == ("STARTED", worker.hostname, held.id)
+    redis_client.rpush("dash-held:gate", 1)
+    assert held.get(timeout=10) == "dash-held"
+
+    # a retrying task shows when it runs next
+    retrying = client_app.retry_then_report.delay("dash-retry", 1, 30)
+    waiting = wait_for(lambda: next((t for t in dash.get("/api/tasks?state=RETRY")["tasks"] if t["id"] == retrying.id),
+                                    None), 10, "the retry on the dashboard")
+    assert time.time() + 20 < waiting["next_run"] <= time.time() + 31
+    assert dash.get(f"/api/tasks/{retrying.id}")["next_run"] == waiting["next_run"]
+    app.control.revoke(retrying.id)
+
+    # a message no worker can run is REJECTED with its name and arguments (from its dead letter)
+    unknown = app.send_task("testapp.no_such_task", args=(4, "four"))
+    rejected = wait_for(lambda: next((t for t in dash.get("/api/tasks?state=REJECTED")["tasks"]
+                                      if t["id"] == unknown.id and t["name"]), None), 10, "the rejection")
+    assert (rejected["name"], rejected["args"], rejected["kwargs"]) == ("testapp.no_such_task", "[4, 'four']", "{}")
+
+    # a queue nobody consumes is listed while it holds messages, then no longer once empty and unused
+    client_app.add.apply_async((1, 1), queue="short-lived")
+    wait_for(lambda: dash.get("/api/queues")["now"]["queues"].get("short-lived", {}).get("waiting") == 1, 10,
+             "the queue listed")
+    redis_client.xtrim("minique:{short-lived}:p0", maxlen=0)  # (emptied; the key stays, so SCAN still finds it)
+    wait_for(lambda: "short-lived" not in dash.get("/api/queues")["now"]["queues"], 10, "the queue pruned")
+    assert "default" in dash.get("/api/queues")["now"]["queues"]
+
+    # throughput: counted per 10 s in Redis, kept across a restart even when the events are gone
+    for r in [client_app.add.delay(i, i) for i in range(5)]:
+        r.get(timeout=10)
+    failing = client_app.fail.delay("counted")
+    failing.get(timeout=10, propagate=False)
+    want = {"succeeded_total": 6, "failed_total": 1, "retried_total": 1}  # (hold + 5 adds; fail; the retry)
+
+    def totals(d):
+        tp = d.get("/api/throughput")
+        return {k: tp[k] for k in want}
+    wait_for(lambda: totals(dash) == want, 10, "the throughput counts")
+    tp = dash.get("/api/throughput")
+    assert tp["source"] == "redis" and tp["bucket"] == 10 and len(tp["succeeded"]) == 360
+    assert abs(sum(tp["succeeded"]) * tp["bucket"] - 6) < 1e-9
+    second = start_dashboard(procs)  # reads the stream from its start: counts nothing twice
+    wait_for(lambda: second.get(f"/api/tasks/{failing.id}")["state"] == "FAILURE", 10, "the second one caught up")
+    assert totals(second) == want and totals(dash) == want
+    dash.proc.close()
+    second.proc.close()
+    redis_client.xtrim("minique:events", maxlen=0)
+    restarted = start_dashboard(procs)
+    assert totals(restarted) == want
