@@ -478,12 +478,12 @@ def browser():
             b.close()
 
 
-def shot(page, name, tmp_path):
+def shot(page, name, tmp_path, full_page=True):
     page.evaluate("document.getElementById('toast').hidden = true")
-    page.screenshot(path=str(tmp_path / name), full_page=True)
+    page.screenshot(path=str(tmp_path / name), full_page=full_page)
     if os.environ.get("MINIQUE_DOCS_SCREENSHOTS"):
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS_IMG / name), full_page=True)
+        page.screenshot(path=str(DOCS_IMG / name), full_page=full_page)
 
 
 @needs_chromium
@@ -715,3 +715,103 @@ def test_running_retrying_and_rejected_tasks_queues_pruned_and_throughput_kept(p
     redis_client.xtrim("minique:events", maxlen=0)
     restarted = start_dashboard(procs)
     assert totals(restarted) == want
+
+
+@needs_chromium
+def test_browser_under_load_running_tasks_actions_and_throughput(procs, client_app, redis_client, browser, tmp_path):
+    """The pages under load: running tasks tick, a retry shows its next run, a rejected message its name;
+    ids are whole and copyable; terminate from a task's page; the throughput chart; a worker's pool grown,
+    shrunk and the worker shut down from its row (screenshots of each page with MINIQUE_DOCS_SCREENSHOTS=1)."""
+    app = client_app.app
+    worker = procs.worker("-c", "3")
+    dash = start_dashboard(procs, auth=AUTH)
+    ctx = browser.new_context(http_credentials={"username": AUTH[0], "password": AUTH[1]},
+                              viewport={"width": 1360, "height": 800})
+    ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=dash.url)
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(dash.url + "/#/tasks")
+    page.locator("#tasks-table, .empty").first.wait_for(timeout=10000)
+
+    # load: two long tasks, many short ones, failures, a retry a minute away, a message nobody can run,
+    # and messages waiting in a queue no worker consumes
+    adds = [client_app.add.delay(i, i) for i in range(150)]
+    for i in range(40):
+        client_app.add.apply_async((i, 1), queue="reports", priority=i % 3 * 3)
+    for r in adds:
+        r.get(timeout=20)
+    fails = [client_app.fail.delay(f"load {i}") for i in range(4)]
+    retrying = client_app.retry_then_report.delay("b-retry", 1, 60)
+    unknown = app.send_task("testapp.no_such_task", args=(7, "seven"))
+    held = [client_app.hold.delay(f"b-hold-{i}", 60) for i in range(2)]
+
+    row = page.locator(f'#tasks-table tr[data-task-id="{held[0].id}"][data-state="STARTED"]')
+    row.wait_for(timeout=10000)
+    assert row.locator("a.id-short").inner_text() == held[0].id  # whole (shortened by the style sheet only)
+    ticking = row.locator(".elapsed")
+    first = ticking.inner_text()
+    page.wait_for_function("([el, before]) => el.textContent !== before", arg=[ticking.element_handle(), first],
+                           timeout=5000)
+    row.locator("button.copy").click()
+    page.locator("#toast", has_text=f"Copied {held[0].id}").wait_for(timeout=5000)
+    assert page.evaluate("navigator.clipboard.readText()") == held[0].id
+    retry_row = page.locator(f'#tasks-table tr[data-task-id="{retrying.id}"][data-state="RETRY"]')
+    retry_row.wait_for(timeout=10000)
+    assert re.search(r"retry \d\d:\d\d:\d\d in [1-6]\d s", retry_row.locator(".next-run").inner_text())
+    rejected_row = page.locator(f'#tasks-table tr[data-task-id="{unknown.id}"][data-state="REJECTED"]')
+    rejected_row.wait_for(timeout=10000)
+    page.wait_for_function("(el) => el.textContent.includes(\"[7, 'seven']\")",
+                           arg=rejected_row.element_handle(), timeout=10000)
+    assert "testapp.no_such_task" in rejected_row.inner_text()
+    for r in fails:
+        r.get(timeout=10, propagate=False)
+    shot(page, "tasks.png", tmp_path, full_page=False)
+
+    # a running task's page: its elapsed time, and Terminate
+    page.goto(dash.url + f"/#/task/{held[0].id}")
+    page.locator("#task-elapsed").wait_for(timeout=10000)
+    assert page.locator("#task-id").inner_text() == held[0].id
+    shot(page, "task-running.png", tmp_path)
+    page.locator("#terminate-button").click()
+    page.locator('h1 .badge[data-state="REVOKED"]').wait_for(timeout=15000)
+    redis_client.rpush("b-hold-1:gate", 1)
+    assert held[1].get(timeout=10) == "b-hold-1"
+
+    page.goto(dash.url + "/#/queues")
+    page.locator('#queue-chart polyline[data-queue="reports"]').wait_for(state="attached", timeout=10000)
+    page.locator('tr[data-queue="reports"] td[data-waiting="40"]').wait_for(timeout=10000)
+    shot(page, "queues.png", tmp_path)
+    page.goto(dash.url + "/#/failed")
+    page.locator(f'#failed-table tr[data-task-id="{fails[-1].id}"]').wait_for(timeout=10000)
+    shot(page, "failed.png", tmp_path)
+    page.goto(dash.url + "/#/dlq")
+    page.locator("#dlq-table tbody tr").first.wait_for(timeout=10000)
+    shot(page, "dlq.png", tmp_path)
+
+    # the Workers page: the throughput chart, and the worker's row actions
+    page.goto(dash.url + "/#/workers")
+    page.wait_for_function("() => Number(document.getElementById('tp-succeeded')?.textContent) >= 151",
+                           timeout=15000)
+    assert int(page.locator("#tp-failed").inner_text()) >= 4
+    page.locator('#throughput-chart polyline[data-series="succeeded"]').wait_for(state="attached", timeout=5000)
+    wrow = page.locator(f'tr[data-worker="{worker.hostname}"]')
+    wrow.wait_for(timeout=10000)
+    shot(page, "workers.png", tmp_path)
+    wrow.locator("button.grow").click()
+    page.locator(f'tr[data-worker="{worker.hostname}"] td', has_text="× 4").wait_for(timeout=10000)
+    page.locator(f'tr[data-worker="{worker.hostname}"] button.shrink').click()
+    page.locator(f'tr[data-worker="{worker.hostname}"] td', has_text="× 3").wait_for(timeout=10000)
+    page.locator(f'tr[data-worker="{worker.hostname}"] button.shutdown').click()
+    page.locator(f'tr[data-worker="{worker.hostname}"][data-status="offline"]').wait_for(timeout=20000)
+    assert worker.wait(20) == 0
+    processed = page.locator(f'tr[data-worker="{worker.hostname}"] td.processed').inner_text()
+    assert int(processed) >= 155  # (150 adds, 4 failures, a retry: the terminated process's count is kept)
+    assert page.locator(f'tr[data-worker="{worker.hostname}"] button.shutdown').count() == 0
+    assert errors == []
+    log = dash.proc.log()
+    for action in ("revoke", "pool_grow", "pool_shrink", "shutdown"):
+        assert f"dashboard action {action} on " in log and " by admin from 127.0.0.1: done" in log, action
+    ctx.close()

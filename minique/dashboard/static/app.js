@@ -86,20 +86,21 @@ async function copyText(text) {
   }
   toast(`Copied ${text}`);
 }
-const copyButton = (text) => h("button", { class: "copy", type: "button", title: `Copy ${text}`, "data-copy": text, onclick: (ev) => { ev.preventDefault(); copyText(text); } }, "⧉");
+const copyIcon = () => svg("svg", { viewBox: "0 0 16 16", width: "12", height: "12", "aria-hidden": "true" },
+  svg("rect", { x: "5", y: "5", width: "9", height: "9", rx: "1.5" }), svg("path", { d: "M3 11V3a1 1 0 0 1 1-1h7" }));
+const copyButton = (text) => h("button", { class: "copy", type: "button", title: `Copy ${text}`, "aria-label": `Copy ${text}`, "data-copy": text, onclick: (ev) => { ev.preventDefault(); copyText(text); } }, copyIcon());
 const idCell = (id) => h("span", { class: "tid" }, taskLink(id), copyButton(id));
 
 // Live times: elements with data-since (elapsed) or data-until (a countdown) tick every second.
+const fmtSecs = (s) => (s < 120 ? `${Math.floor(s)} s` : fmtDur(s));
+const sinceText = (since) => fmtSecs(Math.max(0, serverNow() - since));
+const untilText = (until) => (until > serverNow() ? `in ${fmtSecs(until - serverNow() + 0.999)}` : "due");
 function tick() {
-  const now = serverNow();
-  for (const el of document.querySelectorAll("[data-since]")) el.textContent = fmtDur(Math.max(0, now - Number(el.dataset.since)));
-  for (const el of document.querySelectorAll("[data-until]")) {
-    const left = Number(el.dataset.until) - now;
-    el.textContent = left > 0 ? `in ${fmtDur(left)}` : "due";
-  }
+  for (const el of document.querySelectorAll("[data-since]")) el.textContent = sinceText(Number(el.dataset.since));
+  for (const el of document.querySelectorAll("[data-until]")) el.textContent = untilText(Number(el.dataset.until));
 }
-const elapsed = (since) => h("span", { class: "elapsed", "data-since": since }, fmtDur(Math.max(0, serverNow() - since)));
-const countdown = (until) => h("span", { class: "countdown", "data-until": until }, until - serverNow() > 0 ? `in ${fmtDur(until - serverNow())}` : "due");
+const elapsed = (since) => h("span", { class: "elapsed", "data-since": since }, sinceText(since));
+const countdown = (until) => h("span", { class: "countdown", "data-until": until }, untilText(until));
 // A task's time column: its runtime when it ended, the time it has been running (live), or when its retry runs.
 function timeOf(t) {
   if (t.state === "RETRY" && t.next_run) return h("span", { class: "next-run", title: `next run ${fmtTime(t.next_run)}` }, `retry ${fmtTime(t.next_run)} `, countdown(t.next_run));
