@@ -613,6 +613,10 @@ def test_every_action_is_refused_without_auth_or_csrf_and_audited(procs, client_
         assert f"dashboard action {action} on {target} by anonymous from 127.0.0.1: refused: not authenticated" \
                in log, action
     assert "s3cret" not in log  # (the audit names the user, never the password)
+    # a forged line break in what the audit log quotes stays on its line
+    assert dash.post("/api/workers/evil%0Aforged%20audit%20line/shutdown", csrf=False)[0] == 403
+    assert "dashboard action shutdown on evil\\nforged audit line by admin" in dash.proc.log()
+    assert not any(line.startswith("forged") for line in dash.proc.log().splitlines())
     # nothing was done: the worker still runs one pool process and answers
     assert client_app.app.control.inspect(destination=[worker.hostname], timeout=2).stats()[worker.hostname][
         "pool"]["max-concurrency"] == 1

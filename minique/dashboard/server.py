@@ -211,7 +211,7 @@ class Dashboard:
         scheme, _, value = (headers.get("Authorization") or "").partition(" ")
         if self.basic and scheme.lower() == "basic":
             try:
-                return base64.b64decode(value.strip(), validate=True).decode(errors="replace").partition(":")[0][:100]
+                return base64.b64decode(value.strip(), validate=True).decode(errors="replace").partition(":")[0]
             except Exception:  # noqa: BLE001
                 return "?"
         if self.token:
@@ -478,6 +478,12 @@ class Dashboard:
         return {"ok": True, "entry": entry, "sent": _shown_message(data, self.app.conf.security_key)}
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """Text from a request as one log line: control characters (a forged line break) shown escaped, bounded."""
+    text = text[:limit]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _described_exception(value: Any) -> str:
     """A stored exception as text, from its class name and arguments (never imported nor built)."""
     if isinstance(value, dict) and isinstance(value.get("exc_type"), str):
@@ -628,8 +634,7 @@ class Handler(BaseHTTPRequestHandler):
             elif _DLQ_ACTION.fullmatch(path):
                 answer = dash.replay(path.split("/")[3])
             elif _WORKER_ACTION.fullmatch(path):
-                host, what = _WORKER_ACTION.fullmatch(path).groups()  # type: ignore[union-attr]
-                answer = dash.worker_action(unquote(host), what, body)
+                answer = dash.worker_action(target, action, body)  # (_action_of matched the same pattern)
             else:
                 raise HTTPError(404, "not found")
         except HTTPError as exc:
@@ -656,8 +661,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _audit(self, action: str, target: str, outcome: str, warn: bool = False) -> None:
         audit.log(logging.WARNING if warn else logging.INFO, "dashboard action %s on %s by %s from %s: %s", action,
-                  target, self.dashboard.who(self.headers), self.client_address[0], outcome,
-                  extra={"event": "dashboard-action"})
+                  _printable(target), _printable(self.dashboard.who(self.headers)), self.client_address[0],
+                  _printable(outcome, 600), extra={"event": "dashboard-action"})
 
     def _static(self, name: str, extra: Dict[str, str]) -> None:
         if "/" in name or "\\" in name or name.startswith(".") or not name:

@@ -273,7 +273,10 @@ class WorkerBook:
                 rec["last_event"] = kind
                 rec["event_ts"] = ev.get("ts")
                 if kind == "worker-heartbeat":
-                    rec["heartbeat_ts"] = ev.get("ts")
+                    rec["heartbeat_ts"] = ts = ev.get("ts") or 0.0
+                    ends = self.recent.get(host)
+                    while ends and ends[0] <= ts:  # counted in this heartbeat: only later ones matter
+                        ends.popleft()
                 for field in ("loadavg", "freq", "queues", "concurrency", "pool", "processed", "active", "started"):
                     if ev.get(field) is not None:
                         rec[field] = ev[field]
