@@ -264,7 +264,10 @@ class Events:
             self.flush(pipe)
 
     def unsent(self) -> bool:
-        """Events wait in the buffer (the Outbox's alarm then flushes them if the body runs long)."""
+        """Events wait in the buffer (the Outbox's alarm then flushes them if the body runs long).
+
+        That flush runs in a SIGALRM handler while a task body runs: code that adds events from inside a
+        body must not let it land between a header and its record (today nothing in a body adds any)."""
         return bool(self.records) or self._running is not None
 
     def flush(self, pipe: Any) -> None:
