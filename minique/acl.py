@@ -6,7 +6,8 @@ its job through minique and is refused what it does not need. Redis 7 or later (
 
     producer   sends tasks (also with an ETA), waits for and reads their results, saves groups
     worker     runs tasks: every key under minique:*, the control channel (to listen), no admin commands
-    dashboard  reads: events, workers, queue lengths, dead letters, results; writes nothing
+    dashboard  reads: events, workers, queue lengths, dead letters, results; writes only its throughput
+               counts (minique:throughput, through a script)
     operator   acts: control commands (inspect, ping, revoke, shutdown, rate limits...), dead letters
                (list, replay, purge), purging queues, the dashboard's retry/revoke/replay buttons
     beat       the periodic scheduler: a producer that also holds beat's lease and last-run book
@@ -50,6 +51,8 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     "dashboard": (
         "+scan",                                           # which queues exist (SCAN MATCH minique:{*}:*)
         "(%R~minique:* +@read -@dangerous)",               # everything under minique:, read only
+        "+script|load",                                    # but its throughput counts (dashboard/state.py)
+        "(~minique:throughput +evalsha +eval +hget +hset +hincrby +hkeys +hdel +expire)",
     ),
     "operator": (
         "+scan", "+multi", "+exec", "+discard", "+script|load",

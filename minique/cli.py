@@ -859,13 +859,15 @@ def embedded_stop(where: str, timeout: float) -> None:
 @click.option("--refresh", default=1.5, show_default=True, type=float, help="Seconds between page updates.")
 @click.option("--rescan-interval", default=30.0, show_default=True, type=float,
               help="Seconds between looks for new queues (a SCAN of the broker's keys).")
+@click.option("--prune-after", default=600.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds after which an offline worker, or a queue unused and empty, is no longer listed.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True, callback=_loglevel)
 @click.option("-f", "--logfile")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str], token: Optional[str],
-              max_tasks: int, sample_interval: float, refresh: float, rescan_interval: float, loglevel: str,
-              logfile: Optional[str], log_json: bool) -> None:
+              max_tasks: int, sample_interval: float, refresh: float, rescan_interval: float, prune_after: float,
+              loglevel: str, logfile: Optional[str], log_json: bool) -> None:
     """Serve the web dashboard (workers, tasks, queues, failures, dead letters) and cluster /metrics."""
     app = _app(ctx)
     setup_logging(loglevel, logfile, log_json)
@@ -873,12 +875,14 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
     pairs = [p.strip() for p in basic_auth.split(",") if p.strip()] if basic_auth else None
     try:
         server = serve(app, host=host, port=port, basic_auth=pairs, token=token, max_tasks=max_tasks,
-                       sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
+                       sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval,
+                       prune_after=prune_after)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     log = logging.getLogger("minique.dashboard")
     if not pairs and not token:
-        log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks",
+        log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks, "
+                    "and shut down workers",
                     server.url)
     from .config import mask_url
     log.info("dashboard listening on %s (broker %s)", server.url, mask_url(str(app.conf.broker_url)))

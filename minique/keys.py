@@ -20,6 +20,8 @@ Broker (broker_url):
     minique:beat:last         hash, beat entry name -> last run (epoch s)
     minique:paused            set, queues no worker takes messages from (pause/resume)
     minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
+    minique:throughput        hash, the dashboard's task counts per 10 s: "<epoch s>:s|f|r" -> count
+                              (succeeded, failed, retried), "last" -> the last events entry counted
     minique:replay:{ID}:<R>:<D>  string, once-only mark of task ID's retry R, delivery D (replay protection,
                               security_message_max_age): the worker that took it; expires with the window
 Result backend (result_backend):
@@ -47,6 +49,7 @@ WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
 BEAT_LAG = f"{PREFIX}:beat:lag"
 PAUSED = f"{PREFIX}:paused"
+THROUGHPUT = f"{PREFIX}:throughput"
 
 
 def rate_bucket(queue: str, task: str, key: Optional[str] = None) -> str:

@@ -3,8 +3,8 @@
 The rules are minique/acl.py's (the ones docs/security.md shows). Each role's user does its job
 through minique (`redis://user:password@host`) with nothing refused (Redis's ACL LOG stays empty),
 then is refused what it does not need: a producer cannot publish control commands, read or replay
-the dead-letter stream, or delete queues; the dashboard user writes nothing unless it also has the
-operator role; no role may run KEYS, CONFIG or FLUSHDB.
+the dead-letter stream, or delete queues; the dashboard user writes nothing but its throughput
+counts unless it also has the operator role; no role may run KEYS, CONFIG or FLUSHDB.
 """
 import json
 import re
@@ -253,6 +253,10 @@ def test_the_dashboard_reads_with_its_role_and_acts_only_with_the_operator_role(
                 status, body = http(base, "GET", path)
                 assert status == 200, (base, path, body)
             wait_for(lambda b=base: http(b, "GET", "/api/failed")[1]["tasks"], 10, "the failure in the index")
+            # the throughput counts are written by the dashboard user's own script (and counted once)
+            wait_for(lambda b=base: http(b, "GET", "/api/throughput")[1]["failed_total"] == 1, 10, "the count")
+        assert admin.hget(keys.THROUGHPUT, "last") is not None
+        assert sum(int(v) for k, v in admin.hgetall(keys.THROUGHPUT).items() if k.endswith(b":f")) == 1
         assert denials(admin) == []
         ro_csrf, ops_csrf = (http(b, "GET", "/api/session")[1]["csrf"] for b in (ro_url, ops_url))
         for action in ("retry", "revoke"):

@@ -51,6 +51,7 @@ class Consumer:
         self.outbox = Outbox(app, name, queues, slot, float(app.conf.worker_early_ack_window or 0), use_alarm)
         self.executor = Executor(app, hostname, self.outbox, events=events, limiter=limiter, use_alarm=use_alarm)
         self.executor.consumer = self  # the sender of task_received, task_rejected, task_unknown (as Celery)
+        self.outbox.events = events if events is not None and events.send else None
         self.stopping = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
         self._suspect = False                        # a Redis failure happened since the last audit
@@ -172,9 +173,11 @@ class Consumer:
             log.warning("could not flush on exit: %s", exc)
 
     def _on_idle(self) -> None:
-        """Before the process blocks (or stops): the events it holds leave too."""
+        """Before the process blocks (or stops): the events it holds leave too, and the next task's
+        task-started will leave before its body (a task sent to an idle worker is seen at once)."""
         if self.events is not None:
             self.events.flush(self.outbox.broker)
+            self.events.idle = True
 
     def _audit(self) -> None:
         """Requeue what Redis says this consumer holds but it does not have in hand.

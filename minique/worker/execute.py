@@ -566,7 +566,7 @@ class Executor:
             exc = outcome.value
             shown = self._repr(exc.exc)
             if events is not None:
-                events.task("task-retried", msg, exception=shown)
+                events.task("task-retried", msg, exception=shown, eta=exc.when)  # (eta: when it runs next)
             log.info("Task %s[%s] retry %d %s: %s", msg.task, msg.id, msg.retries + 1, exc.humanize(), shown,
                      extra=_fields(msg, "retried"))
         elif kind == fate.REJECT:

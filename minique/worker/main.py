@@ -562,7 +562,7 @@ class Worker:
         assert self.pool is not None
         out = {"hostname": self.hostname, "pid": os.getpid(), "pool": {"implementation": self.pool.kind,
                 "max-concurrency": self.pool.size, "processes": [m.pid for m in self.pool.members.values()]},
-                "total": sum(self.pool.slots[i].processed for i in range(self.pool.slots.n)),
+                "total": sum(self.pool.slots[i].total for i in range(self.pool.slots.n)),
                 "uptime": time.time() - self.started_at, "child_restarts": self.child_restarts,
                 "prefetch_count": self.prefetch * self.pool.size, "queues": self.queues}
         if self.autoscaler is not None:

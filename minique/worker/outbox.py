@@ -28,6 +28,10 @@ decides when they leave:
   callback a chord's last join fires).
 - write_now(): a write from inside a running body (update_state) leaves at once, with (and
   behind) whatever was queued or deferred; SIGALRM waits until it is out.
+- events: a body that runs EVENTS_LATE seconds while the process's event batch (its task-started
+  above all) waits is interrupted by SIGALRM, which writes the batch (so a long task that follows
+  short ones is seen running); armed only when the pre-run write was not deferred, or when the
+  deferred write's alarm finds the batch still waiting, and disarmed when the body returns.
 Commands stay in the pipes until answered: a lost connection re-sends them (pipe.py).
 """
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ..settle import Settlement
 log = logging.getLogger("minique.worker")
 SHORT_TASK = 0.005  # seconds: after a task shorter than this, fetch ahead and defer writes
 FETCH_BLOCK = 1.0   # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
+EVENTS_LATE = 0.5   # seconds into a body after which the waiting event batch is written (SIGALRM)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -66,6 +71,9 @@ class Outbox:
         self.queues = list(queues)
         self.slot = slot
         self.window = window if use_alarm else 0.0
+        self.use_alarm = use_alarm
+        self.events: Any = None        # the process's events.Events (set by the consumer): see on_alarm
+        self._events_alarm = False     # SIGALRM armed to write the event batch while a body runs
         self.broker = FastPipeline(app.broker_client)
         self.backend = self.broker if app.backend_client is app.broker_client else FastPipeline(app.backend_client)
         self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
@@ -90,10 +98,17 @@ class Outbox:
             self.write()
         except _CONNECTION_ERRORS as exc:
             raise NotStarted(str(exc)) from exc
+        events = self.events
+        if events is not None and self.use_alarm and not soft_limit and events.unsent():
+            self._events_alarm = True  # (SIGALRM is the soft limit's when there is one)
+            signal.setitimer(signal.ITIMER_REAL, EVENTS_LATE)
 
     def end(self, runtime: float) -> None:
         """The body returned: the slot lists the task as finished until its writes leave."""
         self.last_runtime = runtime
+        if self._events_alarm:
+            self._events_alarm = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
         if self.slot is not None:
             self._slot_room = self.slot.end()
 
@@ -106,12 +121,25 @@ class Outbox:
         return now - self._deferred_at < self.window
 
     def on_alarm(self) -> None:
-        """SIGALRM while a body runs (the pipes' connection is idle then): send a deferred write."""
+        """SIGALRM while a body runs (the pipes' connection is idle then): send a deferred write; and
+        once the body has run EVENTS_LATE seconds, the event batch that waits (nothing in the body
+        adds events: the batch is whole)."""
+        events = self.events
         if self._deferred_at is not None:
             try:
                 self.write()
             except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
                 log.warning("could not write deferred acks while a task runs: %s", exc)
+            if events is not None and events.unsent():
+                self._events_alarm = True
+                signal.setitimer(signal.ITIMER_REAL, max(0.001, EVENTS_LATE - self.window))
+        elif self._events_alarm:
+            self._events_alarm = False
+            try:
+                events.flush(self.broker)
+                self.write()
+            except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
+                log.warning("could not write events while a task runs: %s", exc)
 
     def write_now(self, queue: Callable[[Any], None]) -> None:
         """A write from inside a running body (update_state), sent at once: `queue(pipe)` adds its
