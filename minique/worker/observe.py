@@ -43,6 +43,7 @@ class Telemetry:
         self.parent = Events(worker.hostname, send=worker.send_events, recorder=self.table.recorder(n))
         self.server: Any = None
         self.health_server: Any = None
+        self.send_offline = True  # (the worker turns it off when it stops with Redis unreachable)
 
     # --- pool processes -----------------------------------------------------------------------------
     def events_for(self, slot: Any) -> Any:
@@ -167,7 +168,8 @@ class Telemetry:
             log.debug("could not send the event of lost task %s: %s", task_id, err)
 
     def close(self) -> None:
-        self.offline()
+        if self.send_offline:
+            self.offline()
         for server in (self.server, self.health_server):
             if server is not None:
                 server.stop()
