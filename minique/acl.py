@@ -42,6 +42,7 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     "producer": _SEND + (
         "(~minique:res:* +get +lindex +brpoplpush +del)",  # AsyncResult: state, get() (a blocking wait), forget()
         "(~minique:group:* +set +get +del)",               # GroupResult: save, restore, delete
+        "+script|load", "(~minique:unique:* +evalsha +eval)",  # unique tasks: claim a key (unique.py)
     ),
     "worker": (
         "&minique:control", "+subscribe", "+unsubscribe",  # listen for control commands

@@ -543,9 +543,39 @@ class Minique:
 
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
+        task = self.tasks.get(name)
+        if (task is not None and task.unique) or options.get("unique_key") is not None:
+            return self._send_unique(name, args, kwargs, options, task)
         msg = self.build_message(name, args, kwargs, options)
         self.publish(None, msg)
         return AsyncResult(msg.id, app=self, task_name=name)
+
+    def _send_unique(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+                     task: Any) -> Any:
+        """send_task for a unique task: claim its key, then send; the holder's result if it is taken."""
+        from . import unique
+        options = dict(options)
+        key = options.pop("unique_key", None)
+        key = unique.key_for(name, args, kwargs) if key is None else str(key)
+        ttl = options.pop("unique_for", None) or (task.unique_for if task is not None else None) or unique.DEFAULT_FOR
+        until = options.pop("unique_until", None) or (task.unique_until if task is not None else None) or "finished"
+        if until not in unique.MODES:
+            raise ValueError(f"unique_until must be one of {unique.MODES}, not {until!r}")
+        task_id = options.get("task_id") or message_mod.new_id()
+        options["task_id"] = task_id
+        headers = {**(options.get("headers") or {}), unique.HEADER: key}
+        if until == "started":
+            headers[unique.UNTIL_HEADER] = "started"
+        options["headers"] = headers
+        holder = unique.claim(self.broker_client, key, task_id, float(ttl))
+        if holder is not None:
+            return AsyncResult(holder, app=self, task_name=name)
+        try:
+            self.publish(None, self.build_message(name, args, kwargs, options))
+        except BaseException:
+            unique.release_now(self.broker_client, key, task_id)  # not sent: the next send may claim it
+            raise
+        return AsyncResult(task_id, app=self, task_name=name)
 
     def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
         """Send many calls of one task, pipelined (a round trip per 1,000); returns their AsyncResults.

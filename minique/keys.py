@@ -18,6 +18,7 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:unique:<K>        string, the id of the task holding unique key K (expires after unique_for)
     minique:paused            set, queues no worker takes messages from (pause/resume)
     minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
     minique:throughput        hash, the dashboard's task counts per 10 s: "<epoch s>:s|f|r" -> count
@@ -50,6 +51,11 @@ BEAT_LAST = f"{PREFIX}:beat:last"
 BEAT_LAG = f"{PREFIX}:beat:lag"
 PAUSED = f"{PREFIX}:paused"
 THROUGHPUT = f"{PREFIX}:throughput"
+
+
+def unique(key: str) -> str:
+    """A unique task's key (unique.py): holds the id of the task that claimed it."""
+    return f"{PREFIX}:unique:{key}"
 
 
 def rate_bucket(queue: str, task: str, key: Optional[str] = None) -> str:

@@ -111,6 +111,13 @@ class Settlement(NamedTuple):
     event: Optional[str] = None         # the task event to emit
 
 
+def releases(kind: str, s: Settlement) -> bool:
+    """Whether the task's run is over for good after this settlement, so what it holds (a unique key) is
+    released: not when it runs again (retry, requeue, resend, parked), nor for a message whose id is
+    unverified or whose original may still run (forged, stale, replayed)."""
+    return kind not in _SILENT and not (s.retry or s.requeue or s.resend or s.park)
+
+
 def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
     """The fate of a delivery that ended with `outcome`; `deliveries`: its earlier deliveries."""
     kind, value = outcome.kind, outcome.value

@@ -26,7 +26,7 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "autoretry_for": (), "retry_kwargs": None, "acks_late": None, "reject_on_worker_lost": None,
     "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
-    "rate_limit_key": None,
+    "rate_limit_key": None, "unique": False, "unique_for": None, "unique_until": None,
 }
 
 
@@ -64,6 +64,9 @@ class Task(Generic[P, R]):
     expires: Any  # seconds from now, or a datetime
     rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
     rate_limit_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key a cluster limit counts per
+    unique: bool                  # a second send while one waits or runs gives the first's result (unique.py)
+    unique_for: Optional[float]   # seconds a unique key holds at most
+    unique_until: Optional[str]   # "finished" (default) or "started": when the key is released
     track_started: Optional[bool]
     store_errors_even_if_ignored: Optional[bool]
     typing: bool

@@ -24,7 +24,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import redis
 
-from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states
+from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states, unique
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..events import short_repr
@@ -264,6 +264,8 @@ class Executor:
             outbox.slot.begin(msg, delivery, hard or 0.0, acks_late)
         if not acks_late:
             self.app.broker.ack(outbox.broker, delivery)
+        if msg.headers and msg.headers.get(unique.UNTIL_HEADER) == "started":  # released as it starts
+            unique.release(outbox.broker, str(msg.headers.get(unique.HEADER)), msg.id)
         if track and not msg.ignore_result:
             started_extra = {"hostname": self.hostname, "pid": os.getpid()}
             if self.extended:
@@ -335,6 +337,10 @@ class Executor:
                 self.backend.write_meta(outbox.backend, msg.id, states.SUCCESS, encoded)
             if msg.links or msg.chain or msg.chord:
                 self._on_success(job, value)
+            if msg.headers:
+                key = msg.headers.get(unique.HEADER)
+                if key is not None:  # a unique task's key: the next send may claim it (unique.py)
+                    unique.release(outbox.broker, str(key), msg.id)
             if settlement.ack:
                 self.app.broker.ack(outbox.broker, job.delivery)
         except _PASS:
@@ -547,6 +553,10 @@ class Executor:
                 self._propagate_failure(msg, result)
             elif s.follow == fate.FOLLOW_REPLACE:
                 self._replace(msg, outcome.value.sig)
+            if msg.headers and fate.releases(outcome.kind, s):
+                key = msg.headers.get(unique.HEADER)
+                if key is not None:
+                    unique.release(outbox.broker, str(key), msg.id)
         outbox.apply(job.delivery, s, msg.id if msg is not None else peek_id(job.delivery.data), self.hostname)
 
     def _tell(self, job: Job, outcome: Outcome, s: Settlement) -> None:

@@ -32,3 +32,26 @@ def per_customer(key, customer):
 def free(key, token):
     store().rpush(key, json.dumps([token, time.time()]))
     return token
+
+
+@app.task(unique=True, unique_for=60)
+def sync_account(account, gate):
+    """A unique task (by its arguments) that waits until the test opens `gate` (a Redis list)."""
+    store().rpush(f"uniq:ran:{account}", 1)
+    store().blpop([gate], timeout=20)
+    return account
+
+
+@app.task(unique=True, unique_until="started")
+def report(day, gate):
+    store().rpush(f"uniq:report:{day}", 1)
+    store().blpop([gate], timeout=20)
+    return day
+
+
+@app.task(unique=True, autoretry_for=(KeyError,), max_retries=1, default_retry_delay=0.2)
+def flaky_unique(key):
+    """Fails once (KeyError: retried, the key kept), then succeeds."""
+    if store().incr(key) == 1:
+        raise KeyError(key)
+    return "ok"
