@@ -416,9 +416,10 @@ class Minique:
             value = options.get(key)
             if value is not None:
                 fields[key] = value
-        rate_key = options.get("rate_limit_key")
-        if rate_key is not None:  # a cluster-wide rate limit counted per this key (worker/ratelimit.py)
-            fields["headers"] = {**(fields.get("headers") or {}), "rate_limit_key": str(rate_key)}
+        for option in ("rate_limit_key", "concurrency_key"):  # limits counted per this key (worker/)
+            value = options.get(option)
+            if value is not None:
+                fields["headers"] = {**(fields.get("headers") or {}), option: str(value)}
         for option, field in (("link", "links"), ("link_error", "errbacks")):
             sigs = options.get(option)
             if sigs:

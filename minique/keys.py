@@ -10,6 +10,8 @@ Broker (broker_url):
     minique:{Q}:delayed       zset, messages for Q with an ETA; score = due time (ms), member = prio digit + message
     minique:{Q}:proc:<C>      list, Lists broker only: messages consumer C holds
     minique:{Q}:consumers     zset, Lists broker only: consumer C -> claim deadline (ms)
+    minique:{Q}:conc:<T>[:<K>] zset, task ids running under T's concurrency limit -> lease end (ms);
+                              ...:waiting, a list of the parked messages (delayed-set members) waiting for a slot
     minique:{Q}:rl:<T>[:<K>]  string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
     minique:dlq               stream, dead letters: m, reason, queue, task_id, worker, time
     minique:revoked           zset, revoked task id -> until when it is kept (epoch s; control.revoke)
@@ -56,6 +58,11 @@ THROUGHPUT = f"{PREFIX}:throughput"
 def unique(key: str) -> str:
     """A unique task's key (unique.py): holds the id of the task that claimed it."""
     return f"{PREFIX}:unique:{key}"
+
+
+def concurrency(queue: str, task: str, key: Optional[str] = None) -> str:
+    """The run slots of a concurrency-limited task (per `key`, if given), hash-tagged with its queue."""
+    return f"{PREFIX}:{{{queue}}}:conc:{task}" + (f":{key}" if key is not None else "")
 
 
 def rate_bucket(queue: str, task: str, key: Optional[str] = None) -> str:

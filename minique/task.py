@@ -27,6 +27,7 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
     "rate_limit_key": None, "unique": False, "unique_for": None, "unique_until": None,
+    "concurrency_limit": None, "concurrency_key": None,
 }
 
 
@@ -64,6 +65,8 @@ class Task(Generic[P, R]):
     expires: Any  # seconds from now, or a datetime
     rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
     rate_limit_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key a cluster limit counts per
+    concurrency_limit: Optional[int]  # at most this many runs at once, across workers (worker/concurrency.py)
+    concurrency_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key the limit counts per
     unique: bool                  # a second send while one waits or runs gives the first's result (unique.py)
     unique_for: Optional[float]   # seconds a unique key holds at most
     unique_until: Optional[str]   # "finished" (default) or "started": when the key is released

@@ -58,6 +58,7 @@ from ..signals import (
 )
 from ..signing import sign, verify
 from ..trace import Hooks, Run, send_internal_error
+from . import concurrency
 from .outbox import NotStarted, Outbox
 from .ratelimit import KEY_HEADER, RESERVED
 
@@ -82,6 +83,7 @@ class Job(NamedTuple):
     result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
     run: Any = None                   # trace.Run: hooks or task signals to call (None: a plain run)
     extra: Optional[Dict[str, Any]] = None  # stored with the result: children, result_extended's fields
+    slot: Any = None                  # concurrency.Slot this run holds (released when the run is over)
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -187,6 +189,12 @@ class Executor:
                     if at is not None:
                         return self._record(job._replace(msg=self._parked(msg, at)), Outcome(
                             fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
+            if task.concurrency_limit:  # all its run slots taken: parked until one is free (worker/concurrency.py)
+                job = job._replace(slot=concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs))
+                due = self._acquire(job, hard or msg.time_limit)
+                if due is not None:
+                    return self._record(job._replace(slot=None, msg=msg._replace(eta=due)), Outcome(
+                        fate.CONCURRENCY, reason=f"concurrency limit {task.concurrency_limit}"))
             if self.max_age is not None:
                 holder = self._claim(delivery, msg)
                 if holder is not None:
@@ -235,6 +243,17 @@ class Executor:
             key = task.rate_limit_key(args, kwargs)
         try:
             return self.limiter.reserve(msg.task, msg.queue, None if key is None else str(key))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
+
+    def _acquire(self, job: Job, hard: Optional[float]) -> Optional[float]:
+        """Take a run slot (None), or park the message among those waiting for one (the time it is due)."""
+        msg, delivery = job.msg, job.delivery
+        assert msg is not None and job.slot is not None
+        lease = max(float(self.app.broker.visibility_timeout), float(hard or 0.0)) + 60.0
+        try:
+            return concurrency.acquire(self.app.broker_client, job.slot, msg.id, int(job.task.concurrency_limit),
+                                       lease, str(delivery.priority).encode() + delivery.data)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
 
@@ -341,6 +360,8 @@ class Executor:
                 key = msg.headers.get(unique.HEADER)
                 if key is not None:  # a unique task's key: the next send may claim it (unique.py)
                     unique.release(outbox.broker, str(key), msg.id)
+            if job.slot is not None:  # its concurrency slot: the first one waiting runs now
+                concurrency.release(outbox.broker, job.slot, msg.id)
             if settlement.ack:
                 self.app.broker.ack(outbox.broker, job.delivery)
         except _PASS:
@@ -553,10 +574,13 @@ class Executor:
                 self._propagate_failure(msg, result)
             elif s.follow == fate.FOLLOW_REPLACE:
                 self._replace(msg, outcome.value.sig)
-            if msg.headers and fate.releases(outcome.kind, s):
-                key = msg.headers.get(unique.HEADER)
-                if key is not None:
-                    unique.release(outbox.broker, str(key), msg.id)
+            if fate.releases(outcome.kind, s):
+                if msg.headers:
+                    key = msg.headers.get(unique.HEADER)
+                    if key is not None:
+                        unique.release(outbox.broker, str(key), msg.id)
+                if job.slot is not None:
+                    concurrency.release(outbox.broker, job.slot, msg.id)
         outbox.apply(job.delivery, s, msg.id if msg is not None else peek_id(job.delivery.data), self.hostname)
 
     def _tell(self, job: Job, outcome: Outcome, s: Settlement) -> None:
@@ -586,6 +610,12 @@ class Executor:
                             dead=s.dead_letter is not None)
             log.warning("Task %s[%s] %s (%s)", msg.task, msg.id, reason,
                         "requeued" if s.requeue or s.resend else "dead-lettered", extra=_fields(msg, "rejected"))
+        elif kind == fate.CONCURRENCY:
+            if events is not None:
+                events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
+                           eta=msg.eta, reason=outcome.reason)
+            log.info("Task %s[%s] waits for a run slot (%s)", msg.task, msg.id, outcome.reason,
+                     extra=_fields(msg, "waiting"))
         elif kind == fate.THROTTLED:
             at = msg.eta or 0.0
             if events is not None:
@@ -669,12 +699,24 @@ class Executor:
         if delivery is None:  # acked already (early ack): nothing left to ack, requeue or dead-letter
             policy = policy._replace(acks_late=False)
         msg = self._decoded(Delivery(data, "", 0, 0, None)) if data is not None else None
-        job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
+        job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id,
+                  slot=self._slot_held(task, msg))
         settlement = self._settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
         self._write(job, outcome, settlement)
         if msg is not None and task is not None:
             self._lost_announced(job, outcome, settlement)
         return settlement
+
+    def _slot_held(self, task: Any, msg: Optional[Message]) -> Any:
+        """The concurrency slot a lost task held (its limit's keys come from its arguments), or None."""
+        if msg is None or task is None or not task.concurrency_limit:
+            return None
+        try:
+            args, kwargs = msg.args_kwargs(self.accept)
+            return concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs)
+        except Exception:  # noqa: BLE001 - its lease still ends the slot
+            log.warning("could not find the concurrency slot of lost task %s; it ends with its lease", msg.id)
+            return None
 
     def _lost_announced(self, job: Job, outcome: Outcome, s: Settlement) -> None:
         """As Celery's parent does: on_failure and task_failure for a task lost or killed at its time

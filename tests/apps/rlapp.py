@@ -55,3 +55,22 @@ def flaky_unique(key):
     if store().incr(key) == 1:
         raise KeyError(key)
     return "ok"
+
+
+@app.task(concurrency_limit=2)
+def export(key, gate):
+    """Counts the runs at once under `key` (the most seen goes to `key`:most), then waits for `gate`."""
+    r = store()
+    now = r.incr(f"{key}:running")
+    r.rpush(f"{key}:seen", now)
+    r.rpush(f"{key}:pids", os.getpid())
+    r.blpop([gate], timeout=20)
+    r.decr(f"{key}:running")
+    return now
+
+
+@app.task(concurrency_limit=1, concurrency_key=lambda args, kwargs: args[0])
+def sync_customer(customer, key, gate):
+    store().rpush(key, customer)
+    store().blpop([gate], timeout=20)
+    return customer
