@@ -12,7 +12,6 @@ Broker (broker_url):
     minique:{Q}:consumers     zset, Lists broker only: consumer C -> claim deadline (ms)
     minique:{Q}:conc:<T>[:<K>] zset, task ids running under T's concurrency limit -> lease end (ms);
                               ...:waiting, a list of the parked messages (delayed-set members) waiting for a slot
-    minique:{Q}:rl:<T>[:<K>]  string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
     minique:dlq               stream, dead letters: m, reason, queue, task_id, worker, time
     minique:revoked           zset, revoked task id -> until when it is kept (epoch s; control.revoke)
     minique:control           pub/sub channel for remote control; replies on minique:reply:<id>
@@ -20,6 +19,7 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:rl:<T>[:<K>]      string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
     minique:unique:<K>        string, the id of the task holding unique key K (expires after unique_for)
     minique:paused            set, queues no worker takes messages from (pause/resume)
     minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
@@ -65,10 +65,10 @@ def concurrency(queue: str, task: str, key: Optional[str] = None) -> str:
     return f"{PREFIX}:{{{queue}}}:conc:{task}" + (f":{key}" if key is not None else "")
 
 
-def rate_bucket(queue: str, task: str, key: Optional[str] = None) -> str:
-    """The cluster-wide rate limit of `task` (per `key`, if given): the next free start (ms), hash-tagged
-    with the queue the message came from."""
-    return f"{PREFIX}:{{{queue}}}:rl:{task}" + (f":{key}" if key is not None else "")
+def rate_bucket(task: str, key: Optional[str] = None) -> str:
+    """The cluster-wide rate limit of `task` (per `key`, if given): the next free start (ms). One per task
+    name, whichever queue its messages come from (a single-key script: any Cluster slot will do)."""
+    return f"{PREFIX}:rl:{task}" + (f":{key}" if key is not None else "")
 
 
 def check_queue(name: Any, where: str = "") -> str:

@@ -1,6 +1,7 @@
 """Concurrency limits (issue 20): at most N runs at once across workers, per key when asked; a task over
 its limit waits in the delayed set (no process holds it) and runs as soon as a slot is given back, also
-when the run that held it died with its pool process."""
+when the run that held it died with its pool process. (Workers run with -O fair: a process blocked in a
+long task must not sit on prefetched messages the test waits to see handled.)"""
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ def rl(redis_url, monkeypatch):
 
 def test_at_most_n_at_once_across_two_workers(procs, rl, redis_client):
     for _ in range(2):
-        procs.worker("-c", "2", app="rlapp")
+        procs.worker("-c", "2", "-O", "fair", app="rlapp")
     results = [rl.export.delay("c1", "c1:gate") for _ in range(5)]
     wait_for(lambda: redis_client.llen("c1:seen") == 2, 10, "two runs")
     slots = keys.concurrency("default", "rlapp.export")
@@ -35,7 +36,7 @@ def test_at_most_n_at_once_across_two_workers(procs, rl, redis_client):
 
 
 def test_a_limit_per_key(procs, rl, redis_client):
-    procs.worker("-c", "3", app="rlapp")
+    procs.worker("-c", "3", "-O", "fair", app="rlapp")
     a1 = rl.sync_customer.delay("a", "c2:order", "c2:gate")
     b1 = rl.sync_customer.delay("b", "c2:order", "c2:gate")
     a2 = rl.sync_customer.delay("a", "c2:order", "c2:gate")
@@ -48,7 +49,7 @@ def test_a_limit_per_key(procs, rl, redis_client):
 
 
 def test_a_slot_held_by_a_killed_process_is_given_back(procs, rl, redis_client):
-    procs.worker("-c", "3", app="rlapp")
+    procs.worker("-c", "3", "-O", "fair", app="rlapp")
     results = [rl.export.delay("c3", "c3:gate") for _ in range(3)]
     wait_for(lambda: redis_client.llen("c3:seen") == 2, 10, "two runs")
     slots = keys.concurrency("default", "rlapp.export")

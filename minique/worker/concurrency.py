@@ -7,7 +7,7 @@ queue's delayed set (until the earliest lease ends, or `WAIT_MAX` at most) and l
 delivery is acked (settle's CONCURRENCY). When a run ends in any way (`settle.releases`, also a pool
 process lost, in the parent), `release.lua` gives its slot back and brings the first waiting message
 forward, so it runs at once. A whole worker lost: its slots end with their lease
-(max(visibility_timeout, time limit)), as its messages are redelivered after visibility_timeout.
+(max(visibility_timeout, time limit) + 1 s), as its messages are redelivered after visibility_timeout.
 """
 from __future__ import annotations
 

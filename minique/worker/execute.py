@@ -242,7 +242,7 @@ class Executor:
         if key is None and task.rate_limit_key is not None:
             key = task.rate_limit_key(args, kwargs)
         try:
-            return self.limiter.reserve(msg.task, msg.queue, None if key is None else str(key))
+            return self.limiter.reserve(msg.task, None if key is None else str(key))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
 
@@ -250,7 +250,7 @@ class Executor:
         """Take a run slot (None), or park the message among those waiting for one (the time it is due)."""
         msg, delivery = job.msg, job.delivery
         assert msg is not None and job.slot is not None
-        lease = max(float(self.app.broker.visibility_timeout), float(hard or 0.0)) + 60.0
+        lease = max(float(self.app.broker.visibility_timeout), float(hard or 0.0)) + 1.0
         try:
             return concurrency.acquire(self.app.broker_client, job.slot, msg.id, int(job.task.concurrency_limit),
                                        lease, str(delivery.priority).encode() + delivery.data)

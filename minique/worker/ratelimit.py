@@ -2,8 +2,8 @@
 
 `worker_rate_limit_scope = "cluster"` (the default): a task's limit holds across every worker and
 host. Before a limited task runs, its pool process reserves the task's next start in Redis
-(`ratelimit_lua/reserve.lua`: starts at least 1/rate apart, per task name, and per
-`rate_limit_key` when one is given). A start that is due now runs; a later one is the task's own:
+(`ratelimit_lua/reserve.lua`: starts at least 1/rate apart, per task name whatever its queue, and
+per `rate_limit_key` when one is given). A start that is due now runs; a later one is the task's own:
 the message is parked in the delayed set until then (settle's THROTTLED) and runs when it comes
 back, without asking again. No process sleeps holding a task, and other tasks are not held up.
 
@@ -117,13 +117,13 @@ class RateLimiter:
                 self.seen, self.intervals = seq, table
         return self.intervals.get(name)
 
-    def reserve(self, name: str, queue: str, key: Optional[str] = None) -> Optional[float]:
+    def reserve(self, name: str, key: Optional[str] = None) -> Optional[float]:
         """Cluster scope: None when task `name` may start now, else the start (epoch s, Redis's clock)
         reserved for it. One round trip, for limited tasks only."""
         interval = self.interval(name)
         if not interval:
             return None
-        start, now = SCRIPTS(self.client, "reserve", [keys.rate_bucket(queue, name, key)],
+        start, now = SCRIPTS(self.client, "reserve", [keys.rate_bucket(name, key)],
                              [max(1, round(interval * 1000))])
         return None if int(start) <= int(now) else int(start) / 1000.0
 

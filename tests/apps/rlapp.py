@@ -12,7 +12,8 @@ app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
 
 
 def store() -> redis.Redis:
-    return redis.Redis.from_url(app.conf.broker_url)
+    # (redis-py's default read timeout is shorter than the gates' BLPOP waits)
+    return redis.Redis.from_url(app.conf.broker_url, socket_timeout=30)
 
 
 @app.task(rate_limit="5/s")
@@ -64,7 +65,7 @@ def export(key, gate):
     now = r.incr(f"{key}:running")
     r.rpush(f"{key}:seen", now)
     r.rpush(f"{key}:pids", os.getpid())
-    r.blpop([gate], timeout=20)
+    r.blpop([gate, f"{gate}:{os.getpid()}"], timeout=20)  # (the second: this run's own gate)
     r.decr(f"{key}:running")
     return now
 
@@ -74,3 +75,18 @@ def sync_customer(customer, key, gate):
     store().rpush(key, customer)
     store().blpop([gate], timeout=20)
     return customer
+
+
+@app.task(bind=True, rate_limit="10/s")
+def paced(self, key, token):
+    """Records (token, its start, the start it reserved: its ETA when it was parked, else its start)."""
+    now = time.time()
+    reserved = (self.request.headers or {}).get("rate_limit_at") or now
+    store().rpush(key, json.dumps([token, now, reserved]))
+    return token
+
+
+@app.task
+def flow(key, token):
+    store().rpush(key, json.dumps([token, time.time()]))
+    return token
