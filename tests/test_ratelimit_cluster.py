@@ -77,3 +77,17 @@ def test_the_worker_scope_keeps_celerys_per_worker_limit(procs, client, redis_cl
     assert all(y - x >= 0.2 - 0.05 for x, y in zip(times, times[1:])), times
     assert redis_client.zcard("minique:{default}:delayed") == 0
     assert not redis_client.exists("minique:rl:rlapp.limited")
+
+
+def test_a_limit_far_above_the_rate_reserves_starts_in_batches(redis_client):
+    """1,000,000/s: starts 1 µs apart are reserved 64 at a time (GRANT_SPAN), so a limited task does not cost
+    a round trip each; all may start at once. A limit of 2/s still reserves one start at a time."""
+    table = RateLimitTable()
+    table.write({"fast": 1e-6, "slow": 0.5})
+    lim = RateLimiter(table, client=redis_client)
+    assert all(lim.reserve("fast") is None for _ in range(100))
+    assert 0 < len(lim.grants[("fast", None)]) < 64
+    free = int(redis_client.get("minique:rl:fast"))
+    assert all(lim.reserve("fast") is None for _ in range(len(lim.grants[("fast", None)])))
+    assert int(redis_client.get("minique:rl:fast")) == free  # those came from the batch: no round trip
+    assert lim.reserve("slow") is None and ("slow", None) not in lim.grants
