@@ -13,6 +13,7 @@ from typing import (
     Any,
     Callable,
     Concatenate,
+    Coroutine,
     Dict,
     Iterable,
     List,
@@ -239,7 +240,10 @@ class Minique:
 
     # --- tasks --------------------------------------------------------------------------------------
     # For type checkers, `@app.task` on `def add(x: int, y: int) -> int` gives a `Task[[int, int], int]`;
-    # with bind=True the function's first parameter (the task itself) is not among the task's parameters.
+    # with bind=True the function's first parameter (the task itself) is not among the task's parameters;
+    # on an `async def` returning int, a `Task[..., int]` too (its result is what the coroutine returns).
+    @overload
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload
     def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
     @overload
@@ -253,10 +257,10 @@ class Minique:
     def task(self, *args: Any, **options: Any) -> Any:
         """Decorator: `@app.task` or `@app.task(name=..., bind=True, queue=..., ...)`."""
         def register(fun: Callable[..., Any]) -> Task[..., Any]:
-            if inspect.iscoroutinefunction(fun) or inspect.isasyncgenfunction(fun):
+            if inspect.isasyncgenfunction(fun):
                 raise ConfigurationError(
-                    f"{getattr(fun, '__qualname__', fun)!r} is an async def: minique runs tasks as plain functions "
-                    f"(its body would never run). Make it a def, e.g. one that calls asyncio.run(...).")
+                    f"{getattr(fun, '__qualname__', fun)!r} is an async generator: a task returns one value "
+                    f"(an async def task may; a generator's items would never be read)")
             name = options.pop("name", None) or self.gen_task_name(fun)
             bind = options.pop("bind", False)
             cls = _task_class(options.pop("base", None) or self.task_cls)

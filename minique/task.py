@@ -1,10 +1,11 @@
 """A task: the user's function plus its options, and the ways to call it (Celery's API)."""
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, ParamSpec, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, ParamSpec, Tuple, Type, TypeVar, Union, cast
 
-from . import context, retry as retry_engine, states
+from . import context, loop, retry as retry_engine, states
 from .backend import format_traceback
 from .canvas import Replace, Signature, chunks, xmap, xstarmap
 from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
@@ -90,6 +91,7 @@ class Task(Generic[P, R]):
         if module is not None:
             self.__module__ = module
         self.__wrapped__ = fun
+        self.is_async = inspect.iscoroutinefunction(fun)  # its body runs on the process's loop (minique/loop.py)
         cls = type(self)  # a base class's attributes (Celery's task classes) are its tasks' defaults
         for key, default in OPTION_DEFAULTS.items():
             setattr(self, key, options[key] if key in options else getattr(cls, key, default))
@@ -158,6 +160,8 @@ class Task(Generic[P, R]):
             run = hooks.run(task_id, args, kwargs)  # None: no hooks, no task signal connected
             try:
                 value = self(*args, **kwargs) if run is None else run.body()
+                if self.is_async:
+                    value = loop.run(cast(Any, value))
                 if run is not None:
                     run.succeeded(value)
                 return EagerResult(task_id, value, states.SUCCESS, app=self.app)

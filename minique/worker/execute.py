@@ -24,7 +24,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import redis
 
-from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states, unique
+from .. import canvas, caps, context, keys, loop, replay, retry as retry_engine, settle as fate, states, unique
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..events import short_repr
@@ -296,9 +296,10 @@ class Executor:
         outbox.before_body(bool(soft))
         context.push(lambda: self._request(delivery, msg, args, kwargs, hard, soft))  # built if asked for
         started = time.monotonic()
-        if soft and self.use_alarm:
+        alarm = bool(soft and self.use_alarm and not task.is_async)  # (an async body's limit: loop.run's timer)
+        if alarm:
             self._soft_armed = True
-            signal.setitimer(signal.ITIMER_REAL, soft)
+            signal.setitimer(signal.ITIMER_REAL, soft or 0.0)
         self._in_body = True
         error: Optional[BaseException] = None
         try:
@@ -306,10 +307,12 @@ class Executor:
                 value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
             else:
                 value = run.body()
+            if task.is_async:  # an async def: the coroutine runs on this process's loop
+                value = loop.run(value, soft)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
             error = exc
         self._in_body = False
-        if soft and self.use_alarm:
+        if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
         if run is None:

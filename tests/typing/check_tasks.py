@@ -138,3 +138,14 @@ shared_add_task: Task[[int, int], int] = shared_add
 assert_type(shared_add.delay(1, 2).get(), int)
 assert_type(shared_neg.delay(1), AsyncResult[int])
 shared_add.delay("x", 2)  # type: ignore[arg-type]
+
+
+# --- an async def task: its result is what the coroutine returns ----------------------------------------
+@app.task
+async def adouble(x: int) -> int:
+    return 2 * x
+
+
+assert_type(adouble.delay(2), AsyncResult[int])
+assert_type(adouble.delay(2).get(timeout=1), int)
+adouble.delay("x")  # type: ignore[arg-type]
