@@ -3,7 +3,7 @@ import asyncio
 import json
 import os
 
-import redis
+from bookkeeping import store_for
 
 from minique import Minique
 
@@ -11,8 +11,8 @@ app = Minique("asyncapp", include=["asyncapp"])
 app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
 
 
-def store() -> redis.Redis:
-    return redis.Redis.from_url(app.conf.broker_url, socket_timeout=30)
+# (redis-py's default read timeout is shorter than the gates' BLPOP waits)
+store = store_for(app, socket_timeout=30)
 
 
 @app.task
