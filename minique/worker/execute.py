@@ -43,6 +43,7 @@ from ..exceptions import (
 )
 from ..lua import Scripts
 from ..message import Message, decode, peek_id
+from ..metrics import REDELIVERED_AT, THROTTLED_AT
 from ..settle import Outcome, Policy, Settlement, settle
 from ..signals import (
     task_failure,
@@ -177,6 +178,8 @@ class Executor:
                 return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
             if self.events is not None:
                 self.events.received(msg, data)
+                if delivery.deliveries and self.events.recorder is not None:
+                    self.events.recorder.count(REDELIVERED_AT, msg.task, msg.queue)
             if task_received.receivers:
                 task_received.send(sender=self.consumer, request=self._request(
                     delivery, msg, args, kwargs, msg.time_limit or hard, msg.soft_time_limit or soft))
@@ -614,12 +617,14 @@ class Executor:
             log.warning("Task %s[%s] %s (%s)", msg.task, msg.id, reason,
                         "requeued" if s.requeue or s.resend else "dead-lettered", extra=_fields(msg, "rejected"))
         elif kind == fate.CONCURRENCY:
+            self._count_throttled(msg)
             if events is not None:
                 events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
                            eta=msg.eta, reason=outcome.reason)
             log.info("Task %s[%s] waits for a run slot (%s)", msg.task, msg.id, outcome.reason,
                      extra=_fields(msg, "waiting"))
         elif kind == fate.THROTTLED:
+            self._count_throttled(msg)
             at = msg.eta or 0.0
             if events is not None:
                 events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
@@ -636,6 +641,10 @@ class Executor:
                 events.task("task-failed", msg, exception=shown)
             log.error("Task %s[%s] raised %s%s", msg.task, msg.id, shown,
                       f"; dead-lettered: {s.dead_letter}" if s.dead_letter else "", extra=_fields(msg, "failed"))
+
+    def _count_throttled(self, msg: Message) -> None:
+        if self.events is not None and self.events.recorder is not None:
+            self.events.recorder.count(THROTTLED_AT, msg.task, msg.queue)
 
     def _send_retry(self, msg: Message, exc: Retry) -> None:
         new = retry_engine.next_message(msg, exc.when, getattr(exc, "args_override", None),
