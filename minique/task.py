@@ -211,16 +211,16 @@ class Task(Generic[P, R]):
 
     # --- canvas -------------------------------------------------------------------------------------
     def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
-                  **options: Any) -> Signature:
+                  **options: Any) -> Signature[R]:
         return Signature(self.name, args, kwargs, options, app=self.app,
                          immutable=options.pop("immutable", False))
 
     subtask = signature
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         return self.signature(args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         return self.signature(args, kwargs, immutable=True)
 
     def map(self, it: Iterable[Any]) -> Any:
