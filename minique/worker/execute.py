@@ -194,7 +194,7 @@ class Executor:
                             fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
             if task.concurrency_limit:  # all its run slots taken: parked until one is free (worker/concurrency.py)
                 job = job._replace(slot=concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs))
-                due = self._acquire(job, hard or msg.time_limit)
+                due = self._acquire(job, msg.time_limit or hard)
                 if due is not None:
                     return self._record(job._replace(slot=None, msg=msg._replace(eta=due)), Outcome(
                         fate.CONCURRENCY, reason=f"concurrency limit {task.concurrency_limit}"))
@@ -238,6 +238,8 @@ class Executor:
         """Cluster-wide rate limit: None to run now, else the start reserved for this task (the message
         is parked until then). A message that comes back at the start it reserved runs without asking."""
         assert self.limiter is not None
+        if not self.limiter.interval(msg.task):  # (most tasks: no limit)
+            return None
         headers = msg.headers
         if headers and msg.eta is not None and headers.get(RESERVED) == msg.eta:
             return None
