@@ -574,6 +574,7 @@ class Minique:
         options["headers"] = headers
         holder = unique.claim(self.broker_client, key, task_id, float(ttl))
         if holder is not None:
+            unique.count_duplicate(self.broker_client, name)
             return AsyncResult(holder, app=self, task_name=name)
         try:
             self.publish(None, self.build_message(name, args, kwargs, options))

@@ -20,6 +20,7 @@ Broker (broker_url):
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
     minique:rl:<T>[:<K>]      string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
+    minique:deduplicated      hash, task name -> sends a unique task's key turned into its holder's result
     minique:unique:<K>        string, the id of the task holding unique key K (expires after unique_for)
     minique:paused            set, queues no worker takes messages from (pause/resume)
     minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
@@ -52,6 +53,7 @@ WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
 BEAT_LAG = f"{PREFIX}:beat:lag"
 PAUSED = f"{PREFIX}:paused"
+DEDUPLICATED = f"{PREFIX}:deduplicated"
 THROUGHPUT = f"{PREFIX}:throughput"
 
 

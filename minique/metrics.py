@@ -379,9 +379,14 @@ class ClusterCollector:
         interval = float(self.app.conf.worker_heartbeat_interval)
         now = time.time()
         pipe = self.app.broker_client.pipeline(transaction=False)
-        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG):
+        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG, keys.DEDUPLICATED):
             pipe.hgetall(key)
-        workers, last_runs, lags = pipe.execute()
+        workers, last_runs, lags, deduplicated = pipe.execute()
+        dedup = CounterMetricFamily("minique_tasks_deduplicated", "Sends of a unique task that gave the result "
+                                    "of the one waiting or running (no new task).", labels=["task"])
+        for name, n in sorted(deduplicated.items()):
+            dedup.add_metric([name.decode(errors="replace")], float(n))
+        yield dedup
         yield _per_entry("minique_beat_last_run_timestamp_seconds", "When each beat entry last ran (its slot, epoch).",
                          last_runs)
         yield _per_entry("minique_beat_lag_seconds", "How late each beat entry's last run was sent after its slot.",

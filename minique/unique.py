@@ -50,6 +50,14 @@ def release_now(client: Any, key: str, task_id: str) -> None:
     SCRIPTS(client, "release", [keys.unique(key)], [task_id])
 
 
+def count_duplicate(client: Any, name: str) -> None:
+    """Count a send that gave the holder's result (the dashboard's minique_tasks_deduplicated_total)."""
+    try:
+        client.hincrby(keys.DEDUPLICATED, name, 1)
+    except Exception as exc:  # noqa: BLE001 - a count is not worth a failed send
+        log.debug("could not count a deduplicated send of %s: %s", name, exc)
+
+
 def _ignore(reply: Any) -> None:
     if isinstance(reply, Exception):  # (the key then expires after unique_for: logged, not the task's failure)
         log.warning("could not release a unique key: %s", reply)

@@ -29,6 +29,8 @@ def test_at_most_n_at_once_across_two_workers(procs, rl, redis_client):
     slots = keys.concurrency("default", "rlapp.export")
     wait_for(lambda: redis_client.llen(slots + ":waiting") == 3, 10, "three waiting for a slot")
     assert redis_client.zcard(slots) == 2 and redis_client.zcard(keys.delayed("default")) == 3
+    scheduled = [e for reply in rl.app.control.inspect(timeout=2).scheduled().values() for e in reply]
+    assert len(scheduled) == 6 and {e["waiting_for"] for e in scheduled} == {"a concurrency slot"}  # (2 workers)
     redis_client.rpush("c1:gate", *[1] * 5)
     assert all(r.get(timeout=20) in (1, 2) for r in results) and redis_client.llen("c1:seen") == 5
     assert max(int(x) for x in redis_client.lrange("c1:seen", 0, -1)) == 2  # never more than two at once

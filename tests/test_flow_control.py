@@ -93,6 +93,7 @@ def test_a_unique_task_sent_100_times_from_10_threads_runs_once(procs, rl, redis
     for t in threads:
         t.join(30)
     assert len(ids) == 100 and len(set(ids)) == 1
+    assert int(redis_client.hget(keys.DEDUPLICATED, "rlapp.sync_account")) == 99  # (minique_tasks_deduplicated)
     redis_client.rpush("fc:uniq-gate", 1)
     assert rl.app.AsyncResult(ids[0]).get(timeout=10) == "hooli"
     assert redis_client.llen("uniq:ran:hooli") == 1

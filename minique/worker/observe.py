@@ -301,9 +301,28 @@ class Observer:
                 if not request:
                     continue
                 request["delivery_info"] = {"queue": q, "priority": int(chr(member[0])) if member[:1].isdigit() else 0}
-                out.append({"eta": score / 1000.0, "priority": request["delivery_info"]["priority"],
-                            "request": request})
+                entry = {"eta": score / 1000.0, "priority": request["delivery_info"]["priority"], "request": request}
+                waiting_for = self._waiting_for(member[1:], score)
+                if waiting_for:
+                    entry["waiting_for"] = waiting_for
+                out.append(entry)
         return out
+
+    def _waiting_for(self, data: bytes, score: float) -> Optional[str]:
+        """Why a delayed message waits, when it is not its own ETA: a rate limit's reserved start (the
+        header it was parked with), or a concurrency slot (a limited task due before its message's ETA)."""
+        from ..message import decode
+        from .ratelimit import RESERVED
+        try:
+            msg = decode(data)
+        except Exception:  # noqa: BLE001 - shown as it is by _describe
+            return None
+        if msg.headers and msg.headers.get(RESERVED) is not None:
+            return "its rate limit's reserved start"
+        task = self.worker.app.tasks.get(msg.task)
+        if task is not None and task.concurrency_limit and (msg.eta is None or msg.eta * 1000 < score - 1):
+            return "a concurrency slot"
+        return None
 
     def _stats(self, args: dict) -> dict:
         w = self.worker
