@@ -22,6 +22,7 @@ without blocking the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -105,6 +106,16 @@ class _Sender:
             if self.pending:
                 self.pending = []
 
+    @staticmethod
+    async def _read(conn: Any, futures: List[asyncio.Future]) -> None:
+        for f in futures:
+            try:
+                reply: Any = await conn.read_response(timeout=math.inf)  # (inf: no timer of its own)
+            except redis.exceptions.ResponseError as exc:
+                reply = exc
+            if not f.done():  # (a cancelled caller: its command was sent all the same)
+                f.set_result(reply)
+
     async def _write(self, batch: List[Tuple[bytes, List[asyncio.Future]]]) -> None:
         futures = [f for _, fs in batch for f in fs]
         data = b"".join(packed for packed, _ in batch)
@@ -114,15 +125,10 @@ class _Sender:
                     self.conn = await self.pool.get_connection()
                 conn = self.conn
                 await conn.send_packed_command(data, check_health=False)
-                for f in futures:
-                    try:
-                        reply: Any = await conn.read_response()
-                    except redis.exceptions.ResponseError as exc:
-                        reply = exc
-                    if not f.done():  # (a cancelled caller: its command was sent all the same)
-                        f.set_result(reply)
+                # one deadline for the batch's replies (a timer per reply costs a third of a send)
+                await asyncio.wait_for(self._read(conn, futures), conn.socket_timeout)
                 return
-            except _CONNECTION_ERRORS:
+            except (*_CONNECTION_ERRORS, asyncio.TimeoutError):
                 # Redis restarted or dropped the idle connection: once more on a new one (what did land
                 # may be sent twice, never lost)
                 if self.conn is not None:

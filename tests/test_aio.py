@@ -195,3 +195,23 @@ def test_staged_records_the_brokers_own_commands():
     assert staged.commands[0] == ("XADD", "minique:{q}:p3", "*", "m", b"data")
     assert staged.commands[1][0] == "LPUSH" and staged.commands[1][2] == bytes((0, 3)) + b"data"
     assert staged.commands[2][0] == "ZADD" and staged.commands[2][2] == 12001
+
+
+@pytest.mark.integration  # starts an embedded redis-server
+def test_the_embedded_url_works(tmp_path):
+    from minique import Minique, embedded, keys
+    from minique.message import decode
+    directory = tmp_path / "emb"
+    app = Minique("aioemb", broker=f"redis+embedded://{directory}", set_as_current=False)
+    try:
+        async def main():
+            sent = await app.asend_task("aioemb.anything", (1, 2))
+            app.backend.mark(sent.id, states.SUCCESS, 7)  # (as a worker would, through the sync client)
+            return sent, await sent.aget(timeout=5)
+        sent, value = _run(main())
+        assert value == 7
+        (_, fields), = app.broker_client.xrange(keys.queue("default", 0))
+        assert decode(fields[b"m"]).id == sent.id
+    finally:
+        app.close()
+        embedded.stop(directory, timeout=5)
