@@ -184,6 +184,7 @@ class Loops:
         self.app = app
         self._lock = threading.Lock()
         self._by_loop: Dict[asyncio.AbstractEventLoop, LoopClients] = {}
+        self._making: Dict[asyncio.AbstractEventLoop, asyncio.Task] = {}  # first uses under way
 
     def forget(self, loop: asyncio.AbstractEventLoop, clients: LoopClients) -> None:
         with self._lock:
@@ -191,26 +192,32 @@ class Loops:
                 del self._by_loop[loop]
 
     async def clients(self) -> LoopClients:
-        """This loop's clients, made on its first use here."""
+        """This loop's clients, made on its first use here (once, however many coroutines ask at once)."""
         loop = asyncio.get_running_loop()
         found = self._by_loop.get(loop)
         if found is not None and not found.closed:
             return found
-        # settings, the embedded server, the sync broker and result store (whose command building and
-        # decoding are used here): all may do blocking work the first time, so in a thread
-        urls = await loop.run_in_executor(None, self._prepare)
-        with self._lock:
-            found = self._by_loop.get(loop)
-            if found is not None and not found.closed:
-                return found
-            for other in [lp for lp in self._by_loop if lp.is_closed()]:  # loops closed without shutdown
-                del self._by_loop[other]
-            broker = self._client(urls[0])
-            backend = broker if urls[1] == urls[0] else self._client(urls[1])
-            found = self._by_loop[loop] = LoopClients(broker, backend)
-        found.closer = _closer(self, loop, found)
-        await found.closer.asend(None)  # started on this loop: it is closed at the loop's shutdown
-        return found
+        making = self._making.get(loop)
+        if making is None:
+            making = self._making[loop] = loop.create_task(self._make(loop))
+        return await asyncio.shield(making)  # (a cancelled caller does not cancel the others' set-up)
+
+    async def _make(self, loop: asyncio.AbstractEventLoop) -> LoopClients:
+        try:
+            # settings, the embedded server, the sync broker and result store (whose command building and
+            # decoding are used here): all may do blocking work the first time, so in a thread
+            urls = await loop.run_in_executor(None, self._prepare)
+            with self._lock:
+                for other in [lp for lp in self._by_loop if lp.is_closed()]:  # loops closed without shutdown
+                    del self._by_loop[other]
+                broker = self._client(urls[0])
+                backend = broker if urls[1] == urls[0] else self._client(urls[1])
+                found = self._by_loop[loop] = LoopClients(broker, backend)
+            found.closer = _closer(self, loop, found)
+            await found.closer.asend(None)  # started on this loop: it is closed at the loop's shutdown
+            return found
+        finally:
+            self._making.pop(loop, None)
 
     def _prepare(self) -> Tuple[str, str]:
         from .embedded import resolve_url
@@ -248,9 +255,10 @@ class Loops:
             app.broker.send(staged, msg.queue, msg.priority, data)
         return msg, headers
 
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(self, messages: Sequence[Message], clients: Optional[LoopClients] = None) -> None:
         """Send built messages (one batch), then after_task_publish for each."""
-        clients = await self.clients()
+        if clients is None:
+            clients = await self.clients()
         staged = _Staged()
         now = time.time()
         sent = [self._stage(staged, msg, now) for msg in messages]
@@ -261,13 +269,12 @@ class Loops:
 
     async def send_task(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any]) -> Any:
         app = self.app
-        if not self._by_loop.get(asyncio.get_running_loop()):
-            await self.clients()  # (first use: app.conf may not be read yet)
+        clients = await self.clients()  # (first: on a first use, app.conf is read off the loop)
         task = app.tasks.get(name)
         if (task is not None and task.unique) or options.get("unique_key") is not None:
             return await self._send_unique(name, args, kwargs, options, task)
         msg = app.build_message(name, args, kwargs, options)
-        await self.publish([msg])
+        await self.publish([msg], clients)
         return AsyncResult(msg.id, app=app, task_name=name)
 
     async def _send_unique(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
@@ -301,10 +308,10 @@ class Loops:
     async def send_calls(self, calls: List[Any]) -> None:
         """Send planned canvas calls (`canvas.plan()`), as `app.send_calls` does: pipelined together."""
         app = self.app
-        await self.clients()
+        clients = await self.clients()
         messages = [app.build_message(name, a, k, o) for name, a, k, o in calls]
         for start in range(0, len(messages), 1000):
-            await self.publish(messages[start:start + 1000])
+            await self.publish(messages[start:start + 1000], clients)
 
     # --- results ------------------------------------------------------------------------------------
     async def get_meta(self, task_id: str) -> Dict[str, Any]:

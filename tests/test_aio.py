@@ -215,3 +215,26 @@ def test_the_embedded_url_works(tmp_path):
     finally:
         app.close()
         embedded.stop(directory, timeout=5)
+
+
+def test_the_lists_broker(procs, client_app):
+    settings = '{"broker_transport_options": {"queue_type": "lists"}}'
+    procs.worker("-c", "1", "-P", "threads", settings=settings)
+    client_app.app.conf.broker_transport_options = {"queue_type": "lists"}
+
+    async def main():
+        results = await asyncio.gather(*(client_app.add.adelay(i, i) for i in range(20)),
+                                       client_app.add.aapply_async((5, 5), countdown=0.1))
+        return [await r.aget(timeout=10) for r in results]
+
+    assert _run(main()) == [2 * i for i in range(20)] + [10]
+
+
+def test_first_use_from_many_coroutines_makes_one_set_of_connections(client_app):
+    app = client_app.app
+
+    async def main():
+        found = await asyncio.gather(*(app.aio.clients() for _ in range(50)))
+        return {id(c) for c in found}
+
+    assert len(_run(main())) == 1
