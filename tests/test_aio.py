@@ -238,3 +238,22 @@ def test_first_use_from_many_coroutines_makes_one_set_of_connections(client_app)
         return {id(c) for c in found}
 
     assert len(_run(main())) == 1
+
+
+def test_sends_survive_a_redis_restart(fresh_app, fresh_redis):
+    """The shared send connection dies with the server: the next send reconnects and nothing is lost."""
+    app, add = fresh_app.app, fresh_app.add
+
+    async def main():
+        first = await add.aapply_async((1, 1), queue="nobody")
+        writer = (await app.aio.clients()).sender.conn._writer
+        fresh_redis.restart()  # (here, not in a thread: the server dies with the thread that started it)
+        after = await asyncio.gather(*(add.aapply_async((i, i), queue="nobody") for i in range(10)))
+        assert (await app.aio.clients()).sender.conn._writer is not writer  # connected again
+        return [first, *after]
+
+    sent = _run(main())
+    from minique import keys
+    from minique.message import decode
+    ids = {decode(fields[b"m"]).id for _, fields in fresh_redis.client(0).xrange(keys.queue("nobody", 0))}
+    assert {r.id for r in sent} <= ids  # (AOF: the first survives the restart; a resent one may appear twice)
