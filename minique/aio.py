@@ -53,11 +53,11 @@ class _Staged:
         self.commands.append(args)
 
 
-def _packed(commands: Sequence[tuple]) -> bytes:
+def _packed(args: tuple) -> bytes:
     try:
-        return b"".join([_pack(args) for args in commands])
+        return _pack(args)
     except TypeError:  # an argument type only redis-py's encoder knows
-        return b"".join(b"".join(aioredis.Connection().pack_command(*args)) for args in commands)
+        return b"".join(aioredis.Connection().pack_command(*args))
 
 
 class _Sender:
@@ -66,7 +66,7 @@ class _Sender:
     def __init__(self, pool: aioredis.ConnectionPool):
         self.pool = pool
         self.conn: Any = None
-        self.pending: List[Tuple[bytes, List[asyncio.Future]]] = []
+        self.pending: List[Tuple[bytes, asyncio.Future]] = []  # (a packed command, its reply's future)
         self.flushing: Optional[asyncio.Task] = None
 
     async def run(self, commands: Sequence[tuple]) -> List[Any]:
@@ -74,10 +74,16 @@ class _Sender:
         command's error reply is raised (after every reply of the batch is in)."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        self.pending.append((_packed(commands), futures))
+        self.pending.extend(zip([_packed(args) for args in commands], futures))
         if self.flushing is None:
             self.flushing = loop.create_task(self._flush())
-        replies = [await f for f in futures]  # (all settle together: one batch)
+        try:
+            replies = [await f for f in futures]  # (all settle together: one batch)
+        except BaseException:
+            for f in futures:  # (the others' errors are this one's: retrieved, not logged as lost)
+                if f.done() and not f.cancelled():
+                    f.exception()
+            raise
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -90,59 +96,58 @@ class _Sender:
                 try:
                     await self._write(batch)
                 except BaseException as exc:
-                    for _, futures in batch:
-                        for f in futures:
-                            if not f.done():
-                                f.set_exception(exc if isinstance(exc, Exception)
-                                                else redis.exceptions.ConnectionError(f"send interrupted: {exc!r}"))
+                    error = exc if isinstance(exc, Exception) else \
+                        redis.exceptions.ConnectionError(f"send interrupted: {exc!r}")
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(error)
                     if not isinstance(exc, Exception):
                         raise
         finally:
             self.flushing = None
-            for _, futures in self.pending:  # (only after a cancellation: nothing else leaves them)
-                for f in futures:
-                    if not f.done():
-                        f.set_exception(redis.exceptions.ConnectionError("send interrupted"))
-            if self.pending:
-                self.pending = []
+            pending, self.pending = self.pending, []
+            for _, f in pending:  # (only after a cancellation: nothing else leaves them)
+                if not f.done():
+                    f.set_exception(redis.exceptions.ConnectionError("send interrupted"))
 
     @staticmethod
-    async def _read(conn: Any, futures: List[asyncio.Future]) -> None:
-        for f in futures:
+    async def _read(conn: Any, batch: List[Tuple[bytes, asyncio.Future]], read: List[int]) -> None:
+        for _, f in batch[read[0]:]:
             try:
                 reply: Any = await conn.read_response(timeout=math.inf)  # (inf: no timer of its own)
             except redis.exceptions.ResponseError as exc:
                 reply = exc
+            read[0] += 1
             if not f.done():  # (a cancelled caller: its command was sent all the same)
                 f.set_result(reply)
 
-    async def _write(self, batch: List[Tuple[bytes, List[asyncio.Future]]]) -> None:
-        futures = [f for _, fs in batch for f in fs]
-        data = b"".join(packed for packed, _ in batch)
+    async def _write(self, batch: List[Tuple[bytes, asyncio.Future]]) -> None:
+        read = [0]  # replies read so far: a retry writes only the commands after them
         for attempt in (1, 2):
             try:
                 if self.conn is None:
                     self.conn = await self.pool.get_connection()
                 conn = self.conn
-                await conn.send_packed_command(data, check_health=False)
+                await conn.send_packed_command(b"".join([packed for packed, _ in batch[read[0]:]]),
+                                               check_health=False)
                 # one deadline for the batch's replies (a timer per reply costs a third of a send)
-                await asyncio.wait_for(self._read(conn, futures), conn.socket_timeout)
+                await asyncio.wait_for(self._read(conn, batch, read), conn.socket_timeout)
                 return
             except (*_CONNECTION_ERRORS, asyncio.TimeoutError):
-                # Redis restarted or dropped the idle connection: once more on a new one (what did land
-                # may be sent twice, never lost)
-                if self.conn is not None:
-                    await self.conn.disconnect(nowait=True)
-                    await self.pool.release(self.conn)
-                    self.conn = None
+                # Redis restarted or dropped the idle connection: the unanswered commands once more, on a
+                # new connection (one that did land unanswered is then sent twice: never lost)
+                await self._drop()
                 if attempt == 2:
                     raise
             except BaseException:
-                if self.conn is not None:  # interrupted mid-reply: start clean next time
-                    await self.conn.disconnect(nowait=True)
-                    await self.pool.release(self.conn)
-                    self.conn = None
+                await self._drop()  # interrupted mid-reply: start clean next time
                 raise
+
+    async def _drop(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.disconnect(nowait=True)
+            await self.pool.release(conn)
 
 
 class LoopClients:

@@ -153,12 +153,15 @@ class AsyncResult(Generic[R_co]):
         return (await self._ameta())["result"]
 
     async def aready(self) -> bool:
+        """`ready()`, awaited."""
         return await self.astate() in states.READY_STATES
 
     async def asuccessful(self) -> bool:
+        """`successful()`, awaited."""
         return await self.astate() == states.SUCCESS
 
     async def afailed(self) -> bool:
+        """`failed()`, awaited."""
         return await self.astate() == states.FAILURE
 
     def forget(self) -> None:
@@ -257,6 +260,7 @@ class GroupResult(Generic[R_co]):
         return out
 
     async def aready(self) -> bool:
+        """`ready()`, awaited: every member is ready."""
         for r in self.results:
             if not await r.aready():
                 return False
