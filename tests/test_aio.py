@@ -1,6 +1,7 @@
 """The asyncio client (minique/aio.py): adelay/aapply_async/aget, canvas aapply_async, many coroutines at
 once, several event loops, timeouts, eager mode, unique tasks and publish signals, through real workers."""
 import asyncio
+import json
 import threading
 
 import pytest
@@ -257,3 +258,17 @@ def test_sends_survive_a_redis_restart(fresh_app, fresh_redis):
     from minique.message import decode
     ids = {decode(fields[b"m"]).id for _, fields in fresh_redis.client(0).xrange(keys.queue("nobody", 0))}
     assert {r.id for r in sent} <= ids  # (AOF: the first survives the restart; a resent one may appear twice)
+
+
+def test_a_separate_result_backend(procs, client_app, redis_url):
+    backend = redis_url.rsplit("/", 1)[0] + "/1"
+    procs.worker("-c", "1", "-P", "threads", settings=json.dumps({"result_backend": backend}))
+    app = client_app.app
+    app.conf.result_backend = backend
+
+    async def main():
+        r = await client_app.add.adelay(20, 1)
+        clients = await app.aio.clients()
+        return await r.aget(timeout=10), clients.backend is not clients.broker
+
+    assert _run(main()) == (21, True)
