@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import redis
 
@@ -40,6 +40,7 @@ class Driver:
     def send_one(self, i: int) -> Any: raise NotImplementedError
     def send_bulk(self, n: int) -> Any: raise NotImplementedError
     def send_group(self, n: int) -> Any: raise NotImplementedError
+    def send_async(self, n: int, coroutines: int, reset: Callable[[], None]) -> float: raise NotImplementedError
     def preload(self, task: str, n: int) -> None: raise NotImplementedError
     def call_add(self, timeout: float) -> Any: raise NotImplementedError
     def run_chord(self, n: int, timeout: float) -> Any: raise NotImplementedError
@@ -309,6 +310,9 @@ def job_enqueue(d: Driver, n: int, mode: str = "one", commands: bool = False, cp
     if mode == "ping":
         with _pinned(d, cpu):
             elapsed = _ping_loop(d, n)
+        return {"n": n, "seconds": elapsed, "rate": n / elapsed}
+    if mode == "async":  # `await adelay()` from 100 coroutines of one loop (warmed, then timed, in the loop)
+        elapsed = d.send_async(n, 100, lambda: _fresh(d))
         return {"n": n, "seconds": elapsed, "rate": n / elapsed}
     send = {"one": None, "bulk": d.send_bulk, "group": d.send_group}[mode]
     if mode == "one":  # warm the connection and the code path

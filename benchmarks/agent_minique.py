@@ -36,6 +36,26 @@ class MiniqueDriver(agent.Driver):
         add = self.m.add
         return self.canvas.group(add.s(i, i) for i in range(n)).apply_async()
 
+    def send_async(self, n: int, coroutines: int, reset: Any) -> float:
+        """Seconds for `coroutines` coroutines of one event loop to send n tasks with `await add.adelay()`,
+        each one after the other (the loop's connections are opened and warmed first)."""
+        import asyncio
+        import time
+        add = self.m.add
+
+        async def sender(first: int) -> None:
+            for i in range(first, n, coroutines):
+                await add.adelay(i, i)
+
+        async def main() -> float:
+            await asyncio.gather(*(add.adelay(i, i) for i in range(200)))
+            reset()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(sender(k) for k in range(coroutines)))
+            return time.perf_counter() - t0
+
+        return asyncio.run(main())
+
     def preload(self, task: str, n: int) -> None:
         task = getattr(self.m, task)
         left = n

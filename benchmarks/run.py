@@ -318,6 +318,11 @@ class Runner:
             self.row(fig, "ping" + ("_pinned" if cpu is not None else ""),
                      f"  floor: raw-socket PING, one at a time{label}", "round trips/s",
                      {"minique": [r["rate"] for r in res.get("minique", [])]})
+        aio = {"minique": {"job": "enqueue", "n": self.enq_n, "mode": "async"}, "celery": None}
+        res = self.measure({s: j for s, j in aio.items() if s in self.systems}, self.runs)
+        self.row(fig, "enqueue_async", "await add.adelay(i, i) from 100 coroutines of one event loop", "tasks/s",
+                 {"minique": [r["rate"] for r in res.get("minique", [])]},
+                 note="minique's asyncio client (minique/aio.py); Celery has no asyncio client")
         bulk = {s: {"job": "enqueue", "n": self.n if s == "minique" else self.celery_n, "mode": "bulk"}
                 for s in self.systems}
         res = self.measure(bulk, self.runs)
@@ -552,6 +557,9 @@ class Runner:
             goal("drain -c 2, results ignored", med("drain_ignored"), ">= 15,000", lambda v: v >= 15000, "tasks/s"),
             goal("drain -c 2, results stored", med("drain_stored"), ">= 8,000", lambda v: v >= 8000, "tasks/s"),
             goal("enqueue, one delay() at a time", med("enqueue_one"), ">= 15,000", lambda v: v >= 15000, "tasks/s"),
+            goal("enqueue, await adelay() from 100 coroutines vs one delay() at a time",
+                 None if med("enqueue_async") is None or not med("enqueue_one") else
+                 med("enqueue_async") / med("enqueue_one"), ">= 1", lambda v: v >= 1, "ratio"),
             goal("enqueue, bulk", med("enqueue_bulk"), ">= 100,000", lambda v: v >= 100000, "tasks/s"),
             goal("round trip p50", med("rtt_p50"), "<= 0.5", lambda v: v <= 0.5, "ms"),
             goal("round trip p99", med("rtt_p99"), "<= 2", lambda v: v <= 2.0, "ms"),

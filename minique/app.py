@@ -193,7 +193,7 @@ class Minique:
 
     def _reset(self) -> None:
         """Forget what was derived from settings (connections, routes) so new settings apply."""
-        for attr in ("broker_client", "backend_client", "broker", "backend", "accept"):
+        for attr in ("broker_client", "backend_client", "broker", "backend", "accept", "aio"):
             self.__dict__.pop(attr, None)
         self._defaults_cache.clear()
 
@@ -318,6 +318,12 @@ class Minique:
     @cached_property
     def accept(self) -> frozenset:
         return self.conf.accept
+
+    @cached_property
+    def aio(self) -> Any:
+        """The asyncio client's connections, one set per event loop (minique/aio.py)."""
+        from .aio import Loops
+        return Loops(self)
 
     @cached_property
     def control(self) -> Any:
@@ -559,6 +565,23 @@ class Minique:
                      task: Any) -> Any:
         """send_task for a unique task: claim its key, then send; the holder's result if it is taken."""
         from . import unique
+        options, key, task_id, ttl = self._unique_options(name, args, kwargs, options, task)
+        holder = unique.claim(self.broker_client, key, task_id, ttl)
+        if holder is not None:
+            unique.count_duplicate(self.broker_client, name)
+            return AsyncResult(holder, app=self, task_name=name)
+        try:
+            self.publish(None, self.build_message(name, args, kwargs, options))
+        except BaseException:
+            unique.release_now(self.broker_client, key, task_id)  # not sent: the next send may claim it
+            raise
+        return AsyncResult(task_id, app=self, task_name=name)
+
+    def _unique_options(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+                        task: Any) -> Tuple[Dict[str, Any], str, str, float]:
+        """A unique send's (options with its id and headers, key, task id, seconds the key holds);
+        shared by `send_task` and `asend_task`."""
+        from . import unique
         options = dict(options)
         key = options.pop("unique_key", None)
         key = unique.key_for(name, args, kwargs) if key is None else str(key)
@@ -572,16 +595,12 @@ class Minique:
         if until == "started":
             headers[unique.UNTIL_HEADER] = "started"
         options["headers"] = headers
-        holder = unique.claim(self.broker_client, key, task_id, float(ttl))
-        if holder is not None:
-            unique.count_duplicate(self.broker_client, name)
-            return AsyncResult(holder, app=self, task_name=name)
-        try:
-            self.publish(None, self.build_message(name, args, kwargs, options))
-        except BaseException:
-            unique.release_now(self.broker_client, key, task_id)  # not sent: the next send may claim it
-            raise
-        return AsyncResult(task_id, app=self, task_name=name)
+        return options, key, task_id, float(ttl)
+
+    async def asend_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None,
+                         **options: Any) -> Any:
+        """`send_task` for asyncio code: sends without blocking the event loop (minique/aio.py)."""
+        return await self.aio.send_task(name, args, kwargs, options)
 
     def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
         """Send many calls of one task, pipelined (a round trip per 1,000); returns their AsyncResults.
@@ -652,6 +671,13 @@ class Minique:
             client = self.__dict__.get(attr)
             if client is not None:
                 client.close()
+
+    async def aclose(self) -> None:
+        """Close the asyncio client's connections of the running event loop (they also close when
+        the loop shuts down, e.g. at the end of `asyncio.run`)."""
+        aio = self.__dict__.get("aio")
+        if aio is not None:
+            await aio.aclose()
 
     def __repr__(self) -> str:
         return f"<Minique {self.main or '__main__'}>"

@@ -160,6 +160,17 @@ class Signature(Dict[str, Any], Generic[R_co]):
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult[R_co]":
         return self.apply_async(args, kwargs)
 
+    async def aapply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """`apply_async` for asyncio code: the same plan, sent without blocking the event loop."""
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        calls, result = self.plan_with_result(args, kwargs, options)
+        await self.app.aio.send_calls(calls)
+        return result
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.aapply_async(args, kwargs)
+
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Run here and now (eager), with the signature's options: its frozen id, link, link_error."""
         a, k, o = self._merge(args, kwargs, options)
@@ -744,6 +755,9 @@ class chunks(Signature):
 
     def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
         return self.group().apply_async(**options)
+
+    async def aapply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        return await self.group().aapply_async(**options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async()

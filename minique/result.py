@@ -112,7 +112,12 @@ class AsyncResult(Generic[R_co]):
         _assert_may_wait(disable_sync_subtasks)
         if self._cache is None:
             self._cache = self.app.backend.wait(self.id, timeout)
+        return self._value(propagate)
+
+    def _value(self, propagate: bool) -> R_co:
+        """The value of a ready result (`_cache`), or its exception raised."""
         meta = self._cache
+        assert meta is not None
         if meta["status"] == states.SUCCESS:
             return meta["result"]
         if propagate:
@@ -123,6 +128,41 @@ class AsyncResult(Generic[R_co]):
         return meta["result"]
 
     wait = get
+
+    # --- asyncio (minique/aio.py): the same, awaited; nothing blocks the event loop -------------------
+    async def aget(self, timeout: Optional[float] = None, propagate: bool = True, **kwargs: Any) -> R_co:
+        """`get` for asyncio code: `await result.aget(timeout=10)` (TimeoutError after `timeout`)."""
+        if self._cache is None:
+            self._cache = await self.app.aio.wait(self.id, timeout)
+        return self._value(propagate)
+
+    async def _ameta(self) -> dict:
+        if self._cache is not None:
+            return self._cache
+        meta = await self.app.aio.get_meta(self.id)
+        if meta["status"] in states.READY_STATES:
+            self._cache = meta
+        return meta
+
+    async def astate(self) -> str:
+        """The task's state now (`state`, awaited)."""
+        return (await self._ameta())["status"]
+
+    async def ainfo(self) -> Any:
+        """The return value, the exception, or a custom state's meta (`info`, awaited)."""
+        return (await self._ameta())["result"]
+
+    async def aready(self) -> bool:
+        """`ready()`, awaited."""
+        return await self.astate() in states.READY_STATES
+
+    async def asuccessful(self) -> bool:
+        """`successful()`, awaited."""
+        return await self.astate() == states.SUCCESS
+
+    async def afailed(self) -> bool:
+        """`failed()`, awaited."""
+        return await self.astate() == states.FAILURE
 
     def forget(self) -> None:
         self._cache = None
@@ -209,6 +249,22 @@ class GroupResult(Generic[R_co]):
         return out
 
     join = get
+
+    async def aget(self, timeout: Optional[float] = None, propagate: bool = True, **kwargs: Any) -> List[R_co]:
+        """`get` for asyncio code: every member's result, in order; `timeout` covers the whole wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(await r.aget(timeout=left, propagate=propagate))
+        return out
+
+    async def aready(self) -> bool:
+        """`ready()`, awaited: every member is ready."""
+        for r in self.results:
+            if not await r.aready():
+                return False
+        return True
 
     def join_native(self, *args: Any, **kwargs: Any) -> List[R_co]:
         return self.get(*args, **kwargs)

@@ -202,6 +202,20 @@ class Task(Generic[P, R]):
             options.update(task_id=task_id, link=link, link_error=link_error)
         return self.app.send_task(self.name, args, kwargs, **options)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """`delay` for asyncio code: `await add.adelay(2, 2)` sends without blocking the event loop."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
+                           task_id: Optional[str] = None, link: Any = None, link_error: Any = None,
+                           **options: Any) -> AsyncResult[R]:
+        """`apply_async` for asyncio code (the same options; eager mode runs the task here, as there)."""
+        if self.app.conf.task_always_eager:
+            return self.apply(args or (), kwargs or {}, task_id=task_id, link=link, link_error=link_error, **options)
+        if task_id is not None or link is not None or link_error is not None:
+            options.update(task_id=task_id, link=link, link_error=link_error)
+        return await self.app.asend_task(self.name, args, kwargs, **options)
+
     def delay_many(self, arglist: Iterable[Tuple[Any, ...]], **options: Any) -> List[AsyncResult[R]]:
         """Send one task per args tuple in a single pipelined round trip (the bulk path)."""
         return self.app.send_many(self.name, ((tuple(a), None) for a in arglist), **options)

@@ -155,3 +155,19 @@ adouble.delay("x")  # type: ignore[arg-type]
 assert_type(add.s(1, 2), Signature[int])
 assert_type(add.s(1, 2).delay().get(timeout=1), int)
 assert_type(add.si(1, 2).apply_async(countdown=1), AsyncResult[int])
+
+
+# --- the asyncio client (minique/aio.py): typed as the synchronous twins -------------------------------
+async def asyncio_client(r: AsyncResult[int], g: GroupResult[int]) -> None:
+    assert_type(await add.adelay(1, 2), AsyncResult[int])
+    assert_type(await (await add.adelay(1, y=2)).aget(timeout=1), int)
+    assert_type(await add.aapply_async((1, 2), countdown=1), AsyncResult[int])
+    assert_type(await fetch.adelay("http://x", retries=1), AsyncResult[bytes])
+    assert_type(await r.aget(), int)
+    assert_type(await r.astate(), str)
+    assert_type(await r.aready(), bool)
+    assert_type(await g.aget(timeout=1), List[int])
+    await add.adelay("x", 2)  # type: ignore[arg-type]
+    await add.adelay(1)  # type: ignore[call-arg]
+    not_an_int: str = await r.aget()  # type: ignore[assignment]
+    del not_an_int
