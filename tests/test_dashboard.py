@@ -813,6 +813,11 @@ def test_browser_under_load_running_tasks_actions_and_throughput(procs, client_a
     page.locator(f'tr[data-worker="{worker.hostname}"] td', has_text="× 4").wait_for(timeout=10000)
     page.locator(f'tr[data-worker="{worker.hostname}"] button.shrink').click()
     page.locator(f'tr[data-worker="{worker.hostname}"] td', has_text="× 3").wait_for(timeout=10000)
+    page.fill("#rate-limit [name=task]", "testapp.add")
+    page.fill("#rate-limit [name=rate]", "50/s")
+    page.locator("#rate-limit button").click()
+    page.locator("#toast", has_text="testapp.add: 50/s on 1 worker(s)").wait_for(timeout=10000)
+    assert client_app.app.control.inspect(timeout=2).stats()[worker.hostname]["rate_limits"] == {"testapp.add": 50.0}
     page.locator(f'tr[data-worker="{worker.hostname}"] button.shutdown').click()
     page.locator(f'tr[data-worker="{worker.hostname}"][data-status="offline"]').wait_for(timeout=20000)
     assert worker.wait(20) == 0
@@ -821,6 +826,24 @@ def test_browser_under_load_running_tasks_actions_and_throughput(procs, client_a
     assert page.locator(f'tr[data-worker="{worker.hostname}"] button.shutdown').count() == 0
     assert errors == []
     log = dash.proc.log()
-    for action in ("revoke", "pool_grow", "pool_shrink", "shutdown"):
+    for action in ("revoke", "pool_grow", "pool_shrink", "rate_limit", "shutdown"):
         assert f"dashboard action {action} on " in log and " by admin from 127.0.0.1: done" in log, action
     ctx.close()
+
+
+def test_a_rate_limit_set_from_the_dashboard_reaches_every_worker(procs, client_app):
+    """POST /api/rate_limit: CSRF-checked, validated, broadcast (app.control.rate_limit), audited."""
+    workers = [procs.worker("-c", "1") for _ in range(2)]
+    dash = start_dashboard(procs, auth=AUTH)
+    assert dash.post("/api/rate_limit", {"task": "testapp.add", "rate_limit": "5/s"}, csrf=False)[0] == 403
+    assert dash.post("/api/rate_limit", {"task": "testapp.add", "rate_limit": "fast"})[0] == 400
+    assert dash.post("/api/rate_limit", {"task": "", "rate_limit": "5/s"})[0] == 400
+    status, answer = dash.post("/api/rate_limit", {"task": "testapp.add", "rate_limit": "5/s"})
+    assert status == 200 and set(answer["answers"]) == {w.hostname for w in workers}, answer
+    stats = client_app.app.control.inspect(timeout=2).stats()
+    assert all(s["rate_limits"] == {"testapp.add": 5.0} for s in stats.values()) and len(stats) == 2
+    assert "dashboard action rate_limit on every worker by admin from 127.0.0.1: done (testapp.add 5/s)" in \
+        dash.proc.log()
+    status, answer = dash.post("/api/rate_limit", {"task": "testapp.add", "rate_limit": 0})
+    assert status == 200
+    assert all(not s["rate_limits"] for s in client_app.app.control.inspect(timeout=2).stats().values())

@@ -40,6 +40,7 @@ Routes (GET unless noted):
     POST /api/dlq/<entry id>/replay send a dead letter's message (checked the same way) back to its queue
     POST /api/workers/<name>/shutdown            warm shutdown of that worker
     POST /api/workers/<name>/pool_grow|pool_shrink  ({"n": 1}) its pool, by n processes
+    POST /api/rate_limit            ({"task": name, "rate_limit": "10/s"}; "0": none) on every worker
 
 Every action (and every refused one) is logged on the `minique.dashboard.audit` logger: who (the
 Basic user, "token", or "anonymous"), from where, what, on what, and how it ended.
@@ -81,6 +82,7 @@ _DLQ_START = re.compile(r"-|\(?[0-9]{1,20}(-[0-9]{1,20})?")
 CONTROL_TIMEOUT = 2.0         # seconds a worker action waits for the worker's answer
 _TASK_ACTION = re.compile(r"/api/tasks/([\w\-.:]{1,200})/(retry|revoke)")
 _DLQ_ACTION = re.compile(r"/api/dlq/([\d-]{3,40})/replay")
+_RATE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?(/[smh])?")  # Celery's syntax ("0": no limit)
 _WORKER_ACTION = re.compile(r"/api/workers/([^/]{1,300})/(shutdown|pool_grow|pool_shrink)")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -451,6 +453,22 @@ class Dashboard:
             raise HTTPError(409, f"{host}: {str(answer['error'])[:500]}")
         return {"ok": True, "worker": host, "action": action, "answer": _jsonable(answer)}
 
+    def rate_limit(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        """Set (or, with "0", remove) a task's rate limit on every worker (app.control.rate_limit); the
+        workers' answers. 504 when none answers within CONTROL_TIMEOUT."""
+        task, rate = body.get("task"), body.get("rate_limit")
+        if not isinstance(task, str) or not 0 < len(task) <= 200 or not task.isprintable():
+            raise HTTPError(400, "task must be a task name")
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+            rate = str(rate)
+        if not isinstance(rate, str) or not _RATE.fullmatch(rate.strip()):
+            raise HTTPError(400, 'rate_limit must be Celery\'s "N/s", "N/m", "N/h" or N per second ("0": none)')
+        replies = self.app.control.rate_limit(task, rate.strip(), reply=True, timeout=CONTROL_TIMEOUT)
+        answers = {host: _jsonable(a) for r in replies if isinstance(r, dict) for host, a in r.items()}
+        if not answers:
+            raise HTTPError(504, f"no worker answered within {CONTROL_TIMEOUT:g} s")
+        return {"ok": True, "task": task, "rate_limit": rate.strip(), "answers": answers}
+
     def replay(self, entry: str) -> Dict[str, Any]:
         """Send a dead letter's message back to its queue and remove it from the dead letters, in one
         transaction: the bytes sent are the bytes read and checked (as for Retry), to the queue and
@@ -644,6 +662,8 @@ class Handler(BaseHTTPRequestHandler):
                 answer = dash.replay(path.split("/")[3])
             elif _WORKER_ACTION.fullmatch(path):
                 answer = dash.worker_action(target, action, body)  # (_action_of matched the same pattern)
+            elif path == "/api/rate_limit":
+                answer = dash.rate_limit(body)
             else:
                 raise HTTPError(404, "not found")
         except HTTPError as exc:
@@ -653,7 +673,9 @@ class Handler(BaseHTTPRequestHandler):
             self._audit(action, target, f"failed: {type(exc).__name__}", warn=True)
             raise
         self._audit(action, target, "done" + (" (terminate)" if body.get("terminate") is True else "")
-                    + (f" (n={body.get('n', 1)})" if action in ("pool_grow", "pool_shrink") else ""))
+                    + (f" (n={body.get('n', 1)})" if action in ("pool_grow", "pool_shrink") else "")
+                    + (f" ({_printable(str(body.get('task')))} {_printable(str(body.get('rate_limit')))})"
+                       if action == "rate_limit" else ""))
         return self._json(200, answer)
 
     @staticmethod
@@ -666,6 +688,8 @@ class Handler(BaseHTTPRequestHandler):
         m = _DLQ_ACTION.fullmatch(path)
         if m:
             return "replay", m.group(1)
+        if path == "/api/rate_limit":
+            return "rate_limit", "every worker"
         return "unknown", path[:200]
 
     def _audit(self, action: str, target: str, outcome: str, warn: bool = False) -> None:

@@ -162,6 +162,14 @@ async function workerAction(host, action, n) {
     refreshNow();
   } catch (e) { toast(`${action} failed: ${e.message}`, true); }
 }
+async function setRateLimit(form) {
+  const task = form.querySelector("[name=task]").value.trim(), rate = form.querySelector("[name=rate]").value.trim();
+  if (!task || !rate) return;
+  try {
+    const r = await api("/api/rate_limit", { method: "POST", body: { task, rate_limit: rate } });
+    toast(`${task}: ${rate === "0" ? "no rate limit" : rate} on ${Object.keys(r.answers).length} worker(s)`);
+  } catch (e) { toast(`Rate limit failed: ${e.message}`, true); }
+}
 async function replayDead(entry) {
   try {
     const r = await api(`/api/dlq/${encodeURIComponent(entry)}/replay`, { method: "POST" });
@@ -229,6 +237,10 @@ pages.workers = {
             h("button", { class: "danger shutdown", title: "Warm shutdown: running tasks finish", onclick: () => workerAction(w.hostname, "shutdown") }, "Shut down"),
           ] : null));
       }), { id: "workers-table" }));
+    out.push(h("h2", {}, "Rate limit"), h("form", { id: "rate-limit", onsubmit: (ev) => { ev.preventDefault(); setRateLimit(ev.target); } },
+      h("input", { name: "task", placeholder: "task name", "aria-label": "task name" }), " ",
+      h("input", { name: "rate", placeholder: "10/s, 100/m, 0 for none", "aria-label": "rate limit", size: 18 }), " ",
+      h("button", { type: "submit", class: "secondary" }, "Set on every worker")));
     return out;
   },
 };
