@@ -158,14 +158,43 @@ class Minique:
         return f"{module}.{fun.__name__}"
 
     # --- connections (lazy: nothing connects until used) --------------------------------------------
-    def _connect(self, url: str, socket_timeout: Optional[float] = None, retries: int = 8) -> "redis.Redis":
+    def _connect(self, url: str, socket_timeout: Optional[float] = None, retries: int = 8) -> Any:
+        """A client for `url`: one server (redis-py's URL forms, redis+embedded://), a Redis Cluster
+        (redis+cluster://) or a Sentinel group (sentinel://, its master found through the sentinels);
+        see minique/urls.py and docs/scaling.md."""
+        from . import urls
         from .embedded import resolve_url
-        url = resolve_url(url)
+        result = url == self.conf.result_url and url != self.conf.broker_url
+        options = dict(self.conf.broker_transport_options or {})
+        if result:  # the result store's own options, falling back to the broker's master_name
+            options = {"master_name": options.get("master_name"),
+                       **dict(self.conf.result_backend_transport_options or {})}
+        target = urls.parse(url, options, "result_backend" if result else "broker_url")
+        timeouts: Dict[str, Any] = {"socket_timeout": socket_timeout or self.conf.redis_socket_timeout,
+                                    "socket_connect_timeout": self.conf.broker_connection_timeout}
+        retry = (RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
+                 if self.conf.broker_connection_retry else None)
+        if target.kind == "cluster":
+            from redis.cluster import ClusterNode, RedisCluster
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+                                username=target.username, password=target.password, ssl=target.ssl,
+                                require_full_coverage=False, **timeouts,
+                                **({"retry": retry} if retry is not None else {}))
+        if target.kind == "sentinel":
+            from redis.sentinel import Sentinel
+            sentinel_kwargs = {**timeouts, "socket_timeout": self.conf.broker_connection_timeout,
+                               **(target.sentinel_kwargs or {})}
+            sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
+                                sentinel_kwargs=sentinel_kwargs)
+            # each (re)connection asks the sentinels where the master is; a demoted master's READONLY
+            # drops the connection (redis-py), and minique's own retry loops reconnect
+            return sentinel.master_for(target.master_name, redis_class=redis.Redis, username=target.username,
+                                       password=target.password, db=target.db, ssl=target.ssl,
+                                       health_check_interval=30, retry=retry,
+                                       retry_on_error=[redis.exceptions.ConnectionError,
+                                                       redis.exceptions.TimeoutError], **timeouts)
         return redis.Redis.from_url(
-            url, socket_timeout=socket_timeout or self.conf.redis_socket_timeout,
-            socket_connect_timeout=self.conf.broker_connection_timeout, health_check_interval=30,
-            retry=(RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
-                   if self.conf.broker_connection_retry else None),
+            resolve_url(url), **timeouts, health_check_interval=30, retry=retry,
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
 
     @cached_property
