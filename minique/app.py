@@ -163,6 +163,7 @@ class Minique:
         (redis+cluster://) or a Sentinel group (sentinel://, its master found through the sentinels);
         see minique/urls.py and docs/scaling.md."""
         from . import urls
+        from .connections import make_client
         from .embedded import resolve_url
         result = url == self.conf.result_url and url != self.conf.broker_url
         options = dict(self.conf.broker_transport_options or {})
@@ -174,28 +175,7 @@ class Minique:
                                     "socket_connect_timeout": self.conf.broker_connection_timeout}
         retry = (RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
                  if self.conf.broker_connection_retry else None)
-        if target.kind == "cluster":
-            from redis.cluster import ClusterNode, RedisCluster
-            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-                                username=target.username, password=target.password, ssl=target.ssl,
-                                require_full_coverage=False, **timeouts,
-                                **({"retry": retry} if retry is not None else {}))
-        if target.kind == "sentinel":
-            from redis.sentinel import Sentinel
-            sentinel_kwargs = {**timeouts, "socket_timeout": self.conf.broker_connection_timeout,
-                               **(target.sentinel_kwargs or {})}
-            sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
-                                sentinel_kwargs=sentinel_kwargs)
-            # each (re)connection asks the sentinels where the master is; a demoted master's READONLY
-            # drops the connection (redis-py), and minique's own retry loops reconnect
-            return sentinel.master_for(target.master_name, redis_class=redis.Redis, username=target.username,
-                                       password=target.password, db=target.db, ssl=target.ssl,
-                                       health_check_interval=30, retry=retry,
-                                       retry_on_error=[redis.exceptions.ConnectionError,
-                                                       redis.exceptions.TimeoutError], **timeouts)
-        return redis.Redis.from_url(
-            resolve_url(url), **timeouts, health_check_interval=30, retry=retry,
-            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+        return make_client(target, resolve_url(url) if target.kind == "redis" else url, timeouts, retry)
 
     @cached_property
     def broker_client(self) -> "redis.Redis":

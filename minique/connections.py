@@ -1,0 +1,57 @@
+"""Redis clients for the deployments minique/urls.py names: one server, a Redis Cluster, a Sentinel group.
+
+Sentinel: redis-py resolves the master through the sentinels when a connection is taken from its
+pool, but a connection that reconnects itself (a held connection, or redis-py's own retry of a
+command) goes back to the address it had: after a failover it keeps knocking at the dead or demoted
+master. `SentinelConnection` asks the sentinels on every (re)connection instead, and a demoted
+master's READONLY drops the connection (redis-py), so every path follows a switch.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import redis
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+from .urls import Target
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A master connection that asks the sentinels where the master is each time it connects."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock is None and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class SentinelSSLConnection(SentinelConnection, SentinelManagedSSLConnection):
+    pass
+
+
+def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any]) -> Any:
+    """A client for `target` (`url` is the single server's URL, already resolved for redis+embedded)."""
+    on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    if target.kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+                            username=target.username, password=target.password, ssl=target.ssl,
+                            require_full_coverage=False, **timeouts,
+                            **({"retry": retry} if retry is not None else {}))
+    if target.kind == "sentinel":
+        from redis.sentinel import Sentinel
+        sentinel_kwargs = {**timeouts, "socket_timeout": timeouts["socket_connect_timeout"],
+                           **(target.sentinel_kwargs or {})}
+        sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
+                            sentinel_kwargs=sentinel_kwargs)
+        return sentinel.master_for(
+            target.master_name, redis_class=redis.Redis, username=target.username, password=target.password,
+            db=target.db, connection_class=SentinelSSLConnection if target.ssl else SentinelConnection,
+            health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts)
+    return redis.Redis.from_url(url, **timeouts, health_check_interval=30, retry=retry, retry_on_error=on_error)
+
+
+def is_cluster(client: Any) -> bool:
+    """The client talks to a Redis Cluster (routes each command to the node of its key's slot)."""
+    from redis.cluster import RedisCluster
+    return isinstance(client, RedisCluster)
