@@ -100,7 +100,7 @@ def _sentinel(url: str, options: Dict[str, Any], setting: str) -> Target:
                                      "use broker_transport_options (master_name, sentinel_kwargs, min_other_sentinels)")
         for value, name in ((u, "user name"), (p, "password")):
             if value is not None:
-                known = user if name == "user name" else password
+                known: Optional[str] = user if name == "user name" else password
                 if known is not None and known != value:
                     raise ConfigurationError(f"{setting}: the parts of a Sentinel URL give different {name}s")
         user, password = (u if u is not None else user), (p if p is not None else password)

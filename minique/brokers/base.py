@@ -23,7 +23,7 @@ import redis
 from .. import keys
 from ..lua import Scripts
 from ..message import peek_id
-from ..pipe import ClientPipe, Commands, Pipe
+from ..pipe import ClientPipe, Commands, Pipe, is_cluster
 
 log = logging.getLogger("minique.broker")
 COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
@@ -62,6 +62,7 @@ class Broker(ABC):
 
     def __init__(self, client: "redis.Redis", visibility_timeout: float = 3600.0, max_deliveries: int = 10):
         self.client = client
+        self.cluster = is_cluster(client)  # a Redis Cluster: no multi-slot script, read or transaction
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
         self.hostname = socket.gethostname()
@@ -249,6 +250,10 @@ class Broker(ABC):
             return False
         fields = entries[0][1]
         target = queue or fields.get(b"queue", b"").decode() or "default"
+        if self.cluster:  # the queue and the dead letters live in two slots: sent first, then removed
+            self.send(self.client, target, priority, fields[b"m"])  # (a crash between: sent, and still listed)
+            self.client.xdel(keys.DLQ, entry_id)
+            return True
         pipe = self.client.pipeline(transaction=True)
         self.send(pipe, target, priority, fields[b"m"])
         pipe.xdel(keys.DLQ, entry_id)

@@ -1,0 +1,109 @@
+"""Redis Cluster: a real 3-master cluster (tests/redis_multi.py), a client and CLI workers on it.
+
+The queues of one worker live on different masters (`default` and `priority_high`, and `low` on the
+third), so every fetch, read, script and write of the worker's paths must stay within one slot
+(the cluster refuses CROSSSLOT) and reach the right node.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from minique import chain, chord, group
+from minique.keys import hash_slot, queue
+from procs import Processes, drop_testapp, import_testapp, wait_for
+from redis_multi import Cluster, server_supports
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+_why = server_supports("cluster")
+if _why:
+    pytest.skip(_why, allow_module_level=True)
+
+QUEUES = ("default", "priority_high", "low")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster")).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def app(cluster, monkeypatch):
+    cluster.flushall()
+    testapp = import_testapp(monkeypatch, cluster.url())
+    yield testapp.app
+    drop_testapp(testapp)
+
+
+def _worker(tmp_path, cluster, app, *args, settings=None):
+    procs = Processes(tmp_path, cluster.url())
+    proc = procs.worker("-c", "2", *args, settings=json.dumps(settings or {}), wait=False)
+
+    def ready():
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.popen.returncode}:\n{proc.log()}")
+        return app.broker_client.hexists("minique:workers", proc.hostname)
+    wait_for(ready, 20, "the worker's first heartbeat")
+    return procs, proc
+
+
+def test_the_queues_live_on_three_masters(cluster):
+    owners = {cluster.master_of(hash_slot(queue(q))).port for q in QUEUES}
+    assert len(owners) == 3
+
+
+def test_a_database_number_is_refused(cluster):
+    from minique import Minique
+    from minique.exceptions import ConfigurationError
+    app = Minique("x", broker=cluster.url().rstrip("/") + "/2")
+    with pytest.raises(ConfigurationError, match="only database 0"):
+        app.broker_client.ping()
+
+
+def test_worker_on_queues_of_different_masters_runs_tasks_a_chain_and_a_chord(tmp_path, cluster, app):
+    procs, proc = _worker(tmp_path, cluster, app, "-Q", ",".join(QUEUES))
+    try:
+        add, tsum = app.tasks["testapp.add"], app.tasks["testapp.tsum"]
+        results = [add.apply_async((i, i), queue=QUEUES[i % 3], priority=i % 10) for i in range(30)]
+        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(30)]
+        bulk = app.send_many("testapp.add", [((i, 1), None) for i in range(50)], queue="priority_high")
+        assert [r.get(timeout=30) for r in bulk] == [i + 1 for i in range(50)]
+        later = add.apply_async((20, 1), countdown=0.3, queue="low")  # through the delayed set
+        assert later.get(timeout=30) == 21
+        c = chain(add.s(1, 2).set(queue="default"), add.s(3).set(queue="priority_high"), add.s(4).set(queue="low"))
+        assert c.apply_async().get(timeout=30) == 10
+        ch = chord([add.s(i, i).set(queue=QUEUES[i % 3]) for i in range(6)], tsum.s().set(queue="low"))
+        assert ch.apply_async().get(timeout=30) == sum(2 * i for i in range(6))
+        g = group(add.s(i, 0).set(queue=QUEUES[i % 3]) for i in range(9)).apply_async()
+        assert g.get(timeout=30) == list(range(9))
+        assert proc.popen.poll() is None
+        assert "CROSSSLOT" not in proc.log() and "Traceback" not in proc.log(), proc.log()
+    except BaseException:
+        print(proc.log())
+        raise
+    finally:
+        procs.close()
+
+
+def test_a_worker_blocked_on_three_nodes_wakes_for_any(tmp_path, cluster, app):
+    """Idle, the worker blocks on each node at once: a message on any queue is taken at once."""
+    procs, proc = _worker(tmp_path, cluster, app, "-Q", ",".join(QUEUES), "-c", "1")
+    try:
+        add = app.tasks["testapp.add"]
+        for n, q in enumerate(QUEUES * 2):
+            assert add.apply_async((n, 0), queue=q).get(timeout=10) == n
+    finally:
+        procs.close()
+
+
+def test_dead_letter_replay_across_slots(cluster, app):
+    broker = app.broker
+    broker.dead_letter(app.broker_client, b"payload", "test", "default")
+    (entry_id, fields), = broker.dead_letters()
+    assert broker.replay_dead_letter(entry_id, "priority_high")
+    assert broker.dead_letters() == []
+    assert broker.length("priority_high", 0) == 1
