@@ -12,6 +12,7 @@ import pytest
 
 from minique import chain, chord, group
 from minique.keys import hash_slot, queue
+from monitor import Recorder, slot_problems
 from procs import Processes, drop_testapp, import_testapp, wait_for
 from redis_multi import Cluster, server_supports
 
@@ -65,6 +66,9 @@ def test_a_database_number_is_refused(cluster):
 
 
 def test_worker_on_queues_of_different_masters_runs_tasks_a_chain_and_a_chord(tmp_path, cluster, app):
+    """Every command each master runs is recorded (MONITOR): no script, transaction or multi-key
+    command of the client's or the worker's paths spans two slots (tests/monitor.py)."""
+    recorders = [Recorder(server.port) for server in cluster.masters]
     procs, proc = _worker(tmp_path, cluster, app, "-Q", ",".join(QUEUES))
     try:
         add, tsum = app.tasks["testapp.add"], app.tasks["testapp.tsum"]
@@ -81,11 +85,21 @@ def test_worker_on_queues_of_different_masters_runs_tasks_a_chain_and_a_chord(tm
         g = group(add.s(i, 0).set(queue=QUEUES[i % 3]) for i in range(9)).apply_async()
         assert g.get(timeout=30) == list(range(9))
         assert proc.popen.poll() is None
+        assert any(proc.hostname in reply for reply in app.control.ping(timeout=2.0))  # pub/sub on a cluster
         assert "CROSSSLOT" not in proc.log() and "Traceback" not in proc.log(), proc.log()
+        commands = [c for r in recorders for c in r.stop()]
+        recorders = []
+        assert slot_problems(commands) == []
+        names = {args[0].upper() for _, args in commands if args}
+        assert {b"EVALSHA", b"XREADGROUP", b"XACK", b"XADD", b"RPUSH", b"ZADD"} <= names, names
+        scripts = {args[1] for _, args in commands if args and args[0].upper() == b"EVALSHA"}
+        assert len(scripts) >= 3  # fetch, move_due, chord_join at least
     except BaseException:
         print(proc.log())
         raise
     finally:
+        for r in recorders:
+            r.stop()
         procs.close()
 
 
