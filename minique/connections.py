@@ -8,9 +8,11 @@ master's READONLY drops the connection (redis-py), so every path follows a switc
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Dict, Optional
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
 from .urls import Target
@@ -29,12 +31,38 @@ class SentinelSSLConnection(SentinelConnection, SentinelManagedSSLConnection):
     pass
 
 
+_FAILOVER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+                    redis.exceptions.MasterDownError, redis.exceptions.SlotNotCoveredError)
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client, riding out a failover: while a dead master's replica takes over (the
+    cluster's node time-out, then an election: seconds), redis-py fails each command at once; this one
+    tries again, backing off, for up to `failover_timeout` seconds before the error reaches the caller.
+    (A command whose reply was lost may run twice: a message sent twice, never lost.)"""
+
+    failover_timeout = 20.0
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = 0.0, 0.05
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)
+            except _FAILOVER_ERRORS:
+                now = time.monotonic()
+                deadline = deadline or now + self.failover_timeout
+                if now >= deadline:
+                    raise
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.5)
+
+
 def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any]) -> Any:
     """A client for `target` (`url` is the single server's URL, already resolved for redis+embedded)."""
     on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     if target.kind == "cluster":
-        from redis.cluster import ClusterNode, RedisCluster
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+        return Cluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
                             username=target.username, password=target.password, ssl=target.ssl,
                             require_full_coverage=False, **timeouts,
                             **({"retry": retry} if retry is not None else {}))
@@ -49,9 +77,3 @@ def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optio
             db=target.db, connection_class=SentinelSSLConnection if target.ssl else SentinelConnection,
             health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts)
     return redis.Redis.from_url(url, **timeouts, health_check_interval=30, retry=retry, retry_on_error=on_error)
-
-
-def is_cluster(client: Any) -> bool:
-    """The client talks to a Redis Cluster (routes each command to the node of its key's slot)."""
-    from redis.cluster import RedisCluster
-    return isinstance(client, RedisCluster)

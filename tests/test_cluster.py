@@ -121,3 +121,49 @@ def test_dead_letter_replay_across_slots(cluster, app):
     assert broker.replay_dead_letter(entry_id, "priority_high")
     assert broker.dead_letters() == []
     assert broker.length("priority_high", 0) == 1
+
+
+@pytest.mark.timeout(180)
+def test_killing_the_master_of_a_queues_slot_during_tasks(tmp_path, monkeypatch):
+    """kill -9 of the master that owns `default`'s slot while 2,000 acks-late tasks flow (its replica
+    takes over after the node time-out, 1 s here): every task still ends SUCCESS."""
+    import threading
+    import time
+
+    c = Cluster(tmp_path / "c", masters=3, replicas=1, node_timeout_ms=1000).start()
+    testapp = import_testapp(monkeypatch, c.url())
+    try:
+        app = testapp.app
+        procs, proc = _worker(tmp_path, c, app, "-Q", "default,priority_high", settings={"task_acks_late": True})
+        add = app.tasks["testapp.add"]
+        sent, errors, half = [], [], threading.Event()
+
+        def send():
+            for i in range(2000):
+                try:
+                    sent.append((i, add.apply_async((i, 0), queue=("default", "priority_high")[i % 2])))
+                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
+                    errors.append(exc)
+                if i == 600:
+                    half.set()
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            assert half.wait(30)
+            victim = c.master_of(hash_slot(queue("default")))
+            victim.kill()
+            killed = time.monotonic()
+            sender.join(90)
+            assert not errors, errors[:3]
+            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            print(f"all {len(sent)} tasks SUCCESS {time.monotonic() - killed:.1f}s after the kill")
+            assert proc.popen.poll() is None
+        except BaseException:
+            print(proc.log()[-5000:])
+            raise
+        finally:
+            sender.join(30)
+            procs.close()
+    finally:
+        drop_testapp(testapp)
+        c.stop()
