@@ -213,6 +213,7 @@ class Cluster:
         self.dir = Path(dir)
         self.masters: List[RedisServer] = []
         self.replicas: List[RedisServer] = []
+        self._owner: Dict[int, RedisServer] = {}  # slots migrated
         args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
                 "--cluster-require-full-coverage", "no", "--repl-diskless-sync", "yes",
                 "--repl-diskless-sync-delay", "0")
@@ -268,11 +269,34 @@ class Cluster:
             client.close()
 
     def master_of(self, slot: int) -> RedisServer:
+        if slot in self._owner:
+            return self._owner[slot]
         n = len(self.masters)
         for i, server in enumerate(self.masters):
             if i * SLOTS // n <= slot <= (i + 1) * SLOTS // n - 1:
                 return server
         raise ValueError(slot)
+
+    def migrate_slot(self, slot: int, target: RedisServer, pause: float = 0.0) -> int:
+        """Move `slot` to `target` as redis-cli --cluster reshard does (IMPORTING / MIGRATING, MIGRATE
+        key by key, `pause` s between keys, then SETSLOT NODE everywhere); returns the keys moved."""
+        source = self.master_of(slot)
+        src, dst = source.client(), target.client()
+        src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        moved = 0
+        while True:
+            found = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1)
+            if not found:
+                break
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *found)
+            moved += len(found)
+            time.sleep(pause)
+        for server in self.masters:
+            server.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self._owner[slot] = target
+        return moved
 
     def flushall(self) -> None:
         for server in self.masters:

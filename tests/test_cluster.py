@@ -167,3 +167,53 @@ def test_killing_the_master_of_a_queues_slot_during_tasks(tmp_path, monkeypatch)
     finally:
         drop_testapp(testapp)
         c.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_slot_migrated_while_tasks_flow(tmp_path, monkeypatch):
+    """`default`'s slot moves to another master (IMPORTING/MIGRATING, key by key) while tasks are sent
+    and run: ASK and MOVED redirections, TRYAGAIN on scripts whose keys are split for a moment; every
+    task ends SUCCESS and the worker keeps reading from the slot's new master."""
+    import threading
+
+    c = Cluster(tmp_path / "c", masters=3).start()
+    testapp = import_testapp(monkeypatch, c.url())
+    try:
+        app = testapp.app
+        procs, proc = _worker(tmp_path, c, app, "-Q", "default,priority_high", settings={"task_acks_late": True})
+        add = app.tasks["testapp.add"]
+        sent, errors, started = [], [], threading.Event()
+
+        def send():
+            for i in range(1500):
+                try:
+                    sent.append((i, add.apply_async((i, 0), queue="default", priority=i % 3)))
+                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
+                    errors.append(exc)
+                if i == 300:
+                    started.set()
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            assert started.wait(30)
+            slot = hash_slot(queue("default"))
+            source = c.master_of(slot)
+            target = next(m for m in c.masters if m is not source)
+            assert c.migrate_slot(slot, target, pause=0.05) >= 3  # the streams (3 priorities) and more
+            sender.join(90)
+            assert not errors, errors[:3]
+            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            after = add.apply_async((1, 1), queue="default")
+            assert after.get(timeout=20) == 2
+            assert source.client().dbsize() == 0 or not any(
+                hash_slot(k) == slot for k in source.client().keys("*"))
+            assert proc.popen.poll() is None
+        except BaseException:
+            print(proc.log()[-5000:])
+            raise
+        finally:
+            sender.join(30)
+            procs.close()
+    finally:
+        drop_testapp(testapp)
+        c.stop()
