@@ -15,6 +15,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
+from .pipe import FAILOVER_TIMEOUT, transient
 from .urls import Target
 
 
@@ -36,26 +37,37 @@ _FAILOVER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutEr
                     redis.exceptions.MasterDownError, redis.exceptions.SlotNotCoveredError)
 
 
-class Cluster(RedisCluster):
-    """redis-py's cluster client, riding out a failover: while a dead master's replica takes over (the
-    cluster's node time-out, then an election: seconds), redis-py fails each command at once; this one
-    tries again, backing off, for up to `failover_timeout` seconds before the error reaches the caller.
+class _RidesFailover:
+    """Retries a command that failed because of a failover, backing off, for up to `failover_timeout`
+    seconds before the error reaches the caller: a lost connection, a cluster slot without its master
+    yet, a master refusing writes without its replicas (NOREPLICAS, with `min-replicas-to-write`).
     (A command whose reply was lost may run twice: a message sent twice, never lost.)"""
 
-    failover_timeout = 20.0
+    failover_timeout = FAILOVER_TIMEOUT
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         deadline, delay = 0.0, 0.05
         while True:
             try:
-                return super().execute_command(*args, **kwargs)
-            except _FAILOVER_ERRORS:
+                return super().execute_command(*args, **kwargs)  # type: ignore[misc]
+            except (*_FAILOVER_ERRORS, redis.exceptions.ResponseError) as exc:
+                if isinstance(exc, redis.exceptions.ResponseError) and not transient(exc):
+                    raise
                 now = time.monotonic()
                 deadline = deadline or now + self.failover_timeout
                 if now >= deadline:
                     raise
                 time.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, 0.5)
+
+
+class Cluster(_RidesFailover, RedisCluster):
+    """redis-py's cluster client, riding out a failover: while a dead master's replica takes over (the
+    node time-out, then an election: seconds), redis-py fails each command at once."""
+
+
+class SentinelRedis(_RidesFailover, redis.Redis):
+    """A client of the master a Sentinel group names, riding out a failover (see SentinelConnection)."""
 
 
 def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any]) -> Any:
@@ -73,7 +85,7 @@ def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optio
         sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
                             sentinel_kwargs=sentinel_kwargs)
         return sentinel.master_for(
-            target.master_name, redis_class=redis.Redis, username=target.username, password=target.password,
+            target.master_name, redis_class=SentinelRedis, username=target.username, password=target.password,
             db=target.db, connection_class=SentinelSSLConnection if target.ssl else SentinelConnection,
             health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts)
     return redis.Redis.from_url(url, **timeouts, health_check_interval=30, retry=retry, retry_on_error=on_error)

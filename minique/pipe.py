@@ -58,6 +58,19 @@ except ImportError:  # pragma: no cover - without the hiredis extra
     _pack = _pack_py
 
 
+FAILOVER_TIMEOUT = 20.0  # seconds a client keeps retrying what a failover refuses before the caller sees it
+_TRANSIENT = (redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+              redis.exceptions.BusyLoadingError)  # (redis-py strips these codes from the message)
+_TRANSIENT_CODES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def transient(exc: BaseException) -> bool:
+    """An error a failover causes for a while (a master without its replicas, a demoted master, a slot
+    being moved): the command did not run, and runs once the deployment settles."""
+    return isinstance(exc, _TRANSIENT) or (isinstance(exc, redis.exceptions.ResponseError)
+                                           and str(exc).startswith(_TRANSIENT_CODES))
+
+
 class _Handled:
     """`call`, `gather` and an `execute` that runs reply handlers, over a redis-py pipeline (mixed in)."""
 
@@ -204,15 +217,26 @@ class FastPipeline(redis.client.Pipeline):
             return []
         conn = self._conn
         out: list = []
+        refused = -1  # where the server began refusing writes for a while (a failover): sent again from there
         try:
             for _ in unread:
                 try:
                     out.append(conn.read_response())
                 except redis.exceptions.ResponseError as exc:
+                    if refused < 0 and transient(exc):
+                        refused = len(out)
                     out.append(exc)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             self._lost(conn, unread)
             raise
+        if refused >= 0:
+            why = out[refused]
+            self._lost(conn, unread[refused:])
+            self._answer(unread[:refused], out[:refused], raise_on_error)
+            raise redis.exceptions.ConnectionError(f"Redis refused writes for now ({why}); they are sent again")
+        return self._answer(unread, out, raise_on_error)
+
+    def _answer(self, unread: list, out: list, raise_on_error: bool) -> list:
         error = None
         for (_, options), reply in zip(unread, out):
             on_reply = options.get(_ON_REPLY)
@@ -247,7 +271,6 @@ class FastPipeline(redis.client.Pipeline):
 
 
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-_TRANSIENT = ("TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "READONLY")  # retried after a pause
 
 
 def command_slot(args: tuple) -> int:
@@ -373,7 +396,7 @@ class ClusterFastPipeline(FastPipeline):
                                   or ClusterNode(reply.host, reply.port))
                         error = reply
                         retry.append((item[0], item[1], target))
-                    elif isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith(_TRANSIENT):
+                    elif transient(reply):
                         error = reply
                         retry.append((item[0], item[1], None))
                     else:

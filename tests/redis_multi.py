@@ -81,6 +81,15 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def _wait_offset(replica: redis.Redis, offset: int) -> bool:
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if int(replica.info("replication").get("slave_repl_offset", 0)) >= offset:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class SentinelServer(RedisServer):
     """A redis-server in sentinel mode, its config file written before it starts (sentinels rewrite it)."""
 
@@ -100,14 +109,14 @@ class SentinelGroup:
     """1 master + `replicas` replicas + `sentinels` sentinels on loopback, named MASTER_NAME."""
 
     def __init__(self, dir, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000,
-                 master_args: tuple = ()):
+                 master_args: tuple = (), server_args: tuple = ()):
         self.dir = Path(dir)
         self.down_after_ms = down_after_ms
         self.servers: List[RedisServer] = []
         ports = [low_port() for _ in range(1 + replicas)]
         for i, port in enumerate(ports):
             extra = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
-                     "--repl-diskless-load", "swapdb", "--replica-priority", str(100 - i))
+                     "--repl-diskless-load", "swapdb", "--replica-priority", str(100 - i), *server_args)
             if i:
                 extra += ("--replicaof", "127.0.0.1", str(ports[0]))
             else:
@@ -146,11 +155,21 @@ class SentinelGroup:
         return self
 
     def _linked(self, server: RedisServer) -> bool:
-        client = server.client()
+        """The replica is in sync and streaming (after a diskless sync the master starts streaming
+        only once the replica's first REPLCONF ACK arrives: a failover before it would lose everything)."""
+        client, master = server.client(), self.servers[0].client()
         try:
-            return client.info("replication").get("master_link_status") == "up"
+            if client.info("replication").get("master_link_status") != "up":
+                return False
+            info = master.info("replication")
+            master.set("minique:fixture:probe", b"1")  # an offset the replica must reach
+            offset = master.info("replication")["master_repl_offset"]
+            return any(isinstance(v, dict) and v.get("port") == server.port and v.get("state") == "online"
+                       and int(v.get("offset", 0)) >= offset for v in info.values()) or \
+                _wait_offset(client, offset)
         finally:
             client.close()
+            master.close()
 
     def _agreed(self) -> bool:
         master = self.servers[0].port

@@ -25,6 +25,16 @@ def group(tmp_path):
 
 
 @pytest.fixture
+def strict_group(tmp_path):
+    """The group with min-replicas-to-write 1 (max lag 1 s) on every server: a master that lost its
+    replica refuses writes (NOREPLICAS) instead of taking writes a failover would discard."""
+    g = SentinelGroup(tmp_path / "sentinel", server_args=("--min-replicas-to-write", "1",
+                                                          "--min-replicas-max-lag", "1")).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
 def app(group, monkeypatch):
     monkeypatch.setenv("TESTAPP_SETTINGS", json.dumps({"broker_transport_options": group.transport_options}))
     testapp = import_testapp(monkeypatch, group.url())
@@ -131,3 +141,49 @@ def test_tasks_sent_while_the_master_is_killed_all_complete(tmp_path, group, app
         print(f"switch seen after {time.monotonic() - started:.1f}s; {len(sent)} tasks, all SUCCESS")
     finally:
         procs.close()
+
+
+def test_no_send_is_lost_across_a_planned_failover(tmp_path, strict_group, monkeypatch):
+    """Tasks are sent without pause while SENTINEL FAILOVER moves the master, with min-replicas-to-write 1
+    on the servers and wait_for_replicas 1 on the client: a send returns once the replica has it (WAIT),
+    the old master refuses what it could not pass on (NOREPLICAS, then READONLY), the client and the
+    worker send it again to the new master, and every task ends SUCCESS, none lost, none refused."""
+    import threading
+
+    group = strict_group
+    options = {**group.transport_options, "wait_for_replicas": 1}
+    monkeypatch.setenv("TESTAPP_SETTINGS", json.dumps({"broker_transport_options": options}))
+    testapp = import_testapp(monkeypatch, group.url())
+    try:
+        app = testapp.app
+        procs = Processes(tmp_path, group.url())
+        proc = procs.worker("-c", "2", settings=json.dumps({"broker_transport_options": options}), wait=False)
+        wait_for(lambda: app.broker_client.hexists("minique:workers", proc.hostname), 20, "the worker")
+        add = app.tasks["testapp.add"]
+        sent, errors, started = [], [], threading.Event()
+
+        def send():
+            for i in range(400):
+                try:
+                    sent.append((i, add.delay(i, 0)))
+                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
+                    errors.append(exc)
+                if i == 100:
+                    started.set()
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            assert started.wait(30)
+            group.failover()
+            sender.join(60)
+            assert not errors, errors[:3]
+            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            assert proc.popen.poll() is None
+        except BaseException:
+            print(proc.log()[-4000:])
+            raise
+        finally:
+            sender.join(30)
+            procs.close()
+    finally:
+        drop_testapp(testapp)

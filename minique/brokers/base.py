@@ -23,7 +23,7 @@ import redis
 from .. import keys
 from ..lua import Scripts
 from ..message import peek_id
-from ..pipe import ClientPipe, Commands, Pipe, is_cluster
+from ..pipe import FAILOVER_TIMEOUT, ClientPipe, Commands, Pipe, is_cluster, transient
 
 log = logging.getLogger("minique.broker")
 COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
@@ -60,8 +60,12 @@ class Broker(ABC):
 
     kind = "abstract"
 
-    def __init__(self, client: "redis.Redis", visibility_timeout: float = 3600.0, max_deliveries: int = 10):
+    def __init__(self, client: "redis.Redis", visibility_timeout: float = 3600.0, max_deliveries: int = 10,
+                 wait_for_replicas: int = 0, wait_timeout: float = 1.0):
         self.client = client
+        # a client's send returns once this many replicas have it (WAIT): a failover then cannot lose it
+        self.wait_for_replicas = wait_for_replicas
+        self.wait_timeout = wait_timeout
         self.cluster = is_cluster(client)  # a Redis Cluster: no multi-slot script, read or transaction
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
@@ -78,20 +82,44 @@ class Broker(ABC):
 
     def send_now(self, queue: str, priority: int, data: bytes) -> None:
         """Send one ready message right away (the one-at-a-time `delay()` path)."""
+        if self.wait_for_replicas:
+            return self.send_many([(queue, priority, data, None)])
         self.send(self.client, queue, priority, data)
 
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
-        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path)."""
-        pipe = self.client.pipeline(transaction=False)
-        for queue, priority, data, eta in items:
-            if eta is not None:
-                self.send_later(pipe, queue, priority, data, eta)
-            else:
-                self.send(pipe, queue, priority, data)
-        pipe.execute()
+        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path). With
+        `wait_for_replicas`, they are confirmed by that many replicas (WAIT), else sent again: a
+        duplicate is possible, a loss in a failover is not."""
+        deadline, delay = 0.0, 0.05
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            for queue, priority, data, eta in items:
+                if eta is not None:
+                    self.send_later(pipe, queue, priority, data, eta)
+                else:
+                    self.send(pipe, queue, priority, data)
+            if self.wait_for_replicas:
+                pipe.execute_command("WAIT", self.wait_for_replicas, int(self.wait_timeout * 1000))
+            try:
+                replies = pipe.execute()
+                if not self.wait_for_replicas or int(replies[-1]) >= self.wait_for_replicas:
+                    return
+                problem: Exception = redis.exceptions.ResponseError(
+                    f"NOREPLICAS the messages reached {replies[-1]} of {self.wait_for_replicas} replicas within "
+                    f"{self.wait_timeout} s (transport option wait_for_replicas)")
+            except redis.exceptions.ResponseError as exc:  # a failover under way: all again (some twice)
+                problem = exc
+            now = time.monotonic()
+            deadline = deadline or now + FAILOVER_TIMEOUT
+            if not transient(problem) or now >= deadline:
+                raise problem
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def send_later(self, pipe: Commands, queue: str, priority: int, data: bytes, eta: float) -> None:
         """Park a message in the queue's delayed set until `eta` (epoch seconds)."""
+        if self.wait_for_replicas and pipe is self.client:  # a client's send: confirmed by the replicas
+            return self.send_many([(queue, priority, data, eta)])
         # rounded up to the ms: moved when due on the server's clock, so never before `eta`
         pipe.execute_command("ZADD", keys.delayed(queue), math.ceil(eta * 1000), str(priority).encode() + data)
 

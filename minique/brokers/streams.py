@@ -20,7 +20,7 @@ import redis
 
 from .. import keys
 from ..lua import Scripts
-from ..pipe import ClientPipe, Commands, Pipe
+from ..pipe import ClientPipe, Commands, Pipe, transient
 from .base import Broker, Delivery, count_of
 
 SCRIPTS = Scripts(Path(__file__).parent / "streams_lua")
@@ -59,7 +59,9 @@ class StreamsBroker(Broker):
         machinery and pool checkout are most of a one-at-a-time `delay()`'s client cost. A thread
         that finds the connection busy goes through redis-py instead (no waiting, no per-thread
         connections left behind)."""
-        if self.cluster or not self._held_lock.acquire(blocking=False):  # (a cluster client routes per slot)
+        if self.cluster or self.wait_for_replicas:  # (a cluster client routes per slot; WAIT: see send_many)
+            return super().send_now(queue, priority, data)
+        if not self._held_lock.acquire(blocking=False):
             return self.send(self.client, queue, priority, data)
         try:
             conn = self._held
@@ -74,6 +76,11 @@ class StreamsBroker(Broker):
                 # its retry policy (if the first XADD did land, the message is sent twice, never lost)
                 conn.disconnect()
                 self.send(self.client, queue, priority, data)
+            except redis.exceptions.ResponseError as exc:
+                if not transient(exc):
+                    raise
+                conn.disconnect()  # a failover under way (a demoted master, NOREPLICAS): the client retries
+                self.send(self.client, queue, priority, data)
             except BaseException:
                 conn.disconnect()  # interrupted mid-reply: start clean next time
                 raise
@@ -84,7 +91,7 @@ class StreamsBroker(Broker):
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
         packing costs as much as building the message), then every reply is read."""
-        if self.cluster or any(eta is not None for _, _, _, eta in items):
+        if self.cluster or self.wait_for_replicas or any(eta is not None for _, _, _, eta in items):
             return super().send_many(items)
         chunks = [_xadd(queue, priority, data) for queue, priority, data, _ in items]
         pool = self.client.connection_pool
@@ -93,6 +100,11 @@ class StreamsBroker(Broker):
             conn.send_packed_command([b"".join(chunks)])
             for _ in chunks:
                 conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            conn.disconnect()
+            if not transient(exc):
+                raise
+            return super().send_many(items)  # (sent again: some may be sent twice, none lost)
         except BaseException:
             conn.disconnect()
             raise
