@@ -217,3 +217,22 @@ def test_a_slot_migrated_while_tasks_flow(tmp_path, monkeypatch):
     finally:
         drop_testapp(testapp)
         c.stop()
+
+
+def test_dashboard_state_metrics_and_replay_on_a_cluster(cluster, app):
+    """The dashboard's view (queues, workers, metrics: SCAN over every node) and its dead-letter replay
+    (no cross-slot transaction on a cluster) work on a cluster."""
+    from minique.dashboard.server import Dashboard
+
+    msg = app.build_message("testapp.add", (1, 2), {}, {"queue": "low"})
+    app.broker.dead_letter(app.broker_client, msg.encode(), "test", "low", msg.id)
+    for q in ("default", "priority_high"):  # (keys on two nodes: SCAN must cover every master)
+        app.broker.send(app.broker_client, q, 0, app.build_message("testapp.add", (0, 0)).encode())
+    dash = Dashboard(app)
+    assert app.broker.queues_known() == ["default", "priority_high"]
+    from prometheus_client import generate_latest
+    assert b"minique_queue_length" in generate_latest(dash.registry)
+    (entry, _), = app.broker.dead_letters()
+    answer = dash.replay(entry)
+    assert answer["ok"] and app.broker.dead_letters() == []
+    assert app.broker.length("low", 0) == 1
