@@ -165,6 +165,7 @@ class Minique:
         from . import urls
         from .connections import make_client
         from .embedded import resolve_url
+        from .pipe import FAILOVER_TIMEOUT
         result = url == self.conf.result_url and url != self.conf.broker_url
         options = dict(self.conf.broker_transport_options or {})
         if result:  # the result store's own options, falling back to the broker's master_name
@@ -175,7 +176,8 @@ class Minique:
                                     "socket_connect_timeout": self.conf.broker_connection_timeout}
         retry = (RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
                  if self.conf.broker_connection_retry else None)
-        return make_client(target, resolve_url(url) if target.kind == "redis" else url, timeouts, retry)
+        return make_client(target, resolve_url(url) if target.kind == "redis" else url, timeouts, retry,
+                           FAILOVER_TIMEOUT if retries else 0.0)
 
     @cached_property
     def broker_client(self) -> "redis.Redis":

@@ -12,8 +12,10 @@ import time
 from typing import Any, Dict, Optional
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from .pipe import FAILOVER_TIMEOUT, transient
 from .urls import Target
@@ -24,8 +26,24 @@ class SentinelConnection(SentinelManagedConnection):
 
     def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
         if self._sock is None and self.connection_pool.is_master:
-            self.host, self.port = self.connection_pool.get_master_address()
+            try:
+                self.host, self.port = self.connection_pool.get_master_address()
+            except MasterNotFoundError:
+                raise self._not_found() from None
         super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except MasterNotFoundError:
+            raise self._not_found() from None
+
+    def _not_found(self) -> MasterNotFoundError:
+        """MasterNotFoundError, said shortly (redis-py's message holds every sentinel client's repr)."""
+        proxy = self.connection_pool
+        asked = ", ".join("{host}:{port}".format_map(s.connection_pool.connection_kwargs)
+                          for s in proxy.sentinel_manager.sentinels)
+        return MasterNotFoundError(f"no sentinel answered with a master for {proxy.service_name!r} (asked {asked})")
 
 
 class SentinelSSLConnection(SentinelConnection, SentinelManagedSSLConnection):
@@ -70,8 +88,17 @@ class SentinelRedis(_RidesFailover, redis.Redis):
     """A client of the master a Sentinel group names, riding out a failover (see SentinelConnection)."""
 
 
-def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any]) -> Any:
-    """A client for `target` (`url` is the single server's URL, already resolved for redis+embedded)."""
+def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any],
+                failover_timeout: float = FAILOVER_TIMEOUT) -> Any:
+    """A client for `target` (`url` is the single server's URL, already resolved for redis+embedded);
+    a Sentinel or cluster client rides out a failover for `failover_timeout` s (0: a one-shot check)."""
+    client = _make_client(target, url, timeouts, retry)
+    if isinstance(client, _RidesFailover):
+        client.failover_timeout = failover_timeout
+    return client
+
+
+def _make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any]) -> Any:
     on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     if target.kind == "cluster":
         return Cluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
@@ -80,8 +107,10 @@ def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optio
                             **({"retry": retry} if retry is not None else {}))
     if target.kind == "sentinel":
         from redis.sentinel import Sentinel
+        # one attempt per sentinel and question (redis-py's default backs off for seconds): asking the
+        # next sentinel, and minique's own retries, are what ride out a sentinel that is down
         sentinel_kwargs = {**timeouts, "socket_timeout": timeouts["socket_connect_timeout"],
-                           **(target.sentinel_kwargs or {})}
+                           "retry": Retry(NoBackoff(), 0), **(target.sentinel_kwargs or {})}
         sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
                             sentinel_kwargs=sentinel_kwargs)
         return sentinel.master_for(

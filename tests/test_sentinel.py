@@ -187,3 +187,21 @@ def test_no_send_is_lost_across_a_planned_failover(tmp_path, strict_group, monke
             procs.close()
     finally:
         drop_testapp(testapp)
+
+
+def test_a_cli_command_says_plainly_when_no_sentinel_answers(tmp_path, group):
+    import subprocess
+    import sys
+    import time
+
+    from procs import APPS
+    url = group.url()
+    group.stop()
+    env = Processes(tmp_path, url).env(json.dumps({"broker_transport_options": group.transport_options}))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "minique.cli", "-A", "testapp", "status"], env=env, cwd=APPS,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "no sentinel answered with a master for 'mymaster' (asked 127.0.0.1:" in out.stderr + out.stdout
+    assert "<redis." not in out.stderr + out.stdout  # (not redis-py's reprs of every client)
+    assert time.monotonic() - started < 15  # broker_connection_timeout (4 s) and start-up, not retries
