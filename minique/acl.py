@@ -6,7 +6,8 @@ its job through minique and is refused what it does not need. Redis 7 or later (
 
     producer   sends tasks (also with an ETA), waits for and reads their results, saves groups
     worker     runs tasks: every key under minique:*, the control channel (to listen), no admin commands
-    dashboard  reads: events, workers, queue lengths, dead letters, results; writes nothing
+    dashboard  reads: events, workers, queue lengths, dead letters, results; writes only its throughput
+               counts (minique:throughput, through a script)
     operator   acts: control commands (inspect, ping, revoke, shutdown, rate limits...), dead letters
                (list, replay, purge), purging queues, the dashboard's retry/revoke/replay buttons
     beat       the periodic scheduler: a producer that also holds beat's lease and last-run book
@@ -50,21 +51,27 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     "dashboard": (
         "+scan",                                           # which queues exist (SCAN MATCH minique:{*}:*)
         "(%R~minique:* +@read -@dangerous)",               # everything under minique:, read only
+        "+script|load",                                    # but its throughput counts (dashboard/state.py)
+        "(~minique:throughput +evalsha +eval +hget +hset +hincrby +hkeys +hdel +expire)",
     ),
     "operator": (
         "+scan", "+multi", "+exec", "+discard", "+script|load",
+        "+time",                                           # (TIME: inside bring_forward.lua, revoke)
         "&minique:control", "+publish",                    # control commands (workers answer on reply lists)
         "(~minique:reply:* +blpop +del)",                  # the answers to inspect, ping, ...
         "(~minique:revoked +zadd +zremrangebyscore +zrangebyscore)",  # revoke
+        "(~minique:workers +hvals)",                       # revoke: the live workers' queues (their delayed sets)
         "(~minique:dlq +xrange +xlen +xdel +del)",         # dead letters: list, replay, purge
-        # queues: replay and retry send into them; purge empties them (purge.lua reads the group first)
+        "(~minique:paused +sadd +srem +smembers)",         # pause and resume queues
+        # queues: replay and retry send into them; purge empties them (purge.lua reads the group first);
+        # revoke finds a delayed task and brings it forward (find_delayed.lua, bring_forward.lua)
         "(~minique:{*}:* +xadd +lpush +xlen +xpending +xinfo|groups +xrange +xdel +llen +zcard +del"
-        " +evalsha +eval)",
+        " +zscan +zadd +evalsha +eval)",
     ),
     "beat": _SEND + (
         "+script|load",
         "(~minique:lock:beat +set +get +del +pttl +pexpire +evalsha +eval)",        # the leader's lease
-        "(~minique:beat:last +hkeys +hdel +hmget +hget +hset +evalsha +eval)",      # when each entry last ran
+        "(~minique:beat:last ~minique:beat:lag +hkeys +hdel +hmget +hget +hset +evalsha +eval)",  # last runs, lag
     ),
 }
 

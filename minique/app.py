@@ -1,7 +1,11 @@
 """The application: settings, the task registry, connections, and sending messages."""
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+import os
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -24,12 +28,13 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as RedisRetry
 
-from . import context, message as message_mod, routing, serializers
+from . import context, message as message_mod, routing, serializers, signals
 from .canvas import Call, Signature, register_builtins
-from .config import Settings
+from .config import PendingSettings, Settings, import_object
 from .exceptions import ConfigurationError
 from .keys import check_queue
 from .result import AsyncResult, GroupResult
+from .signals import after_task_publish, before_task_publish
 from .signing import sign
 from .task import Task
 
@@ -39,6 +44,16 @@ _VARYING = ("task_id", "group_index")  # what may differ between calls that shar
 # apply_async options that become message fields as they are
 _DIRECT_FIELDS = ("retries", "root_id", "parent_id", "group_id", "group_index", "chord", "chain",
                   "time_limit", "soft_time_limit", "headers", "ignore_result")
+
+
+# the headers before_task_publish receivers see that describe the message itself (Celery's protocol 2
+# names); whatever else they hold or a receiver adds travels as the message's own headers
+_MESSAGE_HEADERS = frozenset({"lang", "task", "id", "root_id", "parent_id", "group", "group_index", "retries",
+                              "eta", "expires", "timelimit", "ignore_result", "shadow", "origin"})
+
+
+def _iso(epoch: Optional[float]) -> Optional[str]:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[float]:
@@ -60,8 +75,7 @@ def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[flo
 def _task_class(cls: Any) -> type:
     """`base=` / `task_cls`: a Task subclass, or its "module:Class" (or "module.Class") name."""
     if isinstance(cls, str):
-        module, _, attr = cls.rpartition(":") if ":" in cls else cls.rpartition(".")
-        cls = getattr(importlib.import_module(module), attr)
+        cls = import_object(cls)
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise ConfigurationError(f"a task class must be a subclass of minique.Task, not {cls!r}")
     return cls
@@ -75,12 +89,29 @@ class Minique:
     """A minique application: `app = Minique("proj", broker=..., backend=..., include=[...])`."""
 
     def __init__(self, main: Optional[str] = None, broker: Optional[str] = None, backend: Optional[str] = None,
-                 include: Iterable[str] = (), config_source: Any = None, task_cls: Any = None, **settings: Any):
+                 include: Iterable[str] = (), config_source: Any = None, task_cls: Any = None,
+                 namespace: Optional[str] = None, set_as_current: bool = True, fixups: Optional[Iterable[Any]] = None,
+                 **settings: Any):
         self.main = main
         self.task_cls: Any = task_cls or Task  # the class of @app.task's tasks: a Task subclass or "module:Class"
-        self.conf = Settings()
+        self.namespace = namespace  # the config source's prefix ("CELERY": CELERY_BROKER_URL is broker_url)
+        # Celery's app signals (sender: this app). on_configure, on_after_configure (source=conf): when the
+        # configuration is first read; on_after_finalize: when the task registry is complete (finalize());
+        # on_after_fork: in every child process forked after this app exists.
+        self.on_configure = signals.Signal("app.on_configure")
+        self.on_after_configure = signals.Signal("app.on_after_configure", {"source"})
+        self.on_after_finalize = signals.Signal("app.on_after_finalize")
+        self.on_after_fork = signals.Signal("app.on_after_fork")
+        self.configured = False
+        self._configuring = False
+        self.finalized = False
+        self._config_source: Any = None
+        self._pending_periodic: List[Tuple[Any, ...]] = []
+        self._setup_lock = threading.RLock()
+        self.conf: Settings = PendingSettings()  # the first read configures the app (see _configure)
+        object.__setattr__(self.conf, "_configure", self._configure)
         if config_source is not None:
-            self.conf.from_object(config_source)
+            self.config_from_object(config_source)
         if broker:
             self.conf.broker_url = broker
         if backend:
@@ -91,26 +122,73 @@ class Minique:
         self.tasks: Dict[str, Task[..., Any]] = {}
         self._defaults_cache: Dict[tuple, Any] = {}
         self._routers_at: Tuple[int, list] = (-1, [])
-        context.set_current_app(self)
+        context.register_app(self)
+        if set_as_current:
+            context.set_current_app(self)
         register_builtins(self)
+        # fix-ups for frameworks (Django when DJANGO_SETTINGS_MODULE is set), as Celery's; kept alive here
+        from .contrib.django.fixup import fixup as django_fixup
+        self._fixups = [f for f in ((import_object(fix) if isinstance(fix, str) else fix)(self) for fix in fixups)
+                        if f is not None] if fixups is not None else [
+            f for f in [django_fixup(self, custom_task_cls=task_cls is not None)] if f is not None]
+
+    def set_current(self) -> None:
+        """Make this the current app (what `current_app` and shared tasks use)."""
+        context.set_current_app(self)
 
     # --- configuration ------------------------------------------------------------------------------
-    def config_from_object(self, obj: Any, silent: bool = False, force: bool = True) -> None:
-        """Load settings from a module name, module or object (Celery setting names)."""
-        try:
-            self.conf.from_object(obj)
-        except ConfigurationError:
-            if not silent:
-                raise
-        self._reset()
+    def _configure(self) -> None:
+        """The first read of `conf` runs this (Celery's lazy configuration): on_configure, the config
+        source read, the periodic tasks added before, on_after_configure."""
+        with self._setup_lock:  # (another thread reading meanwhile waits here)
+            if self.configured or self._configuring:  # (a receiver reading conf: as it is so far)
+                return
+            self._configuring = True
+            try:
+                self.on_configure.send(sender=self)
+                if self._config_source is not None:
+                    self.conf.from_object(*self._config_source)
+                self.configured = True
+                pending, self._pending_periodic = self._pending_periodic, []
+                for args in pending:
+                    self._add_periodic_task(*args)
+            finally:
+                self._configuring = False
+                conf = self.conf
+                if isinstance(conf, PendingSettings):
+                    conf.done()
+            self.on_after_configure.send(sender=self, source=self.conf)
 
-    def config_from_envvar(self, name: str, silent: bool = False) -> None:
-        import os
-        if name not in os.environ:
+    def config_from_object(self, obj: Any, silent: bool = False, force: bool = False,
+                           namespace: Optional[str] = None) -> None:
+        """Use `obj` as the config source: a module name, "module:attribute" (e.g. "django.conf:settings"),
+        a module, an object or a mapping, with Celery's setting names (with `namespace="CELERY"`: the
+        CELERY_-prefixed names only, CELERY_BROKER_URL as broker_url). As in Celery it is read when the
+        configuration is first used (`force=True`: now); settings written explicitly win over it."""
+        self.namespace = namespace or self.namespace
+        if isinstance(obj, str):  # an unknown module is an error here, where it is named
+            try:
+                obj = import_object(obj)
+            except (ImportError, AttributeError) as exc:
+                if silent:
+                    return
+                raise ConfigurationError(f"cannot import config module {obj!r}: {exc}") from exc
+        self._config_source = (obj, self.namespace)
+        if force or self.configured:
+            try:
+                self.conf.from_object(obj, self.namespace)
+            except ConfigurationError:
+                if not silent:
+                    raise
+            self._reset()
+
+    def config_from_envvar(self, name: str, silent: bool = False, force: bool = False) -> None:
+        """config_from_object(the module named by the environment variable `name`)."""
+        if not os.environ.get(name):
             if silent:
                 return
-            raise ConfigurationError(f"environment variable {name} is not set")
-        self.config_from_object(os.environ[name])
+            raise ConfigurationError(f"environment variable {name} is not set (it should name a config module)")
+        self.config_from_object(os.environ[name], silent=silent, force=force)
 
     def _reset(self) -> None:
         """Forget what was derived from settings (connections, routes) so new settings apply."""
@@ -119,9 +197,45 @@ class Minique:
         self._defaults_cache.clear()
 
     def import_modules(self) -> None:
-        """Import `include` and `imports` so that their tasks register (the worker does this)."""
+        """What a worker and beat do at start (Celery's import_default_modules, then finalize): send
+        `signals.import_modules` (autodiscover_tasks, Django's setup), import `include` and `imports`
+        so that their tasks register, and finalize the app."""
+        for _, response in signals.import_modules.send(sender=self):
+            if isinstance(response, Exception):  # (logging may not be set up yet: not only logged)
+                raise response
         for name in tuple(self.conf.include or ()) + tuple(self.conf.imports or ()):
             importlib.import_module(name)
+        self.finalize()
+
+    def finalize(self, auto: bool = False) -> None:
+        """Complete the task registry (once): the shared tasks (`shared_task`) register here, then
+        on_after_finalize is sent. A worker and beat finalize their app when they start."""
+        with self._setup_lock:
+            if self.finalized:
+                return
+            self.finalized = True
+            context.announce_app_finalized(self)
+            self.on_after_finalize.send(sender=self)
+
+    def autodiscover_tasks(self, packages: Any = None, related_name: Optional[str] = "tasks",
+                           force: bool = False) -> None:
+        """Import `<package>.<related_name>` for each package (a list, or a callable giving one), as
+        Celery: when the worker or beat starts (`import_modules`), or now with `force=True`. Without
+        packages, those of the fix-ups: with Django, every installed app."""
+        if force:
+            self._autodiscover(packages, related_name)
+            return
+        signals.import_modules.connect(functools.partial(self._autodiscover, packages, related_name),
+                                       sender=self, weak=False)
+
+    def _autodiscover(self, packages: Any, related_name: Optional[str], **_signal: Any) -> None:
+        from .discovery import autodiscover
+        if callable(packages):
+            packages = packages()
+        if not packages:
+            packages = [name for fixup in self._fixups if hasattr(fixup, "autodiscover_tasks")
+                        for name in fixup.autodiscover_tasks()]
+        autodiscover(packages, related_name)
 
     # --- tasks --------------------------------------------------------------------------------------
     # For type checkers, `@app.task` on `def add(x: int, y: int) -> int` gives a `Task[[int, int], int]`;
@@ -139,6 +253,10 @@ class Minique:
     def task(self, *args: Any, **options: Any) -> Any:
         """Decorator: `@app.task` or `@app.task(name=..., bind=True, queue=..., ...)`."""
         def register(fun: Callable[..., Any]) -> Task[..., Any]:
+            if inspect.iscoroutinefunction(fun) or inspect.isasyncgenfunction(fun):
+                raise ConfigurationError(
+                    f"{getattr(fun, '__qualname__', fun)!r} is an async def: minique runs tasks as plain functions "
+                    f"(its body would never run). Make it a def, e.g. one that calls asyncio.run(...).")
             name = options.pop("name", None) or self.gen_task_name(fun)
             bind = options.pop("bind", False)
             cls = _task_class(options.pop("base", None) or self.task_cls)
@@ -279,6 +397,8 @@ class Minique:
         if parent is not None and not parent.called_directly and "parent_id" not in fields:
             fields["parent_id"] = parent.id
             fields["root_id"] = parent.root_id or parent.id
+        else:
+            parent = None  # (not sent by a running task: no child to note)
         task_id = options.get("task_id") or message_mod.new_id()
         if "root_id" not in fields:
             fields["root_id"] = task_id
@@ -286,6 +406,8 @@ class Minique:
             msg = message_mod.make(name, args, kwargs, serializer, task_id=task_id, **fields)
         except TypeError as exc:
             raise TypeError(f"cannot serialize arguments of {name} with {serializer}: {exc}") from exc
+        if parent is not None:  # AsyncResult.children of the running task
+            context.add_child(parent, task_id, fields.get("group_id"))
         if d["security_key"]:
             msg = sign(msg, d["security_key"])
         return msg
@@ -305,6 +427,9 @@ class Minique:
             value = options.get(key)
             if value is not None:
                 fields[key] = value
+        rate_key = options.get("rate_limit_key")
+        if rate_key is not None:  # a cluster-wide rate limit counted per this key (worker/ratelimit.py)
+            fields["headers"] = {**(fields.get("headers") or {}), "rate_limit_key": str(rate_key)}
         for option, field in (("link", "links"), ("link_error", "errbacks")):
             sigs = options.get(option)
             if sigs:
@@ -319,6 +444,9 @@ class Minique:
 
     def publish(self, pipe: Any, msg: message_mod.Message) -> None:
         """Add `msg` to `pipe` (None: send it now): into its queue, or the delayed set for a future ETA."""
+        headers = None
+        if before_task_publish.receivers:
+            msg, headers = self._before_publish(msg)
         data = msg.encode()
         if msg.eta is not None and msg.eta > time.time():
             self.broker.send_later(self.broker_client if pipe is None else pipe, msg.queue, msg.priority, data,
@@ -327,6 +455,45 @@ class Minique:
             self.broker.send_now(msg.queue, msg.priority, data)
         else:
             self.broker.send(pipe, msg.queue, msg.priority, data)
+        if after_task_publish.receivers:
+            self._after_publish(msg, headers)
+
+    def _publish_headers(self, msg: message_mod.Message) -> Dict[str, Any]:
+        """The `headers` publish signals get: the message's own headers, then Celery's names for its fields."""
+        headers = dict(msg.headers or {})
+        headers.update(lang="py", task=msg.task, id=msg.id, root_id=msg.root_id, parent_id=msg.parent_id,
+                       group=msg.group_id, group_index=msg.group_index, retries=msg.retries, eta=_iso(msg.eta),
+                       expires=_iso(msg.expires), timelimit=[msg.time_limit, msg.soft_time_limit],
+                       ignore_result=msg.ignore_result)
+        return headers
+
+    def _publish_body(self, msg: message_mod.Message) -> Any:
+        """Celery's body: (args, kwargs, embed), for the publish signals' receivers to read."""
+        try:
+            args, kwargs = msg.args_kwargs({msg.content_type})
+        except Exception:  # noqa: BLE001 - only to show it
+            args, kwargs = [], {}
+        return (args, kwargs, {"callbacks": msg.links, "errbacks": msg.errbacks, "chain": msg.chain,
+                               "chord": msg.chord})
+
+    def _before_publish(self, msg: message_mod.Message) -> Tuple[message_mod.Message, Dict[str, Any]]:
+        """before_task_publish (sender: the task name); headers its receivers add travel with the
+        message (`self.request.headers`, and as request attributes), re-signed with security_key."""
+        headers = self._publish_headers(msg)
+        before_task_publish.send(sender=msg.task, body=self._publish_body(msg), exchange="", routing_key=msg.queue,
+                                 headers=headers, properties={"correlation_id": msg.id, "priority": msg.priority,
+                                                              "content_type": msg.content_type},
+                                 declare=[], retry_policy=None)
+        own = {key: value for key, value in headers.items() if key not in _MESSAGE_HEADERS}
+        if own != (msg.headers or {}):
+            msg = msg._replace(headers=own or None)
+            if self.conf.security_key:
+                msg = sign(msg, self.conf.security_key)
+        return msg, headers
+
+    def _after_publish(self, msg: message_mod.Message, headers: Optional[Dict[str, Any]]) -> None:
+        after_task_publish.send(sender=msg.task, body=self._publish_body(msg), exchange="", routing_key=msg.queue,
+                                headers=headers if headers is not None else self._publish_headers(msg))
 
     def send_calls(self, calls: List[Call], pipe: Any = None) -> None:
         """Publish planned calls (canvas `plan()`): into the caller's pipeline `pipe`, or now: one
@@ -342,7 +509,13 @@ class Minique:
         now = time.time()
         items = []
         last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
-        templates = not self.conf.security_key  # a signed message is signed whole
+        # publish signals see each message: then each is built alone (a signed message is signed whole)
+        signalled = bool(before_task_publish.receivers or after_task_publish.receivers)
+        templates = not self.conf.security_key and not signalled
+        sent: List[tuple] = []  # (message, headers) for after_task_publish once their chunk is sent
+        parent = context.current()  # sent by a running task: its children (build_message notes the others)
+        if parent is not None and parent.called_directly:
+            parent = None
         for name, a, k, o in calls:
             shape = {key: v for key, v in o.items() if key not in _VARYING}
             if last is not None and last[0] == name and last[1] == shape:  # like the previous: only id, args, index
@@ -351,9 +524,18 @@ class Minique:
                     body = message_mod.encode_args(a, k, template.content_type)
                 except TypeError as exc:
                     raise TypeError(f"cannot serialize arguments of {name}: {exc}") from exc
-                data = template.encode(o.get("task_id") or message_mod.new_id(), body, o.get("group_index"))
+                task_id = o.get("task_id") or message_mod.new_id()
+                data = template.encode(task_id, body, o.get("group_index"))
+                if parent is not None and o.get("parent_id") is None:
+                    context.add_child(parent, task_id, o.get("group_id"))
             else:
                 msg = self.build_message(name, a, k, o)
+                if signalled:
+                    headers = None
+                    if before_task_publish.receivers:
+                        msg, headers = self._before_publish(msg)
+                    if after_task_publish.receivers:
+                        sent.append((msg, headers))
                 queue, priority, data = msg.queue, msg.priority, msg.encode()
                 eta = msg.eta if msg.eta is not None and msg.eta > now else None
                 if templates and not self._defaults(name)["dynamic_routes"]:
@@ -362,8 +544,13 @@ class Minique:
             if len(items) == SEND_CHUNK:  # workers start on the first messages while the rest are built
                 self.broker.send_many(items)
                 items = []
+                for msg, headers in sent:
+                    self._after_publish(msg, headers)
+                sent = []
         if items:
             self.broker.send_many(items)
+        for msg, headers in sent:
+            self._after_publish(msg, headers)
 
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
@@ -393,15 +580,47 @@ class Minique:
     # --- beat ---------------------------------------------------------------------------------------
     def add_periodic_task(self, schedule: Any, sig: Any, args: Any = (), kwargs: Optional[dict] = None,
                           name: Optional[str] = None, **opts: Any) -> str:
-        """Add a beat entry, as Celery's add_periodic_task; returns the entry name."""
-        entry = {"task": sig["task"], "schedule": schedule, "args": tuple(sig.get("args") or args),
-                 "kwargs": dict(sig.get("kwargs") or kwargs or {}),
-                 "options": {**dict(sig.get("options") or {}), **opts}}
-        name = name or f"{sig['task']}({entry['args']!r}, {entry['kwargs']!r})"
+        """Add a beat entry, as Celery's add_periodic_task (the same as a `beat_schedule` entry); returns
+        its key (`name`, else the signature's repr). Before the app is configured it waits, as in
+        Celery, and is added when the configuration is read (so it outlives a config source)."""
+        if not isinstance(sig, Signature):  # a task (or anything with a task name)
+            sig = Signature(getattr(sig, "name", sig), args, kwargs, app=self)
+        elif args or kwargs:
+            sig = sig.clone(args, kwargs)
+        key = name or repr(sig)
+        entry = {"task": sig["task"], "schedule": schedule, "args": tuple(sig.get("args") or ()),
+                 "kwargs": dict(sig.get("kwargs") or {}), "options": {**dict(sig.get("options") or {}), **opts}}
+        if self.configured:
+            self._add_periodic_task(key, entry, name)
+        else:
+            self._pending_periodic.append((key, entry, name))
+        return key
+
+    def _add_periodic_task(self, key: str, entry: Dict[str, Any], name: Optional[str]) -> None:
         schedule_conf = dict(self.conf.beat_schedule or {})
-        schedule_conf[name] = entry
+        if name is None and key in schedule_conf:
+            import logging
+            logging.getLogger("minique.app").warning(
+                "Periodic task key=%r shadowed a previous unnamed periodic task; give add_periodic_task a name",
+                key)
+        schedule_conf[key] = entry
         self.conf.beat_schedule = schedule_conf
-        return name
+
+    # --- the command line -----------------------------------------------------------------------------
+    def start(self, argv: Optional[List[str]] = None) -> None:
+        """Run the `minique` command with this app (Celery's app.start), e.g. `if __name__ == "__main__":
+        app.start()` in proj/celery.py, then `python -m proj.celery worker`."""
+        import sys
+
+        from .cli import main
+        module = sys.modules.get("__main__")
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.name not in sys.modules and any(v is self for v in vars(module).values()):
+            # run as `python -m proj.celery`: `from .celery import app` in proj/tasks.py must find this
+            # module (and app), not import the file a second time as another app
+            sys.modules[spec.name] = module  # type: ignore[assignment]
+        main.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="minique",
+                  obj={"app_object": self})
 
     def close(self) -> None:
         for attr in ("broker_client", "backend_client"):

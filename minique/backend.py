@@ -10,12 +10,12 @@ import sys
 import time
 import traceback as tb_module
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, cast
 
 import redis
 
 from . import caps, keys, serializers, states
-from .exceptions import EncodeError, RemoteError, TimeoutError
+from .exceptions import ContentDisallowed, DecodeError, EncodeError, RemoteError, TimeoutError
 from .lua import Scripts
 from .pipe import ClientPipe, Commands, Pipe
 
@@ -102,6 +102,8 @@ class ResultBackend:
             meta["tb"] = caps.cut_tail(traceback, self.traceback_max)
         if extra:
             meta.update(extra)
+            if "args" in extra:  # result_extended: the arguments, encoded as the result is
+                meta["args"], meta["kwargs"] = _encoded_arguments(extra["args"], extra.get("kwargs"), ct)
         return serializers.pack(meta)
 
     def store(self, pipe: Commands, task_id: str, state: str, result: Any = None, traceback: Optional[str] = None,
@@ -145,10 +147,24 @@ class ResultBackend:
         status = meta["s"]
         if status in states.EXCEPTION_STATES and isinstance(value, dict) and "exc_type" in value:
             value = exception_from_dict(value, meta.get("tb"))
-        return {"status": status, "result": value, "traceback": meta.get("tb"),
-                "date_done": meta.get("t") if status in states.READY_STATES else None,
-                "task_id": meta.get("id"),
-                **{k: v for k, v in meta.items() if k not in ("s", "ct", "r", "tb", "t", "id")}}
+        out = {"status": status, "result": value, "traceback": meta.get("tb"),
+               "date_done": meta.get("t") if status in states.READY_STATES else None,
+               "task_id": meta.get("id"),
+               **{k: v for k, v in meta.items() if k not in ("s", "ct", "r", "tb", "t", "id")}}
+        if "args" in meta:  # result_extended
+            out["args"], out["kwargs"] = (self._decoded_argument(meta["args"], meta.get("ct", "json")),
+                                          self._decoded_argument(meta.get("kwargs"), meta.get("ct", "json")))
+        return out
+
+    def _decoded_argument(self, value: Any, content_type: str) -> Any:
+        """A result_extended argument: bytes are encoded (as the result); a str is the repr stored when
+        they would not encode; one that cannot be decoded here reads as None (the rest of the record stands)."""
+        if not isinstance(value, bytes):
+            return value
+        try:
+            return serializers.loads(value, content_type, self.accept)
+        except (ContentDisallowed, DecodeError):
+            return None
 
     def get_meta(self, task_id: str) -> Dict[str, Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -218,6 +234,18 @@ class ResultBackend:
         """Mark the callback as sent (after its message is in the broker) and drop the partial results."""
         pipe.execute_command("SET", keys.chord_done(chord_id), b"sent", "EX", self.expires or 86400)
         pipe.execute_command("DEL", keys.chord(chord_id))
+
+
+def _encoded_arguments(args: Any, kwargs: Any, content_type: str) -> Tuple[Any, Any]:
+    """result_extended's args and kwargs encoded with the result's serializer (as Celery stores them);
+    when they will not encode with it (bytes under json, say), their reprs, cut as argsrepr is."""
+    if args is None and kwargs is None:  # (unreadable: the worker could not decode them)
+        return None, None
+    try:
+        return serializers.dumps(list(args or ()), content_type), serializers.dumps(dict(kwargs or {}), content_type)
+    except Exception:  # noqa: BLE001 - the task's result stands; its arguments are shown as text
+        return caps.safe_repr(tuple(args or ()), caps.ARGSREPR_MAX), caps.safe_repr(dict(kwargs or {}),
+                                                                                    caps.ARGSREPR_MAX)
 
 
 def format_traceback(exc: BaseException, line_max: Optional[int] = caps.EXCEPTION_MAX) -> str:

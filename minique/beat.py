@@ -46,6 +46,7 @@ from .exceptions import ConfigurationError
 from .logs import Once
 from .lua import Scripts
 from .schedules import BaseSchedule, schedule as interval, to_schedule
+from .signals import beat_init
 
 __all__ = ["Beat", "Entry", "Due", "due_slots", "parse_entries", "run_beat", "POLICIES"]
 
@@ -297,6 +298,7 @@ class Beat:
         stale = [k for k in names if k.decode() not in self.schedule]
         if stale:
             self.client.hdel(keys.BEAT_LAST, *stale)
+            self.client.hdel(keys.BEAT_LAG, *stale)
             logger.info("beat: forgot the state of %d removed entr%s: %s", len(stale),
                         "y" if len(stale) == 1 else "ies", ", ".join(k.decode() for k in stale))
 
@@ -350,6 +352,12 @@ class Beat:
                 except Exception as exc:  # the slot stays claimed: at most once
                     logger.error("beat: Message Error: could not send %s (%s): %r",
                                  entry.name, entry.task, exc, exc_info=True)
+                    continue
+                # how late it went out (the dashboard's minique_beat_lag_seconds); a lost write only loses that
+                try:
+                    self.client.hset(keys.BEAT_LAG, entry.name, f"{max(0.0, time.time() - slot.timestamp()):.6f}")
+                except redis.RedisError as exc:
+                    logger.debug("beat: could not record the lag of %s: %r", entry.name, exc)
         return prev_raw
 
     def tick(self) -> float:
@@ -393,6 +401,8 @@ class Beat:
     # --- the loop -----------------------------------------------------------------------------------
     def run(self) -> None:
         """Loop until :meth:`stop`; releases the lease on the way out."""
+        if beat_init.receivers:
+            beat_init.send(sender=self)
         logger.info("beat: Starting %s (lease %.1fs, missed-run policy %r, %d entries)",
                     self.hostname, self.lease, self.policy, len(self.schedule))
         try:
@@ -446,20 +456,12 @@ def run_beat(app: Any, loglevel: str = "INFO") -> int:
 
 
 def _load_app(spec: str) -> Any:
-    """The Minique app named by ``module`` or ``module:attr``."""
-    import importlib
-
-    from .app import Minique
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    if attr:
-        found = getattr(module, attr, None)
-    else:  # the usual names first, then any Minique instance in the module
-        candidates = [getattr(module, n, None) for n in ("app", "minique", "celery")] + list(vars(module).values())
-        found = next((c for c in candidates if isinstance(c, Minique)), None)
-    if not isinstance(found, Minique):
-        raise ConfigurationError(f"no Minique app found in {spec!r}")
-    return found
+    """The Minique app named by ``module`` or ``module:attr`` (Celery's -A rules), its modules imported."""
+    from .discovery import find_app
+    app = find_app(spec)
+    app.set_current()
+    app.import_modules()
+    return app
 
 
 if __name__ == "__main__":  # python -m minique.beat -A module[:attr]

@@ -155,8 +155,9 @@ class Signature(dict):
         return self.apply_async(args, kwargs)
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
-        a, k, _ = self._merge(args, kwargs, {})
-        return self.type.apply(a, k)
+        """Run here and now (eager), with the signature's options: its frozen id, link, link_error."""
+        a, k, o = self._merge(args, kwargs, options)
+        return self.type.apply(a, k, **o)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task here and now, as Celery does for a plain signature."""
@@ -169,6 +170,17 @@ class Signature(dict):
 
     def __reduce__(self) -> Any:
         return (from_dict, (dict(self),))
+
+
+def _link_last(steps: List[Signature], own: Dict[str, Any]) -> None:
+    """A chain's own link and link_error belong to its last step (copies, in `steps`): its result is
+    the chain's, and a failure before it abandons it, which runs its errbacks (abandoned())."""
+    last = steps[-1]
+    for key in ("link", "link_error"):
+        sigs = own.get(key)
+        if sigs:
+            last.options[key] = list(last.options.get(key) or ()) + (list(sigs) if isinstance(sigs, (list, tuple))
+                                                                      else [sigs])
 
 
 def _steps_of(tasks: Iterable[Any], app: Any) -> List[Signature]:
@@ -228,6 +240,8 @@ class chain(Signature):
                 step.options.setdefault("task_id", new_id())
             else:
                 step.freeze()
+        if len(steps) > 1:  # (a one-step chain's callbacks go with its only message, below)
+            _link_last(steps, own)
         # What the whole chain owes to its context (its own id, chord membership) belongs to the last step.
         last = steps[-1]
         if own.get("task_id") and not isinstance(last, (group, chord)):
@@ -257,9 +271,35 @@ class chain(Signature):
         return _chain_result(self.tasks)
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Run the steps here and now, each given the previous result (a group's as a list), as the
+        chain sent would: a step that fails ends it, and the rest fail with its exception (the
+        errbacks of the step that would have ended the chain run). The chain's link and link_error
+        go to its last step, as when it is sent."""
+        options = {**self.options, **options}
+        own = {k: options.pop(k) for k in ("link", "link_error", "task_id") if options.get(k)}
+        options = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
+        steps = [from_dict(s, self._app, copy=True) for s in self.tasks]
+        if not steps:
+            return None
+        _link_last(steps, own)
+        for step in steps:  # every step gets its id now, as when the chain is sent (freeze)
+            if isinstance(step, (group, chord)):
+                step.freeze()
+            else:
+                step.options.setdefault("task_id", new_id())
+        if own.get("task_id") and not isinstance(steps[-1], (group, chord)):
+            steps[-1].options["task_id"] = own["task_id"]
         res: Any = None
-        for i, step in enumerate(self.tasks):
-            res = step.apply(args if i == 0 else (res.get(),), kwargs if i == 0 else None)
+        for i, step in enumerate(steps):
+            if i:
+                failed = _eager_failure(res)
+                if failed is not None:
+                    return _eager_abandon(self.app, steps[i:], failed, res)
+            value = (args, kwargs) if i == 0 else ((res.get(),), None)
+            step_res = step.apply(*value, **options)
+            if res is not None and getattr(step_res, "parent", None) is None:
+                step_res.parent = res
+            res = step_res
         return res
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -323,7 +363,11 @@ class group(Signature):
         return GroupResult(self.id, [t.result() for t in self.tasks], app=self.app)
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
-        return GroupResult(None, [t.apply(args, kwargs) for t in self.tasks], app=self.app)
+        """Run every member here and now: a GroupResult (with the group's id) of their EagerResults."""
+        options = {**self.options, **options}
+        group_id = options.pop("task_id", None) or new_id()
+        shared = {k: v for k, v in options.items() if k not in _PER_MESSAGE}
+        return GroupResult(group_id, [t.apply(args, kwargs, **shared) for t in self.tasks], app=self.app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -409,11 +453,109 @@ class chord(Signature):
     def result(self) -> Any:
         return _chord_result(self._body(), self.header.result())
 
+    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+        """Run the header here and now, then the body with the list of its results (in order), as
+        the chord sent would. A member that fails fails the body with ChordError ("Dependency <id>
+        raised ...") and the body's errbacks run; `.parent` of the result is the header's GroupResult."""
+        from .exceptions import ChordError
+        options = {**self.options, **options}
+        own = {k: options.pop(k) for k in _PER_MESSAGE if k in options}
+        body = from_dict(self._body(), self._app, copy=True)
+        body.freeze(own.get("task_id"))  # (its id, as when the chord is sent)
+        header = self.header.apply(args, kwargs, **options)
+        for member in header.results:
+            failed = _eager_failure(member)
+            if failed is not None:
+                error = ChordError(f"Dependency {member.id} raised {failed[0]!r}")
+                res = _eager_abandon(self.app, [body], (error, None), header)
+                break
+        else:
+            res = body.apply(([m.get() for m in header.results],), None, **options)
+        target = res
+        while getattr(target, "parent", None) is not None:
+            target = target.parent
+        if target is not header:
+            target.parent = header
+        return res
+
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
 
 
 _TYPES: Dict[str, Type[Signature]] = {"chain": chain, "group": group, "chord": chord}
+
+
+# --- eager: a canvas run here and now behaves as the canvas sent ------------------------------------------
+
+def _as_list(value: Any) -> List[Any]:
+    if not value:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _eager_failure(res: Any) -> Optional[Tuple[BaseException, Optional[str]]]:
+    """(exception, traceback) of an eager result that did not succeed (a group's first failed member),
+    else None."""
+    if isinstance(res, GroupResult):
+        for member in res.results:
+            failed = _eager_failure(member)
+            if failed is not None:
+                return failed
+        return None
+    meta = res._meta() if isinstance(res, AsyncResult) else None
+    if meta is None or meta["status"] == "SUCCESS":
+        return None
+    value = meta["result"]
+    return (value if isinstance(value, BaseException) else RuntimeError(repr(value))), meta.get("traceback")
+
+
+def _eager_abandon(app: Any, rest: List[Signature], failed: Tuple[BaseException, Optional[str]],
+                   parent: Any) -> Any:
+    """The steps in `rest` never run (what came before them failed): each task in them fails with
+    the exception, and the errbacks of the tasks that would have ended them run (given their ids), as
+    canvas.abandoned() says of a canvas sent. Returns the last step's result (FAILURE)."""
+    from .result import EagerResult
+    exc, tb = failed
+    res: Any = parent
+    for step in rest:
+        ids = _task_ids(step) or [new_id()]
+        down = abandoned(app, step)
+        for call in down.errbacks:
+            _apply_planned(app, call)
+        result: Any = EagerResult(ids[-1], exc, "FAILURE", tb, app=app)
+        result.parent = res
+        res = result
+    return res
+
+
+def _apply_planned(app: Any, call: Call) -> Any:
+    """Run a planned call here and now, with the rest of its chain (the `chain` option) after it."""
+    name, a, k, o = call
+    o = dict(o)
+    rest = o.pop("chain", None)
+    sig = Signature(name, a, k, o, app=app)
+    return chain(sig, *rest, app=app).apply() if rest else sig.apply()
+
+
+def apply_linked(task: Any, args: Any, kwargs: Any, task_id: Optional[str], link: Any, link_error: Any,
+                 options: Dict[str, Any]) -> Any:
+    """Task.apply with callbacks, as a worker runs them: on success each `link` is applied with the
+    return value; on failure each `link_error` with the task's id (also when the failure propagates)."""
+    task_id = task_id or new_id()
+    app = task.app
+    try:
+        res = task.apply(args, kwargs, task_id=task_id, **options)
+    except Exception:
+        for errback in _as_list(link_error):
+            from_dict(errback, app).apply((task_id,))
+        raise
+    if res.state == "SUCCESS":
+        for callback in _as_list(link):
+            from_dict(callback, app).apply((res.result,))
+    else:
+        for errback in _as_list(link_error):
+            from_dict(errback, app).apply((task_id,))
+    return res
 
 
 def _chain_result(steps: List[Signature]) -> Any:

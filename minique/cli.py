@@ -7,7 +7,6 @@ command has it, shows the stack instead). One-shot commands first check that Red
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 import logging
 import os
@@ -31,29 +30,16 @@ _ENTRY_ID = re.compile(r"^[0-9]+(-[0-9]+)?$")  # a stream entry id (the dead let
 
 
 def load_app(spec: str) -> Any:
-    """`module`, `module:attr` or `module.attr`: the Minique app inside (Celery's -A rules)."""
-    from .app import Minique
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
+    """`module`, `package` (then its `celery` module), `module:attr` or `module.attr`: the app inside, by
+    Celery's -A rules (minique.discovery.find_app); it becomes the current app."""
+    from .discovery import find_app
     try:
-        module = importlib.import_module(module_name)
+        app = find_app(spec)
     except ImportError as exc:
-        if not attr and "." in module_name:
-            module_name, _, attr = module_name.rpartition(".")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
-        else:
-            raise click.ClickException(f"cannot import app module {module_name!r}: {exc}") from exc
-    if attr:
-        app = getattr(module, attr, None)
-    else:
-        app = next((getattr(module, n) for n in ("app", "celery") if isinstance(getattr(module, n, None), Minique)),
-                   None) or next((v for v in vars(module).values() if isinstance(v, Minique)), None)
-    if not isinstance(app, Minique):
-        raise click.ClickException(f"no minique app found in {spec!r} (expected a Minique instance named app)")
+        raise click.ClickException(f"cannot import app module {spec!r}: {exc}") from exc
+    except (AttributeError, ConfigurationError) as exc:
+        raise click.ClickException(f"no minique app found in {spec!r}: {exc}") from exc
+    app.set_current()
     return app
 
 
@@ -190,9 +176,11 @@ def main(ctx: click.Context, app_spec: Optional[str], show_traceback: bool) -> N
 
 def _app(ctx: click.Context) -> Any:
     spec = ctx.obj.get("app_spec")
-    if not spec:
+    app = ctx.obj.get("app_object")  # app.start(): the command runs with that app
+    if app is None and not spec:
         raise click.UsageError("which app? give -A/--app MODULE (or set MINIQUE_APP)")
-    app = load_app(spec)
+    if app is None:
+        app = load_app(spec)
     ctx.obj["app"] = app  # the error handler names its URLs
     return app
 
@@ -229,18 +217,49 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
     return app
 
 
+class _Autoscale(click.ParamType):
+    """Celery's --autoscale: MAX,MIN (either order) or MAX."""
+
+    name = "MAX,MIN"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        from .autoscale import parse_autoscale
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_autoscale(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_NOOP = "Accepted for Celery's command lines; minique has nothing to turn off here"
+
+
 @main.command()
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: task_default_queue).")
+@click.option("-X", "--exclude-queues", help="Comma-separated queues not to consume (taken out of -Q's list).")
+@click.option("-I", "--include", help="Comma-separated modules to import as well (their tasks register).")
 @click.option("-c", "--concurrency", type=int,
               help="Pool processes (or threads), >= 1; 0: the CPU count (default: worker_concurrency, else the "
                    "CPU count).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Pool implementation.")
+@click.option("--autoscale", type=_Autoscale(),
+              help="MAX,MIN (Celery's form; MAX alone: MIN 1): start with MIN pool processes, grow up to MAX while "
+                   "messages wait, shrink back when fewer were needed for worker_autoscale_keepalive seconds "
+                   "(30). A process retired finishes its task first; what it fetched goes back to the queue.")
 @click.option("-l", "--loglevel", default="WARNING", show_default=True, callback=_loglevel,
               help="DEBUG, INFO, WARNING, ERROR or CRITICAL (Celery's default: WARNING); INFO adds one line per "
                    "task event, DEBUG also shows the stack of an error.")
-@click.option("-f", "--logfile", help="Log to this file instead of stderr.")
+@click.option("-f", "--logfile", help="Log to this file instead of stderr (%n, %h, %d, %p, %i, %I expand as in "
+                                      "Celery; pool processes write to the worker's file).")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.option("-n", "--hostname", help="Node name (%h, %n, %d expand as in Celery).")
+@click.option("-O", "--optimization", type=click.Choice(["default", "fair"]), default="default", show_default=True,
+              help="fair: each pool process takes a message only when it is free (prefetch 1, none fetched ahead), "
+                   "so no message waits behind a long task while another process is idle. default: each process "
+                   "reserves --prefetch-multiplier messages and fetches ahead after short tasks (fastest for short "
+                   "tasks).")
+@click.option("--disable-prefetch", is_flag=True, help="As -O fair (Celery's flag of the same meaning).")
 @click.option("--prefetch-multiplier", type=int,
               help="Messages each pool process reserves, >= 0 (0 and 1: one at a time; default: "
                    "worker_prefetch_multiplier, 4).")
@@ -248,36 +267,140 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
 @click.option("--max-memory-per-child", type=int, help="KiB (>= 1), as Celery: a pool process above it is replaced.")
 @click.option("--time-limit", type=float, help="Hard time limit (s, > 0): the process is killed.")
 @click.option("--soft-time-limit", type=float, help="Soft time limit (s, > 0): SoftTimeLimitExceeded is raised.")
-@click.option("-E", "--task-events", is_flag=True, default=None, help="Send task events (on by default).")
+@click.option("-E", "--task-events", "--events", "task_events", is_flag=True, default=None,
+              help="Send task events (on by default).")
 @click.option("--without-events", is_flag=True, help="Do not send task events.")
+@click.option("--heartbeat-interval", type=float,
+              help="Seconds between the worker's heartbeats (default: worker_heartbeat_interval, 2).")
+@click.option("--without-heartbeat", is_flag=True,
+              help=f"{_NOOP}: the heartbeat tells the others this worker is alive and keeps its claims on the "
+                   f"messages it holds, so it always runs.")
+@click.option("--without-gossip", is_flag=True, help=f"{_NOOP}: workers do not gossip (they meet in Redis).")
+@click.option("--without-mingle", is_flag=True,
+              help=f"{_NOOP}: there is no start-up sync; revokes are read from Redis.")
+@click.option("-S", "--statedb", help="Accepted with a warning and ignored: revokes already live in Redis "
+                                      "(minique:revoked), for every worker, also ones started later.")
+@click.option("--purge", "--discard", "purge_first", is_flag=True,
+              help="Delete every waiting message of the worker's queues before it starts.")
+@click.option("-D", "--detach", is_flag=True,
+              help="Run in the background: the command returns once the worker has written its pid file. "
+                   "Default pid file %n.pid, log file %n%I.log (celery multi's), in --workdir.")
+@click.option("--pidfile", help="Write the worker's pid here (%n etc. expand); refuse to start while it names a "
+                                "live process; removed at exit.")
+@click.option("--workdir", help="Change to this directory first (relative files and the app are found there).")
+@click.option("--umask", help="Create files with this umask (octal with a leading 0, e.g. 022).")
 @click.option("-B", "--beat", is_flag=True, help="Also run beat in this worker (development only).")
+@click.option("-s", "--schedule-filename", "--schedule", "schedule_filename",
+              help="Accepted with a warning and ignored: beat keeps its schedule's state in Redis.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
 @click.option("--health-port", type=int, help="Serve the probes /livez and /readyz on this port (0: off; they "
                                               "are on --metrics-port too).")
 @click.pass_context
-def worker(ctx: click.Context, queues: Optional[str], concurrency: Optional[int], pool: Optional[str], loglevel: str,
-           logfile: Optional[str], log_json: bool, hostname: Optional[str], prefetch_multiplier: Optional[int],
-           max_tasks_per_child: Optional[int], max_memory_per_child: Optional[int], time_limit: Optional[float],
-           soft_time_limit: Optional[float], task_events: Optional[bool], without_events: bool, beat: bool,
-           metrics_port: Optional[int], health_port: Optional[int]) -> None:
+def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[str], include: Optional[str],
+           concurrency: Optional[int], pool: Optional[str], autoscale: Optional[Tuple[int, int]], loglevel: str,
+           logfile: Optional[str], log_json: bool, hostname: Optional[str], optimization: str, disable_prefetch: bool,
+           prefetch_multiplier: Optional[int], max_tasks_per_child: Optional[int],
+           max_memory_per_child: Optional[int], time_limit: Optional[float], soft_time_limit: Optional[float],
+           task_events: Optional[bool], without_events: bool, heartbeat_interval: Optional[float],
+           without_heartbeat: bool, without_gossip: bool, without_mingle: bool, statedb: Optional[str],
+           purge_first: bool, detach: bool, pidfile: Optional[str], workdir: Optional[str], umask: Optional[str],
+           beat: bool, schedule_filename: Optional[str], metrics_port: Optional[int],
+           health_port: Optional[int]) -> None:
     """Start a worker: `minique -A tasks worker -Q default,priority_high -c 4`.
 
     A worker started before its Redis waits for it, logging each attempt (broker_connection_retry_on_startup;
     broker_connection_max_retries attempts). Its settings are checked first: a broken one is one line."""
+    from . import daemon
+    from .worker.main import expand_hostname
+    if workdir:
+        try:
+            os.chdir(workdir)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot change to {workdir!r}: {exc.strerror}", ctx,
+                                     param_hint="'--workdir'") from None
+    try:
+        umask_value = daemon.parse_umask(umask)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param_hint="'--umask'") from None
+    if umask_value is not None and not detach:
+        os.umask(umask_value)  # (a detached worker sets it in the daemon)
     app = _app(ctx)
-    setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
+    nodename = expand_hostname(hostname)
+    if detach:  # celery multi's defaults: a detached worker without them could be neither found nor heard
+        pidfile = pidfile or "%n.pid"
+        logfile = logfile or "%n%I.log"
+    try:
+        pidfile = daemon.node_format(pidfile, nodename)
+        logfile = daemon.node_format(logfile, nodename)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx) from None
+    pidfile = os.path.abspath(pidfile) if pidfile else None
+    logfile = os.path.abspath(logfile) if logfile else None
     if time_limit is not None:
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
+    if heartbeat_interval is not None:
+        app.conf.worker_heartbeat_interval = heartbeat_interval
+    if include:
+        app.conf.include = tuple(app.conf.include or ()) + tuple(m.strip() for m in include.split(",") if m.strip())
+    fair = optimization == "fair" or disable_prefetch
+    names: Optional[List[str]] = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if exclude_queues:
+        names = names or [app.conf.task_default_queue]
+        excluded = {q.strip() for q in exclude_queues.split(",") if q.strip()}
+        names = [q for q in names if q not in excluded]
+        if not names:
+            raise click.UsageError("-X/--exclude-queues leaves no queue to consume (minique consumes the -Q queues, "
+                                   "else task_default_queue)")
+    if not detach:  # (a detached worker's logging starts in the daemon: until then, warnings go to the terminal)
+        setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
     from .worker import Worker
-    w = Worker(app, queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-               concurrency=concurrency, pool=pool, hostname=hostname, prefetch_multiplier=prefetch_multiplier,
-               max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-               events=False if without_events else task_events, metrics_port=metrics_port, beat=beat,
+    w = Worker(app, queues=names, concurrency=concurrency, pool=pool, hostname=hostname,
+               prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
+               max_memory_per_child=max_memory_per_child, events=False if without_events else task_events,
+               metrics_port=metrics_port, beat=beat, autoscale=autoscale, fair=fair, purge=purge_first,
                health_port=health_port)
-    w.install_signals()
-    sys.exit(w.run())
+    lock = daemon.Pidfile(pidfile) if pidfile else None
+    detached = None
+    if detach:  # what would stop the daemon is said here, on the terminal
+        try:
+            if lock is not None:
+                lock.check()
+            if logfile:
+                open(logfile, "a").close()
+        except daemon.PidfileLocked as exc:
+            raise OneLineError(str(exc)) from None
+        except OSError as exc:
+            raise OneLineError(f"cannot write the log file {logfile}: {exc.strerror}") from None
+        detached = daemon.detach(os.getcwd(), umask_value, logfile)
+        setup_logging(loglevel, logfile, log_json or app.conf.worker_log_json)
+    wlog = logging.getLogger("minique.worker")
+    if fair and prefetch_multiplier not in (None, 0, 1):
+        wlog.warning("-O fair: each pool process takes one message at a time; --prefetch-multiplier %s is not used",
+                     prefetch_multiplier)
+    if statedb or app.conf.worker_state_db:
+        wlog.warning("--statedb/worker_state_db (%s) is not used: revokes already live in Redis (minique:revoked), "
+                     "known to every worker", statedb or app.conf.worker_state_db)
+    if schedule_filename:
+        wlog.warning("-s/--schedule-filename (%s) is not used: beat keeps its schedule's state in Redis",
+                     schedule_filename)
+    try:
+        if lock is not None:
+            lock.acquire()
+    except (daemon.PidfileLocked, OSError) as exc:
+        if detached is not None:
+            detached.report(str(exc))
+        raise OneLineError(str(exc)) from None
+    if detached is not None:
+        detached.report()
+    try:
+        w.install_signals()
+        code = w.run()
+    finally:
+        if lock is not None:
+            lock.release()
+    sys.exit(code)
 
 
 @main.command()
@@ -289,6 +412,7 @@ def beat(ctx: click.Context, loglevel: str, logfile: Optional[str], list_only: b
     """Run the periodic task scheduler (any number may run; one leads)."""
     app = _app(ctx)
     setup_logging(loglevel, logfile)
+    app.import_modules()  # tasks and their periodic entries (on_after_finalize, autodiscover_tasks), as Celery's beat
     from .beat import Beat, run_beat
     if list_only:
         for name, task, sched, nxt in Beat(app).entries():
@@ -402,16 +526,87 @@ def status(ctx: click.Context) -> None:
     from . import keys, serializers
     app = _client_app(ctx)
     broker = app.broker
+    paused = set(app.control.paused())
     click.echo(f"{'queue':24} {'waiting':>9} {'delayed':>9} {'held':>7}")
-    for q in broker.queues_known():
+    for q in sorted(set(broker.queues_known()) | paused):
         waiting = sum(broker.length(q, p) for p in keys.PRIORITIES)
-        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}")
+        click.echo(f"{q:24} {waiting:>9} {broker.delayed_count(q):>9} {broker.held([q]).get(q, 0):>7}"
+                   + ("  paused" if q in paused else ""))
     click.echo(f"dead letters: {app.broker_client.xlen(keys.DLQ)}")
     for host, raw in app.broker_client.hgetall(keys.WORKERS).items():
         info = serializers.unpack(raw)
         age = time.time() - info["ts"]
         click.echo(f"worker {host.decode()}: {'up' if age < 10 else 'silent'} ({age:.0f}s ago), "
                    f"pool {info['concurrency']}, processed {info['processed']}")
+
+
+_EVENT_DETAILS = ("args", "kwargs", "runtime", "exception", "reason", "eta", "queue", "retries")
+
+
+def event_line(ev: dict) -> str:
+    """One event as `celery events --dump` shows it: when, who, what, then its details."""
+    import datetime
+    when = datetime.datetime.fromtimestamp(float(ev.get("ts") or 0)).isoformat(sep=" ", timespec="milliseconds")
+    kind = ev.get("type", "?")
+    if kind.startswith("task-"):
+        what = f"{kind} {ev.get('name') or '?'}[{ev.get('uuid')}]"
+        details = " ".join(f"{k}={ev[k]}" for k in _EVENT_DETAILS if ev.get(k) not in (None, "", (), []))
+    else:
+        what = kind
+        details = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "ts", "hostname", "pid")
+                           and v not in (None, "", (), []))
+    return f"{when} {ev.get('hostname') or '?'} {what}" + (f" {details}" if details else "")
+
+
+@main.command()
+@click.option("--dump", is_flag=True, help="Print events as they come (the only mode; accepted as Celery's).")
+@click.option("--task", "task_glob", help="Only events of tasks whose name matches (a glob: 'proj.*').")
+@click.option("--state", "states", multiple=True,
+              help="Only these task events: received, started, succeeded, failed, retried, revoked, rejected "
+                   "(repeat the option for several).")
+@click.option("--workers/--no-workers", default=False, help="Also worker events (online, heartbeat, offline).")
+@click.option("--from-start", is_flag=True, help="Begin with the events already in the stream (default: new ones).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--count", type=int, help="Stop after this many events.")
+@click.option("--timeout", type=float, help="Stop when no event came for this many seconds.")
+@click.pass_context
+def events(ctx: click.Context, dump: bool, task_glob: Optional[str], states: Tuple[str, ...], workers: bool,
+           from_start: bool, as_json: bool, count: Optional[int], timeout: Optional[float]) -> None:
+    """Watch the event stream live, as `celery events --dump`: one line per event."""
+    import fnmatch
+    import json as json_mod
+    import time
+
+    from . import keys
+    from .events import Reader
+    app = _client_app(ctx)
+    client = app.broker_client
+    kinds = {s if s.startswith("task-") else f"task-{s}" for s in states}
+    start = "0-0"
+    if not from_start:
+        newest = client.xrevrange(keys.EVENTS, count=1)
+        if newest:
+            start = newest[0][0].decode()
+    reader = Reader(client, start)
+    click.echo(f"-> minique events: watching {keys.EVENTS} (Ctrl-C to stop)", err=True)
+    shown, quiet_since = 0, time.monotonic()
+    while count is None or shown < count:
+        if timeout is not None and time.monotonic() - quiet_since > timeout:
+            break
+        block = 1.0 if timeout is None else max(0.01, min(1.0, timeout - (time.monotonic() - quiet_since)))
+        for ev in reader.read(count=100, block=block):
+            kind = str(ev.get("type", ""))
+            if kind.startswith("task-"):
+                if kinds and kind not in kinds or task_glob and not fnmatch.fnmatchcase(str(ev.get("name")),
+                                                                                         task_glob):
+                    continue
+            elif not workers:
+                continue
+            click.echo(json_mod.dumps(ev, default=str) if as_json else event_line(ev))
+            shown += 1
+            quiet_since = time.monotonic()
+            if count is not None and shown >= count:
+                break
 
 
 PROGRESS_FROM = 500  # messages: fewer take no more than a moment, and get no progress bar
@@ -556,7 +751,8 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 
 
 @main.command()
-@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "rate_limit", "revoke", "ping"]))
+@click.argument("command", type=click.Choice(["shutdown", "pool_grow", "pool_shrink", "autoscale", "rate_limit",
+                                              "revoke", "ping", "pause", "resume"]))
 @click.argument("args", nargs=-1)
 @click.option("-d", "--destination", help="Comma-separated worker names.")
 @click.option("-t", "--timeout", default=1.0, show_default=True)
@@ -564,11 +760,15 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.pass_context
 def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
             as_json: bool) -> None:
-    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, rate_limit TASK RATE, revoke ID."""
+    """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, autoscale MAX [MIN],
+    rate_limit TASK RATE, revoke ID, pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later
+    obey it too)."""
     if command in ("pool_grow", "pool_shrink"):
         if len(args) > 1 or (args and not re.fullmatch(r"\s*[1-9][0-9]*\s*", args[0])):
             raise click.UsageError(f"usage: control {command} [N]: N is a number of pool processes >= 1 "
                                    f"(default 1), not {' '.join(args)!r}")
+    if command == "autoscale" and (not 1 <= len(args) <= 2 or not all(re.fullmatch(r"\s*[0-9]+\s*", a) for a in args)):
+        raise click.UsageError(f"usage: control autoscale MAX [MIN]: numbers of pool processes, not {' '.join(args)!r}")
     app = _client_app(ctx)
     dest = destination.split(",") if destination else None
     ctl = app.control
@@ -576,12 +776,24 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
         replies = ctl.shutdown(destination=dest, reply=True, timeout=timeout)
     elif command in ("pool_grow", "pool_shrink"):
         replies = getattr(ctl, command)(int(args[0]) if args else 1, destination=dest, reply=True, timeout=timeout)
+    elif command == "autoscale":
+        bounds = [int(a) for a in args]
+        replies = ctl.autoscale(bounds[0], bounds[1] if len(bounds) > 1 else None, destination=dest, reply=True,
+                                timeout=timeout)
     elif command == "rate_limit":
         if len(args) != 2:
             raise click.UsageError("usage: control rate_limit TASK_NAME RATE (e.g. 10/s, 100/m; 0 to remove)")
         replies = ctl.rate_limit(args[0], args[1], destination=dest, reply=True, timeout=timeout)
     elif command == "revoke":
         replies = ctl.revoke(list(args), destination=dest, reply=True, timeout=timeout)
+    elif command in ("pause", "resume"):
+        if len(args) != 1:
+            raise click.UsageError(f"usage: control {command} QUEUE")
+        replies = getattr(ctl, command)(args[0], destination=dest, reply=True, timeout=timeout)
+        click.echo(f"queue {args[0]} {'paused' if command == 'pause' else 'resumed'}"
+                   + ("" if replies else " (no worker answered: workers started later obey it)"), err=True)
+        if not replies:  # kept in Redis: done, whether or not a worker runs now
+            return
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
     merged: dict = {}
@@ -647,13 +859,15 @@ def embedded_stop(where: str, timeout: float) -> None:
 @click.option("--refresh", default=1.5, show_default=True, type=float, help="Seconds between page updates.")
 @click.option("--rescan-interval", default=30.0, show_default=True, type=float,
               help="Seconds between looks for new queues (a SCAN of the broker's keys).")
+@click.option("--prune-after", default=600.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds after which an offline worker, or a queue unused and empty, is no longer listed.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True, callback=_loglevel)
 @click.option("-f", "--logfile")
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str], token: Optional[str],
-              max_tasks: int, sample_interval: float, refresh: float, rescan_interval: float, loglevel: str,
-              logfile: Optional[str], log_json: bool) -> None:
+              max_tasks: int, sample_interval: float, refresh: float, rescan_interval: float, prune_after: float,
+              loglevel: str, logfile: Optional[str], log_json: bool) -> None:
     """Serve the web dashboard (workers, tasks, queues, failures, dead letters) and cluster /metrics."""
     app = _app(ctx)
     setup_logging(loglevel, logfile, log_json)
@@ -661,12 +875,14 @@ def dashboard(ctx: click.Context, host: str, port: int, basic_auth: Optional[str
     pairs = [p.strip() for p in basic_auth.split(",") if p.strip()] if basic_auth else None
     try:
         server = serve(app, host=host, port=port, basic_auth=pairs, token=token, max_tasks=max_tasks,
-                       sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
+                       sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval,
+                       prune_after=prune_after)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     log = logging.getLogger("minique.dashboard")
     if not pairs and not token:
-        log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks",
+        log.warning("no --basic-auth or --token: anyone who can reach %s can retry, revoke and replay tasks, "
+                    "and shut down workers",
                     server.url)
     from .config import mask_url
     log.info("dashboard listening on %s (broker %s)", server.url, mask_url(str(app.conf.broker_url)))

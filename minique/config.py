@@ -51,6 +51,7 @@ DEFAULTS: Dict[str, Any] = {
     "task_eager_propagates": False,
     "task_annotations": None,
     "task_default_rate_limit": None,
+    "worker_rate_limit_scope": "cluster",        # "cluster": a rate limit holds across workers; "worker": Celery's
     "task_max_message_size": 16 * 1024 * 1024,   # bytes; larger messages are dead-lettered
     "task_max_deliveries": 10,                   # redeliveries past this go to the dead letters
     "task_send_sent_event": False,
@@ -74,7 +75,12 @@ DEFAULTS: Dict[str, Any] = {
     "worker_health_port": 0,                     # /livez and /readyz on a port of their own (0: off)
     "worker_health_host": "0.0.0.0",             # the probes come from the orchestrator, not the loopback
     "worker_heartbeat_interval": 2.0,
-    "worker_state_db": None,
+    "worker_state_db": None,                     # accepted and ignored: revokes live in Redis (minique:revoked)
+    "worker_autoscale": None,                    # "MAX,MIN" (or (max, min)): as --autoscale
+    "worker_autoscale_keepalive": 30.0,          # seconds the pool must have been larger than needed to shrink
+    # seconds a revoke is kept past the last moment its task could start: its ETA or expiry when the revoke
+    # finds it waiting in a delayed set, else the revoke itself (Celery: CELERY_WORKER_REVOKE_EXPIRES, 3 h)
+    "worker_revoke_expires": 7 * 86400,
     # Beat
     "beat_schedule": {},
     "beat_max_loop_interval": 300.0,
@@ -96,12 +102,18 @@ _ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE
 
 
 class Settings(Mapping):
-    """`app.conf`: attribute and item access over DEFAULTS plus what the user set."""
+    """`app.conf`: attribute and item access over DEFAULTS plus what the user set.
 
-    __slots__ = ("_data", "version")
+    Two layers over the defaults: a config source (`from_object`) and explicit writes
+    (`conf.x = ...`, `update`, the app's keyword arguments), which win over the source whenever
+    they were made, as Celery's `changes` do."""
+
+    __slots__ = ("_data", "version", "_written", "_configure")
 
     def __init__(self, **values: Any):
-        object.__setattr__(self, "_data", {})
+        object.__setattr__(self, "_data", {})      # the source's values overlaid by the writes
+        object.__setattr__(self, "_written", set())  # keys written explicitly
+        object.__setattr__(self, "_configure", None)  # PendingSettings: what the first read runs
         object.__setattr__(self, "version", 0)  # bumped on every change, so derived values can be cached
         self.update(values)
 
@@ -134,6 +146,7 @@ class Settings(Mapping):
         if key not in DEFAULTS and not key.isupper():
             warnings.warn(f"unknown setting {key!r} (kept, but minique does not use it)", stacklevel=3)
         self._data[key] = value
+        self._written.add(key)
         object.__setattr__(self, "version", self.version + 1)
 
     def update(self, values: Union[Mapping[str, Any], Iterable[Tuple[str, Any]]] = (), **more: Any) -> None:
@@ -143,22 +156,17 @@ class Settings(Mapping):
     def changes(self) -> Dict[str, Any]:
         return dict(self._data)
 
-    def from_object(self, obj: Any) -> None:
-        """Load settings from a module name, a module or an object (its lowercase public names)."""
-        if isinstance(obj, str):
-            try:
-                obj = importlib.import_module(obj)
-            except ImportError as exc:
-                from .exceptions import ConfigurationError
-                raise ConfigurationError(f"cannot import config module {obj!r}: {exc}") from exc
-        names = [n for n in dir(obj) if not n.startswith("_") and n.islower()]
-        for name in names:
-            value = getattr(obj, name)
-            if callable(value) and not isinstance(value, type) and type(value).__module__ in ("builtins", "types"):
-                continue  # helper functions and imported modules in a config module are not settings
-            if type(value).__name__ == "module":
-                continue
-            self[name] = value
+    def from_object(self, obj: Any, namespace: Optional[str] = None) -> None:
+        """Make `obj` the config source: a module name, "module:attribute", a module, an object or a
+        mapping (see `read_source`). It replaces the previous source; explicit writes still win."""
+        values = read_source(obj, namespace)
+        for key in values:
+            if key not in DEFAULTS and not key.isupper():
+                warnings.warn(f"unknown setting {key!r} (kept, but minique does not use it)", stacklevel=3)
+        data = {key: value for key, value in self._data.items() if key in self._written}
+        data.update((key, value) for key, value in values.items() if key not in self._written)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "version", self.version + 1)
 
     # Derived values used in several places
     @property
@@ -173,6 +181,107 @@ class Settings(Mapping):
     def accept(self) -> frozenset:
         from .serializers import canonical
         return frozenset(canonical(c) for c in self["accept_content"])
+
+
+class PendingSettings(Settings):
+    """An app's `conf` before it is configured: writes are kept, and the first read configures the
+    app (Celery's lazy configuration: `on_configure`, the config source, `on_after_configure`).
+    Configuring turns the object into a plain Settings, so reads cost nothing extra afterwards."""
+
+    __slots__ = ()
+
+    def _configured(self) -> None:
+        configure = self._configure  # the app's: under its lock; ends with `done()`
+        if configure is not None:
+            configure()
+
+    def done(self) -> None:
+        """Configured: from now on a plain Settings (same layout: only the behaviour changes)."""
+        object.__setattr__(self, "_configure", None)
+        object.__setattr__(self, "__class__", Settings)
+
+    def __getitem__(self, key: str) -> Any:
+        self._configured()
+        return Settings.__getitem__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._configured()
+        return Settings.__iter__(self)
+
+    def __len__(self) -> int:
+        self._configured()
+        return Settings.__len__(self)
+
+    def changes(self) -> Dict[str, Any]:
+        self._configured()
+        return Settings.changes(self)
+
+
+def import_object(path: str) -> Any:
+    """"module", "module:attribute" or "module.attribute" (Celery's rules for config sources and
+    task classes): the module, else the attribute of the module before the last dot."""
+    if ":" in path:
+        module, _, attr = path.partition(":")
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    try:
+        return importlib.import_module(path)
+    except ImportError as first:
+        module, _, attr = path.rpartition(".")
+        if not module:
+            raise
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            raise first from None
+
+
+_OLD_NAMES = ("CELERY_", "CELERYD_", "CELERYBEAT_", "BROKER_")  # Celery 3's setting names
+
+
+def read_source(obj: Any, namespace: Optional[str] = None) -> Dict[str, Any]:
+    """The settings a config source gives, by their setting names.
+
+    `obj` is a module name, "module:attribute" (e.g. "django.conf:settings"), a module, any object
+    (its attributes) or a mapping. Without `namespace`, its lowercase public names are read; with
+    `namespace="CELERY"`, only the names starting with "CELERY_", the prefix cut and lowercased
+    (`CELERY_BROKER_URL` is `broker_url`), as Celery's `config_from_object(..., namespace=...)`."""
+    if isinstance(obj, str):
+        try:
+            obj = import_object(obj)
+        except (ImportError, AttributeError) as exc:
+            from .exceptions import ConfigurationError
+            raise ConfigurationError(f"cannot import config module {obj!r}: {exc}") from exc
+    wrapped = getattr(obj, "_wrapped", None)  # Django's LazySettings: the settings it stands for
+    if wrapped is not None and type(obj).__name__ == "LazySettings":
+        getattr(obj, "DEBUG", None)  # (loads Django's settings)
+        obj = obj._wrapped
+    items = list(obj.items()) if isinstance(obj, Mapping) else [
+        (name, getattr(obj, name)) for name in dir(obj) if not name.startswith("_")]
+    out: Dict[str, Any] = {}
+    if namespace:
+        prefix = namespace.rstrip("_") + "_"
+        for name, value in items:
+            if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
+                out[name[len(prefix):].lower()] = value
+        return out
+    old = sorted(name for name, _ in items if isinstance(name, str) and name.isupper() and name.startswith(_OLD_NAMES))
+    if old:  # Celery 3's names: not read, and silently ignoring them would send a worker to the defaults
+        warnings.warn(f"config source has upper-case setting names that are not read: {', '.join(old[:5])}"
+                      f"{' ...' if len(old) > 5 else ''}; use the lower-case names (broker_url, result_backend, "
+                      f"...), or config_from_object(..., namespace='CELERY') for CELERY_-prefixed names",
+                      stacklevel=4)
+    for name, value in items:
+        if not isinstance(name, str) or not name.islower():
+            continue
+        if callable(value) and not isinstance(value, type) and type(value).__module__ in ("builtins", "types"):
+            continue  # helper functions and imported modules in a config module are not settings
+        if type(value).__name__ == "module":
+            continue
+        out[name] = value
+    return out
 
 
 # --- printing URLs --------------------------------------------------------------------------------
@@ -237,6 +346,10 @@ def check_worker_settings(concurrency: Any, prefetch_multiplier: Any, conf: Mapp
             _number(name, flag, conf[name], False, 0, True, "seconds > 0 (None: no limit)")
     for name in ("broker_connection_timeout", "worker_heartbeat_interval"):
         _number(name, None, conf[name], False, 0, True, "seconds > 0")
+    if conf["worker_rate_limit_scope"] not in ("cluster", "worker"):
+        from .exceptions import ConfigurationError
+        raise ConfigurationError(f"worker_rate_limit_scope must be \"cluster\" (a limit holds across workers) or "
+                                 f"\"worker\" (Celery's: per worker), not {conf['worker_rate_limit_scope']!r}")
     retries = conf["broker_connection_max_retries"]
     if retries is not None:
         _number("broker_connection_max_retries", None, retries, True, 0, False, "a number >= 0 (0 or None: forever)")

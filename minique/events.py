@@ -5,9 +5,12 @@ them on, `--without-events` off). A pool process appends events to a local buffe
 writes them as one stream entry per batch, inside the pipeline it flushes anyway, so
 events cost no extra round trip on the task path. A batch is written when it reaches
 100 records (~100 tasks) or 0.5 s, or when the process finds no more messages to run (so the
-last events never wait for the next message), and before a task runs when the
-previous one took 0.1 s or more (so long tasks are seen running). A batch is packed
-compactly (see `Events`) and `read()` unpacks it into the dicts described here.
+last events never wait for the next message); and so that a task is seen running while it
+runs, its task-started leaves with the write before its body when the previous task took
+0.1 s or more or the process was idle before it (waiting for messages), else (a busy process
+whose tasks were short until then) 0.5 s into its body, when it is still running (the
+Outbox's alarm: worker/outbox.py). A batch is packed compactly (see `Events`) and `read()`
+unpacks it into the dicts described here.
 
 Task events (Celery's names): task-received, task-started, task-succeeded,
 task-failed, task-retried, task-revoked, task-rejected. Each carries uuid, name,
@@ -115,6 +118,7 @@ class Events:
         self.headers: List[Any] = []
         self.due = 0.0              # when the batch is old enough to go (monotonic)
         self.slow = False           # the last task took SLOW seconds or more
+        self.idle = False           # the process waited for messages (flushed) since its last task
         self._pending: Any = None   # a message whose task-received waits to go out with its task-started
         self._data: Optional[bytes] = None  # its wire bytes
         self._last: Any = None      # the message of the last header, and that header's index
@@ -249,13 +253,22 @@ class Events:
             self.flush(pipe)
 
     def before_run(self, pipe: Any) -> None:
-        """Called with the pre-run write: where tasks are long, the batch goes out before the next one
-        runs, so it is seen as started while it runs (short tasks' events wait for the batch)."""
-        if self.slow:
+        """Called with the pre-run write: where tasks are long, or the process was idle (so a task sent to
+        an idle worker is seen at once), the batch goes out before the task runs, so it is seen as started
+        while it runs (short tasks' events wait for the batch; see also `unsent`)."""
+        if self.slow or self.idle:
+            self.idle = False
             if self.records or self._running is not None:
                 self.flush(pipe)
         elif self.records and time.monotonic() >= self.due:  # (a task started on an empty batch is not due)
             self.flush(pipe)
+
+    def unsent(self) -> bool:
+        """Events wait in the buffer (the Outbox's alarm then flushes them if the body runs long).
+
+        That flush runs in a SIGALRM handler while a task body runs: code that adds events from inside a
+        body must not let it land between a header and its record (today nothing in a body adds any)."""
+        return bool(self.records) or self._running is not None
 
     def flush(self, pipe: Any) -> None:
         if self._running is not None:
@@ -420,7 +433,12 @@ class Reader:
 
     def read(self, count: int = 100, block: Optional[float] = None) -> List[Dict[str, Any]]:
         """The next events (at most `count` stream entries' worth), in order; advances `last_id`."""
-        self.last_id, found = _read(self.client, self.last_id, count, block, self._malformed)
+        return [ev for _, evs in self.read_entries(count, block) for ev in evs]
+
+    def read_entries(self, count: int = 100, block: Optional[float] = None
+                     ) -> List[Tuple[str, List[Dict[str, Any]]]]:
+        """As `read`, entry by entry: (stream entry id, its events) (a reader that counts each entry once)."""
+        self.last_id, found = _read_entries(self.client, self.last_id, count, block, self._malformed)
         return found
 
     def _malformed(self, entry_id: str, problem: str) -> None:
@@ -443,11 +461,18 @@ def read(client: Any, last_id: str = "0-0", count: int = 100, block: Optional[fl
 
 def _read(client: Any, last_id: str, count: int, block: Optional[float],
           malformed: Optional[Callable[[str, str], None]]) -> Tuple[str, List[Dict[str, Any]]]:
+    last_id, entries = _read_entries(client, last_id, count, block, malformed)
+    return last_id, [ev for _, evs in entries for ev in evs]
+
+
+def _read_entries(client: Any, last_id: str, count: int, block: Optional[float],
+                  malformed: Optional[Callable[[str, str], None]]
+                  ) -> Tuple[str, List[Tuple[str, List[Dict[str, Any]]]]]:
     kwargs = {"count": count}
     if block:
         kwargs["block"] = int(block * 1000)
     found = client.xread({keys.EVENTS: last_id}, **kwargs)
-    out: List[Dict[str, Any]] = []
+    out: List[Tuple[str, List[Dict[str, Any]]]] = []
     for _, entries in found or ():
         for entry_id, fields in entries:
             last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -458,5 +483,5 @@ def _read(client: Any, last_id: str, count: int, block: Optional[float],
                 if report is not None:
                     report(f"the entry is not a msgpack batch ({type(exc).__name__})")
                 continue
-            out.extend(expand(batch, report))
+            out.append((last_id, list(expand(batch, report))))
     return last_id, out

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 
 class MiniqueError(Exception):
@@ -133,5 +133,40 @@ class Ignore(TaskSignal):
     """Raised by a task so that the worker stores no state for it."""
 
 
+class ExceptionInfo:
+    """An exception with its traceback, as task hooks and signals get it (`einfo`; Celery's
+    `billiard.einfo.ExceptionInfo` attributes): `exception`, `type`, `tb`, `traceback` (the text)."""
+
+    internal = False
+
+    def __init__(self, exc: BaseException, internal: bool = False):
+        self.exception = exc
+        self.type = type(exc)
+        self.tb = exc.__traceback__
+        self.internal = internal
+        self._text: Optional[str] = None
+
+    @property
+    def exc_info(self) -> Tuple[type, BaseException, Any]:
+        return self.type, self.exception, self.tb
+
+    @property
+    def traceback(self) -> str:
+        """The formatted traceback (made when first read)."""
+        if self._text is None:
+            import traceback as tb_module
+            try:
+                self._text = "".join(tb_module.format_exception(self.type, self.exception, self.tb))
+            except Exception:  # noqa: BLE001 - a broken __str__ must not fail what reports it
+                self._text = f"{self.type.__qualname__}: <traceback unavailable>\n"
+        return self._text
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo: {self.exception!r}>"
+
+
 __all__ = [name for name, obj in list(globals().items())
-           if isinstance(obj, type) and issubclass(obj, BaseException)]
+           if isinstance(obj, type) and issubclass(obj, BaseException)] + ["ExceptionInfo"]

@@ -10,13 +10,18 @@ Broker (broker_url):
     minique:{Q}:delayed       zset, messages for Q with an ETA; score = due time (ms), member = prio digit + message
     minique:{Q}:proc:<C>      list, Lists broker only: messages consumer C holds
     minique:{Q}:consumers     zset, Lists broker only: consumer C -> claim deadline (ms)
+    minique:{Q}:rl:<T>[:<K>]  string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
     minique:dlq               stream, dead letters: m, reason, queue, task_id, worker, time
-    minique:revoked           zset, revoked task id -> expiry (epoch s)
+    minique:revoked           zset, revoked task id -> until when it is kept (epoch s; control.revoke)
     minique:control           pub/sub channel for remote control; replies on minique:reply:<id>
     minique:events            stream, task and worker events (capped)
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:paused            set, queues no worker takes messages from (pause/resume)
+    minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
+    minique:throughput        hash, the dashboard's task counts per 10 s: "<epoch s>:s|f|r" -> count
+                              (succeeded, failed, retried), "last" -> the last events entry counted
     minique:replay:{ID}:<R>:<D>  string, once-only mark of task ID's retry R, delivery D (replay protection,
                               security_message_max_age): the worker that took it; expires with the window
 Result backend (result_backend):
@@ -28,7 +33,7 @@ Result backend (result_backend):
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from .exceptions import InvalidQueueName
 
@@ -42,6 +47,15 @@ CONTROL = f"{PREFIX}:control"
 EVENTS = f"{PREFIX}:events"
 WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
+BEAT_LAG = f"{PREFIX}:beat:lag"
+PAUSED = f"{PREFIX}:paused"
+THROUGHPUT = f"{PREFIX}:throughput"
+
+
+def rate_bucket(queue: str, task: str, key: Optional[str] = None) -> str:
+    """The cluster-wide rate limit of `task` (per `key`, if given): the next free start (ms), hash-tagged
+    with the queue the message came from."""
+    return f"{PREFIX}:{{{queue}}}:rl:{task}" + (f":{key}" if key is not None else "")
 
 
 def check_queue(name: Any, where: str = "") -> str:

@@ -35,12 +35,24 @@ def parse_level(loglevel: object) -> int:
 
 
 def configure(loglevel: str = "INFO", logfile: Optional[str] = None, json_format: bool = False) -> None:
+    """Set up the root logger, as Celery does: unless a `setup_logging` receiver takes it over (then
+    minique configures nothing); then `after_setup_logger` and `after_setup_task_logger` may adjust."""
+    from .signals import after_setup_logger, after_setup_task_logger, setup_logging
     level = parse_level(loglevel)
+    fmt = "json" if json_format else PLAIN
+    if setup_logging.receivers and setup_logging.send(sender=None, loglevel=level, logfile=logfile, format=fmt,
+                                                      colorize=False):
+        return
     handler: logging.Handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_format else logging.Formatter(PLAIN))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if after_setup_logger.receivers:
+        after_setup_logger.send(sender=None, logger=root, loglevel=level, logfile=logfile, format=fmt, colorize=False)
+    if after_setup_task_logger.receivers:
+        after_setup_task_logger.send(sender=None, logger=logging.getLogger("minique.task"), loglevel=level,
+                                     logfile=logfile, format=fmt, colorize=False)
 
 
 class Once:

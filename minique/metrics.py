@@ -337,6 +337,8 @@ class ClusterCollector:
         age = GaugeMetricFamily("minique_queue_oldest_message_age_seconds",
                                 "Seconds the oldest waiting message has waited in its queue (streams).",
                                 labels=["queue"])
+        paused = GaugeMetricFamily("minique_queue_paused", "1 while the queue is paused (control pause).",
+                                   labels=["queue"])
         sent = CounterMetricFamily("minique_tasks_sent", "Messages added to a queue: sent, retried, or due "
                                    "from the delayed set (streams, Redis 7+).", labels=["queue"])
         now = sample["time"]
@@ -346,6 +348,7 @@ class ClusterCollector:
                     length.add_metric([q, str(p)], n)
             delayed.add_metric([q], info["delayed"])
             unacked.add_metric([q], info["unacked"])
+            paused.add_metric([q], 1.0 if q in sample["paused"] else 0.0)
             if info["waiting"] and info["oldest"] is not None:
                 age.add_metric([q], max(0.0, now - info["oldest"]))
             elif info["waiting"] == 0:
@@ -356,6 +359,7 @@ class ClusterCollector:
         yield delayed
         yield unacked
         yield age
+        yield paused
         yield sent
         yield GaugeMetricFamily("minique_dead_letter_queue_length", "Messages in the dead-letter stream.",
                                 value=sample["dead_letters"])
@@ -364,7 +368,15 @@ class ClusterCollector:
         alive = 0
         interval = float(self.app.conf.worker_heartbeat_interval)
         now = time.time()
-        for host, raw in self.app.broker_client.hgetall(keys.WORKERS).items():
+        pipe = self.app.broker_client.pipeline(transaction=False)
+        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG):
+            pipe.hgetall(key)
+        workers, last_runs, lags = pipe.execute()
+        yield _per_entry("minique_beat_last_run_timestamp_seconds", "When each beat entry last ran (its slot, epoch).",
+                         last_runs)
+        yield _per_entry("minique_beat_lag_seconds", "How late each beat entry's last run was sent after its slot.",
+                         lags)
+        for host, raw in workers.items():
             try:
                 ts = serializers.unpack(raw)["ts"]
             except Exception:  # noqa: BLE001
@@ -374,6 +386,18 @@ class ClusterCollector:
         yield up
         yield GaugeMetricFamily("minique_workers_alive", "Workers whose heartbeat is recent (cluster-wide).",
                                 value=alive)
+
+
+def _per_entry(name: str, doc: str, stored: Dict[bytes, bytes]) -> Any:
+    """A gauge labelled by beat entry from one of beat's hashes (values it cannot read are left out)."""
+    from prometheus_client.core import GaugeMetricFamily
+    family = GaugeMetricFamily(name, doc, labels=["entry"])
+    for entry, raw in sorted(stored.items()):
+        try:
+            family.add_metric([entry.decode(errors="replace")], float(raw))
+        except ValueError:
+            continue
+    return family
 
 
 def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
@@ -393,6 +417,7 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
         if not streams:
             pipe.zrange(keys.consumers(q), 0, -1)
     pipe.xlen(keys.DLQ)
+    pipe.smembers(keys.PAUSED)
     results = iter(pipe.execute(raise_on_error=False))
     out: Dict[str, Any] = {"time": time.time(), "queues": {}}
     held_lists: List[Tuple[str, List[str]]] = []
@@ -419,8 +444,9 @@ def queue_sample(app: Any, queues: Iterable[str]) -> Dict[str, Any]:
             consumers = next(results)
             held_lists.append((q, [c.decode() for c in consumers] if isinstance(consumers, list) else []))
         out["queues"][q] = info
-    dead = next(results)
+    dead, paused = next(results), next(results)
     out["dead_letters"] = dead if isinstance(dead, int) else 0
+    out["paused"] = {q.decode(errors="replace") for q in paused} if isinstance(paused, set) else set()
     waiting = [q for q in queues if out["queues"][q]["waiting"]]
     oldest = app.broker.oldest_waiting(waiting) if waiting else {}
     for q in queues:

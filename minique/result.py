@@ -63,8 +63,35 @@ class AsyncResult(Generic[R_co]):
         return None if done is None else datetime.fromtimestamp(done, tz=timezone.utc)
 
     @property
-    def children(self) -> List["AsyncResult"]:
-        return [AsyncResult(c, app=self.app) for c in self._meta().get("children", [])]
+    def children(self) -> List[Any]:
+        """What the task sent while it ran (stored with its result, as Celery's): an AsyncResult per
+        task, a GroupResult per group or chord header; a chain appears as its first step."""
+        return [_child(c, self.app) for c in self._meta().get("children") or ()]
+
+    # --- result_extended (None when it is off, or the task has not stored a state yet) ---------------
+    @property
+    def name(self) -> Optional[str]:
+        return self._meta().get("name")
+
+    @property
+    def args(self) -> Optional[list]:
+        return self._meta().get("args")
+
+    @property
+    def kwargs(self) -> Optional[dict]:
+        return self._meta().get("kwargs")
+
+    @property
+    def worker(self) -> Optional[str]:
+        return self._meta().get("worker")
+
+    @property
+    def queue(self) -> Optional[str]:
+        return self._meta().get("queue")
+
+    @property
+    def retries(self) -> Optional[int]:
+        return self._meta().get("retries")
 
     def ready(self) -> bool:
         return self.state in states.READY_STATES
@@ -123,6 +150,14 @@ class AsyncResult(Generic[R_co]):
         return (self.id, self.parent.as_tuple() if self.parent else None)
 
 
+def _child(entry: Any, app: Any) -> Any:
+    """A stored child (context.add_child): a task id, or [group id, [task ids]]."""
+    if isinstance(entry, str):
+        return AsyncResult(entry, app=app)
+    group_id, ids = entry
+    return GroupResult(group_id, [AsyncResult(i, app=app) for i in ids], app=app)
+
+
 class GroupResult(Generic[R_co]):
     """Results of a group's tasks, in the group's order (`GroupResult[R]`: `get()` returns a list of R)."""
 
@@ -135,6 +170,11 @@ class GroupResult(Generic[R_co]):
 
     def __iter__(self) -> Iterator[AsyncResult[R_co]]:
         return iter(self.results)
+
+    @property
+    def children(self) -> List[AsyncResult[R_co]]:
+        """The members (Celery's GroupResult.children)."""
+        return self.results
 
     def __len__(self) -> int:
         return len(self.results)

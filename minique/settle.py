@@ -43,6 +43,7 @@ TOO_MANY_DELIVERIES = "too-many-deliveries"  # delivered more often than task_ma
 REVOKED = "revoked"
 EXPIRED = "expired"
 EARLY = "early"                      # its ETA is still ahead (a clock step): parked again
+THROTTLED = "throttled"              # over its cluster-wide rate limit: parked until its reserved start
 # After the body ran (in the pool process):
 SUCCESS = "success"
 FAILURE = "failure"                  # an exception (a soft time limit, an unencodable result too)
@@ -59,7 +60,7 @@ TERMINATED = "terminated"            # revoke(terminate=True)
 SHUTDOWN = "shutdown"                # cut off by a cold shutdown
 
 PRE_RUN = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, STALE, REPLAYED, UNKNOWN_TASK, BAD_CONTENT,
-                     TOO_MANY_DELIVERIES, REVOKED, EXPIRED, EARLY})
+                     TOO_MANY_DELIVERIES, REVOKED, EXPIRED, EARLY, THROTTLED})
 # the message cannot (or must not) run: it goes to the dead letters whatever acks_late says
 _DEAD = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, STALE, REPLAYED, UNKNOWN_TASK, BAD_CONTENT,
                    TOO_MANY_DELIVERIES, INTERNAL})
@@ -123,7 +124,7 @@ def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
     if kind == REVOKED or kind == EXPIRED:
         return Settlement(ack=True, state=states.REVOKED, result=None if value is not None else TaskRevokedError(kind),
                           follow=FOLLOW_FAILURE, event="task-revoked")
-    if kind == EARLY:
+    if kind == EARLY or kind == THROTTLED:
         return Settlement(ack=True, park=True)
     if kind == SUCCESS:
         return Settlement(ack=late, state=None if policy.ignore_result else states.SUCCESS,

@@ -18,7 +18,10 @@ PROPAGATE_STATES = frozenset({FAILURE, REVOKED, REJECTED})
 
 ALL_STATES = (PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, REJECTED, IGNORED)
 
-# Lower index = later in a task's life; used to compare states as Celery's precedence() does.
+# Lower index = later in a task's life; used to compare states as Celery's precedence() does. A custom
+# state (update_state(state="PROGRESS")) sorts with None: after every unready built-in state, before
+# the final ones. (Celery ranks REVOKED and REJECTED below custom states; here they are final, ready
+# states, so they rank with SUCCESS and FAILURE.)
 PRECEDENCE = [SUCCESS, FAILURE, REVOKED, REJECTED, None, STARTED, RECEIVED, RETRY, PENDING]
 
 
@@ -28,3 +31,20 @@ def precedence(state: str) -> int:
         return PRECEDENCE.index(state)
     except ValueError:
         return PRECEDENCE.index(None)
+
+
+class state(str):
+    """A state name compared by precedence (Celery's `states.state`): `state("PROGRESS") > state(STARTED)`
+    and `state("PROGRESS") < state(SUCCESS)`."""
+
+    def __gt__(self, other: str) -> bool:
+        return precedence(self) < precedence(other)
+
+    def __ge__(self, other: str) -> bool:
+        return precedence(self) <= precedence(other)
+
+    def __lt__(self, other: str) -> bool:
+        return precedence(self) > precedence(other)
+
+    def __le__(self, other: str) -> bool:
+        return precedence(self) >= precedence(other)

@@ -9,7 +9,9 @@ from .backend import format_traceback
 from .canvas import Replace, Signature, chunks, xmap, xstarmap
 from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 from .message import new_id
+from .pipe import ClientPipe
 from .result import AsyncResult, EagerResult
+from .trace import Hooks
 
 # Task[P, R]: P is the task's parameters (without the bound `self` of a bind=True task), R what it returns.
 # Only type checkers read them: at run time Task is a plain class (Generic adds no per-call cost).
@@ -24,7 +26,17 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "autoretry_for": (), "retry_kwargs": None, "acks_late": None, "reject_on_worker_lost": None,
     "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
+    "rate_limit_key": None,
 }
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _default(fun: _F) -> _F:
+    """Marks Task's own no-op hooks (and __call__): a subclass that keeps them is not traced (minique/trace.py)."""
+    fun._minique_default = True  # type: ignore[attr-defined]
+    return fun
 
 
 class Task(Generic[P, R]):
@@ -51,6 +63,7 @@ class Task(Generic[P, R]):
     soft_time_limit: Optional[float]
     expires: Any  # seconds from now, or a datetime
     rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
+    rate_limit_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key a cluster limit counts per
     track_started: Optional[bool]
     store_errors_even_if_ignored: Optional[bool]
     typing: bool
@@ -84,7 +97,30 @@ class Task(Generic[P, R]):
             retry_backoff=self.retry_backoff, retry_backoff_max=self.retry_backoff_max,
             retry_jitter=self.retry_jitter)
 
+    # --- hooks (Celery's): override them in a task class (`base=`); called by the worker and in eager
+    # mode, in Celery's order (minique/trace.py). One that raises is logged; the outcome stands.
+    @_default
+    def before_start(self, task_id: str, args: Any, kwargs: dict) -> None:
+        """Called before the body runs."""
+
+    @_default
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: dict) -> None:
+        """Called when the task succeeded (its result is written or queued)."""
+
+    @_default
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called when the task failed for good (also an autoretry past max_retries); einfo: ExceptionInfo."""
+
+    @_default
+    def on_retry(self, exc: Optional[BaseException], task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called when the task is to be retried (self.retry() or autoretry_for); exc: the cause."""
+
+    @_default
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+        """Called after on_success / on_failure (not after a retry, reject or ignore), as in Celery."""
+
     # --- calling in-process -------------------------------------------------------------------------
+    @_default
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.bind:
             return self.run(self, *args, **kwargs)
@@ -100,28 +136,45 @@ class Task(Generic[P, R]):
     def apply(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None, task_id: Optional[str] = None,
               **options: Any) -> EagerResult[R]:
         """Run the task here and now (eager), retries included; returns an EagerResult."""
+        link, link_error = options.pop("link", None), options.pop("link_error", None)
+        if link or link_error:  # callbacks run as a worker runs them (canvas.apply_linked)
+            from .canvas import apply_linked
+            return apply_linked(self, args, kwargs, task_id, link, link_error, options)
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
+        hooks = Hooks(self)
         retries = 0
         while True:
             req = context.Request(id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries,
-                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={})
+                                  root_id=task_id, is_eager=True, hostname="eager", delivery_info={},
+                                  headers=options.get("headers"))
             context.push(req)
+            run = hooks.run(task_id, args, kwargs)  # None: no hooks, no task signal connected
             try:
-                value = self(*args, **kwargs)
+                value = self(*args, **kwargs) if run is None else run.body()
+                if run is not None:
+                    run.succeeded(value)
                 return EagerResult(task_id, value, states.SUCCESS, app=self.app)
-            except Retry:
+            except Retry as exc:
+                if run is not None:
+                    run.retried(exc)
                 retries += 1
                 continue
             except Exception as exc:
                 if self.autoretry_for and isinstance(exc, self.autoretry_for) and \
                         retry_engine.can_retry(self.policy, retries):
+                    if run is not None:
+                        run.retried(Retry(exc=exc))
                     retries += 1
                     continue
                 if options.get("throw") or self.app.conf.task_eager_propagates:
-                    raise
+                    raise  # (as Celery: propagated, so neither on_failure nor task_failure)
+                if run is not None:
+                    run.failed(exc)
                 return EagerResult(task_id, exc, states.FAILURE, format_traceback(exc), app=self.app)
             finally:
+                if run is not None:
+                    run.finish()
                 context.pop()
 
     # --- sending ------------------------------------------------------------------------------------
@@ -134,7 +187,7 @@ class Task(Generic[P, R]):
                     **options: Any) -> AsyncResult[R]:
         """Send the task with options: countdown, eta, expires, queue, priority, serializer, headers, ..."""
         if self.app.conf.task_always_eager:
-            return self.apply(args or (), kwargs or {}, task_id=task_id, **options)
+            return self.apply(args or (), kwargs or {}, task_id=task_id, link=link, link_error=link_error, **options)
         if task_id is not None or link is not None or link_error is not None:  # (plain calls skip the options)
             options.update(task_id=task_id, link=link, link_error=link_error)
         return self.app.send_task(self.name, args, kwargs, **options)
@@ -194,6 +247,37 @@ class Task(Generic[P, R]):
         if throw:
             raise signal
         return signal
+
+    def update_state(self, task_id: Optional[str] = None, state: Optional[str] = None, meta: Any = None,
+                     **kwargs: Any) -> None:
+        """Store a state for a task (Celery's): by default the running task's, as a custom state such as
+        "PROGRESS" whose `meta` is what `AsyncResult.info` (and `.result`) show while it runs; the
+        task's final state replaces it. Inside a worker it is written at once through the pool
+        process's own connection (idle while the body runs, and keeping its writes in order); with
+        an explicit `task_id` it also works from anywhere else. Nothing is stored for an eager task."""
+        req = self.request
+        if task_id is None:
+            if req.called_directly or req.id is None:
+                raise ValueError("update_state() needs a task_id outside a running task")
+            task_id = req.id
+        if not isinstance(state, str) or not state:
+            raise ValueError(f"update_state() needs a state name (a non-empty str), not {state!r}")
+        if req.is_eager and task_id == req.id:
+            return  # an eager task's result is its EagerResult: nothing is stored for it
+        backend = self.app.backend
+        extra = None
+        if self.app.conf.result_extended and not req.called_directly and task_id == req.id:
+            queue = (req.delivery_info or {}).get("queue")
+            extra = {"name": req.task, "args": req.args, "kwargs": req.kwargs, "worker": req.hostname,
+                     "queue": queue, "retries": req.retries}
+        record = backend.encode_meta(task_id, state, meta, serializer=self.serializer, extra=extra)  # EncodeError
+        writer = context.result_writer()
+        if writer is not None:  # in a worker's pool process or thread
+            writer(lambda pipe: backend.write_meta(pipe, task_id, state, record))
+        else:
+            pipe = ClientPipe(backend.client)
+            backend.write_meta(pipe, task_id, state, record)
+            pipe.execute()
 
     def replace(self, sig: Any) -> None:
         """Replace this task with `sig`: its result becomes this task's result."""

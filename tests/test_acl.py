@@ -3,8 +3,8 @@
 The rules are minique/acl.py's (the ones docs/security.md shows). Each role's user does its job
 through minique (`redis://user:password@host`) with nothing refused (Redis's ACL LOG stays empty),
 then is refused what it does not need: a producer cannot publish control commands, read or replay
-the dead-letter stream, or delete queues; the dashboard user writes nothing unless it also has the
-operator role; no role may run KEYS, CONFIG or FLUSHDB.
+the dead-letter stream, or delete queues; the dashboard user writes nothing but its throughput
+counts unless it also has the operator role; no role may run KEYS, CONFIG or FLUSHDB.
 """
 import json
 import re
@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from minique import Minique, acl, chord, events as events_mod, keys
+from minique.exceptions import TaskRevokedError
 from minique.metrics import queue_sample
 from minique.result import GroupResult
 from procs import APPS, Proc, Processes, wait_for
@@ -177,7 +178,10 @@ def test_each_role_does_its_job_through_minique_and_no_more(server, tmp_path, ki
         operator = app_for(url("operator"), broker_transport_options=transport)
         assert worker.hostname in (operator.control.inspect(timeout=2).ping() or {})
         assert operator.control.rate_limit("testapp.add", "100/s", reply=True, timeout=2)
-        operator.control.revoke("some-task-id")
+        delayed = producer.send_task("testapp.add", (5, 5), countdown=60)
+        operator.control.revoke(["some-task-id", delayed.id])  # (finds the delayed one, brings it forward)
+        with pytest.raises(TaskRevokedError):
+            delayed.get(timeout=10)
         (entry, fields), = operator.broker.dead_letters()
         assert fields["task_id"] == unknown.id
         assert operator.broker.replay_dead_letter(entry)
@@ -249,6 +253,10 @@ def test_the_dashboard_reads_with_its_role_and_acts_only_with_the_operator_role(
                 status, body = http(base, "GET", path)
                 assert status == 200, (base, path, body)
             wait_for(lambda b=base: http(b, "GET", "/api/failed")[1]["tasks"], 10, "the failure in the index")
+            # the throughput counts are written by the dashboard user's own script (and counted once)
+            wait_for(lambda b=base: http(b, "GET", "/api/throughput")[1]["failed_total"] == 1, 10, "the count")
+        assert admin.hget(keys.THROUGHPUT, "last") is not None
+        assert sum(int(v) for k, v in admin.hgetall(keys.THROUGHPUT).items() if k.endswith(b":f")) == 1
         assert denials(admin) == []
         ro_csrf, ops_csrf = (http(b, "GET", "/api/session")[1]["csrf"] for b in (ro_url, ops_url))
         for action in ("retry", "revoke"):
@@ -276,6 +284,7 @@ def test_beat_runs_with_its_role(server, tmp_path):
             return [e for e in found if e["type"] == "task-succeeded" and e.get("name") == "testapp.add"]
         wait_for(lambda: len(ran()) >= 2, 20, "two periodic runs")
         assert admin.hget(keys.BEAT_LAST, "every") is not None
+        assert 0 <= float(admin.hget(keys.BEAT_LAG, "every")) < 5  # (its role may write the lag too)
         assert admin.get(keys.lock("beat")) is not None
         assert denials(admin) == []
     finally:

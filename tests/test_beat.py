@@ -101,6 +101,7 @@ def test_two_beats_side_by_side_fire_each_slot_once(redis_url, redis_client, run
     slots = [slot_ms(m) for m in msgs]
     assert [y - x for x, y in zip(slots, slots[1:])] == [1000] * (len(slots) - 1)
     assert float(redis_client.hget(keys.BEAT_LAST, "tick")) * 1000 == pytest.approx(slots[-1], abs=1)
+    assert 0 <= float(redis_client.hget(keys.BEAT_LAG, "tick")) < 3  # how late the last run went out
     assert redis_client.get(LOCK) is None  # released on clean exit
     leaders = [r.getMessage() for r in caplog.records if "is now the leader" in r.getMessage()]
     assert len(leaders) == 1, leaders

@@ -6,6 +6,7 @@ import pytest
 import redis
 import redis.cluster
 
+from minique import keys, message
 from minique.brokers import ListsBroker, StreamsBroker
 from minique.pipe import ClientPipe
 
@@ -76,6 +77,19 @@ def test_length_and_purge(broker):
     assert broker.length("q", 0) == 3
     assert broker.purge("q") == 4  # 3 waiting + 1 delayed; the held one stays with its consumer
     assert broker.length("q", 0) == 0 and broker.delayed_count("q") == 0
+
+
+def test_waiting_counts_ready_messages_of_every_priority_and_queue(broker):
+    """What the autoscaler reads: ready messages no consumer took (not held, not delayed, not other queues)."""
+    assert broker.waiting(["q", "r", "never-used"]) == 0
+    for priority in (0, 0, 5, 9):
+        send(broker, b"m", priority=priority)
+    send(broker, b"other", queue="r")
+    send(broker, b"elsewhere", queue="s")
+    broker.send_later(broker.client, "q", 0, b"later", time.time() + 60)
+    assert broker.waiting(["q", "r"]) == 5
+    broker.fetch("c1", ["q"], 2, 0)
+    assert broker.waiting(["q"]) == 2 and broker.waiting(["r"]) == 1
 
 
 def test_release_returns_unstarted_messages_uncounted(broker):
@@ -150,6 +164,39 @@ def test_delayed_messages_move_once_when_due(broker):
     assert sum(results) == 1
     [d] = broker.fetch("c1", ["q"], 10, 0)
     assert (d.data, d.priority) == (b"soon", 3)
+
+
+def test_delayed_messages_are_found_by_their_own_id_and_brought_forward(broker):
+    """find_delayed pages through the set (ZSCAN) and keeps only messages whose own id matches: an id
+    also inside another message (its root, a chain's next step) or a malformed member is not a match.
+    bring_forward makes them due soon, never later, and never puts back one that left the set."""
+    far = time.time() + 3600
+    target = message.make("t", (), None, task_id="id-target")
+    child = message.make("t", (), None, task_id="id-child", root_id="id-target", parent_id="id-target")
+    other = message.make("t", (), None, task_id="id-other")
+    broker.send_later(broker.client, "q", 4, target.encode(), far)
+    broker.send_later(broker.client, "q", 0, child.encode(), far)
+    broker.send_later(broker.client, "r", 0, other.encode(), far)
+    for i in range(300):  # more than one page of the scan
+        broker.send_later(broker.client, "q", 0, message.make("t", (i,), None).encode(), far)
+    broker.client.zadd(keys.delayed("q"), {b"x-no-digit id-target": far * 1000})
+    [found] = broker.find_delayed("q", ["id-target", "id-missing"])
+    assert (found.task_id, found.data, found.member[:1]) == ("id-target", target.encode(), b"4")
+    assert abs(found.due - far) < 0.002
+    assert broker.find_delayed("q", ["id-other"]) == [] and broker.find_delayed("q", []) == []
+    assert [w.task_id for w in broker.find_delayed("r", ["id-other", "id-target"])] == ["id-other"]
+    assert len(broker.find_delayed("q", [f"{m.id}" for m in (target, child)])) == 2
+
+    before = time.time()
+    assert broker.bring_forward("q", [found], 0.5) == 1
+    score = broker.client.zscore(keys.delayed("q"), found.member) / 1000
+    assert before + 0.4 < score < time.time() + 0.6  # (the server's clock: the same host here)
+    assert broker.bring_forward("q", [found], 30) == 0  # never later than it is
+    assert broker.client.zscore(keys.delayed("q"), found.member) / 1000 == score
+    assert broker.client.zscore(keys.delayed("q"), broker.find_delayed("q", ["id-child"])[0].member) == \
+        pytest.approx(far * 1000, abs=1)
+    broker.client.zrem(keys.delayed("q"), found.member)  # moved meanwhile (when due): not put back
+    assert broker.bring_forward("q", [found], 0) == 0 and broker.find_delayed("q", ["id-target"]) == []
 
 
 def test_blocking_fetch_returns_when_a_message_arrives(broker):

@@ -191,3 +191,35 @@ def test_readme_own_tasks_run_on_the_embedded_url_as_written(tmp_path, redis_ser
             worker.communicate(timeout=30)
         from minique import embedded
         embedded.stop(tmp_path / ".minique")
+
+
+def test_events_dumps_the_stream_live_with_filters(procs, client_app):
+    """`minique events`: lines as `celery events --dump`, only what the filters let through, from the
+    moment it watches (the stderr line says when); `--from-start --json` replays the stream as JSON."""
+    procs.worker("-c", "1")
+    assert client_app.add.delay(1, 1).get(timeout=10) == 2  # before the watch: not shown live
+    watcher = subprocess.Popen([sys.executable, "-m", "minique.cli", "-A", "testapp", "events", "--task",
+                                "testapp.*", "--state", "succeeded", "--state", "failed", "--count", "2",
+                                "--timeout", "30"], env=procs.env(), cwd=procs.tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watching minique:events" in watcher.stderr.readline()
+        ok = client_app.add.delay(2, 3)
+        assert ok.get(timeout=10) == 5
+        bad = client_app.fail.delay("bad news")
+        with pytest.raises(Exception, match="bad news"):
+            bad.get(timeout=10)
+        out, _ = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    lines = out.splitlines()
+    assert watcher.returncode == 0 and len(lines) == 2, out
+    assert re.match(rf"\d{{4}}-\d\d-\d\d [\d:.]+ w1@test task-succeeded testapp.add\[{ok.id}\] .*runtime=", lines[0])
+    assert f"task-failed testapp.fail[{bad.id}]" in lines[1] and "bad news" in lines[1]
+    replay = run_cli(procs, "events", "--from-start", "--json", "--count", "3", "--state", "started")
+    assert replay.returncode == 0, replay.stderr
+    started = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert [e["type"] for e in started] == ["task-started"] * 3
+    assert {e["name"] for e in started} == {"testapp.add", "testapp.fail"}
+    quiet = run_cli(procs, "events", "--timeout", "0.3")  # nothing new: ends on its own, prints nothing
+    assert quiet.returncode == 0 and quiet.stdout == ""

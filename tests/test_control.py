@@ -199,3 +199,14 @@ def test_cli_inspect_and_control(procs, client_app):
         assert out.stderr.strip() == "Error: No nodes replied within time constraint."
         out = run_cli(procs, *cmd, "-d", w1.hostname, "-t", "0.3", "--json")
         assert out.returncode == 1 and json.loads(out.stdout) == {}
+
+
+@pytest.mark.parametrize("value", [0, -1, "7d", None, True, float("inf"), float("nan")])
+def test_a_bad_worker_revoke_expires_is_refused_before_anything_is_written(value):
+    """A unit test: the refusal comes before any connection (the unit tier fails a test that opens one)."""
+    from minique import Minique
+    from minique.exceptions import ConfigurationError
+    app = Minique("t", broker_url="redis://127.0.0.1:9/0")
+    app.conf.worker_revoke_expires = value
+    with pytest.raises(ConfigurationError, match="worker_revoke_expires must be seconds > 0, not "):
+        app.control.revoke("some-id")

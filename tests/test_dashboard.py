@@ -5,6 +5,7 @@ Chromium driven by Playwright (skipped only when no Chromium is installed). With
 MINIQUE_DOCS_SCREENSHOTS=1 the browser test also refreshes docs/img/*.png.
 """
 import base64
+import datetime
 import json
 import os
 import pickle
@@ -297,6 +298,10 @@ def test_task_pages_never_unpickle_a_result_nor_import_an_exception_module(procs
     backend.write_meta(redis_client, "importing-error", "FAILURE",
                        backend.encode_meta("importing-error", "FAILURE", exc, "Traceback: ...", serializer="json"))
     backend.write_meta(redis_client, "junk-record", "SUCCESS", b"\xc1 not msgpack")
+    typed = {"raw": b"\xff", "day": datetime.date(2026, 11, 30), "n": 1}  # JSON with types: shown as their reprs
+    backend.write_meta(redis_client, "typed-result", "SUCCESS", backend.encode_meta("typed-result", "SUCCESS", typed))
+    assert dash.get("/api/tasks/typed-result")["result"] == {"raw": "b'\\xff'", "day": "datetime.date(2026, 11, 30)",
+                                                             "n": 1}
     shown = dash.get("/api/tasks/pickled-result")
     assert shown["state"] == "SUCCESS" and "pickle result is not decoded" in shown["result"]
     shown = dash.get("/api/tasks/importing-error")
@@ -478,12 +483,12 @@ def browser():
             b.close()
 
 
-def shot(page, name, tmp_path):
+def shot(page, name, tmp_path, full_page=True):
     page.evaluate("document.getElementById('toast').hidden = true")
-    page.screenshot(path=str(tmp_path / name), full_page=True)
+    page.screenshot(path=str(tmp_path / name), full_page=full_page)
     if os.environ.get("MINIQUE_DOCS_SCREENSHOTS"):
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS_IMG / name), full_page=True)
+        page.screenshot(path=str(DOCS_IMG / name), full_page=full_page)
 
 
 @needs_chromium
@@ -582,4 +587,240 @@ def test_browser_pages_live_updates_and_retry_from_the_button(procs, client_app,
     status = page.evaluate("""async (id) => (await fetch(`/api/tasks/${id}/retry`, {method: "POST"})).status""",
                            failed.id)
     assert status == 403
+    ctx.close()
+
+
+# --- running tasks, retries, rejections, workers, queues, throughput (issue 19) ------------------------
+ACTIONS = ("/api/tasks/{tid}/retry", "/api/tasks/{tid}/revoke", "/api/dlq/1-0/replay", "/api/workers/{host}/shutdown",
+           "/api/workers/{host}/pool_grow", "/api/workers/{host}/pool_shrink")
+
+
+def test_every_action_is_refused_without_auth_or_csrf_and_audited(procs, client_app):
+    worker = procs.worker("-c", "1")
+    dash = start_dashboard(procs, auth=AUTH)
+    wait_for(lambda: any(w["hostname"] == worker.hostname for w in dash.get("/api/workers")["workers"]), 10,
+             "the worker on the dashboard")
+    tid = "11111111-2222-3333-4444-555555555555"
+    for template in ACTIONS:
+        path = template.format(tid=tid, host=worker.hostname)
+        body = {"terminate": True} if path.endswith("revoke") else {"n": 1}
+        assert dash.request("POST", path, body, auth=False, headers={"X-CSRF-Token": dash.csrf})[0] == 401, path
+        assert dash.post(path, body, csrf=False)[0] == 403, path
+        assert dash.request("POST", path, body, headers={"X-CSRF-Token": "forged"})[0] == 403, path
+        assert dash.request("POST", path, body, headers={"X-CSRF-Token": dash.csrf,
+                                                         "Origin": "http://evil.example"})[0] == 403, path
+        assert dash.request("GET", path)[0] == 404, path  # a GET never acts
+    log = dash.proc.log()
+    for action, target in (("retry", tid), ("revoke", tid), ("replay", "1-0"), ("shutdown", worker.hostname),
+                           ("pool_grow", worker.hostname), ("pool_shrink", worker.hostname)):
+        assert f"dashboard action {action} on {target} by admin from 127.0.0.1: refused: missing or wrong " \
+               f"X-CSRF-Token" in log, action
+        assert f"dashboard action {action} on {target} by anonymous from 127.0.0.1: refused: not authenticated" \
+               in log, action
+    assert "s3cret" not in log  # (the audit names the user, never the password)
+    # a forged line break in what the audit log quotes stays on its line
+    assert dash.post("/api/workers/evil%0Aforged%20audit%20line/shutdown", csrf=False)[0] == 403
+    assert "dashboard action shutdown on evil\\nforged audit line by admin" in dash.proc.log()
+    assert not any(line.startswith("forged") for line in dash.proc.log().splitlines())
+    # nothing was done: the worker still runs one pool process and answers
+    assert client_app.app.control.inspect(destination=[worker.hostname], timeout=2).stats()[worker.hostname][
+        "pool"]["max-concurrency"] == 1
+    assert dash.post("/api/workers/nobody@nowhere/shutdown")[0] == 404
+    assert dash.post(f"/api/workers/{worker.hostname}/pool_grow", {"n": "many"})[0] == 400
+    assert dash.post(f"/api/tasks/{tid}/revoke", {"terminate": "yes"})[0] == 400
+    assert worker.popen.poll() is None
+
+
+def test_worker_actions_offline_workers_and_their_last_tasks(procs, client_app):
+    worker = procs.worker("-c", "1")
+    dash = start_dashboard(procs, "--prune-after", "3", auth=AUTH)
+
+    def me():
+        return next((w for w in dash.get("/api/workers")["workers"] if w["hostname"] == worker.hostname), None)
+    wait_for(me, 10, "the worker on the dashboard")
+    status, answer = dash.post(f"/api/workers/{worker.hostname}/pool_grow", {"n": 1})
+    assert status == 200 and answer["ok"], answer
+    wait_for(lambda: me()["concurrency"] == 2, 10, "the pool grown to 2")
+    status, answer = dash.post(f"/api/workers/{worker.hostname}/pool_shrink", {"n": 1})
+    assert status == 200, answer
+    wait_for(lambda: me()["concurrency"] == 1, 10, "the pool shrunk to 1")
+    assert "dashboard action pool_grow on " + worker.hostname + " by admin from 127.0.0.1: done (n=1)" in \
+        dash.proc.log()
+
+    # tasks run just before the worker stops count in its processed total
+    results = [client_app.add.delay(i, 1) for i in range(7)]
+    for r in results:
+        r.get(timeout=10)
+    status, answer = dash.post(f"/api/workers/{worker.hostname}/shutdown")
+    assert status == 200, answer
+    assert worker.wait(20) == 0
+    offline = wait_for(lambda: (w := me()) and w["status"] == "offline" and w, 10, "the worker offline")
+    assert offline["processed"] == 7 and offline["active"] == 0
+    overview = dash.get("/api/overview")
+    assert overview["workers"]["online"] == 0
+    # and after --prune-after seconds it is no longer listed
+    wait_for(lambda: me() is None, 10, "the offline worker pruned")
+    assert dash.get("/api/overview")["workers"] == {"online": 0, "total": 0}
+    assert "dashboard action shutdown on " + worker.hostname + " by admin from 127.0.0.1: done" in dash.proc.log()
+
+
+def test_running_retrying_and_rejected_tasks_queues_pruned_and_throughput_kept(procs, client_app, redis_client):
+    app = client_app.app
+    worker = procs.worker("-c", "2")
+    dash = start_dashboard(procs, "--prune-after", "2")
+
+    # a task sent to the idle worker is listed STARTED, with its worker, while it runs
+    held = client_app.hold.delay("dash-held")
+    running = wait_for(lambda: next((t for t in dash.get("/api/tasks?state=STARTED")["tasks"] if t["id"] == held.id),
+                                    None), 5, "the running task on the dashboard")
+    assert running["worker"] == worker.hostname and running["started"] <= time.time()
+    assert redis_client.llen("dash-held:gate") == 0  # (it still runs: nobody opened its gate)
+    detail = dash.get(f"/api/tasks/{held.id}")
+    assert (detail["state"], detail["worker"], detail["id"]) == ("STARTED", worker.hostname, held.id)
+    redis_client.rpush("dash-held:gate", 1)
+    assert held.get(timeout=10) == "dash-held"
+
+    # a retrying task shows when it runs next
+    retrying = client_app.retry_then_report.delay("dash-retry", 1, 30)
+    waiting = wait_for(lambda: next((t for t in dash.get("/api/tasks?state=RETRY")["tasks"] if t["id"] == retrying.id),
+                                    None), 10, "the retry on the dashboard")
+    assert time.time() + 20 < waiting["next_run"] <= time.time() + 31
+    assert dash.get(f"/api/tasks/{retrying.id}")["next_run"] == waiting["next_run"]
+    app.control.revoke(retrying.id)
+
+    # a message no worker can run is REJECTED with its name and arguments (from its dead letter)
+    unknown = app.send_task("testapp.no_such_task", args=(4, "four"))
+    rejected = wait_for(lambda: next((t for t in dash.get("/api/tasks?state=REJECTED")["tasks"]
+                                      if t["id"] == unknown.id and t["name"]), None), 10, "the rejection")
+    assert (rejected["name"], rejected["args"], rejected["kwargs"]) == ("testapp.no_such_task", "[4, 'four']", "{}")
+
+    # a queue nobody consumes is listed while it holds messages, then no longer once empty and unused
+    client_app.add.apply_async((1, 1), queue="short-lived")
+    wait_for(lambda: dash.get("/api/queues")["now"]["queues"].get("short-lived", {}).get("waiting") == 1, 10,
+             "the queue listed")
+    redis_client.xtrim("minique:{short-lived}:p0", maxlen=0)  # (emptied; the key stays, so SCAN still finds it)
+    wait_for(lambda: "short-lived" not in dash.get("/api/queues")["now"]["queues"], 10, "the queue pruned")
+    assert "default" in dash.get("/api/queues")["now"]["queues"]
+
+    # throughput: counted per 10 s in Redis, kept across a restart even when the events are gone
+    for r in [client_app.add.delay(i, i) for i in range(5)]:
+        r.get(timeout=10)
+    failing = client_app.fail.delay("counted")
+    failing.get(timeout=10, propagate=False)
+    want = {"succeeded_total": 6, "failed_total": 1, "retried_total": 1}  # (hold + 5 adds; fail; the retry)
+
+    def totals(d):
+        tp = d.get("/api/throughput")
+        return {k: tp[k] for k in want}
+    wait_for(lambda: totals(dash) == want, 10, "the throughput counts")
+    tp = dash.get("/api/throughput")
+    assert tp["source"] == "redis" and tp["bucket"] == 10 and len(tp["succeeded"]) == 360
+    assert abs(sum(tp["succeeded"]) * tp["bucket"] - 6) < 1e-9
+    second = start_dashboard(procs)  # reads the stream from its start: counts nothing twice
+    wait_for(lambda: second.get(f"/api/tasks/{failing.id}")["state"] == "FAILURE", 10, "the second one caught up")
+    assert totals(second) == want and totals(dash) == want
+    dash.proc.close()
+    second.proc.close()
+    redis_client.xtrim("minique:events", maxlen=0)
+    restarted = start_dashboard(procs)
+    assert totals(restarted) == want
+
+
+@needs_chromium
+def test_browser_under_load_running_tasks_actions_and_throughput(procs, client_app, redis_client, browser, tmp_path):
+    """The pages under load: running tasks tick, a retry shows its next run, a rejected message its name;
+    ids are whole and copyable; terminate from a task's page; the throughput chart; a worker's pool grown,
+    shrunk and the worker shut down from its row (screenshots of each page with MINIQUE_DOCS_SCREENSHOTS=1)."""
+    app = client_app.app
+    worker = procs.worker("-c", "3")
+    dash = start_dashboard(procs, auth=AUTH)
+    ctx = browser.new_context(http_credentials={"username": AUTH[0], "password": AUTH[1]},
+                              viewport={"width": 1360, "height": 800})
+    ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=dash.url)
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(dash.url + "/#/tasks")
+    page.locator("#tasks-table, .empty").first.wait_for(timeout=10000)
+
+    # load: two long tasks, many short ones, failures, a retry a minute away, a message nobody can run,
+    # and messages waiting in a queue no worker consumes
+    adds = [client_app.add.delay(i, i) for i in range(150)]
+    for i in range(40):
+        client_app.add.apply_async((i, 1), queue="reports", priority=i % 3 * 3)
+    for r in adds:
+        r.get(timeout=20)
+    fails = [client_app.fail.delay(f"load {i}") for i in range(4)]
+    retrying = client_app.retry_then_report.delay("b-retry", 1, 60)
+    unknown = app.send_task("testapp.no_such_task", args=(7, "seven"))
+    held = [client_app.hold.delay(f"b-hold-{i}", 60) for i in range(2)]
+
+    row = page.locator(f'#tasks-table tr[data-task-id="{held[0].id}"][data-state="STARTED"]')
+    row.wait_for(timeout=10000)
+    assert row.locator("a.id-short").inner_text() == held[0].id  # whole (shortened by the style sheet only)
+    ticking = row.locator(".elapsed")
+    first = ticking.inner_text()
+    page.wait_for_function("([el, before]) => el.textContent !== before", arg=[ticking.element_handle(), first],
+                           timeout=5000)
+    row.locator("button.copy").click()
+    page.locator("#toast", has_text=f"Copied {held[0].id}").wait_for(timeout=5000)
+    assert page.evaluate("navigator.clipboard.readText()") == held[0].id
+    retry_row = page.locator(f'#tasks-table tr[data-task-id="{retrying.id}"][data-state="RETRY"]')
+    retry_row.wait_for(timeout=10000)
+    assert re.search(r"retry \d\d:\d\d:\d\d in [1-6]\d s", retry_row.locator(".next-run").inner_text())
+    rejected_row = page.locator(f'#tasks-table tr[data-task-id="{unknown.id}"][data-state="REJECTED"]')
+    rejected_row.wait_for(timeout=10000)
+    page.wait_for_function("(el) => el.textContent.includes(\"[7, 'seven']\")",
+                           arg=rejected_row.element_handle(), timeout=10000)
+    assert "testapp.no_such_task" in rejected_row.inner_text()
+    for r in fails:
+        r.get(timeout=10, propagate=False)
+    shot(page, "tasks.png", tmp_path, full_page=False)
+
+    # a running task's page: its elapsed time, and Terminate
+    page.goto(dash.url + f"/#/task/{held[0].id}")
+    page.locator("#task-elapsed").wait_for(timeout=10000)
+    assert page.locator("#task-id").inner_text() == held[0].id
+    shot(page, "task-running.png", tmp_path)
+    page.locator("#terminate-button").click()
+    page.locator('h1 .badge[data-state="REVOKED"]').wait_for(timeout=15000)
+    redis_client.rpush("b-hold-1:gate", 1)
+    assert held[1].get(timeout=10) == "b-hold-1"
+
+    page.goto(dash.url + "/#/queues")
+    page.locator('#queue-chart polyline[data-queue="reports"]').wait_for(state="attached", timeout=10000)
+    page.locator('tr[data-queue="reports"] td[data-waiting="40"]').wait_for(timeout=10000)
+    shot(page, "queues.png", tmp_path)
+    page.goto(dash.url + "/#/failed")
+    page.locator(f'#failed-table tr[data-task-id="{fails[-1].id}"]').wait_for(timeout=10000)
+    shot(page, "failed.png", tmp_path)
+    page.goto(dash.url + "/#/dlq")
+    page.locator("#dlq-table tbody tr").first.wait_for(timeout=10000)
+    shot(page, "dlq.png", tmp_path)
+
+    # the Workers page: the throughput chart, and the worker's row actions
+    page.goto(dash.url + "/#/workers")
+    page.wait_for_function("() => Number(document.getElementById('tp-succeeded')?.textContent) >= 151",
+                           timeout=15000)
+    assert int(page.locator("#tp-failed").inner_text()) >= 4
+    page.locator('#throughput-chart polyline[data-series="succeeded"]').wait_for(state="attached", timeout=5000)
+    wrow = page.locator(f'tr[data-worker="{worker.hostname}"]')
+    wrow.wait_for(timeout=10000)
+    shot(page, "workers.png", tmp_path)
+    wrow.locator("button.grow").click()
+    page.locator(f'tr[data-worker="{worker.hostname}"] td', has_text="× 4").wait_for(timeout=10000)
+    page.locator(f'tr[data-worker="{worker.hostname}"] button.shrink').click()
+    page.locator(f'tr[data-worker="{worker.hostname}"] td', has_text="× 3").wait_for(timeout=10000)
+    page.locator(f'tr[data-worker="{worker.hostname}"] button.shutdown').click()
+    page.locator(f'tr[data-worker="{worker.hostname}"][data-status="offline"]').wait_for(timeout=20000)
+    assert worker.wait(20) == 0
+    processed = page.locator(f'tr[data-worker="{worker.hostname}"] td.processed').inner_text()
+    assert int(processed) >= 155  # (150 adds, 4 failures, a retry: the terminated process's count is kept)
+    assert page.locator(f'tr[data-worker="{worker.hostname}"] button.shutdown').count() == 0
+    assert errors == []
+    log = dash.proc.log()
+    for action in ("revoke", "pool_grow", "pool_shrink", "shutdown"):
+        assert f"dashboard action {action} on " in log and " by admin from 127.0.0.1: done" in log, action
     ctx.close()

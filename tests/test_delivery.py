@@ -200,6 +200,63 @@ def test_revoked_before_any_worker_runs_is_never_run_by_workers_started_later(pr
     assert started_tokens(redis_client, "rl") == ["y"]
 
 
+def delayed_scores(redis_client, queue):
+    return dict(redis_client.zrange(keys.delayed(queue), 0, -1, withscores=True))
+
+
+def test_a_revoked_task_with_an_eta_beyond_the_revoke_horizon_never_runs(procs, client_app, redis_client):
+    """The revoke is kept worker_revoke_expires past the task's ETA (1 s here: the horizon, which was a
+    fixed 3 h after the revoke), and the waiting task is brought forward: a worker (here one started
+    after the revoke) settles it as REVOKED now, not at its ETA, and nothing of it is left to run."""
+    client_app.app.conf.worker_revoke_expires = 1
+    eta = datetime.now(timezone.utc) + timedelta(seconds=60)
+    r = client_app.book.apply_async(("rh", "victim"), eta=eta)
+    client_app.app.control.revoke(r.id)
+    assert redis_client.zscore(keys.REVOKED, r.id) == pytest.approx(eta.timestamp() + 1, abs=0.01)
+    procs.worker("-c", "1")
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        r.get(timeout=10)  # well before its ETA
+    assert r.state == states.REVOKED and client_app.app.backend.get_meta(r.id)["reason"] == "revoked"
+    assert delayed_scores(redis_client, "default") == {}
+    assert client_app.app.broker.length("default", 0) == 0 and client_app.app.broker.held(["default"]) == {
+        "default": 0}
+    assert redis_client.llen("rh:started") == 0
+
+
+def test_revoking_delayed_tasks_takes_them_out_of_the_delayed_sets_they_wait_in(procs, client_app, redis_client):
+    """Found in the delayed set of any queue a live worker consumes; a message that only holds the revoked
+    id (a link's) is left as it was; the revoke is kept past the ETA when found, else from the revoke on."""
+    procs.worker("-c", "1", "-Q", "default,other")
+    linked = client_app.book.si("rd", "linked")
+    linked_result = linked.freeze()
+    holder = client_app.book.apply_async(("rd", "holder"), countdown=60, link=linked)  # holds the linked id
+    a = client_app.book.apply_async(("rd", "a"), countdown=60)
+    b = client_app.book.apply_async(("rd", "b"), countdown=60, queue="other")
+    before = delayed_scores(redis_client, "default")
+    due_a = next(score for member, score in before.items() if a.id.encode() in member) / 1000
+    client_app.app.control.revoke([a.id, b.id, linked_result.id])
+    keep = client_app.app.conf.worker_revoke_expires
+    assert redis_client.zscore(keys.REVOKED, a.id) == pytest.approx(due_a + keep, abs=0.01)
+    assert redis_client.zscore(keys.REVOKED, linked_result.id) == pytest.approx(time.time() + keep, abs=5)
+    for r in (a, b):
+        with pytest.raises(TaskRevokedError):
+            r.get(timeout=10)
+        assert r.state == states.REVOKED
+    assert delayed_scores(redis_client, "other") == {}
+    [(member, score)] = delayed_scores(redis_client, "default").items()
+    assert holder.id.encode() in member and score == before[member]  # untouched: still due in a minute
+    assert redis_client.llen("rd:started") == 0
+
+
+def test_a_broken_delayed_set_or_heartbeat_does_not_stop_a_revoke(client_app, redis_client, caplog):
+    redis_client.set(keys.delayed("default"), b"not a sorted set")   # any Redis client can write these
+    redis_client.hset(keys.WORKERS, "junk@host", b"\xc1 not msgpack")
+    client_app.app.control.revoke("some-id")
+    keep = client_app.app.conf.worker_revoke_expires
+    assert redis_client.zscore(keys.REVOKED, "some-id") == pytest.approx(time.time() + keep, abs=5)
+    assert "could not search the delayed set of queue 'default'" in caplog.text
+
+
 def test_revoke_terminate_kills_the_running_task_only(procs, client_app, redis_client):
     worker = procs.worker("-c", "2")
     r = client_app.gated.delay("term", "g", 20)

@@ -248,6 +248,55 @@ def test_after_a_slow_task_the_next_one_is_seen_running_before_it_ends(monkeypat
     assert len(start(third)) == 1            # the one before was quick
 
 
+def test_after_an_idle_wait_the_next_task_is_seen_running_before_it_ends(monkeypatch):
+    """Pure: a process that waited for messages (its batch flushed) sends the next task's task-received
+    and task-started with the write made before it runs, once; the tasks after it batch as before."""
+    monkeypatch.setattr(events, "time", FakeClock())
+    ev, batches = events.Events("h@x"), Batches()
+    first, second = (make("t.x", (), {}) for _ in range(2))
+    ev.idle = True  # (what the consumer sets when it flushed before blocking)
+    ev.received(first, first.encode())
+    ev.started(first, [], {})
+    assert ev.unsent()
+    ev.before_run(batches)
+    assert [[e["type"] for e in events.expand(b)] for b in batches] == [["task-received", "task-started"]]
+    assert not ev.unsent() and not ev.idle
+    ev.succeeded(first, 0.001)
+    ev.received(second, second.encode())
+    ev.started(second, [], {})
+    ev.before_run(batches)
+    assert len(batches) == 1 and ev.unsent()  # busy again: it waits for its batch (or the Outbox's alarm)
+
+
+def test_a_task_sent_to_an_idle_worker_and_a_long_task_after_short_ones_are_seen_running(procs, client_app,
+                                                                                        redis_client):
+    """The started event of a running task reaches the stream within about a second, both when the worker
+    was idle and when the process was busy with short tasks just before (the Outbox's alarm)."""
+    app = client_app.app
+    # busy: short tasks preloaded, then a long one, all taken by one pool process one after another
+    shorts = [client_app.add.delay(i, i) for i in range(30)]
+    busy = client_app.hold.delay("ev-busy")
+    worker = procs.worker("-c", "1")
+    for r in shorts:
+        assert r.get(timeout=10) is not None
+    wait_for(lambda: redis_client.llen("ev-busy:started") == 1, 10, "the long task to start")
+    started = wait_for(lambda: [e for e in task_events(redis_client, busy.id) if e["type"] == "task-started"], 3,
+                       "the long task's task-started while it runs")
+    assert started[0]["hostname"] == worker.hostname
+    assert app.AsyncResult(busy.id).state != "SUCCESS"  # still running: the gate is not open
+    redis_client.rpush("ev-busy:gate", 1)
+    assert busy.get(timeout=10) == "ev-busy"
+
+    # idle: the worker waits for messages; a long task sent now is seen at once
+    idle = client_app.hold.delay("ev-idle")
+    wait_for(lambda: redis_client.llen("ev-idle:started") == 1, 10, "the task sent to the idle worker to start")
+    wait_for(lambda: [e for e in task_events(redis_client, idle.id) if e["type"] == "task-started"], 3,
+             "its task-started while it runs")
+    assert app.AsyncResult(idle.id).state != "SUCCESS"
+    redis_client.rpush("ev-idle:gate", 1)
+    assert idle.get(timeout=10) == "ev-idle"
+
+
 # --- the index the dashboard builds from events ---------------------------------------------------------
 def ev(kind, tid, retries=0, **kw):
     return dict(type=kind, uuid=tid, name="t.x", queue="q", retries=retries, ts=time.time(), hostname="w", **kw)

@@ -137,6 +137,8 @@ def test_dashboard_exports_cluster_wide_queue_gauges(procs, client_app, redis_cl
     client_app.add.apply_async((1, 1), countdown=300)
     redis_client.xadd("minique:dlq", {"m": b"x", "reason": "test", "queue": "default", "task_id": "",
                                       "worker": "w", "time": "0"})
+    redis_client.hset("minique:beat:last", mapping={"nightly": "1700000000.5", "broken": "x"})
+    redis_client.hset("minique:beat:lag", "nightly", "0.25")
     dash = start_dashboard(procs)
     m = dash.metrics()
     assert value(m, "minique_queue_length", queue="default", priority="0") == 2
@@ -146,6 +148,9 @@ def test_dashboard_exports_cluster_wide_queue_gauges(procs, client_app, redis_cl
     assert value(m, "minique_queue_unacked", queue="default") == 0
     assert value(m, "minique_dead_letter_queue_length") == 1
     assert value(m, "minique_workers_alive") == 0
+    assert value(m, "minique_beat_last_run_timestamp_seconds", entry="nightly") == 1700000000.5
+    assert value(m, "minique_beat_lag_seconds", entry="nightly") == 0.25
+    assert ("minique_beat_last_run_timestamp_seconds", frozenset({"entry": "broken"}.items())) not in m
     # priority series only for priorities in use (and 0, so sums over a queue always have a series)
     assert ("minique_queue_length", frozenset({"queue": "default", "priority": "3"}.items())) not in m
     assert ("minique_queue_length", frozenset({"queue": "other", "priority": "5"}.items())) not in m

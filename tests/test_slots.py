@@ -63,6 +63,7 @@ def test_the_child_never_overwrites_what_the_parent_wrote():
     assert slot.ctl_seq() == 2 and slot.stop_requested() and slot.processed == 1
     slot.reset()
     assert slot.ctl_seq() == 0 and not slot.stop_requested() and slot.processed == 0
+    assert slot.total == 1  # (the replaced process's task still counts in the worker's total)
 
 
 def test_the_parent_never_reads_half_a_running_record():

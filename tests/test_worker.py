@@ -17,6 +17,24 @@ def test_delay_get_state(procs, client_app):
     assert r.date_done is not None
 
 
+def test_typed_json_values_reach_the_task_and_come_back_typed(procs, client_app):
+    """bytes, datetime, date, time, UUID and Decimal through the json serializer (kombu's typed JSON)
+    both ways: the task receives them with their types, and get() gives the same typed values."""
+    import datetime
+    import decimal
+    import uuid
+    procs.worker("-c", "1")
+    when = datetime.datetime(2026, 11, 30, 18, 5, 1, 250, tzinfo=datetime.timezone.utc)
+    args = [b"\x00\xffraw", b"text", when, datetime.datetime(2026, 1, 2, 3, 4), uuid.uuid4(), decimal.Decimal("9.90")]
+    kwargs = {"day": datetime.date(2026, 11, 30), "at": datetime.time(18, 5)}
+    got_args, got_kwargs, arg_types, kwarg_types = client_app.typed_echo.delay(*args, **kwargs).get(timeout=10)
+    assert arg_types == ["bytes", "bytes", "datetime", "datetime", "UUID", "Decimal"]
+    assert kwarg_types == {"day": "date", "at": "time"}
+    assert got_args == args and got_kwargs == kwargs
+    assert [type(v) for v in got_args] == [type(v) for v in args]
+    assert got_args[2].tzinfo is not None and got_args[3].tzinfo is None and str(got_args[5]) == "9.90"
+
+
 def test_delay_many_sends_each_call_with_the_shared_options(procs, client_app):
     procs.worker("-c", "2", "-Q", "default,other")
     results = client_app.add.delay_many([(i, i) for i in range(2500)], priority=7, countdown=0.2)

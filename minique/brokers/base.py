@@ -16,7 +16,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
+from typing import Any, Callable, Collection, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple, cast
 
 import redis
 
@@ -49,6 +49,15 @@ def count_of(raw: Any) -> Tuple[int, Optional[str]]:
     if isinstance(raw, (bytes, str)) and raw.isascii() and raw.isdigit():
         return int(raw), None
     return 0, f"delivery count {raw!r:.40} is not a number"
+
+
+class Waiting(NamedTuple):
+    """A message waiting in a delayed set, found by its task id (`Broker.find_delayed`)."""
+
+    task_id: str
+    data: bytes              # the message's bytes
+    due: float               # epoch seconds it falls due (its ETA)
+    member: bytes            # its delayed-set member (priority digit + data), for `bring_forward`
 
 
 # a malformed delayed-set member is set aside this long while its caller dead-letters it (see move_due.lua)
@@ -148,6 +157,38 @@ class Broker(ABC):
                 pipe.execute()
         return moved, next_due
 
+    def find_delayed(self, queue: str, task_ids: Collection[str]) -> List[Waiting]:
+        """The messages waiting in `queue`'s delayed set whose task id is one of `task_ids`.
+
+        The set is read a page at a time (find_delayed.lua: ZSCAN, a substring filter in Redis), so a
+        large set never holds Redis for long and only candidates cross the wire; each candidate's own id
+        is then read with `peek_id` (the envelope only, never the body). A message that falls due during
+        the search may be missed: it is in its queue then."""
+        wanted = {i for i in task_ids if isinstance(i, str) and i}
+        if not wanted:
+            return []
+        delayed, ids = keys.delayed(queue), sorted(wanted)
+        count = max(16, 4096 // len(ids))  # members per page: the work of one call stays about the same
+        found: Dict[bytes, Waiting] = {}
+        cursor: Any = 0
+        while True:
+            cursor, page = COMMON_SCRIPTS(self.client, "find_delayed", [delayed], [cursor, count, *ids])
+            for member, score in zip(page[::2], page[1::2]):
+                task_id = peek_id(member[1:]) if member[:1].isdigit() else None  # (malformed: move_due's to bury)
+                if task_id in wanted:
+                    found[member] = Waiting(task_id, member[1:], float(score) / 1000.0, member)
+            if cursor in (0, b"0", "0"):
+                return list(found.values())
+
+    def bring_forward(self, queue: str, waiting: Sequence[Waiting], delay: float) -> int:
+        """Make these delayed messages of `queue` due `delay` seconds from now (server clock), unless
+        due sooner already; one that has left the set meanwhile is not put back. Returns how many moved
+        forward (bring_forward.lua)."""
+        if not waiting:
+            return 0
+        return int(COMMON_SCRIPTS(self.client, "bring_forward", [keys.delayed(queue)],
+                                  [max(0, round(delay * 1000)), *(w.member for w in waiting)]))
+
     # --- consuming ---------------------------------------------------------------------------------
     @abstractmethod
     def ensure_queues(self, queues: Sequence[str]) -> None:
@@ -218,6 +259,10 @@ class Broker(ABC):
     @abstractmethod
     def length(self, queue: str, priority: int) -> int:
         """Messages waiting in one queue at one priority."""
+
+    def waiting(self, queues: Sequence[str]) -> int:
+        """Messages ready in `queues` (every priority) that no consumer has taken: one round trip."""
+        return sum(self.length(q, p) for q in queues for p in keys.PRIORITIES)
 
     @abstractmethod
     def purge(self, queue: str) -> int:

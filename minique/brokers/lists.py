@@ -161,6 +161,13 @@ class ListsBroker(Broker):
     def length(self, queue: str, priority: int) -> int:
         return self.client.llen(keys.queue(queue, priority))
 
+    def waiting(self, queues: Sequence[str]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            for key in keys.queue_priorities(queue):
+                pipe.llen(key)
+        return sum(pipe.execute())
+
     def purge(self, queue: str) -> int:
         pipe = self.client.pipeline(transaction=True)
         for key in keys.queue_priorities(queue):

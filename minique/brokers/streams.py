@@ -411,6 +411,21 @@ class StreamsBroker(Broker):
         pending = int(pending.get("pending", 0)) if isinstance(pending, dict) else 0
         return max(0, int(total) - pending)
 
+    def waiting(self, queues: Sequence[str]) -> int:
+        stream_keys = self._keys(queues)
+        pipe = self.client.pipeline(transaction=False)
+        for key in stream_keys:
+            pipe.xlen(key)
+            pipe.xpending(key, keys.GROUP)
+        replies = pipe.execute(raise_on_error=False)
+        total = 0
+        for length, pending in zip(replies[::2], replies[1::2]):
+            if isinstance(length, Exception):
+                raise length
+            held = int(pending.get("pending", 0)) if isinstance(pending, dict) else 0  # (no group yet: none)
+            total += max(0, int(length) - held)
+        return total
+
     def purge(self, queue: str) -> int:
         n = sum(self.length(queue, p) for p in keys.PRIORITIES) + self.delayed_count(queue)
         for key in keys.queue_priorities(queue):

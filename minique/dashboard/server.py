@@ -33,10 +33,16 @@ Routes (GET unless noted):
     /api/queues                     lengths now (per priority), delayed, unacked, and their history
     /api/failed                     failed tasks (newest first), with whether they can be re-sent
     /api/dlq?count=&start=          dead letters
+    /api/throughput                 succeeded, failed, retried per second over the last hour (per 10 s)
     POST /api/tasks/<id>/retry      re-send a failed task's message, the bytes its task-failed event carried
                                     (checked: it decodes, is that task's, and its signature verifies)
     POST /api/tasks/<id>/revoke     revoke ({"terminate": true} to end it if running)
     POST /api/dlq/<entry id>/replay send a dead letter's message (checked the same way) back to its queue
+    POST /api/workers/<name>/shutdown            warm shutdown of that worker
+    POST /api/workers/<name>/pool_grow|pool_shrink  ({"n": 1}) its pool, by n processes
+
+Every action (and every refused one) is logged on the `minique.dashboard.audit` logger: who (the
+Basic user, "token", or "anonymous"), from where, what, on what, and how it ended.
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 
@@ -65,12 +71,17 @@ from ..display import DISPLAYABLE, Refused, checked_message, describe_for_displa
 from .state import State
 
 log = logging.getLogger("minique.dashboard")
+audit = logging.getLogger("minique.dashboard.audit")
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 32 * 1024          # bytes of request body (the API's bodies are a few bytes of JSON)
 MAX_TARGET = 8 * 1024         # bytes of request target (path and query string)
 MAX_QUERY_FIELDS = 32
 REQUEST_TIMEOUT = 30.0        # seconds a connection may take to send a request (then it is closed)
 _DLQ_START = re.compile(r"-|\(?[0-9]{1,20}(-[0-9]{1,20})?")
+CONTROL_TIMEOUT = 2.0         # seconds a worker action waits for the worker's answer
+_TASK_ACTION = re.compile(r"/api/tasks/([\w\-.:]{1,200})/(retry|revoke)")
+_DLQ_ACTION = re.compile(r"/api/dlq/([\d-]{3,40})/replay")
+_WORKER_ACTION = re.compile(r"/api/workers/([^/]{1,300})/(shutdown|pool_grow|pool_shrink)")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -146,10 +157,10 @@ class Dashboard:
 
     def __init__(self, app: Any, basic_auth: Optional[List[str]] = None, token: Optional[str] = None,
                  max_tasks: int = 10000, sample_interval: float = 2.0, refresh: float = 1.5,
-                 rescan_interval: float = 30.0):
+                 rescan_interval: float = 30.0, prune_after: float = 600.0):
         self.app = app
         self.state = State(app, max_tasks=max_tasks, sample_interval=sample_interval,
-                           rescan_interval=rescan_interval)
+                           rescan_interval=rescan_interval, prune_after=prune_after)
         self.basic = [a.encode() for a in (basic_auth or [])]
         self.token = token
         self.csrf = secrets.token_urlsafe(32)
@@ -195,6 +206,18 @@ class Dashboard:
                 return True, True
         return False, False
 
+    def who(self, headers: Any) -> str:
+        """Who acts, for the audit log: the Basic user (its password never logged), "token", or "anonymous"."""
+        scheme, _, value = (headers.get("Authorization") or "").partition(" ")
+        if self.basic and scheme.lower() == "basic":
+            try:
+                return base64.b64decode(value.strip(), validate=True).decode(errors="replace").partition(":")[0]
+            except Exception:  # noqa: BLE001
+                return "?"
+        if self.token:
+            return "token"
+        return "anonymous"
+
     def host_ok(self, headers: Any) -> bool:
         """Against DNS rebinding: a dashboard bound to loopback answers loopback host names only."""
         if not self.loopback_only:
@@ -237,6 +260,7 @@ class Dashboard:
         out["names"] = stats["names"]
         out["workers"] = sorted({w["hostname"] for w in self.state.workers.list()})
         out["indexed"] = stats["tasks"]
+        out["now"] = time.time()  # (the pages count running tasks' elapsed time from the server's clock)
         return out
 
     def task(self, tid: str) -> Dict[str, Any]:
@@ -264,11 +288,14 @@ class Dashboard:
         out["traceback"] = meta["traceback"]
         out["date_done"] = meta["date_done"]
         out["result_state"] = meta["status"]
+        if "meta" in meta:
+            out["meta"] = meta["meta"]
         started, ended = out.get("started"), out.get("succeeded") or out.get("failed") or out.get("retried")
         if out.get("sent_at") and started:
             out["queue_wait"] = max(0.0, started - max(out["sent_at"], out.get("eta") or 0))
         if out.get("runtime") is None and started and ended:
             out["runtime"] = max(0.0, ended - started)
+        out["now"] = time.time()
         out["children"] = self.state.index.children_of(tid)
         for link, name in (("parent_id", "parent"), ("root_id", "root")):
             other = out.get(link)
@@ -281,8 +308,8 @@ class Dashboard:
         """The result store's record of `tid` as the pages show it: `status`, `result` (a json or
         msgpack value; anything else, pickle above all, is not decoded), `error` (an exception
         described from its stored class name and arguments: nothing is imported or built),
-        `traceback`, `date_done`. Any Redis client can write the record: a malformed one is shown
-        as such."""
+        `traceback`, `date_done`, and `meta` for a custom state (update_state). Any Redis client
+        can write the record: a malformed one is shown as such."""
         pipe = self.app.backend.client.pipeline(transaction=False)
         pipe.lindex(keys.ready(tid), 0)
         pipe.get(keys.result(tid))
@@ -295,7 +322,7 @@ class Dashboard:
         try:
             meta = serializers.unpack(raw)
             status = meta["s"]
-            if status not in states.ALL_STATES:
+            if status not in states.ALL_STATES and not _custom_state(status):
                 raise ValueError(status)
         except Exception:  # noqa: BLE001 - not a record minique writes
             out.update(status="UNKNOWN", error="<a malformed record in the result store>")
@@ -316,12 +343,23 @@ class Dashboard:
             out["result"] = _jsonable(value)
         elif status in states.EXCEPTION_STATES:
             out["error"] = _described_exception(value)
+        elif status not in states.ALL_STATES:  # update_state(state="PROGRESS", meta={...}): its meta
+            out["meta"] = _jsonable(value)
         return out
 
     def queues(self) -> Dict[str, Any]:
         from ..metrics import queue_sample
         now = queue_sample(self.app, self.state.queues())
-        return {"now": now, "history": self.state.history.series(), "interval": self.state.sample_interval}
+        shown = set(self.state.shown_queues(now["queues"]))
+        now["queues"] = {q: info for q, info in now["queues"].items() if q in shown}
+        history = self.state.history.series()
+        for point in history:
+            for field in ("waiting", "delayed"):
+                point[field] = {q: n for q, n in point[field].items() if q in shown}
+        return {"now": now, "history": history, "interval": self.state.sample_interval}
+
+    def throughput(self) -> Dict[str, Any]:
+        return self.state.throughput.series()
 
     def failed(self, q: Dict[str, List[str]]) -> Dict[str, Any]:
         return self.state.index.summaries(state=states.FAILURE, limit=_int_param(q, "limit", 200, 1, 1000))
@@ -387,8 +425,31 @@ class Dashboard:
         return msg
 
     def revoke(self, tid: str, body: Dict[str, Any]) -> Dict[str, Any]:
-        self.app.control.revoke(tid, terminate=bool(body.get("terminate")))
-        return {"ok": True, "id": tid}
+        terminate = body.get("terminate", False)
+        if not isinstance(terminate, bool):
+            raise HTTPError(400, "terminate must be true or false")
+        self.app.control.revoke(tid, terminate=terminate)
+        return {"ok": True, "id": tid, "terminate": terminate}
+
+    def worker_action(self, host: str, action: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        """A control command to one worker (a warm shutdown, or its pool grown or shrunk by `n`), and its answer;
+        404 for a worker the dashboard does not know, 504 when it does not answer within CONTROL_TIMEOUT."""
+        if host not in {w["hostname"] for w in self.state.workers.list(all_workers=True)}:
+            raise HTTPError(404, f"no worker {host}")
+        if action == "shutdown":
+            replies = self.app.control.shutdown(destination=[host], reply=True, timeout=CONTROL_TIMEOUT)
+        else:
+            n = body.get("n", 1)
+            if type(n) is not int or not 1 <= n <= 64:
+                raise HTTPError(400, "n must be an integer from 1 to 64")
+            command = self.app.control.pool_grow if action == "pool_grow" else self.app.control.pool_shrink
+            replies = command(n, destination=[host], reply=True, timeout=CONTROL_TIMEOUT)
+        answer = next((r[host] for r in replies if isinstance(r, dict) and host in r), None)
+        if answer is None:
+            raise HTTPError(504, f"{host} did not answer within {CONTROL_TIMEOUT:g} s")
+        if isinstance(answer, dict) and "error" in answer:
+            raise HTTPError(409, f"{host}: {str(answer['error'])[:500]}")
+        return {"ok": True, "worker": host, "action": action, "answer": _jsonable(answer)}
 
     def replay(self, entry: str) -> Dict[str, Any]:
         """Send a dead letter's message back to its queue and remove it from the dead letters, in one
@@ -439,6 +500,17 @@ class Dashboard:
         log.info("dead letter %s (task %s[%s]) sent back to %s from the dashboard", entry, msg.task, msg.id,
                  msg.queue)
         return {"ok": True, "entry": entry, "sent": _shown_message(data, self.app.conf.security_key)}
+
+
+def _custom_state(status: Any) -> bool:
+    """A state a task set with update_state (a name, as Celery's custom states: "PROGRESS"), shown as it is."""
+    return isinstance(status, str) and 0 < len(status) <= 64 and status.isprintable()
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Text from a request as one log line: control characters (a forged line break) shown escaped, bounded."""
+    text = text[:limit]
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _described_exception(value: Any) -> str:
@@ -510,6 +582,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(200, b"ok\n", "text/plain; charset=utf-8")
             allowed, set_cookie = dash.authorized(self.headers, query)
             if not allowed:
+                if method == "POST":
+                    self._audit(*self._action_of(path), "refused: not authenticated", warn=True)
                 raise HTTPError(401, "authentication required")
             extra = {}
             if set_cookie:
@@ -532,6 +606,7 @@ class Handler(BaseHTTPRequestHandler):
                 "/api/queues": lambda: dash.queues(),
                 "/api/failed": lambda: dash.failed(query),
                 "/api/dlq": lambda: dash.dlq(query),
+                "/api/throughput": lambda: dash.throughput(),
             }.get(path)
             if api is not None:
                 return self._json(200, api(), extra)
@@ -569,7 +644,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self, path: str) -> None:
         dash = self.dashboard
+        action, target = self._action_of(path)
         if not dash.csrf_ok(self.headers):
+            self._audit(action, target, "refused: missing or wrong X-CSRF-Token", warn=True)
             raise HTTPError(403, "missing or wrong X-CSRF-Token (get it from /api/session)")
         raw = self._read_body()
         try:
@@ -578,14 +655,43 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, "the request body must be JSON") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the request body must be a JSON object")
-        m = re.fullmatch(r"/api/tasks/([\w\-.:]{1,200})/(retry|revoke)", path)
+        try:
+            m = _TASK_ACTION.fullmatch(path)
+            if m:
+                tid, what = m.groups()
+                answer = dash.retry(tid) if what == "retry" else dash.revoke(tid, body)
+            elif _DLQ_ACTION.fullmatch(path):
+                answer = dash.replay(path.split("/")[3])
+            elif _WORKER_ACTION.fullmatch(path):
+                answer = dash.worker_action(target, action, body)  # (_action_of matched the same pattern)
+            else:
+                raise HTTPError(404, "not found")
+        except HTTPError as exc:
+            self._audit(action, target, f"refused ({exc.status}): {exc.message}", warn=True)
+            raise
+        except Exception as exc:
+            self._audit(action, target, f"failed: {type(exc).__name__}", warn=True)
+            raise
+        self._audit(action, target, "done" + (" (terminate)" if body.get("terminate") is True else "")
+                    + (f" (n={body.get('n', 1)})" if action in ("pool_grow", "pool_shrink") else ""))
+        return self._json(200, answer)
+
+    @staticmethod
+    def _action_of(path: str) -> Tuple[str, str]:
+        """(action, its target) of a POST path, for the audit log."""
+        for pattern in (_TASK_ACTION, _WORKER_ACTION):
+            m = pattern.fullmatch(path)
+            if m:
+                return m.group(2), unquote(m.group(1))
+        m = _DLQ_ACTION.fullmatch(path)
         if m:
-            tid, action = m.groups()
-            return self._json(200, dash.retry(tid) if action == "retry" else dash.revoke(tid, body))
-        m = re.fullmatch(r"/api/dlq/([\d-]{3,40})/replay", path)
-        if m:
-            return self._json(200, dash.replay(m.group(1)))
-        raise HTTPError(404, "not found")
+            return "replay", m.group(1)
+        return "unknown", path[:200]
+
+    def _audit(self, action: str, target: str, outcome: str, warn: bool = False) -> None:
+        audit.log(logging.WARNING if warn else logging.INFO, "dashboard action %s on %s by %s from %s: %s", action,
+                  _printable(target), _printable(self.dashboard.who(self.headers)), self.client_address[0],
+                  _printable(outcome, 600), extra={"event": "dashboard-action"})
 
     def _static(self, name: str, extra: Dict[str, str]) -> None:
         if "/" in name or "\\" in name or name.startswith(".") or not name:
@@ -656,7 +762,7 @@ class DashboardServer:
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 5555, basic_auth: Optional[List[str]] = None,
           token: Optional[str] = None, max_tasks: int = 10000, sample_interval: float = 2.0,
-          refresh: float = 1.5, rescan_interval: float = 30.0) -> DashboardServer:
+          refresh: float = 1.5, rescan_interval: float = 30.0, prune_after: float = 600.0) -> DashboardServer:
     """Build the dashboard server for `app` (call .serve_forever() or .start())."""
     for pair in basic_auth or ():
         if ":" not in pair:
@@ -664,7 +770,8 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 5555, basic_auth: Optio
     if os.environ.get("MINIQUE_DASHBOARD_TOKEN") and not token:
         token = os.environ["MINIQUE_DASHBOARD_TOKEN"]
     dash = Dashboard(app, basic_auth=basic_auth, token=token, max_tasks=max_tasks,
-                     sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval)
+                     sample_interval=sample_interval, refresh=refresh, rescan_interval=rescan_interval,
+                     prune_after=prune_after)
     return DashboardServer(dash, host, port)
 
 

@@ -15,17 +15,22 @@ from typing import Any, Optional, Sequence
 
 import redis
 
-from .. import keys
+from .. import context, keys
 from ..logs import Once
 from .execute import Executor
 from .outbox import NotStarted, Outbox
 
 log = logging.getLogger("minique.worker")
 AUDIT_EVERY = 60.0  # at most this many seconds between audits of what a consumer holds (see _audit)
+PAUSED_NAP = 0.2    # seconds a process whose queues are all paused waits between looks at its control number
 
 
 class _Interrupt(BaseException):
     """Breaks a blocking fetch when the process is asked to stop."""
+
+
+class _Wake(BaseException):
+    """Breaks a blocking fetch when the parent has news (a queue paused): the fetch starts again."""
 
 
 class Consumer:
@@ -33,7 +38,8 @@ class Consumer:
 
     def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
                  slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,
-                 max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None):
+                 max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None,
+                 fetch_ahead: bool = True):
         self.app = app
         self.name = name
         self.queues = list(queues)
@@ -44,6 +50,8 @@ class Consumer:
         self.max_memory_kib = max_memory_kib
         self.outbox = Outbox(app, name, queues, slot, float(app.conf.worker_early_ack_window or 0), use_alarm)
         self.executor = Executor(app, hostname, self.outbox, events=events, limiter=limiter, use_alarm=use_alarm)
+        self.executor.consumer = self  # the sender of task_received, task_rejected, task_unknown (as Celery)
+        self.outbox.events = events if events is not None and events.send else None
         self.stopping = False
         self._ctl_seen = slot.ctl_seq() if slot is not None else 0
         self._suspect = False                        # a Redis failure happened since the last audit
@@ -53,6 +61,7 @@ class Consumer:
         # past this age a fetched message may have been redelivered elsewhere, were this process not
         # renewing its claims (frozen): it is looked up before it runs (see _keep_what_is_ours)
         self._stale_after = float(app.broker.visibility_timeout) / 2
+        self.fetch_ahead = fetch_ahead  # False (-O fair): take a message only when free, never one ahead
         self.processed = 0
         self._report = Once(log)                     # errors of the loop itself, logged once per kind
 
@@ -62,6 +71,14 @@ class Consumer:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR2, self._on_wake)
+
+    def _on_wake(self, signum: int, frame: Any) -> None:
+        """SIGUSR2 from the parent, after it bumped the control number: a blocking wait would still read
+        the queues just paused, so it ends (or does not begin) and the loop looks again."""
+        self.outbox.woken = True
+        if self.outbox.in_wait:
+            raise _Wake()
 
     def _on_term(self, signum: int, frame: Any) -> None:
         if self.slot is not None and not self.slot.stop_requested():
@@ -80,11 +97,21 @@ class Consumer:
     def run(self) -> None:
         parent = os.getppid()
         outbox = self.outbox
+        context.set_result_writer(outbox.write_now)  # update_state from this thread's task bodies
         fetches = 0
         backoff = 0.05
         while not self.stopping:
             try:
+                if not outbox.buffer and not outbox.queues:  # every queue of this worker is paused
+                    self._on_idle()
+                    outbox.flush()
+                    time.sleep(PAUSED_NAP)  # (the parent tells of a resume through the control number)
+                    self._check_control()
+                    continue
                 if not outbox.buffer:
+                    if outbox.woken:  # (SIGUSR2: the queues to fetch from may have changed)
+                        outbox.woken = False
+                        self._check_control()
                     if self._suspect or time.monotonic() >= self._audit_at:
                         outbox.flush()
                         self._audit()
@@ -123,6 +150,8 @@ class Consumer:
                     break
             except _Interrupt:
                 break
+            except _Wake:  # the cut-off wait's reply may have taken messages: the audit gives them back
+                self._suspect = True
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, NotStarted) as exc:
                 # The Outbox keeps its commands and sends them again; once Redis answers, the audit
                 # gives back whatever this consumer holds that a cut-off reply left out of its hands.
@@ -144,9 +173,11 @@ class Consumer:
             log.warning("could not flush on exit: %s", exc)
 
     def _on_idle(self) -> None:
-        """Before the process blocks (or stops): the events it holds leave too."""
+        """Before the process blocks (or stops): the events it holds leave too, and the next task's
+        task-started will leave before its body (a task sent to an idle worker is seen at once)."""
         if self.events is not None:
             self.events.flush(self.outbox.broker)
+            self.events.idle = True
 
     def _audit(self) -> None:
         """Requeue what Redis says this consumer holds but it does not have in hand.
@@ -187,7 +218,7 @@ class Consumer:
 
     def _ahead_count(self) -> int:
         """How many to fetch ahead while the last fetched message runs."""
-        return self._fetch_count(running=1)
+        return self._fetch_count(running=1) if self.fetch_ahead else 0
 
     def _recycle_due(self) -> bool:
         if self.max_tasks and self.processed >= self.max_tasks:
@@ -201,16 +232,26 @@ class Consumer:
         return False
 
     def _check_control(self) -> None:
-        """The parent bumps the slot's control number when revocations arrive: reload them."""
+        """The parent bumps the slot's control number when revocations arrive or queues are paused or
+        resumed: reload them."""
         if self.slot is None:
             return
         seq = self.slot.ctl_seq()
         if seq != self._ctl_seen:
             self._ctl_seen = seq
-            self.load_revoked()
+            self.reload_control()
+
+    def reload_control(self) -> None:
+        self.load_revoked()
+        self.load_paused()
 
     def load_revoked(self) -> None:
         self.executor.revoked = load_revoked(self.app)
+
+    def load_paused(self) -> None:
+        """Fetch only from the queues not paused (what this process holds stays in hand and runs)."""
+        paused = {q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)}
+        self.outbox.queues = [q for q in self.queues if q not in paused]
 
 
 def load_revoked(app: Any) -> set:

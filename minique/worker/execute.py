@@ -44,13 +44,32 @@ from ..exceptions import (
 from ..lua import Scripts
 from ..message import Message, decode, peek_id
 from ..settle import Outcome, Policy, Settlement, settle
+from ..signals import (
+    task_failure,
+    task_internal_error,
+    task_postrun,
+    task_prerun,
+    task_received,
+    task_rejected,
+    task_retry,
+    task_revoked,
+    task_success,
+    task_unknown,
+)
 from ..signing import sign, verify
+from ..trace import Hooks, Run, send_internal_error
 from .outbox import NotStarted, Outbox
+from .ratelimit import KEY_HEADER, RESERVED
 
 log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "execute_lua")
 _UNRUN = fate.PRE_RUN | {fate.INTERNAL}  # outcomes whose dead letter is the whole story (no task ran to tell of)
+_Request = context.Request
 _PASS = (NotStarted, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)  # the consumer's to handle
+# the signal each outcome that ran no body sends (Celery's: the revoked, the unknown, the refused)
+_UNRUN_SIGNAL = {**{kind: task_rejected for kind in fate.PRE_RUN}, fate.REVOKED: task_revoked,
+                 fate.EXPIRED: task_revoked, fate.UNKNOWN_TASK: task_unknown}
+_UNRUN_SIGNAL.pop(fate.EARLY)
 
 
 class Job(NamedTuple):
@@ -61,6 +80,8 @@ class Job(NamedTuple):
     task: Any = None
     policy: Policy = Policy()
     result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
+    run: Any = None                   # trace.Run: hooks or task signals to call (None: a plain run)
+    extra: Optional[Dict[str, Any]] = None  # stored with the result: children, result_extended's fields
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -81,6 +102,7 @@ class Executor:
         self.outbox = outbox
         self.events = events
         self.limiter = limiter  # ratelimit.RateLimiter, or None: no rate limits
+        self.consumer: Any = self  # the sender of task_received/rejected/unknown (the Consumer sets itself)
         self.revoked: set = set()
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.max_deliveries = int(app.broker.max_deliveries)
@@ -96,6 +118,7 @@ class Executor:
         self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
         self._in_body = False      # a task body runs now (the Outbox's connection is idle)
+        self.extended = bool(self.conf.result_extended)  # name, args, ... stored with each result
         if use_alarm:
             signal.signal(signal.SIGALRM, self._on_alarm)
 
@@ -132,7 +155,7 @@ class Executor:
                 return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
                     fate.UNKNOWN_TASK, NotRegistered(f"Received unregistered task of type {msg.task!r}: "
                                                      f"is its module in include=?"), f"unknown task {msg.task!r}"))
-            acks_late, soft, hard, track, policy = self._task_options(task, msg.ignore_result)
+            acks_late, soft, hard, track, policy, hooks = self._task_options(task, msg.ignore_result)
             job = Job(delivery, msg, task, policy, msg.id)
             if delivery.deliveries > self.max_deliveries:
                 return self._record(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
@@ -152,15 +175,24 @@ class Executor:
                 return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
             if self.events is not None:
                 self.events.received(msg, data)
-            if self.limiter is not None:  # the task's rate limit, if any, waits here (after a flush of the Outbox)
-                self.limiter.acquire(msg.task, self.outbox,
-                                     self.events.received_now if self.events is not None else None)
+            if task_received.receivers:
+                task_received.send(sender=self.consumer, request=self._request(
+                    delivery, msg, args, kwargs, msg.time_limit or hard, msg.soft_time_limit or soft))
+            if self.limiter is not None:  # the task's rate limit, if any (worker/ratelimit.py)
+                if not self.limiter.cluster:  # Celery's per-worker limit: waits here, after a flush of the Outbox
+                    self.limiter.acquire(msg.task, self.outbox,
+                                         self.events.received_now if self.events is not None else None)
+                else:
+                    at = self._throttled(task, msg, args, kwargs)
+                    if at is not None:
+                        return self._record(job._replace(msg=self._parked(msg, at)), Outcome(
+                            fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
             if self.max_age is not None:
                 holder = self._claim(delivery, msg)
                 if holder is not None:
                     return self._record(job._replace(result_id=None), Outcome(
                         fate.REPLAYED, reason=replay.replayed_reason(msg, delivery.deliveries, holder)))
-            self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track)
+            self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track, hooks)
             return None
         except _PASS:
             raise
@@ -191,6 +223,26 @@ class Executor:
             return None
         return cast(bytes, held)
 
+    def _throttled(self, task: Any, msg: Message, args: list, kwargs: dict) -> Optional[float]:
+        """Cluster-wide rate limit: None to run now, else the start reserved for this task (the message
+        is parked until then). A message that comes back at the start it reserved runs without asking."""
+        assert self.limiter is not None
+        headers = msg.headers
+        if headers and msg.eta is not None and headers.get(RESERVED) == msg.eta:
+            return None
+        key = headers.get(KEY_HEADER) if headers else None
+        if key is None and task.rate_limit_key is not None:
+            key = task.rate_limit_key(args, kwargs)
+        try:
+            return self.limiter.reserve(msg.task, msg.queue, None if key is None else str(key))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
+
+    def _parked(self, msg: Message, at: float) -> Message:
+        """The message as it waits for its reserved start: due then, and marked as holding it."""
+        parked = msg._replace(eta=at, headers={**(msg.headers or {}), RESERVED: at}, signature=None)
+        return sign(parked, self.security_key) if self.security_key else parked
+
     def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
         """A message that cannot be read: where its id can be found, its result becomes FAILURE so
         nobody waits on it forever (not with security_key: an unverified message writes no result)."""
@@ -200,16 +252,23 @@ class Executor:
 
     # --- running ------------------------------------------------------------------------------------
     def _run(self, job: Job, args: list, kwargs: dict, acks_late: bool, soft: Optional[float],
-             hard: Optional[float], track: bool) -> None:
+             hard: Optional[float], track: bool, hooks: Hooks) -> None:
         delivery, msg, task, outbox = job.delivery, job.msg, job.task, self.outbox
         assert msg is not None
+        run = None
+        if hooks.any or (task_prerun.receivers or task_postrun.receivers or task_success.receivers
+                         or task_failure.receivers or task_retry.receivers or task_internal_error.receivers):
+            run = Run(hooks, msg.id, args, kwargs)  # hooks to call or task signals to send (minique/trace.py)
+            job = job._replace(run=run)
         if outbox.slot is not None:  # names the task, so the parent can settle it if this process dies
             outbox.slot.begin(msg, delivery, hard or 0.0, acks_late)
         if not acks_late:
             self.app.broker.ack(outbox.broker, delivery)
         if track and not msg.ignore_result:
-            self.backend.store(outbox.backend, msg.id, states.STARTED, None,
-                               extra={"hostname": self.hostname, "pid": os.getpid()})
+            started_extra = {"hostname": self.hostname, "pid": os.getpid()}
+            if self.extended:
+                started_extra.update(self._extra(job, args, kwargs, None))
+            self.backend.store(outbox.backend, msg.id, states.STARTED, None, extra=started_extra)
         if self.events is not None:
             self.events.started(msg, args, kwargs)
             self.events.before_run(outbox.broker)
@@ -222,21 +281,36 @@ class Executor:
         self._in_body = True
         error: Optional[BaseException] = None
         try:
-            value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
+            if run is None:
+                value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
+            else:
+                value = run.body()
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
             error = exc
         self._in_body = False
         if soft and self.use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
-        context.pop()
-        outbox.end(time.monotonic() - started)
-        if error is None:
-            self._succeeded_with(job, value)
-        elif isinstance(error, (KeyboardInterrupt, SystemExit)):
-            raise error
+        if run is None:
+            request = context.pop()
         else:
-            self._record(job, self._failed(job, args, kwargs, error))
+            request = context.current()  # (it stays current until after_return, below)
+        outbox.end(time.monotonic() - started)
+        if self.extended or request.__class__ is _Request and request.children:
+            job = job._replace(extra=self._extra(job, args, kwargs, request))
+        try:
+            if error is None:
+                self._succeeded_with(job, value)
+            elif isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise error
+            else:
+                self._record(job, self._failed(job, args, kwargs, error))
+        finally:
+            if run is not None:  # after_return and task_postrun, the request still current (as in Celery)
+                try:
+                    run.finish()
+                finally:
+                    context.pop()
 
     def _succeeded_with(self, job: Job, value: Any) -> None:
         """The body returned. Its result is encoded first: a value that will not encode is the task's
@@ -248,7 +322,8 @@ class Executor:
         encoded = None
         if not msg.ignore_result:
             try:
-                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer)
+                encoded = self.backend.encode_meta(msg.id, states.SUCCESS, value, serializer=job.task.serializer,
+                                                   extra=job.extra)
             except EncodeError as exc:
                 return self._record(job, Outcome(fate.FAILURE, exc))
         settlement = self._succeeded.get(job.policy)
@@ -274,6 +349,8 @@ class Executor:
         if log.isEnabledFor(logging.INFO):
             log.info("Task %s[%s] succeeded in %.6fs: %s", msg.task, msg.id, runtime,
                      short_repr(value, self.repr_max), extra=_fields(msg, "succeeded", runtime=runtime))
+        if job.run is not None:
+            job.run.succeeded(value)
         return None
 
     def _failed(self, job: Job, args: list, kwargs: dict, exc: BaseException) -> Outcome:
@@ -297,7 +374,7 @@ class Executor:
         return Outcome(fate.FAILURE, exc)
 
     def _task_options(self, task: Any, ignore_result: bool) -> tuple:
-        """(acks_late, soft_time_limit, time_limit, track_started, policy) of a task under the
+        """(acks_late, soft_time_limit, time_limit, track_started, policy, hooks) of a task under the
         settings: read once per task (the settings' lookups cost more than a no-op task's body)."""
         conf = self.conf
         if self._options_version != conf.version:
@@ -318,8 +395,9 @@ class Executor:
             common = (acks_late, task.soft_time_limit or conf.task_soft_time_limit,
                       task.time_limit or conf.task_time_limit,
                       conf.task_track_started if task.track_started is None else task.track_started)
-            options = self._options[task.name] = (common + (policy,),  # by the message's ignore_result
-                                                  common + (policy._replace(ignore_result=True),))
+            hooks = Hooks(task)  # which hooks its class overrides, found once
+            options = self._options[task.name] = (common + (policy, hooks),  # by the message's ignore_result
+                                                  common + (policy._replace(ignore_result=True), hooks))
         return options[ignore_result]
 
     def _request(self, delivery: Delivery, msg: Message, args: list, kwargs: dict, hard: Optional[float],
@@ -332,6 +410,24 @@ class Executor:
             eta=msg.eta, expires=msg.expires, headers=msg.headers, chord=msg.chord, chain=msg.chain,
             callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
             time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
+
+    def _extra(self, job: Job, args: Optional[list], kwargs: Optional[dict], request: Any) -> Dict[str, Any]:
+        """What is stored with the result besides the value: the children the body sent, and with
+        result_extended, Celery's name, args, kwargs, worker, queue, retries (date_done is the
+        record's time). Off the common path: only when one of them is there."""
+        extra: Dict[str, Any] = {}
+        if request.__class__ is _Request and request.children:
+            extra["children"] = request.children
+        msg = job.msg
+        if self.extended and msg is not None:
+            if args is None:  # an outcome before the body: the arguments, if they can be read
+                try:
+                    args, kwargs = msg.args_kwargs(self.accept)
+                except Exception:  # noqa: BLE001 - the record stands without them
+                    args, kwargs = None, None
+            extra.update(name=msg.task, args=args, kwargs=kwargs, worker=self.hostname,
+                         queue=job.delivery.queue or msg.queue, retries=msg.retries)
+        return extra
 
     def _args_fit(self, task: Any, args: list, kwargs: dict) -> bool:
         sig = self._signatures.get(task.name)
@@ -375,7 +471,50 @@ class Executor:
             self._tell(job, outcome, settlement)
         except Exception:  # noqa: BLE001 - an event or a log line never changes a message's fate
             log.exception("could not report %s of %s", outcome.kind, job.msg and job.msg.id)
+        if job.run is not None:
+            self._settled_run(job.run, outcome, settlement)
+        else:
+            unrun = _UNRUN_SIGNAL.get(outcome.kind)
+            if unrun is not None and unrun.receivers or outcome.kind == fate.INTERNAL:
+                self._announce_unrun(job, outcome)
         return None
+
+    def _settled_run(self, run: Any, outcome: Outcome, s: Settlement) -> None:
+        """The hook and the signal of what settle() decided for a traced run: an autoretry is on_retry,
+        a failure (also past max_retries, or a requeue past task_max_deliveries) on_failure."""
+        kind = outcome.kind
+        if s.event == "task-retried":
+            run.retried(outcome.value)
+        elif s.event == "task-failed" and kind != fate.REJECT:
+            run.failed(s.result if s.result is not None else outcome.value)
+        elif kind == fate.INTERNAL:
+            run.internal_error(outcome.value)
+        else:
+            run.ended(states.REJECTED if kind == fate.REJECT else states.IGNORED, outcome.value)
+
+    def _announce_unrun(self, job: Job, outcome: Outcome) -> None:
+        """task_revoked / task_unknown / task_rejected / task_internal_error for a message no body ran for."""
+        msg, kind, exc = job.msg, outcome.kind, outcome.value
+        if kind == fate.INTERNAL:
+            send_internal_error(job.task, msg.id if msg is not None else None, None, None,
+                                self._request_of(job) if msg is not None else None, exc)
+        elif kind == fate.UNKNOWN_TASK and msg is not None:
+            task_unknown.send(sender=self.consumer, message=job.delivery, exc=exc, name=msg.task, id=msg.id)
+        elif kind in (fate.REVOKED, fate.EXPIRED) and msg is not None:
+            task_revoked.send(sender=job.task, request=self._request_of(job), terminated=False, signum=None,
+                              expired=kind == fate.EXPIRED)
+        else:
+            task_rejected.send(sender=self.consumer, message=job.delivery, exc=exc)
+
+    def _request_of(self, job: Job) -> context.Request:
+        """The request of a message no body ran for (its arguments if they decode)."""
+        msg = job.msg
+        assert msg is not None
+        try:
+            args, kwargs = msg.args_kwargs(self.accept)
+        except Exception:  # noqa: BLE001 - only to describe it to a signal's receivers
+            args, kwargs = [], {}
+        return self._request(job.delivery, msg, args, kwargs, msg.time_limit, msg.soft_time_limit)
 
     def _last_resort(self, job: Job, exc: BaseException) -> None:
         """INTERNAL: the message goes to the dead letters with the error; its result becomes FAILURE."""
@@ -392,6 +531,8 @@ class Executor:
         result = s.result if s.result is not None else outcome.value
         if s.state is not None and job.result_id is not None:
             extra = {"reason": outcome.kind} if s.state == states.REVOKED else None
+            if job.extra is not None or self.extended and msg is not None:
+                extra = {**(job.extra or self._extra(job, None, None, None)), **(extra or {})}
             tb = (format_traceback(result, self.exc_max) if isinstance(result, BaseException) and result.__traceback__
                   else None)
             self.backend.store(outbox.backend, job.result_id, s.state, result, tb, None, extra)
@@ -425,7 +566,7 @@ class Executor:
             exc = outcome.value
             shown = self._repr(exc.exc)
             if events is not None:
-                events.task("task-retried", msg, exception=shown)
+                events.task("task-retried", msg, exception=shown, eta=exc.when)  # (eta: when it runs next)
             log.info("Task %s[%s] retry %d %s: %s", msg.task, msg.id, msg.retries + 1, exc.humanize(), shown,
                      extra=_fields(msg, "retried"))
         elif kind == fate.REJECT:
@@ -435,6 +576,13 @@ class Executor:
                             dead=s.dead_letter is not None)
             log.warning("Task %s[%s] %s (%s)", msg.task, msg.id, reason,
                         "requeued" if s.requeue or s.resend else "dead-lettered", extra=_fields(msg, "rejected"))
+        elif kind == fate.THROTTLED:
+            at = msg.eta or 0.0
+            if events is not None:
+                events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
+                           eta=at, reason=outcome.reason)
+            log.info("Task %s[%s] over its %s: runs at %s (in %.3fs)", msg.task, msg.id, outcome.reason,
+                     time.strftime("%H:%M:%S", time.localtime(at)), at - time.time(), extra=_fields(msg, "throttled"))
         elif s.event == "task-revoked":
             if events is not None:
                 events.task("task-revoked", msg, reason=kind)
@@ -514,7 +662,29 @@ class Executor:
         job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
         settlement = self._settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
         self._write(job, outcome, settlement)
+        if msg is not None and task is not None:
+            self._lost_announced(job, outcome, settlement)
         return settlement
+
+    def _lost_announced(self, job: Job, outcome: Outcome, s: Settlement) -> None:
+        """As Celery's parent does: on_failure and task_failure for a task lost or killed at its time
+        limit, task_revoked (terminated) for one terminated by a revoke."""
+        task, msg, exc = job.task, job.msg, s.result if s.result is not None else outcome.value
+        assert msg is not None
+        if outcome.kind == fate.TERMINATED:
+            if task_revoked.receivers:
+                task_revoked.send(sender=task, request=self._request_of(job), terminated=True, signum=None,
+                                  expired=False)
+            return
+        if s.event != "task-failed" or not isinstance(exc, BaseException):
+            return
+        hooks = self._task_options(task, msg.ignore_result)[5]
+        if hooks.on_failure is not None or task_failure.receivers:
+            try:
+                args, kwargs = msg.args_kwargs(self.accept)
+            except Exception:  # noqa: BLE001 - only to describe it
+                args, kwargs = [], {}
+            Run(hooks, msg.id, args, kwargs).failed(exc)
 
     @staticmethod
     def _decoded(delivery: Delivery) -> Optional[Message]:

@@ -19,7 +19,8 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import redis
 
-from .. import keys, replay, serializers, settle as fate, states
+from .. import keys, replay, serializers, settle as fate, signals, states
+from ..autoscale import Autoscaler, parse_autoscale
 from ..config import check_worker_settings, mask_url
 from ..exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from ..logs import Once
@@ -35,6 +36,8 @@ from .slots import Running
 
 log = logging.getLogger("minique.worker")
 TICK = 0.1  # seconds between looks at the pool
+PAUSED_POLL = 2.0  # seconds between reads of the paused queues (in case a control command was missed)
+AUTOSCALE_EVERY = 0.5  # seconds between the autoscaler's looks at the backlog (one round trip each)
 RETRY_FIRST_DELAY, RETRY_MAX_DELAY = 0.5, 4.0  # seconds between attempts to reach Redis at start-up
 SCRIPTS = Scripts(Path(__file__).parent / "main_lua")
 
@@ -54,9 +57,16 @@ class Worker:
                  pool: Optional[str] = None, hostname: Optional[str] = None,
                  prefetch_multiplier: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
                  max_memory_per_child: Optional[int] = None, events: Optional[bool] = None,
-                 metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None):
+                 metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None,
+                 autoscale: Any = None, fair: bool = False, purge: bool = False):
         conf = app.conf
         self.app = app
+        self.hostname = expand_hostname(hostname)
+        if signals.celeryd_init.receivers:  # before the settings are read: a receiver may change them (Celery)
+            signals.celeryd_init.send(sender=self.hostname, instance=self, conf=conf, options=dict(
+                queues=queues, concurrency=concurrency, pool=pool, hostname=hostname,
+                prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child, events=events, metrics_port=metrics_port, beat=beat))
         self.queues = ([keys.check_queue(q, "the worker's -Q/--queues") for q in queues] if queues
                        else [keys.check_queue(conf.task_default_queue, "task_default_queue")])
         self.max_tasks = max_tasks_per_child if max_tasks_per_child is not None else conf.worker_max_tasks_per_child
@@ -69,7 +79,26 @@ class Worker:
         self.pool_kind = pool or conf.worker_pool
         if self.pool_kind == "solo":
             self.concurrency = 1
-        self.hostname = expand_hostname(hostname)
+        # -O fair: a pool process takes a message only when it is free (one at a time, none fetched ahead)
+        self.fair = fair
+        if fair:
+            self.prefetch = 1
+        try:
+            bounds = parse_autoscale(autoscale if autoscale is not None else conf.worker_autoscale,
+                                     "--autoscale" if autoscale is not None else "worker_autoscale")
+            keepalive = conf.worker_autoscale_keepalive
+            if bounds is not None and (isinstance(keepalive, bool) or not isinstance(keepalive, (int, float))
+                                       or keepalive <= 0):
+                raise ValueError(f"worker_autoscale_keepalive must be seconds > 0, not {keepalive!r}")
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if bounds is not None and self.pool_kind == "solo":
+            raise ConfigurationError("--autoscale needs a pool of several processes (-P prefork or threads), "
+                                     "not -P solo")
+        self.autoscale = bounds  # (max, min) or None
+        self.autoscaler: Optional[Autoscaler] = None
+        if bounds is not None:
+            self.concurrency = bounds[1]  # as Celery: the pool starts at MIN
         window = conf.worker_early_ack_window
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window < 60:
             raise ConfigurationError(f"worker_early_ack_window must be seconds from 0 to 60 (0: never defer an "
@@ -83,7 +112,10 @@ class Worker:
         self.health_port = health_port if health_port is not None else conf.worker_health_port
         self.loop_at = time.monotonic()  # the last turn of the parent's loop (/livez)
         self.embed_beat = beat
+        self.purge_first = purge  # --purge: delete the queues' waiting messages before starting
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
+        self.paused: frozenset = frozenset()  # this worker's queues that are paused (refresh_paused)
+        self._paused_lock = threading.Lock()
         self.wake = threading.Event()
         self.pool: Optional[Pool] = None
         self.started_at = time.time()
@@ -95,6 +127,7 @@ class Worker:
         self._report = Once(log)     # errors of the parent's loop, logged once per kind
         self._ended: List[tuple] = []  # pool processes that ended, not yet settled (see _reap)
         self._unreachable_since: Optional[float] = None  # when the parent's loop last reached Redis no more
+        self._scaled_at = 0.0  # when the autoscaler last looked (monotonic)
 
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
@@ -102,16 +135,30 @@ class Worker:
         limiter = self.telemetry.limiter_for(slot) if self.telemetry is not None else None
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
                         max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork",
-                        limiter=limiter)
+                        limiter=limiter, fetch_ahead=not self.fair)
 
     def start(self) -> None:
         app = self.app
+        if signals.worker_init.receivers:
+            signals.worker_init.send(sender=self)
         app.import_modules()
         if not self.wait_for_redis():
             return  # stopped while waiting: run() ends without starting the pool
         app.broker.ensure_queues(self.queues)
+        if self.purge_first:
+            purged = sum(app.broker.purge(q) for q in self.queues)
+            log.warning("--purge: deleted %d waiting message(s) from %s", purged, ", ".join(self.queues))
+        self.paused = frozenset(q.decode() for q in app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        if self.paused:
+            log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
+        if signals.celeryd_after_setup.receivers:
+            signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
-        self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, self.concurrency * 4))
+        most = self.autoscale[0] if self.autoscale else self.concurrency
+        self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, most * 4))
+        if self.autoscale:
+            self.autoscaler = Autoscaler(self.autoscale[0], self.autoscale[1],
+                                         float(app.conf.worker_autoscale_keepalive), time.monotonic())
         # the parent writes the fate of tasks lost with their process through the same executor code
         self.parent_executor = Executor(app, self.hostname, Outbox(app, self.hostname, self.queues, use_alarm=False),
                                         use_alarm=False)
@@ -122,6 +169,8 @@ class Worker:
             log.info(self.banner())
         else:  # shown whatever the log level, as Celery's banner is
             print(self.banner(), file=sys.stderr, flush=True)
+        if self.pool_kind == "solo" and signals.worker_process_init.receivers:  # (prefork: in each child)
+            signals.worker_process_init.send(sender=None)
         self.pool.start()
         try:
             from .observe import Observer
@@ -132,8 +181,12 @@ class Worker:
         if self.embed_beat:  # -B: a beat inside this worker, for development (Celery's -B)
             from ..beat import Beat
             self.beat = Beat(self.app, hostname=self.hostname)
+            if signals.beat_embedded_init.receivers:
+                signals.beat_embedded_init.send(sender=self.beat)
             self.beat_thread = threading.Thread(target=self.beat.run, name="minique-beat", daemon=True)
             self.beat_thread.start()
+        if signals.worker_ready.receivers:
+            signals.worker_ready.send(sender=self)
 
     def wait_for_redis(self) -> bool:
         """Wait until the broker's Redis (and the result store's) answers, as Celery's worker does with
@@ -178,24 +231,28 @@ class Worker:
 
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks) if not name.startswith("minique."))
+        scale = f" (autoscale {self.autoscale[1]}..{self.autoscale[0]})" if self.autoscale else ""
         return (f"minique worker {self.hostname} ready\n"
                 f"  broker: {mask_url(self.app.conf.broker_url)}\n  queues: {', '.join(self.queues)}\n"
-                f"  pool: {self.pool_kind} x {self.concurrency}, prefetch {self.prefetch} per process\n"
+                f"  pool: {self.pool_kind} x {self.concurrency}{scale}, prefetch {self.prefetch} per process"
+                f"{' (-O fair)' if self.fair else ''}\n"
                 f"  queue type: {self.app.broker.kind}\n[tasks]\n{tasks}")
 
     # --- signals ------------------------------------------------------------------------------------
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold"))
+        signal.signal(signal.SIGQUIT, lambda s, f: self.shutdown("cold", "SIGQUIT"))
 
     def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        self.shutdown("cold" if self.stopping else "warm")
+        self.shutdown("cold" if self.stopping else "warm", signal.Signals(signum).name)
 
-    def shutdown(self, how: str = "warm") -> None:
+    def shutdown(self, how: str = "warm", sig: Optional[str] = None) -> None:
         if self.stopping == "cold":
             return
         log.warning("%s shutdown (%s)", how.capitalize(), self.hostname)
+        if signals.worker_shutting_down.receivers:
+            signals.worker_shutting_down.send(sender=self.hostname, sig=sig, how=how.capitalize(), exitcode=0)
         self.stopping = how
         self.wake.set()
 
@@ -204,7 +261,7 @@ class Worker:
         self.start()
         if self.pool is None:  # stopped while waiting for Redis
             return 0
-        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0}
+        timers = {"due": 0.0, "extend": 0.0, "reclaim": 0.0, "heartbeat": 0.0, "paused": 0.0}
         vis = self.app.broker.visibility_timeout
         extend_every = max(0.5, min(vis / 4, 60.0))
         reclaim_every = max(0.5, min(vis / 2, 30.0))
@@ -229,9 +286,14 @@ class Worker:
                     if now >= timers["reclaim"]:
                         timers["reclaim"] = now + reclaim_every
                         self._upkeep("reclaim", self._reclaim)
+                    if now >= timers["paused"]:  # (a pause also arrives at once as a control command)
+                        timers["paused"] = now + PAUSED_POLL
+                        self._upkeep("paused", self.refresh_paused)
                     if now >= timers["heartbeat"]:
                         timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
                         self._upkeep("heartbeat", self.heartbeat)
+                    if self.autoscaler is not None and time.monotonic() - self._scaled_at >= AUTOSCALE_EVERY:
+                        self._upkeep("autoscale", self._autoscale)
                     self._upkeep("refill", self._refill)
                 if self._unreachable_since is not None:
                     log.warning("Redis reachable again from the worker parent (after %.1fs)",
@@ -270,10 +332,29 @@ class Worker:
             return None
 
     def _refill(self) -> None:
+        """Spawn or retire pool processes until the pool has the size wanted (pool_grow/pool_shrink,
+        the autoscaler), never reusing the slot of an ended process not yet settled."""
         assert self.pool is not None
-        for index in range(self.pool.size):
-            if index not in self.pool.members:
-                self.pool.spawn(index)
+        spawned, retired = self.pool.maintain({m.index for m, _, _ in self._ended})
+        if retired:
+            log.info("pool shrinks to %d: %d process(es) stop after their task", self.pool.size, retired)
+        if (spawned or retired) and self.telemetry is not None:
+            self.telemetry.publish_rates()
+
+    def _autoscale(self) -> None:
+        """--autoscale: size the pool from its busy processes and the messages waiting in its queues."""
+        assert self.pool is not None and self.autoscaler is not None
+        self._scaled_at = now = time.monotonic()
+        members = list(self.pool.members.values())
+        busy = sum(1 for m in members if not m.retiring and self.pool.slots[m.index].running()[2] is not None)
+        size = self.pool.size
+        serving = [q for q in self.queues if q not in self.paused]  # (a paused queue's messages wait for no one)
+        waiting = self.app.broker.waiting(serving) if serving else 0
+        wanted = self.autoscaler.decide(now, size, busy, waiting)
+        if wanted != size:
+            log.info("autoscale: %s the pool from %d to %d process(es) (%d busy, %d waiting)",
+                     "growing" if wanted > size else "shrinking", size, wanted, busy, self.autoscaler.demand - busy)
+            self.pool.resize(wanted)
 
     def _reap(self) -> None:
         """Settle what each ended pool process held, one process at a time: an error with one is logged
@@ -425,13 +506,39 @@ class Worker:
                 SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
+    def refresh_paused(self) -> frozenset:
+        """Read the paused queues; when they changed, tell the pool processes (they re-read them). Called by
+        the main loop and by the control thread: the lock makes a control command's answer wait until the
+        pool has been told, whichever of the two noticed the change first."""
+        with self._paused_lock:
+            paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+            if paused != self.paused:
+                if paused:
+                    log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
+                else:
+                    log.warning("no queue of this worker is paused now")
+                self._tell_pool(wake=True)
+                self.paused = paused
+            return paused
+
+    def _tell_pool(self, wake: bool = False) -> None:
+        """Bump every pool slot's control number: its process re-reads revocations and paused queues.
+        `wake`: also end a blocking wait (SIGUSR2), so a process does not take from a queue just paused."""
+        assert self.pool is not None
+        for m in list(self.pool.members.values()):  # (may run in the control thread: copy the members)
+            self.pool.slots[m.index].bump_ctl()
+            if m.consumer is not None:
+                m.consumer.reload_control()
+            elif wake and m.pid:
+                try:
+                    os.kill(m.pid, signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
+
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
         assert self.pool is not None
-        for m in list(self.pool.members.values()):  # (runs in the control thread: copy the members)
-            self.pool.slots[m.index].bump_ctl()
-            if m.consumer is not None:
-                m.consumer.load_revoked()
+        self._tell_pool()
         if terminate and self.pool.hard_time_limits:
             wanted = set(task_ids)
             for m in list(self.pool.members.values()):
@@ -453,11 +560,14 @@ class Worker:
 
     def stats(self) -> dict:
         assert self.pool is not None
-        return {"hostname": self.hostname, "pid": os.getpid(), "pool": {"implementation": self.pool.kind,
+        out = {"hostname": self.hostname, "pid": os.getpid(), "pool": {"implementation": self.pool.kind,
                 "max-concurrency": self.pool.size, "processes": [m.pid for m in self.pool.members.values()]},
-                "total": sum(self.pool.slots[i].processed for i in range(self.pool.slots.n)),
+                "total": sum(self.pool.slots[i].total for i in range(self.pool.slots.n)),
                 "uptime": time.time() - self.started_at, "child_restarts": self.child_restarts,
                 "prefetch_count": self.prefetch * self.pool.size, "queues": self.queues}
+        if self.autoscaler is not None:
+            out["autoscaler"] = self.autoscaler.info(self.pool.size)
+        return out
 
     def heartbeat(self) -> None:
         info = {"hostname": self.hostname, "ts": time.time(), "pid": os.getpid(), "queues": self.queues,
@@ -479,4 +589,6 @@ class Worker:
         except redis.exceptions.RedisError:
             pass
         log.info("worker %s stopped", self.hostname)
+        if signals.worker_shutdown.receivers:
+            signals.worker_shutdown.send(sender=self)
 

@@ -1,7 +1,7 @@
 """The worker parent's window on the outside: remote control, metrics, worker events.
 
 * `Observer`: a thread in the worker parent answering control commands published on
-  minique:control (ping, inspect, revoke, shutdown, pool_grow/pool_shrink, rate_limit).
+  minique:control (ping, inspect, revoke, shutdown, pool_grow/pool_shrink, autoscale, rate_limit).
 * `Telemetry`: what the parent sets up before forking its pool and hands to every pool
   process: the shared-memory metrics table (see minique/metrics.py), the shared rate-limit
   table (see worker/ratelimit.py) with each process's `RateLimiter`, and the `Events` object
@@ -53,12 +53,16 @@ class Telemetry:
                       repr_max=self.worker.app.conf.task_argsrepr_max_size)
 
     def limiter_for(self, slot: Any) -> RateLimiter:
-        """The rate limiter the pool process of `slot` waits on before each task (see worker/ratelimit.py)."""
-        return RateLimiter(self.limits, slot)
+        """The rate limiter the pool process of `slot` asks before each task (see worker/ratelimit.py)."""
+        return RateLimiter(self.limits, slot, self.worker.app.broker_client if self.cluster_scope else None)
+
+    @property
+    def cluster_scope(self) -> bool:
+        return self.worker.app.conf.worker_rate_limit_scope == "cluster"
 
     def publish_rates(self) -> None:
-        size = max(1, self.worker.pool.size)
-        self.limits.write({name: size / rate for name, rate in self.rates.items() if rate > 0})
+        share = 1 if self.cluster_scope else max(1, self.worker.pool.size)  # cluster: one bucket for all
+        self.limits.write({name: share / rate for name, rate in self.rates.items() if rate > 0})
 
     def set_rate(self, name: str, value: Any) -> float:
         rate = parse_rate(value)
@@ -196,7 +200,9 @@ class Observer:
             "shutdown": lambda a: worker.shutdown("warm") or {"ok": "shutting down"},
             "pool_grow": lambda a: self._resize(+int(a.get("n", 1))),
             "pool_shrink": lambda a: self._resize(-int(a.get("n", 1))),
+            "autoscale": self._autoscale,
             "rate_limit": self._rate_limit,
+            "queues_changed": lambda a: {"ok": "paused: " + (", ".join(sorted(worker.refresh_paused())) or "none")},
         }
 
     @property
@@ -329,22 +335,33 @@ class Observer:
 
     def _resize(self, delta: int) -> dict:
         pool = self.worker.pool
+        if getattr(self.worker, "autoscaler", None) is not None:  # (Celery's answer)
+            return {"error": f"pool_{'grow' if delta > 0 else 'shrink'} is not supported with autoscale. "
+                             f"Adjust autoscale range instead."}
         if delta < 0 and pool.size + delta < 1:
             return {"error": f"cannot shrink the pool below 1 process (size {pool.size})"}
         pool.resize(pool.size + delta)
-        if delta < 0:
-            for index in sorted(pool.members)[pool.size:]:
-                member = pool.members.get(index)
-                if member is None:
-                    continue
-                pool.slots[index].request_stop()
-                if member.consumer is not None:  # a pool thread
-                    member.consumer.stopping = True
-                else:
-                    pool.kill(member, 15, "shrink")  # SIGTERM: the process finishes its task, then exits
-        if self.telemetry is not None:
-            self.telemetry.publish_rates()
+        self.worker.wake.set()  # the parent's loop spawns, or retires the processes (Pool.maintain)
         return {"ok": f"pool will {'grow' if delta > 0 else 'shrink'}", "size": pool.size}
+
+    def _autoscale(self, args: dict) -> dict:
+        """Celery's `autoscale [max [min]]`: new bounds for the autoscaler."""
+        scaler = getattr(self.worker, "autoscaler", None)
+        if scaler is None:
+            return {"error": "Autoscale not enabled"}
+        from ..autoscale import parse_autoscale
+        high = args.get("max") if args.get("max") is not None else scaler.max
+        low = args.get("min") if args.get("min") is not None else scaler.min
+        try:
+            bounds = parse_autoscale([high, low], "autoscale")
+        except ValueError as exc:
+            return {"error": str(exc)}
+        assert bounds is not None
+        scaler.max, scaler.min = bounds
+        pool = self.worker.pool
+        pool.resize(max(scaler.min, min(scaler.max, pool.size)))
+        self.worker.wake.set()
+        return {"ok": f"autoscale now max={scaler.max} min={scaler.min}"}
 
     def _rate_limit(self, args: dict) -> dict:
         name = args.get("task_name")

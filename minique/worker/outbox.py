@@ -26,6 +26,12 @@ decides when they leave:
   write carries the next fetch (`next()`: fetch-ahead), whose reply arrives while it runs.
 - flush(): everything written and answered, including what reply handlers queued (the
   callback a chord's last join fires).
+- write_now(): a write from inside a running body (update_state) leaves at once, with (and
+  behind) whatever was queued or deferred; SIGALRM waits until it is out.
+- events: a body that runs EVENTS_LATE seconds while the process's event batch (its task-started
+  above all) waits is interrupted by SIGALRM, which writes the batch (so a long task that follows
+  short ones is seen running); armed only when the pre-run write was not deferred, or when the
+  deferred write's alarm finds the batch still waiting, and disarmed when the body returns.
 Commands stay in the pipes until answered: a lost connection re-sends them (pipe.py).
 """
 from __future__ import annotations
@@ -45,6 +51,7 @@ from ..settle import Settlement
 log = logging.getLogger("minique.worker")
 SHORT_TASK = 0.005  # seconds: after a task shorter than this, fetch ahead and defer writes
 FETCH_BLOCK = 1.0   # seconds a blocking fetch waits before the loop looks around (stop, parent alive)
+EVENTS_LATE = 0.5   # seconds into a body after which the waiting event batch is written (SIGALRM)
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -64,6 +71,9 @@ class Outbox:
         self.queues = list(queues)
         self.slot = slot
         self.window = window if use_alarm else 0.0
+        self.use_alarm = use_alarm
+        self.events: Any = None        # the process's events.Events (set by the consumer): see on_alarm
+        self._events_alarm = False     # SIGALRM armed to write the event batch while a body runs
         self.broker = fast_pipeline(app.broker_client)  # (on a cluster: one connection per node)
         self.backend = self.broker if app.backend_client is app.broker_client else fast_pipeline(app.backend_client)
         self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
@@ -71,6 +81,7 @@ class Outbox:
         self.last_runtime = float("inf")  # seconds the last body took (none yet: unknown, long)
         self.stopping = False
         self.in_wait = False           # blocked in the fetch that may be interrupted (nothing left unsent)
+        self.woken = False             # the parent signalled news (SIGUSR2): do not begin a blocking wait
         self._deferred_at: Optional[float] = None  # when a pre-run write was first left for later
         self._slot_room = True         # the slot can list one more finished, unwritten task
         self._ahead = False            # a fetch-ahead is queued or in flight
@@ -87,10 +98,17 @@ class Outbox:
             self.write()
         except _CONNECTION_ERRORS as exc:
             raise NotStarted(str(exc)) from exc
+        events = self.events
+        if events is not None and self.use_alarm and not soft_limit and events.unsent():
+            self._events_alarm = True  # (SIGALRM is the soft limit's when there is one)
+            signal.setitimer(signal.ITIMER_REAL, EVENTS_LATE)
 
     def end(self, runtime: float) -> None:
         """The body returned: the slot lists the task as finished until its writes leave."""
         self.last_runtime = runtime
+        if self._events_alarm:
+            self._events_alarm = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
         if self.slot is not None:
             self._slot_room = self.slot.end()
 
@@ -103,12 +121,40 @@ class Outbox:
         return now - self._deferred_at < self.window
 
     def on_alarm(self) -> None:
-        """SIGALRM while a body runs (the pipes' connection is idle then): send a deferred write."""
+        """SIGALRM while a body runs (the pipes' connection is idle then): send a deferred write; and
+        once the body has run EVENTS_LATE seconds, the event batch that waits (nothing in the body
+        adds events: the batch is whole)."""
+        events = self.events
         if self._deferred_at is not None:
             try:
                 self.write()
             except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
                 log.warning("could not write deferred acks while a task runs: %s", exc)
+            if events is not None and events.unsent():
+                self._events_alarm = True
+                signal.setitimer(signal.ITIMER_REAL, max(0.001, EVENTS_LATE - self.window))
+        elif self._events_alarm:
+            self._events_alarm = False
+            try:
+                events.flush(self.broker)
+                self.write()
+            except Exception as exc:  # noqa: BLE001 - kept, and written again with the next write
+                log.warning("could not write events while a task runs: %s", exc)
+
+    def write_now(self, queue: Callable[[Any], None]) -> None:
+        """A write from inside a running body (update_state), sent at once: `queue(pipe)` adds its
+        commands to the result store's pipe, behind what is queued there already, and everything
+        queued leaves now (a deferred pre-run write with it: a task's STARTED never lands after its
+        PROGRESS, and acks still leave last, behind the results). SIGALRM is held off meanwhile: a
+        deferred write (on_alarm) or a soft time limit must not cut into a write half-sent; one
+        that came due is handled as soon as the write is out. The replies are read with the next
+        fetch or flush, as those of every write."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            queue(self.backend)
+            self.write()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     # --- a message's fate ---------------------------------------------------------------------------
     def apply(self, delivery: Delivery, settlement: Settlement, task_id: Optional[str], hostname: str) -> None:
@@ -225,7 +271,7 @@ class Outbox:
             self.flush()  # neither the events nor what the replies queued (a chord's callback) wait with us
             self.in_wait = True  # only the blocking wait may be interrupted: everything is answered
             try:
-                if not self.stopping:
+                if not self.stopping and not self.woken:
                     found = broker.wait(self.consumer, self.queues, count, FETCH_BLOCK)
                     self._drained = len(found) < count
             finally:

@@ -14,13 +14,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Tuple
 
+from ..signals import worker_process_init, worker_process_shutdown
 from .consumer import Consumer
 from .slots import SlotTable
 
 log = logging.getLogger("minique.worker")
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+# (and SIGUSR2, the parent's "look at your control number now": its default action would kill the child)
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2}
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Member:
     consumer: Optional[Consumer] = None
     started: float = field(default_factory=time.time)
     kill_reason: Optional[str] = None   # set when the parent killed it (time limit, terminate)
+    retiring: bool = False              # asked to stop after its task (pool shrunk): not counted any more
 
 
 class Pool:
@@ -74,7 +77,39 @@ class Pool:
         """Signal one member (time limit, revoke with terminate)."""
 
     def resize(self, size: int) -> None:
+        """The number of processes wanted; `maintain()` makes it so."""
         self.size = max(1, min(size, self.slots.n))
+
+    def maintain(self, keep: AbstractSet[int] = frozenset()) -> Tuple[int, int]:
+        """Spawn or retire members until `size` of them are not retiring; returns (spawned, retired).
+
+        New members take the lowest free slots, never one in `keep` (ended members whose slot is not
+        settled yet). A member retired takes an idle one first, then the highest-numbered: it stops
+        after its task, and the parent returns whatever it had fetched and not started (a warm stop)."""
+        serving = [m for m in self.members.values() if not m.retiring]
+        extra = len(serving) - self.size
+        if extra > 0:
+            serving.sort(key=lambda m: (self.slots[m.index].running()[2] is None, m.index), reverse=True)
+            for member in serving[:extra]:
+                self.retire(member)
+            return 0, extra
+        spawned = 0
+        for index in range(self.slots.n):
+            if spawned >= -extra:
+                break
+            if index not in self.members and index not in keep:
+                self.spawn(index)
+                spawned += 1
+        return spawned, 0
+
+    def retire(self, member: Member) -> None:
+        """Ask one member to stop after its current task (its slot's stop flag, then its own way)."""
+        member.retiring = True
+        self.slots[member.index].request_stop()
+        self._stop_member(member)
+
+    def _stop_member(self, member: Member) -> None:
+        """How a member is told to stop once its slot's flag is set (a signal, or a thread's flag)."""
 
 
 class PreforkPool(Pool):
@@ -103,12 +138,16 @@ class PreforkPool(Pool):
                 consumer = self.make_consumer(member.name, slot)
                 consumer.install_signals()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-                consumer.load_revoked()
+                if worker_process_init.receivers:  # e.g. connections made before the fork made anew (Celery's)
+                    worker_process_init.send(sender=None)
+                consumer.reload_control()
                 consumer.run()
             except BaseException:  # noqa: BLE001 - a child reports and exits, never returns into the parent
                 log.exception("pool child %s crashed", member.name)
                 code = 1
             finally:
+                if worker_process_shutdown.receivers:
+                    worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -136,10 +175,13 @@ class PreforkPool(Pool):
     def request_stop(self) -> None:
         super().request_stop()
         for m in self.members.values():
-            try:
-                os.kill(m.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self._stop_member(m)
+
+    def _stop_member(self, member: Member) -> None:
+        try:
+            os.kill(member.pid, signal.SIGTERM)  # with the slot's flag set: finish the task, then exit
+        except ProcessLookupError:
+            pass
 
     def kill(self, member: Member, sig: int, reason: str) -> None:
         member.kill_reason = reason
@@ -163,7 +205,7 @@ class ThreadPool(Pool):
         slot.reset()
         member = Member(index, self.new_name(index))
         member.consumer = self.make_consumer(member.name, slot)
-        member.consumer.load_revoked()
+        member.consumer.reload_control()
         member.thread = threading.Thread(target=member.consumer.run, name=member.name, daemon=True)
         member.thread.start()
         self.members[index] = member
@@ -180,8 +222,11 @@ class ThreadPool(Pool):
     def request_stop(self) -> None:
         super().request_stop()
         for m in self.members.values():
-            if m.consumer is not None:
-                m.consumer.stopping = True
+            self._stop_member(m)
+
+    def _stop_member(self, member: Member) -> None:
+        if member.consumer is not None:
+            member.consumer.stopping = True
 
     def kill_all(self) -> None:
         self.request_stop()

@@ -50,6 +50,7 @@ class Slot:
         self.current = SeqLock(buf, offset + HEAD, PAYLOAD)
         self._record = _IDLE  # the child's copy of the running record
         self._processed = self._prev_len = 0  # the child's own copies of its fields
+        self.retired = 0  # (parent side) tasks processed by the slot's earlier processes: the worker's total keeps them
 
     # --- child side ---------------------------------------------------------------------------------
     def begin(self, msg: Any, delivery: Any, hard_limit: float, acks_late: bool) -> None:
@@ -91,6 +92,7 @@ class Slot:
 
     # --- parent side --------------------------------------------------------------------------------
     def reset(self) -> None:
+        self.retired += _U64.unpack_from(self.buf, self.off + PROCESSED_AT)[0]
         self.buf[self.off:self.off + HEAD] = bytes(HEAD)
         self.current.clear()
         self._record = _IDLE
@@ -136,7 +138,14 @@ class Slot:
 
     @property
     def processed(self) -> int:
+        """Tasks processed by the slot's current process."""
         return _U64.unpack_from(self.buf, self.off + PROCESSED_AT)[0]
+
+    @property
+    def total(self) -> int:
+        """Tasks processed in this slot, by its current process and the ones before it (a replaced process's
+        count is not lost: the worker's `processed` never goes down)."""
+        return self.retired + self.processed
 
 
 class SlotTable:

@@ -37,6 +37,12 @@ def noop():
 
 
 @app.task
+def typed_echo(*args, **kwargs):
+    """Its arguments back, with the type names it received them as (JSON with types, tests/test_worker.py)."""
+    return [list(args), kwargs, [type(a).__name__ for a in args], {k: type(v).__name__ for k, v in kwargs.items()}]
+
+
+@app.task
 def record(key, token):
     """Append `token` to the list `key`: one entry per execution."""
     store().rpush(key, token)

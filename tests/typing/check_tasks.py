@@ -118,3 +118,23 @@ mul.delay(1.0).get().upper()  # type: ignore[attr-defined]
 wrong_task: Task[[str], int] = add  # type: ignore[assignment]
 wrong: AsyncResult[str] = add.delay(1, 2)  # type: ignore[assignment]
 not_a_str: str = add.apply_async((1, 2)).get()  # type: ignore[assignment]
+
+
+# --- shared tasks (minique.shared_task): typed as app.task's ---------------------------------------------
+from minique import shared_task  # noqa: E402
+
+
+@shared_task
+def shared_add(x: int, y: int) -> int:
+    return x + y
+
+
+@shared_task(bind=True, name="shared.neg")
+def shared_neg(self: Any, x: int) -> int:
+    return -x
+
+
+shared_add_task: Task[[int, int], int] = shared_add
+assert_type(shared_add.delay(1, 2).get(), int)
+assert_type(shared_neg.delay(1), AsyncResult[int])
+shared_add.delay("x", 2)  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 // All text goes through textContent (never innerHTML), so task data cannot inject markup.
 "use strict";
 
-const S = { csrf: null, refresh: 1500, timer: null, page: null, last: null, seq: 0 };
+const S = { csrf: null, refresh: 1500, timer: null, page: null, last: null, seq: 0, skew: 0 };
 const STATES = ["RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED", "PENDING"];
 const COLORS = ["#3355cc", "#1f8a4c", "#c0392b", "#b7791f", "#8e44ad", "#16a085", "#d35400", "#2c3e50"];
 
@@ -68,9 +68,45 @@ function fmtDur(s) {
   return `${(s / 60).toFixed(1)} min`;
 }
 const badge = (state) => h("span", { class: `badge ${state || ""}`, "data-state": state || "" }, state || "?");
-const shortId = (id) => (id ? id.slice(0, 8) : "");
-const taskLink = (id, text) => h("a", { href: `#/task/${encodeURIComponent(id)}`, class: "mono", title: id }, text || shortId(id));
+// Ids are shown whole (shortened by the style sheet only, so selecting or copying gives the full id).
+const taskLink = (id, text) => h("a", { href: `#/task/${encodeURIComponent(id)}`, class: text ? "mono" : "mono id-short", title: id }, text || id);
 const empty = (text) => h("div", { class: "empty" }, text);
+const serverNow = () => Date.now() / 1000 + S.skew;
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (e) { // (no clipboard API outside a secure context: copy a selection instead)
+    const area = h("textarea", { class: "offscreen", readonly: true });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  toast(`Copied ${text}`);
+}
+const copyIcon = () => svg("svg", { viewBox: "0 0 16 16", width: "12", height: "12", "aria-hidden": "true" },
+  svg("rect", { x: "5", y: "5", width: "9", height: "9", rx: "1.5" }), svg("path", { d: "M3 11V3a1 1 0 0 1 1-1h7" }));
+const copyButton = (text) => h("button", { class: "copy", type: "button", title: `Copy ${text}`, "aria-label": `Copy ${text}`, "data-copy": text, onclick: (ev) => { ev.preventDefault(); copyText(text); } }, copyIcon());
+const idCell = (id) => h("span", { class: "tid" }, taskLink(id), copyButton(id));
+
+// Live times: elements with data-since (elapsed) or data-until (a countdown) tick every second.
+const fmtSecs = (s) => (s < 120 ? `${Math.floor(s)} s` : fmtDur(s));
+const sinceText = (since) => fmtSecs(Math.max(0, serverNow() - since));
+const untilText = (until) => (until > serverNow() ? `in ${fmtSecs(until - serverNow() + 0.999)}` : "due");
+function tick() {
+  for (const el of document.querySelectorAll("[data-since]")) el.textContent = sinceText(Number(el.dataset.since));
+  for (const el of document.querySelectorAll("[data-until]")) el.textContent = untilText(Number(el.dataset.until));
+}
+const elapsed = (since) => h("span", { class: "elapsed", "data-since": since }, sinceText(since));
+const countdown = (until) => h("span", { class: "countdown", "data-until": until }, untilText(until));
+// A task's time column: its runtime when it ended, the time it has been running (live), or when its retry runs.
+function timeOf(t) {
+  if (t.state === "RETRY" && t.next_run) return h("span", { class: "next-run", title: `next run ${fmtTime(t.next_run)}` }, `retry ${fmtTime(t.next_run)} `, countdown(t.next_run));
+  if ((t.state === "STARTED" || t.state === "RECEIVED") && (t.started || t.received)) return elapsed(t.started || t.received);
+  return fmtDur(t.runtime);
+}
 
 function toast(content, isError) {
   const el = document.getElementById("toast");
@@ -106,7 +142,7 @@ const sentText = (m) => (m ? `${m.name || "?"} ${m.args ?? "(arguments not shown
 async function retryTask(id) {
   try {
     const r = await api(`/api/tasks/${encodeURIComponent(id)}/retry`, { method: "POST" });
-    toast(h("span", {}, "Re-sent ", taskLink(r.id, shortId(r.id)), `: ${sentText(r.sent)}`));
+    toast(h("span", {}, "Re-sent ", taskLink(r.id, r.id), `: ${sentText(r.sent)}`));
     refreshNow();
   } catch (e) { toast(`Retry failed: ${e.message}`, true); }
 }
@@ -116,6 +152,15 @@ async function revokeTask(id, terminate) {
     toast(terminate ? "Terminate sent" : "Revoked");
     refreshNow();
   } catch (e) { toast(`Revoke failed: ${e.message}`, true); }
+}
+async function workerAction(host, action, n) {
+  if (action === "shutdown" && !window.confirm(`Shut down ${host}? (a warm shutdown: running tasks finish)`)) return;
+  try {
+    const r = await api(`/api/workers/${encodeURIComponent(host)}/${action}`, { method: "POST", body: action === "shutdown" ? {} : { n } });
+    const said = r.answer && typeof r.answer === "object" ? (r.answer.ok ?? JSON.stringify(r.answer)) : r.answer;
+    toast(`${host}: ${said}`);
+    refreshNow();
+  } catch (e) { toast(`${action} failed: ${e.message}`, true); }
 }
 async function replayDead(entry) {
   try {
@@ -128,26 +173,63 @@ async function replayDead(entry) {
 // --- pages -------------------------------------------------------------------------------------------
 const pages = {};
 
+function throughputChart(tp) {
+  const W = 900, H = 200, L = 44, R = 10, T = 10, B = 26;
+  const series = [["succeeded", "#1f8a4c"], ["failed", "#c0392b"], ["retried", "#b7791f"]];
+  const n = tp.succeeded.length;
+  const t0 = tp.start, t1 = tp.start + (n - 1) * tp.bucket;
+  const max = Math.max(0.1, ...series.flatMap(([k]) => tp[k]));
+  const x = (i) => L + (i / Math.max(1, n - 1)) * (W - L - R);
+  const y = (v) => T + (1 - v / max) * (H - T - B);
+  const parts = [];
+  for (let i = 0; i <= 4; i++) {
+    const v = (max * i) / 4;
+    parts.push(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }), svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v >= 10 ? Math.round(v) : v.toFixed(1)));
+  }
+  parts.push(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
+  parts.push(svg("text", { x: L, y: H - 6 }, fmtTime(t0)), svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, fmtTime(t1)));
+  for (const [k, color] of series) {
+    const pts = tp[k].map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+    parts.push(svg("polyline", { points: pts, stroke: color, "data-series": k }));
+  }
+  return h("div", { class: "panel", id: "throughput" },
+    svg("svg", { class: "chart small", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", id: "throughput-chart" }, parts),
+    h("div", { class: "legend" }, series.map(([k, color]) => h("span", { "data-total": k },
+      h("i", { style: { background: color } }), `${k}: `, h("b", { id: `tp-${k}` }, String(tp[`${k}_total`])), " in the last hour")),
+      h("span", { class: "muted" }, `tasks per second, per ${tp.bucket} s`)));
+}
+
 pages.workers = {
   title: "Workers",
-  url: () => "/api/workers",
+  async load() {
+    const [workers, tp] = await Promise.all([api("/api/workers"), api("/api/throughput")]);
+    delete tp.now;
+    return { workers: workers.workers, throughput: tp };
+  },
   render(data) {
-    if (!data.workers.length) return empty("No worker has sent a heartbeat yet.");
-    const now = Date.now() / 1000;
-    return table(["Worker", "Status", "Pool", "Active / size", "Processed#", "Load average", "Last heartbeat", "Queues", "Up for"],
+    const out = [h("h2", {}, "Throughput"), throughputChart(data.throughput), h("h2", {}, "Workers")];
+    if (!data.workers.length) return [...out, empty("No worker has sent a heartbeat yet.")];
+    const now = serverNow();
+    out.push(table(["Worker", "Status", "Pool", "Active / size", "Processed#", "Load average", "Last heartbeat", "Queues", "Up for", ""],
       data.workers.map((w) => {
-        const size = w.concurrency || 0, active = w.active || 0;
-        return h("tr", { "data-worker": w.hostname },
+        const size = w.concurrency || 0, active = w.active || 0, online = w.status === "online";
+        return h("tr", { "data-worker": w.hostname, "data-status": w.status },
           h("td", { class: "mono" }, h("a", { href: `#/tasks?worker=${encodeURIComponent(w.hostname)}` }, w.hostname)),
           h("td", {}, badge(w.status)),
           h("td", {}, `${w.pool || "?"} × ${size}`),
           h("td", {}, h("span", { class: "bar" }, h("i", { style: { width: `${size ? Math.min(100, 100 * active / size) : 0}%` } })), `${active} / ${size}`),
-          h("td", { class: "num" }, w.processed ?? ""),
+          h("td", { class: "num processed" }, w.processed ?? ""),
           h("td", {}, w.loadavg ? w.loadavg.map((x) => x.toFixed(2)).join(" ") : ""),
           h("td", { title: fmtTime(w.last_heartbeat) }, fmtAgo(w.heartbeat_age)),
           h("td", {}, (w.queues || []).join(", ")),
-          h("td", {}, w.started && w.status === "online" ? fmtDur(now - w.started) : ""));
-      }), { id: "workers-table" });
+          h("td", {}, w.started && online ? fmtDur(now - w.started) : ""),
+          h("td", { class: "row-actions" }, online ? [
+            h("button", { class: "secondary grow", title: "Add a pool process", onclick: () => workerAction(w.hostname, "pool_grow", 1) }, "+1"),
+            h("button", { class: "secondary shrink", title: "Stop a pool process (after its task)", disabled: size <= 1, onclick: () => workerAction(w.hostname, "pool_shrink", 1) }, "−1"),
+            h("button", { class: "danger shutdown", title: "Warm shutdown: running tasks finish", onclick: () => workerAction(w.hostname, "shutdown") }, "Shut down"),
+          ] : null));
+      }), { id: "workers-table" }));
+    return out;
   },
 };
 
@@ -195,15 +277,15 @@ pages.tasks = {
       h("span", {}, `${data.total} matching · ${data.indexed} indexed`),
       Object.entries(data.counts).sort().map(([s, n]) => h("span", {}, badge(s), ` ${n}`)));
     if (!data.tasks.length) return [counts, empty("No task matches (yet): tasks appear here as workers report them.")];
-    return [counts, table(["Task id", "Name", "State", "Args", "Worker", "Received", "Runtime#", "Retries#"],
+    return [counts, table(["Task id", "Name", "State", "Args", "Worker", "Received", "Runtime / next run#", "Retries#"],
       data.tasks.map((t) => h("tr", { "data-task-id": t.id, "data-state": t.state },
-        h("td", {}, taskLink(t.id)),
+        h("td", {}, idCell(t.id)),
         h("td", {}, t.name || ""),
         h("td", {}, badge(t.state)),
         h("td", { class: "args mono", title: `${t.args || ""} ${t.kwargs || ""}` }, [t.args, t.kwargs && t.kwargs !== "{}" ? t.kwargs : ""].filter(Boolean).join(" ")),
         h("td", { class: "mono" }, t.worker || ""),
         h("td", {}, fmtTime(t.received || t.started || t.updated)),
-        h("td", { class: "num" }, fmtDur(t.runtime)),
+        h("td", { class: "num time" }, timeOf(t)),
         h("td", { class: "num" }, t.retries || 0))), { id: "tasks-table" })];
   },
 };
@@ -224,7 +306,7 @@ pages.task = {
       h("h1", {}, h("span", { class: "mono" }, t.name || "(unknown task)"), badge(t.state), actions),
       h("div", { class: "grid2" },
         h("div", { class: "panel" }, kv([
-          ["Id", h("span", { class: "mono", id: "task-id" }, t.id)], ["Worker", t.worker], ["Queue", t.queue],
+          ["Id", h("span", {}, h("span", { class: "mono", id: "task-id" }, t.id), " ", copyButton(t.id))], ["Worker", t.worker], ["Queue", t.queue],
           ["Priority", t.priority], ["Retries", t.retries], ["Root", t.root ? link(t.root) : ""],
           ["Parent", t.parent ? link(t.parent) : ""], ["Group", t.group_id ? h("span", { class: "mono" }, t.group_id) : ""],
           ["Re-sent", t.resent_at ? `${fmtTime(t.resent_at)} (from the dashboard${t.resent > 1 ? `, ${t.resent} times` : ""})` : ""],
@@ -232,6 +314,8 @@ pages.task = {
         h("div", { class: "panel" }, kv([
           ["Sent", fmtTime(t.sent_at)], ["ETA", fmtTime(t.eta)], ["Expires", fmtTime(t.expires)],
           ["Received", fmtTime(t.received)], ["Started", fmtTime(t.started)], ["Ended", fmtTime(ended)],
+          ["Running for", (t.state === "STARTED" || t.state === "RECEIVED") && (t.started || t.received) ? h("span", { id: "task-elapsed" }, elapsed(t.started || t.received)) : ""],
+          ["Next run", t.state === "RETRY" && t.next_run ? h("span", { id: "task-next-run" }, `${fmtTime(t.next_run)} `, countdown(t.next_run)) : ""],
           ["Queue wait", fmtDur(t.queue_wait)], ["Runtime", fmtDur(t.runtime)], ["Done (result store)", fmtTime(t.date_done)]]))),
       h("h2", {}, "Arguments"),
       h("div", { class: "panel" }, kv([["args", h("code", {}, t.args ?? "")], ["kwargs", h("code", {}, t.kwargs ?? "")]])),
@@ -245,6 +329,7 @@ pages.task = {
         ["signature", m.verified === null ? "no security_key" : (m.verified ? "verified" : "does not verify: Retry refuses it")],
         ["note", m.problem || ""]])));
     }
+    if (t.meta !== undefined) out.push(h("h2", {}, `State meta (${t.result_state})`), h("pre", { id: "task-meta" }, JSON.stringify(t.meta, null, 2)));
     if (t.state === "SUCCESS" || t.result !== null) out.push(h("h2", {}, "Result"), h("pre", { id: "task-result" }, JSON.stringify(t.result, null, 2)));
     if (t.error || t.exception) out.push(h("h2", {}, "Error"), h("pre", { class: "error-box" }, t.error || t.exception));
     if (t.traceback) out.push(h("h2", {}, "Traceback"), h("pre", { id: "task-traceback" }, t.traceback));
@@ -312,7 +397,7 @@ pages.failed = {
     if (!data.tasks.length) return empty("No failed task in the index.");
     return table(["Task id", "Name", "Exception", "Worker", "Failed", "Retries#", ""],
       data.tasks.map((t) => h("tr", { "data-task-id": t.id },
-        h("td", {}, taskLink(t.id)),
+        h("td", {}, idCell(t.id)),
         h("td", {}, t.name || ""),
         h("td", { class: "args mono", title: t.exception || "" }, t.exception || ""),
         h("td", { class: "mono" }, t.worker || ""),
@@ -333,7 +418,7 @@ pages.dlq = {
         data.dead_letters.map((d) => h("tr", { "data-entry": d.entry },
           h("td", { class: "mono" }, d.entry),
           h("td", {}, fmtTime(d.time)),
-          h("td", {}, d.name || h("span", { class: "muted" }, "undecodable"), " ", d.task_id ? taskLink(d.task_id) : ""),
+          h("td", {}, d.name || h("span", { class: "muted" }, "undecodable"), " ", d.task_id ? idCell(d.task_id) : ""),
           h("td", { class: "mono" }, d.queue || ""),
           h("td", {}, d.reason || ""),
           h("td", { class: "mono" }, d.worker || ""),
@@ -361,8 +446,10 @@ async function update() {
   const seq = ++S.seq;
   const main = document.getElementById("main");
   try {
-    const [data, overview] = await Promise.all([api(page.url(arg)), api("/api/overview")]);
+    const [data, overview] = await Promise.all([page.load ? page.load(arg) : api(page.url(arg)), api("/api/overview")]);
     if (seq !== S.seq) return; // a newer update (or page) took over
+    if (overview.time) S.skew = overview.time - Date.now() / 1000;
+    if (data && typeof data.now === "number") delete data.now; // (a clock reading: not a reason to redraw)
     const text = JSON.stringify(data);
     if (text !== S.last) {
       S.last = text;
@@ -414,6 +501,7 @@ async function boot() {
     setLive(false, e.message);
   }
   window.addEventListener("hashchange", show);
+  setInterval(tick, 1000);
   show();
 }
 
