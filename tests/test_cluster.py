@@ -236,3 +236,45 @@ def test_dashboard_state_metrics_and_replay_on_a_cluster(cluster, app):
     answer = dash.replay(entry)
     assert answer["ok"] and app.broker.dead_letters() == []
     assert app.broker.length("low", 0) == 1
+
+
+def test_revoke_beat_and_the_lists_broker_on_a_cluster(tmp_path, cluster, app):
+    """revoke (the revoked set, the delayed set searched and brought forward, the broadcast), beat (its
+    lease and claims) and a Lists-broker worker over queues on different masters."""
+    import threading
+
+    from minique import states
+    from minique.beat import Beat
+
+    procs, proc = _worker(tmp_path, cluster, app, "-Q", "default,low",
+                          settings={"broker_transport_options": {"queue_type": "lists"}})
+    try:
+        lists_app = app  # the client must use the same queue type as the worker
+        lists_app.conf.broker_transport_options = {"queue_type": "lists"}
+        lists_app._reset()
+        add = lists_app.tasks["testapp.add"]
+        assert [add.apply_async((i, 1), queue=("default", "low")[i % 2]).get(timeout=20) for i in range(6)] == \
+            [i + 1 for i in range(6)]
+        later = add.apply_async((1, 1), countdown=30, queue="low")
+        later.revoke()
+        wait_for(lambda: later.state == states.REVOKED, 20, "the delayed task settled REVOKED")
+
+        lists_app.conf.beat_schedule = {"tick": {"task": "testapp.add", "schedule": 0.2, "args": (2, 3),
+                                                 "options": {"queue": "default"}}}
+        beat = Beat(lists_app)
+        runner = threading.Thread(target=beat.run, daemon=True)
+        runner.start()
+        try:
+            wait_for(lambda: beat.leadership.is_set(), 10, "beat to lead")
+            wait_for(lambda: lists_app.broker_client.hlen("minique:beat:last") == 1
+                     and "succeeded" in proc.log() and proc.log().count(": 5") >= 2, 20, "beat's runs done")
+        finally:
+            beat.stop()
+            runner.join(10)
+        assert proc.popen.poll() is None
+        assert "CROSSSLOT" not in proc.log() and "Traceback" not in proc.log(), proc.log()
+    except BaseException:
+        print(proc.log()[-4000:])
+        raise
+    finally:
+        procs.close()
