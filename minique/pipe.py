@@ -14,7 +14,7 @@ Outbox, or a caller that executes a `ClientPipe`). Three verbs:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import redis
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -286,14 +286,14 @@ class ClusterFastPipeline(FastPipeline):
     """The worker's pipe on a Redis Cluster: each command goes to the master of its key's slot, on a
     connection per node kept checked out.
 
-    A write is confirmed before it returns, in two steps: first the results, follow-ups, dead letters
-    and events (every node written at once, then every reply read), then the gathered acks. So an ack
-    never reaches its node before the result it stands for is stored on another. (One server gets
-    that for free: Redis runs one connection's commands in order. Across nodes only waiting gives it:
-    a cluster worker pays a round trip per write that a single-server worker does not.)
-    MOVED (the slot map is patched), ASK (sent again with ASKING), TRYAGAIN, CLUSTERDOWN and lost
-    connections (the slot map is reloaded) are retried up to RETRIES times; past that, what was not
-    confirmed stays queued and the error is raised, as FastPipeline does."""
+    A write sends the results, follow-ups, dead letters and events first (every node written at once)
+    and reads their replies; then it writes the gathered acks, whose replies are read with the next
+    write or collect. So an ack never reaches its node before the result it stands for is stored on
+    another. (One server gets that for free: Redis runs one connection's commands in order. Across
+    nodes only waiting gives it: a cluster worker pays a round trip per write that a single-server
+    worker does not.) MOVED (the slot map is patched), ASK (sent again with ASKING), TRYAGAIN,
+    CLUSTERDOWN and lost connections (the slot map is reloaded) are retried up to RETRIES times; past
+    that, what was not confirmed stays queued and the error is raised, as FastPipeline does."""
 
     RETRIES = 8
 
@@ -303,10 +303,12 @@ class ClusterFastPipeline(FastPipeline):
         self._conns: Dict[str, Tuple[Any, Any]] = {}  # node name -> (its pool, a connection checked out)
         self._unread = []
         self._gathered = {}
-        self._acks: list = []       # emitted acks not yet confirmed: they leave after everything else
+        self._acks: list = []       # emitted acks not yet written: they leave after everything else
+        self._inflight: list = []   # (node name, connection, items): acks written, replies not read yet
         self._answered: list = []   # (options, reply) confirmed; their handlers run at collect()
 
     def write(self) -> None:
+        self._read_acks()  # (their replies come first on the connections the body goes out on)
         if self._gathered:
             gathered, self._gathered = self._gathered, {}
             self._acks.extend((args, {}) for (emit, key), items in gathered.items() for args in emit(key, items))
@@ -316,15 +318,16 @@ class ClusterFastPipeline(FastPipeline):
             if left:
                 self.command_stack = left[0] + self.command_stack
                 raise left[1]
-        if self._acks:
+        if self._acks:  # everything before them is answered: written now, read later
             acks, self._acks = self._acks, []
-            left = self._send(acks)
-            if left:
-                self._acks = left[0] + self._acks
-                raise left[1]
+            self._inflight, failed, _, error = self._write_nodes([(args, options, None) for args, options in acks])
+            if failed:
+                self._acks = [(args, options) for args, options, _ in failed] + self._acks
+                raise error  # (kept: written again with the next write)
 
     def collect(self, raise_on_error: bool = True) -> list:
-        """Run the handlers of the replies confirmed since the last collect (the writes waited for them)."""
+        """Read the acks' replies, then run the handlers of every reply confirmed since the last collect."""
+        self._read_acks()
         answered, self._answered = self._answered, []
         out, error = [], None
         for options, reply in answered:
@@ -341,6 +344,17 @@ class ClusterFastPipeline(FastPipeline):
             raise error
         return out
 
+    def _read_acks(self) -> None:
+        if not self._inflight:
+            return
+        inflight, self._inflight = self._inflight, []
+        retry, _, _ = self._read_nodes(inflight)
+        if retry:
+            left = self._send([(args, options) for args, options, _ in retry])
+            if left:
+                self._acks = left[0] + self._acks
+                raise left[1]
+
     def _send(self, stack: list) -> Any:
         """Send `stack` to the nodes and read every reply; None, or (what was not confirmed, the error)."""
         todo: List[Tuple[Any, Any, Any]] = [(args, options, None) for args, options in stack]
@@ -348,65 +362,81 @@ class ClusterFastPipeline(FastPipeline):
         for attempt in range(self.RETRIES):
             if attempt:
                 time.sleep(min(0.025 * 2 ** attempt, 1.0))
-            retry: List[Tuple[Any, Any, Any]] = []
-            lost = False
-            by_node: Dict[str, Tuple[Any, list]] = {}
-            try:
-                for item in todo:
-                    node = item[2] or self._cluster.nodes_manager.get_node_from_slot(command_slot(item[0]))
-                    by_node.setdefault(node.name, (node, []))[1].append(item)
-            except redis.exceptions.RedisClusterException as exc:  # a slot no node serves now
-                error, retry, lost = exc, todo, True
-                by_node = {}
-            written = []
-            for name, (node, items) in by_node.items():
-                try:
-                    conn = self._conn(node)
-                    commands = [c for item in items for c in ((("ASKING",), item[0]) if item[2] else (item[0],))]
-                    try:
-                        packed = [b"".join([_pack(args) for args in commands])]
-                    except TypeError:  # an argument type only redis-py's encoder knows
-                        packed = conn.pack_commands(commands)
-                    conn.send_packed_command(packed)
-                    written.append((name, conn, items))
-                except _CONNECTION_ERRORS as exc:
-                    self._drop(name)
-                    error, lost = exc, True
-                    retry.extend(items)
-            for name, conn, items in written:
-                for n, item in enumerate(items):
-                    try:
-                        if item[2] is not None:
-                            conn.read_response()  # ASKING's OK
-                        try:
-                            reply = conn.read_response()
-                        except redis.exceptions.ResponseError as exc:
-                            reply = exc
-                    except _CONNECTION_ERRORS as exc:  # which of the rest ran is unknown: all again
-                        self._drop(name)
-                        error, lost = exc, True
-                        retry.extend(items[n:])
-                        break
-                    if isinstance(reply, redis.exceptions.MovedError):
-                        self._cluster.nodes_manager.move_slot(reply)
-                        error = reply
-                        retry.append((item[0], item[1], None))
-                    elif isinstance(reply, redis.exceptions.AskError):
-                        target = (self._cluster.nodes_manager.get_node(host=reply.host, port=reply.port)
-                                  or ClusterNode(reply.host, reply.port))
-                        error = reply
-                        retry.append((item[0], item[1], target))
-                    elif transient(reply):
-                        error = reply
-                        retry.append((item[0], item[1], None))
-                    else:
-                        self._answered.append((item[1], reply))
+            written, retry, lost, write_error = self._write_nodes(todo)
+            read_retry, read_lost, read_error = self._read_nodes(written)
+            retry += read_retry
+            error = read_error or write_error or error
             if not retry:
                 return None
-            if lost:
+            if lost or read_lost:
                 self._reload()
             todo = retry
         return [(args, options) for args, options, _ in todo], error
+
+    def _write_nodes(self, todo: list) -> Tuple[list, list, bool, Exception]:
+        """Write each item to its node (not reading): (written per node, items to retry, a node lost, error)."""
+        error: Exception = redis.exceptions.ConnectionError("no error")
+        retry: List[Tuple[Any, Any, Any]] = []
+        lost = False
+        by_node: Dict[str, Tuple[Any, list]] = {}
+        try:
+            for item in todo:
+                node = item[2] or self._cluster.nodes_manager.get_node_from_slot(command_slot(item[0]))
+                by_node.setdefault(node.name, (node, []))[1].append(item)
+        except redis.exceptions.RedisClusterException as exc:  # a slot no node serves now
+            return [], list(todo), True, exc
+        written = []
+        for name, (node, items) in by_node.items():
+            try:
+                conn = self._conn(node)
+                commands = [c for item in items for c in ((("ASKING",), item[0]) if item[2] else (item[0],))]
+                try:
+                    packed = [b"".join([_pack(args) for args in commands])]
+                except TypeError:  # an argument type only redis-py's encoder knows
+                    packed = conn.pack_commands(commands)
+                conn.send_packed_command(packed)
+                written.append((name, conn, items))
+            except _CONNECTION_ERRORS as exc:
+                self._drop(name)
+                error, lost = exc, True
+                retry.extend(items)
+        return written, retry, lost, error
+
+    def _read_nodes(self, written: list) -> Tuple[list, bool, Optional[Exception]]:
+        """Read the replies of what `_write_nodes` wrote: confirmed ones go to `_answered`; returns
+        (items to send again, a node lost, the last error)."""
+        retry: List[Tuple[Any, Any, Any]] = []
+        lost = False
+        error: Optional[Exception] = None
+        for name, conn, items in written:
+            for n, item in enumerate(items):
+                try:
+                    if item[2] is not None:
+                        conn.read_response()  # ASKING's OK
+                    try:
+                        reply = conn.read_response()
+                    except redis.exceptions.ResponseError as exc:
+                        reply = exc
+                except _CONNECTION_ERRORS as exc:  # which of the rest ran is unknown: all again
+                    self._drop(name)
+                    error, lost = exc, True
+                    retry.extend(items[n:])
+                    break
+                if isinstance(reply, redis.exceptions.MovedError):
+                    self._cluster.nodes_manager.move_slot(reply)
+                    error = reply
+                    retry.append((item[0], item[1], None))
+                elif isinstance(reply, redis.exceptions.AskError):
+                    target = (self._cluster.nodes_manager.get_node(host=reply.host, port=reply.port)
+                              or ClusterNode(reply.host, reply.port))
+                    error = reply
+                    retry.append((item[0], item[1], target))
+                elif transient(reply):
+                    error = reply
+                    retry.append((item[0], item[1], None))
+                else:
+                    self._answered.append((item[1], reply))
+        return retry, lost, error
 
     def _conn(self, node: Any) -> Any:
         found = self._conns.get(node.name)
@@ -432,6 +462,9 @@ class ClusterFastPipeline(FastPipeline):
         self.command_stack = []
         self._gathered = {}
         self._acks = []
+        for name, _, _ in self._inflight:  # (replies left on them: never reused half-read)
+            self._drop(name)
+        self._inflight = []
 
     def __len__(self) -> int:
-        return len(self.command_stack) + len(self._gathered) + len(self._acks)
+        return len(self.command_stack) + len(self._gathered) + len(self._acks) + len(self._inflight)
