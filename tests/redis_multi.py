@@ -116,7 +116,8 @@ class SentinelGroup:
         ports = [low_port() for _ in range(1 + replicas)]
         for i, port in enumerate(ports):
             extra = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
-                     "--repl-diskless-load", "swapdb", "--replica-priority", str(100 - i), *server_args)
+                     "--repl-diskless-load", "swapdb", *server_args)  # (equal priorities: the sentinels
+            # promote the replica with the most data, which has every write a WAIT confirmed)
             if i:
                 extra += ("--replicaof", "127.0.0.1", str(ports[0]))
             else:

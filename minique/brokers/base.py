@@ -64,6 +64,16 @@ class Waiting(NamedTuple):
 MALFORMED_LEASE_MS = 30_000
 
 
+class _Collected:
+    """Commands recorded as a client would run them (to be sent on one connection, then WAITed for)."""
+
+    def __init__(self) -> None:
+        self.commands: List[tuple] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        self.commands.append(args)
+
+
 class Broker(ABC):
     """Queues over one Redis. Methods taking `pipe` add commands to a pipeline the caller flushes."""
 
@@ -96,31 +106,72 @@ class Broker(ABC):
         self.send(self.client, queue, priority, data)
 
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
-        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path). With
-        `wait_for_replicas`, they are confirmed by that many replicas (WAIT), else sent again: a
-        duplicate is possible, a loss in a failover is not."""
+        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path); with
+        `wait_for_replicas`, confirmed by that many replicas (`_send_confirmed`)."""
+        if self.wait_for_replicas:
+            return self._send_confirmed(items)
         deadline, delay = 0.0, 0.05
         while True:
             pipe = self.client.pipeline(transaction=False)
-            for queue, priority, data, eta in items:
-                if eta is not None:
-                    self.send_later(pipe, queue, priority, data, eta)
-                else:
-                    self.send(pipe, queue, priority, data)
-            if self.wait_for_replicas:
-                pipe.execute_command("WAIT", self.wait_for_replicas, int(self.wait_timeout * 1000))
+            self._queue_sends(pipe, items)
             try:
-                replies = pipe.execute()
-                if not self.wait_for_replicas or int(replies[-1]) >= self.wait_for_replicas:
-                    return
-                problem: Exception = redis.exceptions.ResponseError(
-                    f"NOREPLICAS the messages reached {replies[-1]} of {self.wait_for_replicas} replicas within "
-                    f"{self.wait_timeout} s (transport option wait_for_replicas)")
+                pipe.execute()
+                return
             except redis.exceptions.ResponseError as exc:  # a failover under way: all again (some twice)
+                now = time.monotonic()
+                deadline = deadline or now + FAILOVER_TIMEOUT
+                if not transient(exc) or now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _queue_sends(self, pipe: Commands, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
+        for queue, priority, data, eta in items:
+            if eta is not None:
+                self.send_later(pipe, queue, priority, data, eta)
+            else:
+                self.send(pipe, queue, priority, data)
+
+    def _send_confirmed(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
+        """Send, then WAIT on the same connection until `wait_for_replicas` replicas have the writes (asked
+        again every `wait_timeout` while the replicas lag). A lost connection or a refusal (a failover)
+        sends everything again (a duplicate is possible, a loss is not); past FAILOVER_TIMEOUT the error
+        reaches the caller, who then knows the messages may not be safe."""
+        collected = _Collected()
+        self._queue_sends(collected, items)
+        wait = ("WAIT", self.wait_for_replicas, max(1, int(self.wait_timeout * 1000)))
+        pool = self.client.connection_pool
+        deadline, delay = time.monotonic() + FAILOVER_TIMEOUT, 0.05
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_commands([*collected.commands, wait]))
+                replies = []
+                for _ in range(len(collected.commands) + 1):
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        replies.append(exc)
+                refused = [r for r in replies if isinstance(r, Exception)]
+                if refused and not all(transient(r) for r in refused):
+                    raise refused[0]
+                if not refused:
+                    reached = int(replies[-1])
+                    while reached < self.wait_for_replicas and time.monotonic() < deadline:
+                        conn.send_command(*wait)  # (WAIT waits for this connection's last write)
+                        reached = int(conn.read_response())
+                    if reached >= self.wait_for_replicas:
+                        return
+                    raise redis.exceptions.ResponseError(
+                        f"NOREPLICAS sent, but only {reached} of {self.wait_for_replicas} replicas have it after "
+                        f"{FAILOVER_TIMEOUT:.0f} s (transport option wait_for_replicas): it may be lost in a failover")
+                problem: Exception = refused[0]
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                conn.disconnect()
                 problem = exc
-            now = time.monotonic()
-            deadline = deadline or now + FAILOVER_TIMEOUT
-            if not transient(problem) or now >= deadline:
+            finally:
+                pool.release(conn)
+            if time.monotonic() >= deadline:
                 raise problem
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
