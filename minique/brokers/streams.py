@@ -47,6 +47,7 @@ class StreamsBroker(Broker):
         super().__init__(*args, **kwargs)
         self._read_keys: Dict[tuple, list] = {}
         self._slot_groups: Dict[tuple, List[list]] = {}
+        self._turn = 0  # which slot group a cluster fetch starts with
         self._held: Any = None  # send_now's connection, with the pid that opened it
         self._held_pid = 0
         self._held_lock = threading.Lock()
@@ -130,7 +131,8 @@ class StreamsBroker(Broker):
                 by_slot.setdefault(keys.hash_slot(key), []).append(key)
             found = self._slot_groups[tuple(queues)] = list(by_slot.values()) if self.cluster else [self._keys(queues)]
         if len(found) > 1:
-            found.append(found.pop(0))
+            self._turn = start = (self._turn + 1) % len(found)
+            return found[start:] + found[:start]
         return found
 
     def ensure_queues(self, queues: Sequence[str]) -> None:
@@ -230,7 +232,11 @@ class StreamsBroker(Broker):
         out: list = []
         try:
             for group in groups:
-                node = client.get_redis_connection(client.nodes_manager.get_node_from_slot(keys.hash_slot(group[0])))
+                try:
+                    owner = client.nodes_manager.get_node_from_slot(keys.hash_slot(group[0]))
+                except redis.exceptions.RedisClusterException as exc:  # no master for it now (a failover)
+                    raise redis.exceptions.ConnectionError(str(exc)) from exc
+                node = client.get_redis_connection(owner)
                 conn = node.connection_pool.get_connection()
                 waits.append((node, conn, None))
                 conn.send_command("CLIENT", "ID")
