@@ -280,3 +280,45 @@ def test_revoke_beat_and_the_lists_broker_on_a_cluster(tmp_path, cluster, app):
         raise
     finally:
         procs.close()
+
+
+def test_scripts_flushed_on_every_node_are_loaded_again(tmp_path, cluster, app):
+    """SCRIPT FLUSH on every master while a worker runs (a node restarted or replaced): the fetch, the
+    requeue and the chord join get NOSCRIPT on their node and are loaded again there (EVAL in the
+    worker's pipe, SCRIPT LOAD on a client), and the work carries on."""
+    procs, proc = _worker(tmp_path, cluster, app, "-Q", ",".join(QUEUES))
+    try:
+        add, tsum = app.tasks["testapp.add"], app.tasks["testapp.tsum"]
+        assert add.apply_async((1, 1), queue="low").get(timeout=20) == 2
+        for server in cluster.masters:
+            server.client().script_flush()
+        ch = chord([add.s(i, i).set(queue=QUEUES[i % 3]) for i in range(6)], tsum.s().set(queue="default"))
+        assert ch.apply_async().get(timeout=30) == sum(2 * i for i in range(6))
+        assert [add.apply_async((i, 0), queue=QUEUES[i % 3]).get(timeout=20) for i in range(6)] == list(range(6))
+        assert "Traceback" not in proc.log(), proc.log()
+    except BaseException:
+        print(proc.log()[-4000:])
+        raise
+    finally:
+        procs.close()
+
+
+def test_dead_letters_from_a_worker_on_a_cluster(tmp_path, cluster, app):
+    """A failed acks-late task (task_acks_on_failure_or_timeout off) is dead-lettered by the worker: the
+    dead letter (its own slot) is written, then the message acked on its queue's node, FAILURE stored."""
+    settings = {"task_acks_late": True, "task_acks_on_failure_or_timeout": False}
+    procs, proc = _worker(tmp_path, cluster, app, "-Q", ",".join(QUEUES), settings=settings)
+    try:
+        result = app.tasks["testapp.fail"].apply_async(("boom",), queue="low")
+        with pytest.raises(Exception, match="boom"):
+            result.get(timeout=20)
+        wait_for(lambda: app.broker.dead_letters(), 10, "the dead letter")
+        (_, fields), = app.broker.dead_letters()
+        assert fields["queue"] == "low" and fields["task_id"] == result.id
+        wait_for(lambda: app.broker.held(["low"]) == {"low": 0}, 10, "the message acked")
+        assert app.broker.length("low", 0) == 0
+    except BaseException:
+        print(proc.log()[-4000:])
+        raise
+    finally:
+        procs.close()

@@ -109,8 +109,9 @@ def test_worker_and_get_survive_the_master_being_killed(tmp_path, group, app):
 def test_tasks_sent_while_the_master_is_killed_all_complete(tmp_path, group, monkeypatch):
     """kill -9 of the master while 1,000 acks-late tasks are sent and run, the client with
     wait_for_replicas 1 (of 2 replicas, so that one is left to confirm after the promotion): every send
-    is on a replica before it returns (WAIT) or is sent again to the new master, no error reaches the caller, and every task ends SUCCESS, the last one within the
-    sentinels' switch (down-after-milliseconds 1 s) plus a few seconds. (Without wait_for_replicas, a
+    is on a replica before it returns (WAIT) or is sent again to the new master, no error reaches the
+    caller, and every task ends SUCCESS, the last one within the sentinels' switch
+    (down-after-milliseconds 1 s) plus a few seconds. (Without wait_for_replicas, a
     send the dead master acknowledged and had not passed on would be lost: docs/scaling.md.)"""
     import threading
     import time
