@@ -79,6 +79,8 @@ def test_worker_keeps_going_across_a_planned_failover(tmp_path, group, app):
         # the worker's own connections moved: its heartbeat is written on the new master
         fresh = group.server(new).client()
         wait_for(lambda: fresh.hexists("minique:workers", proc.hostname), 20, "a heartbeat on the new master")
+        # the control channel too: the worker hears a broadcast published on the new master
+        wait_for(lambda: any(proc.hostname in r for r in app.control.ping(timeout=0.5)), 30, "a ping reply")
         assert proc.popen.poll() is None
     finally:
         procs.close()
