@@ -322,3 +322,35 @@ def test_dead_letters_from_a_worker_on_a_cluster(tmp_path, cluster, app):
         raise
     finally:
         procs.close()
+
+
+def test_wait_for_replicas_on_a_cluster(tmp_path, monkeypatch):
+    """wait_for_replicas on a cluster: each node's sends are followed by a WAIT on the same connection
+    (recorded on every master), and the tasks run."""
+    c = Cluster(tmp_path / "c", masters=3, replicas=1).start()
+    options = {"wait_for_replicas": 1}
+    monkeypatch.setenv("TESTAPP_SETTINGS", json.dumps({"broker_transport_options": options}))
+    testapp = import_testapp(monkeypatch, c.url())
+    recorders = [Recorder(server.port) for server in c.masters]
+    try:
+        app = testapp.app
+        procs, proc = _worker(tmp_path, c, app, "-Q", ",".join(QUEUES),
+                              settings={"broker_transport_options": options})
+        try:
+            add = app.tasks["testapp.add"]
+            one = add.apply_async((1, 2), queue="low")
+            later = add.apply_async((2, 2), queue="default", countdown=0.2)
+            bulk = app.send_many("testapp.add", [((i, 0), {}) for i in range(30)], queue="priority_high")
+            assert one.get(timeout=20) == 3 and later.get(timeout=20) == 4
+            assert [r.get(timeout=20) for r in bulk] == list(range(30))
+        finally:
+            procs.close()
+        commands = [command for r in recorders for command in r.stop()]
+        recorders = []
+        waits = [args for _, args in commands if args and args[0].upper() == b"WAIT"]
+        assert len(waits) >= 3  # one per send, per node the bulk send touched
+    finally:
+        for r in recorders:
+            r.stop()
+        drop_testapp(testapp)
+        c.stop()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..pipe import is_cluster
 from .base import Broker, Delivery
 from .lists import ListsBroker
 from .streams import StreamsBroker
@@ -22,9 +21,6 @@ def make_broker(client: Any, transport_options: dict, max_deliveries: int) -> Br
         from ..exceptions import ConfigurationError
         raise ConfigurationError(f"wait_for_replicas in broker_transport_options must be a whole number >= 0, "
                                  f"not {replicas!r}")
-    if replicas and is_cluster(client):
-        from ..exceptions import ConfigurationError
-        raise ConfigurationError("wait_for_replicas is not supported on a Redis Cluster yet (docs/scaling.md)")
     return KINDS[kind](client, visibility_timeout=float(transport_options.get("visibility_timeout", 3600)),
                        max_deliveries=int(transport_options.get("max_deliveries", max_deliveries)),
                        wait_for_replicas=replicas, wait_timeout=float(transport_options.get("wait_timeout", 1.0)))

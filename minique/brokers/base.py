@@ -23,7 +23,7 @@ import redis
 from .. import keys
 from ..lua import Scripts
 from ..message import peek_id
-from ..pipe import FAILOVER_TIMEOUT, ClientPipe, Commands, Pipe, is_cluster, transient
+from ..pipe import FAILOVER_TIMEOUT, ClientPipe, Commands, Pipe, command_slot, is_cluster, transient
 
 log = logging.getLogger("minique.broker")
 COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
@@ -139,15 +139,51 @@ class Broker(ABC):
         reaches the caller, who then knows the messages may not be safe."""
         collected = _Collected()
         self._queue_sends(collected, items)
+        deadline = time.monotonic() + FAILOVER_TIMEOUT
+        if not self.cluster:
+            return self._confirm(self.client.connection_pool, collected.commands, deadline)
+        client: Any = self.client
+        todo = collected.commands
+        while todo:  # on a cluster, each node's writes and their WAIT on a connection to that node
+            by_node: Dict[str, Tuple[Any, List[tuple]]] = {}
+            failed: List[tuple] = []
+            problem: Optional[Exception] = None
+            for command in todo:
+                try:
+                    node = client.nodes_manager.get_node_from_slot(command_slot(command))
+                except redis.exceptions.RedisClusterException as exc:  # no master for it now (a failover)
+                    failed.append(command)
+                    problem = exc
+                    continue
+                by_node.setdefault(node.name, (node, []))[1].append(command)
+            for node, commands in by_node.values():  # (what one node confirmed is not sent again)
+                try:
+                    self._confirm(client.get_redis_connection(node).connection_pool, commands, deadline,
+                                  reconnect=False)
+                except (redis.exceptions.AskError, redis.exceptions.ConnectionError) as exc:  # (MOVED: an AskError)
+                    failed.extend(commands)
+                    problem = exc
+            todo = failed
+            if todo:
+                if time.monotonic() >= deadline and problem is not None:
+                    raise problem
+                time.sleep(0.1)
+                try:
+                    client.nodes_manager.initialize()  # the slot moved, or its master changed: look again
+                except redis.exceptions.RedisError:
+                    pass
+
+    def _confirm(self, pool: Any, commands: List[tuple], deadline: float, reconnect: bool = True) -> None:
+        """`_send_confirmed` on one server (the connections of `pool`); without `reconnect`, a lost
+        connection is raised at once (a cluster node: its caller looks for the slot's new master)."""
         wait = ("WAIT", self.wait_for_replicas, max(1, int(self.wait_timeout * 1000)))
-        pool = self.client.connection_pool
-        deadline, delay = time.monotonic() + FAILOVER_TIMEOUT, 0.05
+        delay = 0.05
         while True:
             conn = pool.get_connection()
             try:
-                conn.send_packed_command(conn.pack_commands([*collected.commands, wait]))
+                conn.send_packed_command(conn.pack_commands([*commands, wait]))
                 replies = []
-                for _ in range(len(collected.commands) + 1):
+                for _ in range(len(commands) + 1):
                     try:
                         replies.append(conn.read_response())
                     except redis.exceptions.ResponseError as exc:
@@ -168,6 +204,8 @@ class Broker(ABC):
                 problem: Exception = refused[0]
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 conn.disconnect()
+                if not reconnect:
+                    raise
                 problem = exc
             finally:
                 pool.release(conn)
