@@ -274,6 +274,11 @@ class Runner:
             self.row(fig, "drain_ignored_strict", "drain -c 2, ignored, worker_early_ack_window = 0", "tasks/s",
                      {"minique": [r["rate"] for r in res["minique"]]},
                      note="every early ack written before its task starts (strict at-most-once)")
+            limited = {"task_annotations": {"*": {"rate_limit": "1000000/s"}}}
+            res = self.measure({"minique": self.drain_job("minique", settings=limited)}, self.runs)
+            self.row(fig, "drain_ignored_rate_limited", "drain -c 2, ignored, rate_limit far above the rate",
+                     "tasks/s", {"minique": [r["rate"] for r in res["minique"]]},
+                     note="a cluster-wide rate limit of 1,000,000/s: each task reserves its start in Redis")
         res = self.measure({s: self.drain_job(s, body="incr") for s in self.systems}, self.runs)
         self.row(fig, "drain_incr", "drain -c 2, ignored, body does a Redis INCR", "tasks/s",
                  {s: [r["rate"] for r in rs] for s, rs in res.items()})

@@ -42,6 +42,8 @@ ROLES: Dict[str, Tuple[str, ...]] = {
     "producer": _SEND + (
         "(~minique:res:* +get +lindex +brpoplpush +del)",  # AsyncResult: state, get() (a blocking wait), forget()
         "(~minique:group:* +set +get +del)",               # GroupResult: save, restore, delete
+        "+script|load", "(~minique:unique:* +evalsha +eval)",  # unique tasks: claim a key (unique.py)
+        "(~minique:deduplicated +hincrby)",                # ... and count a send that found it taken
     ),
     "worker": (
         "&minique:control", "+subscribe", "+unsubscribe",  # listen for control commands

@@ -13,6 +13,7 @@ from typing import (
     Any,
     Callable,
     Concatenate,
+    Coroutine,
     Dict,
     Iterable,
     List,
@@ -239,7 +240,10 @@ class Minique:
 
     # --- tasks --------------------------------------------------------------------------------------
     # For type checkers, `@app.task` on `def add(x: int, y: int) -> int` gives a `Task[[int, int], int]`;
-    # with bind=True the function's first parameter (the task itself) is not among the task's parameters.
+    # with bind=True the function's first parameter (the task itself) is not among the task's parameters;
+    # on an `async def` returning int, a `Task[..., int]` too (its result is what the coroutine returns).
+    @overload
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload
     def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
     @overload
@@ -253,10 +257,10 @@ class Minique:
     def task(self, *args: Any, **options: Any) -> Any:
         """Decorator: `@app.task` or `@app.task(name=..., bind=True, queue=..., ...)`."""
         def register(fun: Callable[..., Any]) -> Task[..., Any]:
-            if inspect.iscoroutinefunction(fun) or inspect.isasyncgenfunction(fun):
+            if inspect.isasyncgenfunction(fun):
                 raise ConfigurationError(
-                    f"{getattr(fun, '__qualname__', fun)!r} is an async def: minique runs tasks as plain functions "
-                    f"(its body would never run). Make it a def, e.g. one that calls asyncio.run(...).")
+                    f"{getattr(fun, '__qualname__', fun)!r} is an async generator: a task returns one value "
+                    f"(an async def task may; a generator's items would never be read)")
             name = options.pop("name", None) or self.gen_task_name(fun)
             bind = options.pop("bind", False)
             cls = _task_class(options.pop("base", None) or self.task_cls)
@@ -427,9 +431,10 @@ class Minique:
             value = options.get(key)
             if value is not None:
                 fields[key] = value
-        rate_key = options.get("rate_limit_key")
-        if rate_key is not None:  # a cluster-wide rate limit counted per this key (worker/ratelimit.py)
-            fields["headers"] = {**(fields.get("headers") or {}), "rate_limit_key": str(rate_key)}
+        for option in ("rate_limit_key", "concurrency_key"):  # limits counted per this key (worker/)
+            value = options.get(option)
+            if value is not None:
+                fields["headers"] = {**(fields.get("headers") or {}), option: str(value)}
         for option, field in (("link", "links"), ("link_error", "errbacks")):
             sigs = options.get(option)
             if sigs:
@@ -554,9 +559,40 @@ class Minique:
 
     def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
+        task = self.tasks.get(name)
+        if (task is not None and task.unique) or options.get("unique_key") is not None:
+            return self._send_unique(name, args, kwargs, options, task)
         msg = self.build_message(name, args, kwargs, options)
         self.publish(None, msg)
         return AsyncResult(msg.id, app=self, task_name=name)
+
+    def _send_unique(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+                     task: Any) -> Any:
+        """send_task for a unique task: claim its key, then send; the holder's result if it is taken."""
+        from . import unique
+        options = dict(options)
+        key = options.pop("unique_key", None)
+        key = unique.key_for(name, args, kwargs) if key is None else str(key)
+        ttl = options.pop("unique_for", None) or (task.unique_for if task is not None else None) or unique.DEFAULT_FOR
+        until = options.pop("unique_until", None) or (task.unique_until if task is not None else None) or "finished"
+        if until not in unique.MODES:
+            raise ValueError(f"unique_until must be one of {unique.MODES}, not {until!r}")
+        task_id = options.get("task_id") or message_mod.new_id()
+        options["task_id"] = task_id
+        headers = {**(options.get("headers") or {}), unique.HEADER: key}
+        if until == "started":
+            headers[unique.UNTIL_HEADER] = "started"
+        options["headers"] = headers
+        holder = unique.claim(self.broker_client, key, task_id, float(ttl))
+        if holder is not None:
+            unique.count_duplicate(self.broker_client, name)
+            return AsyncResult(holder, app=self, task_name=name)
+        try:
+            self.publish(None, self.build_message(name, args, kwargs, options))
+        except BaseException:
+            unique.release_now(self.broker_client, key, task_id)  # not sent: the next send may claim it
+            raise
+        return AsyncResult(task_id, app=self, task_name=name)
 
     def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
         """Send many calls of one task, pipelined (a round trip per 1,000); returns their AsyncResults.

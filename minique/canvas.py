@@ -13,7 +13,7 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Type
+from typing import Any, Dict, Generic, Iterable, List, NamedTuple, Optional, Tuple, Type, TypeVar
 
 from . import context
 from .message import new_id
@@ -30,8 +30,14 @@ def _app(app: Any) -> Any:
     return app if app is not None else context.current_app()
 
 
-class Signature(dict):
-    """A task call not yet made: name, args, kwargs, options. A dict, so it travels in messages."""
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Signature(Dict[str, Any], Generic[R_co]):
+    """A task call not yet made: name, args, kwargs, options. A dict, so it travels in messages.
+
+    For type checkers `add.s(1, 2)` is a `Signature[int]`: its `delay()` gives an `AsyncResult[int]`
+    (a chain, group or chord is untyped)."""
 
     subtask_type: Optional[str] = None
 
@@ -144,14 +150,14 @@ class Signature(dict):
         """The result handle of a frozen signature."""
         return AsyncResult(self.id, app=self.app, task_name=self.name)
 
-    def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> "AsyncResult[R_co]":
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         calls, result = self.plan_with_result(args, kwargs, options)
         self.app.send_calls(calls)
         return result
 
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
+    def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult[R_co]":
         return self.apply_async(args, kwargs)
 
     def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
@@ -533,7 +539,7 @@ def _apply_planned(app: Any, call: Call) -> Any:
     name, a, k, o = call
     o = dict(o)
     rest = o.pop("chain", None)
-    sig = Signature(name, a, k, o, app=app)
+    sig: Signature[Any] = Signature(name, a, k, o, app=app)
     return chain(sig, *rest, app=app).apply() if rest else sig.apply()
 
 

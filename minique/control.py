@@ -157,7 +157,7 @@ class Control:
     def pause(self, queue: str, destination: Optional[List[str]] = None, reply: bool = False,
               timeout: float = 1.0) -> List[Dict[str, Any]]:
         """Stop every worker taking messages from `queue` (kept in Redis: workers started later obey it);
-        what they already reserved still runs. Workers also notice it on their own within 2 s."""
+        what they reserved and have not started goes back to the queue. Workers also notice it within 2 s."""
         self.app.broker_client.sadd(keys.PAUSED, check_queue(queue, "control pause"))
         return self.broadcast("queues_changed", {"paused": queue}, destination, reply, timeout)
 

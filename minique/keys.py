@@ -10,7 +10,8 @@ Broker (broker_url):
     minique:{Q}:delayed       zset, messages for Q with an ETA; score = due time (ms), member = prio digit + message
     minique:{Q}:proc:<C>      list, Lists broker only: messages consumer C holds
     minique:{Q}:consumers     zset, Lists broker only: consumer C -> claim deadline (ms)
-    minique:{Q}:rl:<T>[:<K>]  string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
+    minique:{Q}:conc:<T>[:<K>] zset, task ids running under T's concurrency limit -> lease end (ms);
+                              ...:waiting, a list of the parked messages (delayed-set members) waiting for a slot
     minique:dlq               stream, dead letters: m, reason, queue, task_id, worker, time
     minique:revoked           zset, revoked task id -> until when it is kept (epoch s; control.revoke)
     minique:control           pub/sub channel for remote control; replies on minique:reply:<id>
@@ -18,6 +19,9 @@ Broker (broker_url):
     minique:workers           hash, worker hostname -> last heartbeat (msgpack)
     minique:lock:<name>       string, short-lived locks (the reaper's, beat's leader lease)
     minique:beat:last         hash, beat entry name -> last run (epoch s)
+    minique:rl:<T>[:<K>]      string, the next free start (ms) of task T under its cluster-wide rate limit (per key K)
+    minique:deduplicated      hash, task name -> sends a unique task's key turned into its holder's result
+    minique:unique:<K>        string, the id of the task holding unique key K (expires after unique_for)
     minique:paused            set, queues no worker takes messages from (pause/resume)
     minique:beat:lag          hash, beat entry name -> seconds its last run was sent after its slot
     minique:throughput        hash, the dashboard's task counts per 10 s: "<epoch s>:s|f|r" -> count
@@ -49,13 +53,24 @@ WORKERS = f"{PREFIX}:workers"
 BEAT_LAST = f"{PREFIX}:beat:last"
 BEAT_LAG = f"{PREFIX}:beat:lag"
 PAUSED = f"{PREFIX}:paused"
+DEDUPLICATED = f"{PREFIX}:deduplicated"
 THROUGHPUT = f"{PREFIX}:throughput"
 
 
-def rate_bucket(queue: str, task: str, key: Optional[str] = None) -> str:
-    """The cluster-wide rate limit of `task` (per `key`, if given): the next free start (ms), hash-tagged
-    with the queue the message came from."""
-    return f"{PREFIX}:{{{queue}}}:rl:{task}" + (f":{key}" if key is not None else "")
+def unique(key: str) -> str:
+    """A unique task's key (unique.py): holds the id of the task that claimed it."""
+    return f"{PREFIX}:unique:{key}"
+
+
+def concurrency(queue: str, task: str, key: Optional[str] = None) -> str:
+    """The run slots of a concurrency-limited task (per `key`, if given), hash-tagged with its queue."""
+    return f"{PREFIX}:{{{queue}}}:conc:{task}" + (f":{key}" if key is not None else "")
+
+
+def rate_bucket(task: str, key: Optional[str] = None) -> str:
+    """The cluster-wide rate limit of `task` (per `key`, if given): the next free start (ms). One per task
+    name, whichever queue its messages come from (a single-key script: any Cluster slot will do)."""
+    return f"{PREFIX}:rl:{task}" + (f":{key}" if key is not None else "")
 
 
 def check_queue(name: Any, where: str = "") -> str:

@@ -54,8 +54,12 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 NB = len(BUCKETS)
 KIND_TASK, KIND_DEAD = 0, 1
 
-# Layout of one entry's values (float64): counts per state, then run time buckets + sum, then wait buckets + sum.
-RUNTIME_AT = len(STATES)
+# Counted too, each a family of its own: deliveries after the first, and tasks over a rate or concurrency limit.
+REDELIVERED_AT = len(STATES)
+THROTTLED_AT = REDELIVERED_AT + 1
+# Layout of one entry's values (float64): counts per state, the two above, then run time buckets + sum, then
+# wait buckets + sum.
+RUNTIME_AT = THROTTLED_AT + 1
 WAIT_AT = RUNTIME_AT + NB + 1
 N_VALUES = WAIT_AT + NB + 1
 KEY_BYTES = 160                      # 2-byte length + msgpack [kind, label, label]
@@ -229,19 +233,25 @@ def task_families(snapshot: Dict[tuple, List[float]]) -> List[Any]:
                                  "Time from sending (or ETA) to start, by task and queue.", labels=["task", "queue"])
     dead = CounterMetricFamily("minique_dead_letters", "Messages this worker moved to the dead letters.",
                                labels=["queue", "reason"])
+    redelivered = CounterMetricFamily("minique_task_redeliveries", "Deliveries after a message's first (a lost "
+                                      "worker's, a requeue), by task and queue.", labels=["task", "queue"])
+    throttled = CounterMetricFamily("minique_tasks_throttled", "Tasks parked for a rate limit's reserved start "
+                                    "or a concurrency slot, by task and queue.", labels=["task", "queue"])
     for key in sorted(snapshot):
         values = snapshot[key]
         kind, a, b = key
         if kind == KIND_TASK:
             for i, state in enumerate(STATES):
                 tasks.add_metric([a, state, b], values[i])
+            redelivered.add_metric([a, b], values[REDELIVERED_AT])
+            throttled.add_metric([a, b], values[THROTTLED_AT])
             if sum(values[RUNTIME_AT:RUNTIME_AT + NB]):
                 _histogram(runtime, [a, b], values, RUNTIME_AT)
             if sum(values[WAIT_AT:WAIT_AT + NB]):
                 _histogram(wait, [a, b], values, WAIT_AT)
         elif kind == KIND_DEAD:
             dead.add_metric([a, b], values[0])
-    return [tasks, runtime, wait, dead]
+    return [tasks, runtime, wait, dead, redelivered, throttled]
 
 
 class WorkerCollector:
@@ -369,9 +379,14 @@ class ClusterCollector:
         interval = float(self.app.conf.worker_heartbeat_interval)
         now = time.time()
         pipe = self.app.broker_client.pipeline(transaction=False)
-        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG):
+        for key in (keys.WORKERS, keys.BEAT_LAST, keys.BEAT_LAG, keys.DEDUPLICATED):
             pipe.hgetall(key)
-        workers, last_runs, lags = pipe.execute()
+        workers, last_runs, lags, deduplicated = pipe.execute()
+        dedup = CounterMetricFamily("minique_tasks_deduplicated", "Sends of a unique task that gave the result "
+                                    "of the one waiting or running (no new task).", labels=["task"])
+        for name, n in sorted(deduplicated.items()):
+            dedup.add_metric([name.decode(errors="replace")], float(n))
+        yield dedup
         yield _per_entry("minique_beat_last_run_timestamp_seconds", "When each beat entry last ran (its slot, epoch).",
                          last_runs)
         yield _per_entry("minique_beat_lag_seconds", "How late each beat entry's last run was sent after its slot.",

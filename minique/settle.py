@@ -44,6 +44,7 @@ REVOKED = "revoked"
 EXPIRED = "expired"
 EARLY = "early"                      # its ETA is still ahead (a clock step): parked again
 THROTTLED = "throttled"              # over its cluster-wide rate limit: parked until its reserved start
+CONCURRENCY = "concurrency"          # every run slot of its concurrency limit taken: parked (by the acquire)
 # After the body ran (in the pool process):
 SUCCESS = "success"
 FAILURE = "failure"                  # an exception (a soft time limit, an unencodable result too)
@@ -60,7 +61,7 @@ TERMINATED = "terminated"            # revoke(terminate=True)
 SHUTDOWN = "shutdown"                # cut off by a cold shutdown
 
 PRE_RUN = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, STALE, REPLAYED, UNKNOWN_TASK, BAD_CONTENT,
-                     TOO_MANY_DELIVERIES, REVOKED, EXPIRED, EARLY, THROTTLED})
+                     TOO_MANY_DELIVERIES, REVOKED, EXPIRED, EARLY, THROTTLED, CONCURRENCY})
 # the message cannot (or must not) run: it goes to the dead letters whatever acks_late says
 _DEAD = frozenset({UNDECODABLE, MALFORMED, OVERSIZE, FORGED, STALE, REPLAYED, UNKNOWN_TASK, BAD_CONTENT,
                    TOO_MANY_DELIVERIES, INTERNAL})
@@ -111,6 +112,13 @@ class Settlement(NamedTuple):
     event: Optional[str] = None         # the task event to emit
 
 
+def releases(kind: str, s: Settlement) -> bool:
+    """Whether the task's run is over for good after this settlement, so what it holds (a unique key) is
+    released: not when it runs again (retry, requeue, resend, parked), nor for a message whose id is
+    unverified or whose original may still run (forged, stale, replayed)."""
+    return kind not in _SILENT and kind != CONCURRENCY and not (s.retry or s.requeue or s.resend or s.park)
+
+
 def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
     """The fate of a delivery that ended with `outcome`; `deliveries`: its earlier deliveries."""
     kind, value = outcome.kind, outcome.value
@@ -126,6 +134,8 @@ def settle(outcome: Outcome, policy: Policy, deliveries: int = 0) -> Settlement:
                           follow=FOLLOW_FAILURE, event="task-revoked")
     if kind == EARLY or kind == THROTTLED:
         return Settlement(ack=True, park=True)
+    if kind == CONCURRENCY:  # parked already, with its place among those waiting for a slot
+        return Settlement(ack=True, park=False, follow=None)
     if kind == SUCCESS:
         return Settlement(ack=late, state=None if policy.ignore_result else states.SUCCESS,
                           follow=FOLLOW_SUCCESS, event="task-succeeded")

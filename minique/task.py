@@ -1,10 +1,11 @@
 """A task: the user's function plus its options, and the ways to call it (Celery's API)."""
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, ParamSpec, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, ParamSpec, Tuple, Type, TypeVar, Union, cast
 
-from . import context, retry as retry_engine, states
+from . import context, loop, retry as retry_engine, states
 from .backend import format_traceback
 from .canvas import Replace, Signature, chunks, xmap, xstarmap
 from .exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
@@ -26,7 +27,8 @@ OPTION_DEFAULTS: Dict[str, Any] = {
     "autoretry_for": (), "retry_kwargs": None, "acks_late": None, "reject_on_worker_lost": None,
     "time_limit": None, "soft_time_limit": None, "expires": None, "rate_limit": None,
     "track_started": None, "store_errors_even_if_ignored": None, "typing": True, "routing_key": None,
-    "rate_limit_key": None,
+    "rate_limit_key": None, "unique": False, "unique_for": None, "unique_until": None,
+    "concurrency_limit": None, "concurrency_key": None,
 }
 
 
@@ -64,6 +66,11 @@ class Task(Generic[P, R]):
     expires: Any  # seconds from now, or a datetime
     rate_limit: Any  # "10/s", "100/m", ... or a number of tasks per second
     rate_limit_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key a cluster limit counts per
+    concurrency_limit: Optional[int]  # at most this many runs at once, across workers (worker/concurrency.py)
+    concurrency_key: Optional[Callable[[Any, Any], Any]]  # (args, kwargs) -> the key the limit counts per
+    unique: bool                  # a second send while one waits or runs gives the first's result (unique.py)
+    unique_for: Optional[float]   # seconds a unique key holds at most
+    unique_until: Optional[str]   # "finished" (default) or "started": when the key is released
     track_started: Optional[bool]
     store_errors_even_if_ignored: Optional[bool]
     typing: bool
@@ -84,6 +91,7 @@ class Task(Generic[P, R]):
         if module is not None:
             self.__module__ = module
         self.__wrapped__ = fun
+        self.is_async = inspect.iscoroutinefunction(fun)  # its body runs on the process's loop (minique/loop.py)
         cls = type(self)  # a base class's attributes (Celery's task classes) are its tasks' defaults
         for key, default in OPTION_DEFAULTS.items():
             setattr(self, key, options[key] if key in options else getattr(cls, key, default))
@@ -152,6 +160,8 @@ class Task(Generic[P, R]):
             run = hooks.run(task_id, args, kwargs)  # None: no hooks, no task signal connected
             try:
                 value = self(*args, **kwargs) if run is None else run.body()
+                if self.is_async:
+                    value = loop.run(cast(Any, value))
                 if run is not None:
                     run.succeeded(value)
                 return EagerResult(task_id, value, states.SUCCESS, app=self.app)
@@ -201,16 +211,16 @@ class Task(Generic[P, R]):
 
     # --- canvas -------------------------------------------------------------------------------------
     def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
-                  **options: Any) -> Signature:
+                  **options: Any) -> Signature[R]:
         return Signature(self.name, args, kwargs, options, app=self.app,
                          immutable=options.pop("immutable", False))
 
     subtask = signature
 
-    def s(self, *args: Any, **kwargs: Any) -> Signature:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         return self.signature(args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         return self.signature(args, kwargs, immutable=True)
 
     def map(self, it: Iterable[Any]) -> Any:

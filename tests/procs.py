@@ -7,6 +7,7 @@ test can kill a whole worker (parent and children) at once. Readiness is an even
 from __future__ import annotations
 
 import enum
+import importlib
 import os
 import signal
 import subprocess
@@ -20,21 +21,21 @@ import redis
 APPS = Path(__file__).parent / "apps"
 
 
-def import_testapp(monkeypatch, url: str):
-    """tests/apps/testapp.py imported fresh in this process (the client side), pointed at `url`."""
+def import_testapp(monkeypatch, url: str, module: str = "testapp"):
+    """tests/apps/testapp.py (or another app `module` there) imported fresh in this process (the client
+    side), pointed at `url`."""
     monkeypatch.setenv("MINIQUE_BROKER_URL", url)
     monkeypatch.delenv("MINIQUE_RESULT_BACKEND", raising=False)
     monkeypatch.syspath_prepend(str(APPS))
-    sys.modules.pop("testapp", None)
-    import testapp
-    return testapp
+    sys.modules.pop(module, None)
+    return importlib.import_module(module)
 
 
 def drop_testapp(testapp) -> None:
     """Undo import_testapp: close the app's connections and forget the module (None: nothing to do)."""
     if testapp is not None:
         testapp.app.close()
-    sys.modules.pop("testapp", None)
+        sys.modules.pop(testapp.__name__, None)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):

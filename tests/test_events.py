@@ -339,3 +339,17 @@ def test_metrics_regions_survive_a_new_writer_and_overflow():
     snap = table.snapshot()
     assert snap[(0, OVERFLOW, OVERFLOW)][0] == 12  # the label sets that did not fit
     assert sum(v[0] for k, v in snap.items() if k[0] == 0) == CAPACITY + 10
+
+
+def test_a_task_waiting_for_its_rate_limit_or_a_slot_shows_as_waiting_with_the_reason():
+    """task-throttled (a rate limit's reserved start, or a concurrency slot): WAITING, with when it runs
+    next and why; the next delivery (task-received) takes it back to RECEIVED."""
+    index = TaskIndex()
+    base = {"uuid": "t1", "name": "proj.call_api", "queue": "default", "retries": 0, "hostname": "w1"}
+    index.apply([dict(base, type="task-received", ts=1.0),
+                 dict(base, type="task-throttled", ts=1.1, eta=5.0, reason="rate limit 10/m")])
+    rec = index.tasks["t1"]
+    assert (rec["state"], rec["next_run"], rec["waiting_for"]) == ("WAITING", 5.0, "rate limit 10/m")
+    index.apply([dict(base, type="task-received", ts=5.0), dict(base, type="task-started", ts=5.1)])
+    rec = index.tasks["t1"]
+    assert rec["state"] == "STARTED" and "next_run" not in rec and "waiting_for" not in rec

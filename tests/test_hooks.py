@@ -1,5 +1,7 @@
 """Task hooks and task signals in eager mode (Task.apply), the hooks found per task class, async def
 refused, ExceptionInfo, headers as request attributes. Through real workers: tests/test_hooks_worker.py."""
+import asyncio
+
 import pytest
 
 from minique import Minique, Task, signals
@@ -211,15 +213,28 @@ def test_eager_retry_signal(app, received):
     assert isinstance(retry["einfo"], ExceptionInfo) and received[2][2]["state"] == "RETRY"
 
 
-def test_async_def_is_refused_at_decoration(app):
-    async def coro():
-        return 1
+def test_async_def_tasks_run_eagerly_with_their_hooks_and_async_generators_are_refused(app):
+    """(Until the asyncio work an async def was refused; now its coroutine runs on the thread's loop,
+    minique/loop.py, eagerly as in a worker: tests/test_async_tasks.py.)"""
+    seen = []
 
-    with pytest.raises(ConfigurationError, match="async def"):
-        app.task(coro)
-    with pytest.raises(ConfigurationError, match="async def"):
-        app.task(name="x")(coro)
-    assert "x" not in app.tasks
+    class Hooked(Task):
+        def on_success(self, retval, task_id, args, kwargs):
+            seen.append(retval)
+
+    @app.task(base=Hooked)
+    async def double(x):
+        await asyncio.sleep(0)
+        return 2 * x
+
+    assert double.is_async and double.apply((21,)).get() == 42 and seen == [42]
+
+    async def agen():
+        yield 1
+
+    with pytest.raises(ConfigurationError, match="async generator"):
+        app.task(name="g")(agen)
+    assert "g" not in app.tasks
 
 
 def test_request_headers_are_attributes_too():

@@ -249,3 +249,21 @@ def test_health_rules(stalled, stopping, members, probe, expected):
                              _unreachable_since=None)
     health = Telemetry.health(SimpleNamespace(worker=worker), probe)
     assert health[0] == expected[0] and health[1].startswith(expected[1][:30])
+
+
+def test_redeliveries_and_throttled_tasks_are_counted(procs, client_app, redis_client):
+    """minique_task_redeliveries_total: a message delivered again (here: rejected with requeue once);
+    minique_tasks_throttled_total: tasks parked for their rate limit's reserved start. (acks_late: a
+    requeue puts the held message back, one more delivery; with an early ack it is sent anew.)"""
+    import json
+    port = free_port()
+    procs.worker("--metrics-port", str(port), "-c", "1", settings=json.dumps({"task_acks_late": True}))
+    wait_for(lambda: _up(port), 10, "the metrics endpoint")
+    again = client_app.reject_requeue_once.delay("m:rq")
+    assert again.get(timeout=10) is not None
+    client_app.app.control.rate_limit("testapp.add", "4/s", reply=True, timeout=2)
+    assert [r.get(timeout=10) for r in [client_app.add.delay(i, i) for i in range(3)]] == [0, 2, 4]
+    m = scrape(port)
+    assert value(m, "minique_task_redeliveries_total", task="testapp.reject_requeue_once", queue="default") == 1
+    assert value(m, "minique_task_redeliveries_total", task="testapp.add", queue="default") == 0
+    assert value(m, "minique_tasks_throttled_total", task="testapp.add", queue="default") == 2

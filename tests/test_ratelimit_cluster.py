@@ -22,18 +22,17 @@ def starts(redis_client, key):
 
 
 def test_reservations_are_spaced_across_limiters_and_per_key(redis_client):
-    """Two limiters (two processes, or two hosts) share one bucket per task and queue (and key)."""
+    """Two limiters (two processes, or two hosts) share one bucket per task (and key)."""
     table = RateLimitTable()
     table.write({"t": 0.5})  # 2/s
     one, two = RateLimiter(table, client=redis_client), RateLimiter(table, client=redis_client)
-    assert one.reserve("t", "q") is None              # the first start is due now
-    later = [two.reserve("t", "q"), one.reserve("t", "q"), two.reserve("t", "q")]
+    assert one.reserve("t") is None              # the first start is due now
+    later = [two.reserve("t"), one.reserve("t"), two.reserve("t")]
     assert all(at is not None for at in later)
     assert [round(b - a, 3) for a, b in zip(later, later[1:])] == [0.5, 0.5]
-    assert one.reserve("t", "q", key="acme") is None    # another key, another bucket
-    assert one.reserve("t", "other-queue") is None      # (the bucket is hash-tagged with the queue)
-    assert one.reserve("unlimited", "q") is None
-    assert redis_client.pttl("minique:{q}:rl:t") > 1000  # it expires once the reservations are past
+    assert one.reserve("t", key="acme") is None    # another key, another bucket
+    assert one.reserve("unlimited") is None
+    assert redis_client.pttl("minique:rl:t") > 1000  # it expires once the reservations are past
 
 
 def test_one_limit_across_two_workers_without_sleeping(procs, client, redis_client):
@@ -77,4 +76,18 @@ def test_the_worker_scope_keeps_celerys_per_worker_limit(procs, client, redis_cl
     times = [t for _, t in starts(redis_client, "rl:w")]
     assert all(y - x >= 0.2 - 0.05 for x, y in zip(times, times[1:])), times
     assert redis_client.zcard("minique:{default}:delayed") == 0
-    assert not redis_client.exists("minique:{default}:rl:rlapp.limited")
+    assert not redis_client.exists("minique:rl:rlapp.limited")
+
+
+def test_a_limit_far_above_the_rate_reserves_starts_in_batches(redis_client):
+    """1,000,000/s: starts 1 µs apart are reserved 64 at a time (GRANT_SPAN), so a limited task does not cost
+    a round trip each; all may start at once. A limit of 2/s still reserves one start at a time."""
+    table = RateLimitTable()
+    table.write({"fast": 1e-6, "slow": 0.5})
+    lim = RateLimiter(table, client=redis_client)
+    assert all(lim.reserve("fast") is None for _ in range(100))
+    assert 0 < len(lim.grants[("fast", None)]) < 64
+    free = int(redis_client.get("minique:rl:fast"))
+    assert all(lim.reserve("fast") is None for _ in range(len(lim.grants[("fast", None)])))
+    assert int(redis_client.get("minique:rl:fast")) == free  # those came from the batch: no round trip
+    assert lim.reserve("slow") is None and ("slow", None) not in lim.grants

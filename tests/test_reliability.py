@@ -329,6 +329,24 @@ def test_redis_killed_and_restarted_under_load(fresh_redis, fresh_app, tmp_path,
 # --- 4b. a fetch whose reply never arrived ----------------------------------------------------------
 
 @pytest.mark.timeout(30)
+def test_cold_shutdown_with_redis_gone_ends_the_worker(fresh_redis, tmp_path):
+    """Redis stops, then SIGTERM twice: the worker parent ends (it used to wait on Redis forever, retrying
+    the return of its pool processes' messages). What they held is left pending, to be redelivered after
+    visibility_timeout like a dead worker's; the parent says so."""
+    procs = Processes(tmp_path, fresh_redis.url())
+    try:
+        worker = procs.worker("-c", "2")
+        fresh_redis.kill()
+        worker.signal(signal.SIGTERM)
+        wait_for(lambda: "Warm shutdown" in worker.log(), 10, "the warm shutdown")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(60) == 0  # bounded by one Redis call's client retries (~9 s), not by Redis
+        log = worker.log()
+        assert "Cold shutdown" in log and "stops without its worker-offline event" in log
+    finally:
+        procs.close()
+
+
 def test_message_delivered_to_a_live_consumer_that_never_saw_it_is_given_back(procs, client_app, redis_client):
     """Redis recorded a delivery to a live consumer but the reply was lost (a connection cut, a client
     retrying the read): the parent keeps renewing the claim, so only the consumer itself can notice."""

@@ -34,6 +34,7 @@ TABLE = [
     (fate.EXPIRED,             ANY,  ANY,  ANY, "ack",     states.REVOKED),
     (fate.EARLY,               ANY,  ANY,  ANY, "park",    None),             # minique: ETAs wait in the delayed set, not in the worker
     (fate.THROTTLED,           ANY,  ANY,  ANY, "park",    None),             # minique: Celery sleeps in the worker (per worker)
+    (fate.CONCURRENCY,         ANY,  ANY,  ANY, "ack",     None),             # minique (parked by its acquire; no Celery equivalent)
     # --- after the body ran (pool process) -----------------------------------------------------------
     (fate.SUCCESS,             False, ANY, ANY, "-",       states.SUCCESS),
     (fate.SUCCESS,             True,  ANY, ANY, "ack",     states.SUCCESS),
@@ -115,7 +116,7 @@ def test_every_outcome_under_every_policy(kind, late, aofot, rowl):
     s = settle(Outcome(kind, value_of(kind), "why"), policy, deliveries=0)
     assert (what(s), s.state) == (message, state)
     if s.requeue or kind in (fate.FORGED, fate.STALE, fate.REPLAYED, fate.INTERNAL, fate.EARLY, fate.THROTTLED,
-                             fate.IGNORE, fate.RETRY):
+                             fate.CONCURRENCY, fate.IGNORE, fate.RETRY):
         assert s.follow is None  # it runs again, or must not (or need not) tell anything downstream
     elif kind == fate.SUCCESS or kind == fate.REPLACE:
         assert s.follow == FOLLOWS[kind]

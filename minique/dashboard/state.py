@@ -37,13 +37,13 @@ log = logging.getLogger("minique.dashboard")
 
 STATE_OF = {"task-received": states.RECEIVED, "task-started": states.STARTED, "task-retried": states.RETRY,
             "task-succeeded": states.SUCCESS, "task-failed": states.FAILURE, "task-revoked": states.REVOKED,
-            "task-rejected": states.REJECTED}
+            "task-rejected": states.REJECTED, "task-throttled": "WAITING"}
 # Within one delivery (same `retries`), later phases win; a later delivery (more retries) wins over earlier ones.
 RANK = {"task-received": 1, "task-started": 2, "task-retried": 3, "task-succeeded": 4, "task-failed": 4,
-        "task-revoked": 4, "task-rejected": 4}
+        "task-revoked": 4, "task-rejected": 4, "task-throttled": 1}
 TIME_FIELD = {"task-received": "received", "task-started": "started", "task-retried": "retried",
               "task-succeeded": "succeeded", "task-failed": "failed", "task-revoked": "revoked",
-              "task-rejected": "rejected"}
+              "task-rejected": "rejected", "task-throttled": "throttled"}
 COPY = ("name", "queue", "root_id", "parent_id", "group_id", "args", "kwargs", "exception", "reason", "runtime",
         "sent_at", "eta", "expires", "priority", "pid")
 HISTORY = 30  # events kept per task
@@ -83,13 +83,16 @@ class TaskIndex:
         if retries is None:
             retries = rec["retries"]
         rank = (retries, RANK.get(kind, 0))
-        if kind == "task-retried":  # its eta is when the retry runs, not this delivery's
-            ev = dict(ev)
+        if kind == "task-retried" or kind == "task-throttled":  # its eta: when it runs next (a retry, or
+            ev = dict(ev)                                           # a start reserved under a rate limit)
             next_run = ev.pop("eta", None)
             if rank >= rec["rank"]:
                 rec["next_run"] = next_run
-        elif rank > rec["rank"] and kind in STATE_OF:
+                if kind == "task-throttled":
+                    rec["waiting_for"] = ev.get("reason")
+        elif kind in STATE_OF and (rank > rec["rank"] or rec.get("state") == "WAITING" and rank >= rec["rank"]):
             rec.pop("next_run", None)  # a later delivery (the retry itself) or this one's outcome
+            rec.pop("waiting_for", None)
         for field in COPY:
             value = ev.get(field)
             if value is not None and (field not in rec or rank >= rec["rank"] or rec.get(field) is None):

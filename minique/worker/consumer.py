@@ -63,6 +63,7 @@ class Consumer:
         self._stale_after = float(app.broker.visibility_timeout) / 2
         self.fetch_ahead = fetch_ahead  # False (-O fair): take a message only when free, never one ahead
         self.processed = 0
+        self.paused: frozenset = frozenset()         # this consumer's queues that are paused (load_paused)
         self._report = Once(log)                     # errors of the loop itself, logged once per kind
 
     # --- process integration ------------------------------------------------------------------------
@@ -131,6 +132,9 @@ class Consumer:
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                     outbox.buffer.appendleft(delivery)
                     raise
+                if self.paused and delivery.queue in self.paused:  # reserved before its queue was paused:
+                    self.app.broker.requeue(delivery, redelivered=False, pipe=outbox.broker)  # given back
+                    continue
                 try:
                     self.executor.handle(delivery)
                 except NotStarted:
@@ -251,6 +255,7 @@ class Consumer:
     def load_paused(self) -> None:
         """Fetch only from the queues not paused (what this process holds stays in hand and runs)."""
         paused = {q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)}
+        self.paused = frozenset(q for q in self.queues if q in paused)
         self.outbox.queues = [q for q in self.queues if q not in paused]
 
 

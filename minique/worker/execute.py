@@ -24,7 +24,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
 
 import redis
 
-from .. import canvas, caps, context, keys, replay, retry as retry_engine, settle as fate, states
+from .. import canvas, caps, context, keys, loop, replay, retry as retry_engine, settle as fate, states, unique
 from ..backend import format_traceback
 from ..brokers import Delivery
 from ..events import short_repr
@@ -43,6 +43,7 @@ from ..exceptions import (
 )
 from ..lua import Scripts
 from ..message import Message, decode, peek_id
+from ..metrics import REDELIVERED_AT, THROTTLED_AT
 from ..settle import Outcome, Policy, Settlement, settle
 from ..signals import (
     task_failure,
@@ -58,6 +59,7 @@ from ..signals import (
 )
 from ..signing import sign, verify
 from ..trace import Hooks, Run, send_internal_error
+from . import concurrency
 from .outbox import NotStarted, Outbox
 from .ratelimit import KEY_HEADER, RESERVED
 
@@ -82,6 +84,7 @@ class Job(NamedTuple):
     result_id: Optional[str] = None   # the id whose result may be written (None: unverified, or unknown)
     run: Any = None                   # trace.Run: hooks or task signals to call (None: a plain run)
     extra: Optional[Dict[str, Any]] = None  # stored with the result: children, result_extended's fields
+    slot: Any = None                  # concurrency.Slot this run holds (released when the run is over)
 
 
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
@@ -175,6 +178,8 @@ class Executor:
                 return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
             if self.events is not None:
                 self.events.received(msg, data)
+                if delivery.deliveries and self.events.recorder is not None:
+                    self.events.recorder.count(REDELIVERED_AT, msg.task, msg.queue)
             if task_received.receivers:
                 task_received.send(sender=self.consumer, request=self._request(
                     delivery, msg, args, kwargs, msg.time_limit or hard, msg.soft_time_limit or soft))
@@ -187,6 +192,12 @@ class Executor:
                     if at is not None:
                         return self._record(job._replace(msg=self._parked(msg, at)), Outcome(
                             fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
+            if task.concurrency_limit:  # all its run slots taken: parked until one is free (worker/concurrency.py)
+                job = job._replace(slot=concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs))
+                due = self._acquire(job, msg.time_limit or hard)
+                if due is not None:
+                    return self._record(job._replace(slot=None, msg=msg._replace(eta=due)), Outcome(
+                        fate.CONCURRENCY, reason=f"concurrency limit {task.concurrency_limit}"))
             if self.max_age is not None:
                 holder = self._claim(delivery, msg)
                 if holder is not None:
@@ -227,6 +238,8 @@ class Executor:
         """Cluster-wide rate limit: None to run now, else the start reserved for this task (the message
         is parked until then). A message that comes back at the start it reserved runs without asking."""
         assert self.limiter is not None
+        if not self.limiter.interval(msg.task):  # (most tasks: no limit)
+            return None
         headers = msg.headers
         if headers and msg.eta is not None and headers.get(RESERVED) == msg.eta:
             return None
@@ -234,7 +247,18 @@ class Executor:
         if key is None and task.rate_limit_key is not None:
             key = task.rate_limit_key(args, kwargs)
         try:
-            return self.limiter.reserve(msg.task, msg.queue, None if key is None else str(key))
+            return self.limiter.reserve(msg.task, None if key is None else str(key))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
+
+    def _acquire(self, job: Job, hard: Optional[float]) -> Optional[float]:
+        """Take a run slot (None), or park the message among those waiting for one (the time it is due)."""
+        msg, delivery = job.msg, job.delivery
+        assert msg is not None and job.slot is not None
+        lease = max(float(self.app.broker.visibility_timeout), float(hard or 0.0)) + 1.0
+        try:
+            return concurrency.acquire(self.app.broker_client, job.slot, msg.id, int(job.task.concurrency_limit),
+                                       lease, str(delivery.priority).encode() + delivery.data)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
 
@@ -264,6 +288,8 @@ class Executor:
             outbox.slot.begin(msg, delivery, hard or 0.0, acks_late)
         if not acks_late:
             self.app.broker.ack(outbox.broker, delivery)
+        if msg.headers and msg.headers.get(unique.UNTIL_HEADER) == "started":  # released as it starts
+            unique.release(outbox.broker, str(msg.headers.get(unique.HEADER)), msg.id)
         if track and not msg.ignore_result:
             started_extra = {"hostname": self.hostname, "pid": os.getpid()}
             if self.extended:
@@ -275,9 +301,10 @@ class Executor:
         outbox.before_body(bool(soft))
         context.push(lambda: self._request(delivery, msg, args, kwargs, hard, soft))  # built if asked for
         started = time.monotonic()
-        if soft and self.use_alarm:
+        alarm = bool(soft and self.use_alarm and not task.is_async)  # (an async body's limit: loop.run's timer)
+        if alarm:
             self._soft_armed = True
-            signal.setitimer(signal.ITIMER_REAL, soft)
+            signal.setitimer(signal.ITIMER_REAL, soft or 0.0)
         self._in_body = True
         error: Optional[BaseException] = None
         try:
@@ -285,10 +312,12 @@ class Executor:
                 value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
             else:
                 value = run.body()
+            if task.is_async:  # an async def: the coroutine runs on this process's loop
+                value = loop.run(value, soft)
         except BaseException as exc:  # noqa: BLE001 - every outcome is recorded, none escapes
             error = exc
         self._in_body = False
-        if soft and self.use_alarm:
+        if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
         if run is None:
@@ -335,6 +364,12 @@ class Executor:
                 self.backend.write_meta(outbox.backend, msg.id, states.SUCCESS, encoded)
             if msg.links or msg.chain or msg.chord:
                 self._on_success(job, value)
+            if msg.headers:
+                key = msg.headers.get(unique.HEADER)
+                if key is not None:  # a unique task's key: the next send may claim it (unique.py)
+                    unique.release(outbox.broker, str(key), msg.id)
+            if job.slot is not None:  # its concurrency slot: the first one waiting runs now
+                concurrency.release(outbox.broker, job.slot, msg.id)
             if settlement.ack:
                 self.app.broker.ack(outbox.broker, job.delivery)
         except _PASS:
@@ -547,6 +582,13 @@ class Executor:
                 self._propagate_failure(msg, result)
             elif s.follow == fate.FOLLOW_REPLACE:
                 self._replace(msg, outcome.value.sig)
+            if fate.releases(outcome.kind, s):
+                if msg.headers:
+                    key = msg.headers.get(unique.HEADER)
+                    if key is not None:
+                        unique.release(outbox.broker, str(key), msg.id)
+                if job.slot is not None:
+                    concurrency.release(outbox.broker, job.slot, msg.id)
         outbox.apply(job.delivery, s, msg.id if msg is not None else peek_id(job.delivery.data), self.hostname)
 
     def _tell(self, job: Job, outcome: Outcome, s: Settlement) -> None:
@@ -576,7 +618,15 @@ class Executor:
                             dead=s.dead_letter is not None)
             log.warning("Task %s[%s] %s (%s)", msg.task, msg.id, reason,
                         "requeued" if s.requeue or s.resend else "dead-lettered", extra=_fields(msg, "rejected"))
+        elif kind == fate.CONCURRENCY:
+            self._count_throttled(msg)
+            if events is not None:
+                events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
+                           eta=msg.eta, reason=outcome.reason)
+            log.info("Task %s[%s] waits for a run slot (%s)", msg.task, msg.id, outcome.reason,
+                     extra=_fields(msg, "waiting"))
         elif kind == fate.THROTTLED:
+            self._count_throttled(msg)
             at = msg.eta or 0.0
             if events is not None:
                 events.raw("task-throttled", uuid=msg.id, name=msg.task, queue=msg.queue, hostname=self.hostname,
@@ -593,6 +643,10 @@ class Executor:
                 events.task("task-failed", msg, exception=shown)
             log.error("Task %s[%s] raised %s%s", msg.task, msg.id, shown,
                       f"; dead-lettered: {s.dead_letter}" if s.dead_letter else "", extra=_fields(msg, "failed"))
+
+    def _count_throttled(self, msg: Message) -> None:
+        if self.events is not None and self.events.recorder is not None:
+            self.events.recorder.count(THROTTLED_AT, msg.task, msg.queue)
 
     def _send_retry(self, msg: Message, exc: Retry) -> None:
         new = retry_engine.next_message(msg, exc.when, getattr(exc, "args_override", None),
@@ -659,12 +713,24 @@ class Executor:
         if delivery is None:  # acked already (early ack): nothing left to ack, requeue or dead-letter
             policy = policy._replace(acks_late=False)
         msg = self._decoded(Delivery(data, "", 0, 0, None)) if data is not None else None
-        job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id)
+        job = Job(delivery or Delivery(data or b"", "", 0, 0, None), msg, task, policy, task_id,
+                  slot=self._slot_held(task, msg))
         settlement = self._settle(outcome, policy, delivery.deliveries if delivery is not None else 0)
         self._write(job, outcome, settlement)
         if msg is not None and task is not None:
             self._lost_announced(job, outcome, settlement)
         return settlement
+
+    def _slot_held(self, task: Any, msg: Optional[Message]) -> Any:
+        """The concurrency slot a lost task held (its limit's keys come from its arguments), or None."""
+        if msg is None or task is None or not task.concurrency_limit:
+            return None
+        try:
+            args, kwargs = msg.args_kwargs(self.accept)
+            return concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs)
+        except Exception:  # noqa: BLE001 - its lease still ends the slot
+            log.warning("could not find the concurrency slot of lost task %s; it ends with its lease", msg.id)
+            return None
 
     def _lost_announced(self, job: Job, outcome: Outcome, s: Settlement) -> None:
         """As Celery's parent does: on_failure and task_failure for a task lost or killed at its time

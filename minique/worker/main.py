@@ -295,10 +295,10 @@ class Worker:
                     if self.autoscaler is not None and time.monotonic() - self._scaled_at >= AUTOSCALE_EVERY:
                         self._upkeep("autoscale", self._autoscale)
                     self._upkeep("refill", self._refill)
-                if self._unreachable_since is not None:
-                    log.warning("Redis reachable again from the worker parent (after %.1fs)",
-                                now - self._unreachable_since)
-                    self._unreachable_since = None
+                    if self._unreachable_since is not None:  # (only a turn that used Redis can tell)
+                        log.warning("Redis reachable again from the worker parent (after %.1fs)",
+                                    now - self._unreachable_since)
+                        self._unreachable_since = None
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 if self._unreachable_since is None:  # once per outage, not every tick
                     self._unreachable_since = now
@@ -312,7 +312,13 @@ class Worker:
                     self.stopping = "cold"
             if self.stopping == "cold":
                 self.pool.kill_all()
-            if self.stopping and not self.pool.members:
+                if self._ended and self._unreachable_since is not None:
+                    # a cold shutdown does not wait for Redis: what the ended processes held stays
+                    # pending, and is redelivered after visibility_timeout (as a dead worker's)
+                    log.error("Redis unreachable: the messages of %d ended pool process(es) are left for "
+                              "redelivery after visibility_timeout", len(self._ended))
+                    self._ended.clear()
+            if self.stopping and not self.pool.members and not self._ended:
                 break
             self.wake.wait(TICK)
             self.wake.clear()
@@ -419,15 +425,21 @@ class Worker:
         if self._retrying(ack) is None:
             log.error("could not ack the tasks %s had started; they may run again", member.name)
 
-    @staticmethod
-    def _retrying(call: Any) -> Any:
-        """call() until Redis answers (5 s at most); None if it never did."""
-        for _ in range(50):
+    def _retrying(self, call: Any) -> Any:
+        """call() until Redis answers, for 5 s (a call itself may take its client's retries longer); None if
+        it never did. In a cold shutdown, one call: the worker stops now, whatever Redis does."""
+        if self.stopping == "cold" and self._unreachable_since is not None:
+            return None
+        deadline = time.monotonic() + 5.0
+        while True:
             try:
                 return call()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if self.stopping == "cold" or time.monotonic() >= deadline:
+                    if self._unreachable_since is None:
+                        self._unreachable_since = time.time()
+                    return None
                 time.sleep(0.1)
-        return None
 
     def _handle_lost(self, member: Member, record: Running, was_running: bool, how: str) -> None:
         """A pool process ended holding a task: settle() says whether it is redelivered or failed."""
@@ -579,13 +591,18 @@ class Worker:
             self.telemetry.heartbeat(info)
 
     def _finish(self) -> None:
+        if self._unreachable_since is not None:  # the goodbye writes would only wait out the client's retries
+            log.warning("Redis unreachable: worker %s stops without its worker-offline event", self.hostname)
+            if self.telemetry is not None:
+                self.telemetry.send_offline = False
         if self.observer is not None:
             self.observer.stop()
         if self.beat is not None:
             self.beat.stop()
             self.beat_thread.join(timeout=5)
         try:
-            self.app.broker_client.hdel(keys.WORKERS, self.hostname)
+            if self._unreachable_since is None:
+                self.app.broker_client.hdel(keys.WORKERS, self.hostname)
         except redis.exceptions.RedisError:
             pass
         log.info("worker %s stopped", self.hostname)

@@ -43,6 +43,7 @@ class Telemetry:
         self.parent = Events(worker.hostname, send=worker.send_events, recorder=self.table.recorder(n))
         self.server: Any = None
         self.health_server: Any = None
+        self.send_offline = True  # (the worker turns it off when it stops with Redis unreachable)
 
     # --- pool processes -----------------------------------------------------------------------------
     def events_for(self, slot: Any) -> Any:
@@ -167,7 +168,8 @@ class Telemetry:
             log.debug("could not send the event of lost task %s: %s", task_id, err)
 
     def close(self) -> None:
-        self.offline()
+        if self.send_offline:
+            self.offline()
         for server in (self.server, self.health_server):
             if server is not None:
                 server.stop()
@@ -299,9 +301,28 @@ class Observer:
                 if not request:
                     continue
                 request["delivery_info"] = {"queue": q, "priority": int(chr(member[0])) if member[:1].isdigit() else 0}
-                out.append({"eta": score / 1000.0, "priority": request["delivery_info"]["priority"],
-                            "request": request})
+                entry = {"eta": score / 1000.0, "priority": request["delivery_info"]["priority"], "request": request}
+                waiting_for = self._waiting_for(member[1:], score)
+                if waiting_for:
+                    entry["waiting_for"] = waiting_for
+                out.append(entry)
         return out
+
+    def _waiting_for(self, data: bytes, score: float) -> Optional[str]:
+        """Why a delayed message waits, when it is not its own ETA: a rate limit's reserved start (the
+        header it was parked with), or a concurrency slot (a limited task due before its message's ETA)."""
+        from ..message import decode
+        from .ratelimit import RESERVED
+        try:
+            msg = decode(data)
+        except Exception:  # noqa: BLE001 - shown as it is by _describe
+            return None
+        if msg.headers and msg.headers.get(RESERVED) is not None:
+            return "its rate limit's reserved start"
+        task = self.worker.app.tasks.get(msg.task)
+        if task is not None and task.concurrency_limit and (msg.eta is None or msg.eta * 1000 < score - 1):
+            return "a concurrency slot"
+        return None
 
     def _stats(self, args: dict) -> dict:
         w = self.worker

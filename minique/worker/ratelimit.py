@@ -2,8 +2,8 @@
 
 `worker_rate_limit_scope = "cluster"` (the default): a task's limit holds across every worker and
 host. Before a limited task runs, its pool process reserves the task's next start in Redis
-(`ratelimit_lua/reserve.lua`: starts at least 1/rate apart, per task name, and per
-`rate_limit_key` when one is given). A start that is due now runs; a later one is the task's own:
+(`ratelimit_lua/reserve.lua`: starts at least 1/rate apart, per task name whatever its queue, and
+per `rate_limit_key` when one is given). A start that is due now runs; a later one is the task's own:
 the message is parked in the delayed set until then (settle's THROTTLED) and runs when it comes
 back, without asking again. No process sleeps holding a task, and other tasks are not held up.
 
@@ -21,8 +21,9 @@ import logging
 import mmap
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 from .. import keys, serializers
 from ..lua import Scripts
@@ -31,6 +32,10 @@ from .seqlock import SeqLock
 log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "ratelimit_lua")
 SCOPES = ("cluster", "worker")
+GRANT_SPAN = 0.01   # starts closer together than this (a limit far above the rate) are reserved in batches
+GRANT_MAX = 64      # ... of at most this many
+GRANT_FRESH = 0.01  # seconds a start reserved ahead may be late and still be used
+GRANT_EARLY = 0.001  # ... or early (rather than parking a task for less than this)
 RESERVED = "rate_limit_at"  # header of a parked message: the start it reserved (equal to its ETA)
 KEY_HEADER = "rate_limit_key"  # header: the key a limit is counted per (apply_async(rate_limit_key=...))
 
@@ -107,6 +112,7 @@ class RateLimiter:
         self.seen = -1
         self.intervals: Dict[str, float] = {}
         self.next_at: Dict[str, float] = {}
+        self.grants: Dict[Tuple[str, Optional[str]], Deque[float]] = {}  # cluster scope: starts reserved ahead
 
     def interval(self, name: str) -> Optional[float]:
         """Seconds between starts of task `name` (None: not limited), from the shared table."""
@@ -117,15 +123,27 @@ class RateLimiter:
                 self.seen, self.intervals = seq, table
         return self.intervals.get(name)
 
-    def reserve(self, name: str, queue: str, key: Optional[str] = None) -> Optional[float]:
+    def reserve(self, name: str, key: Optional[str] = None) -> Optional[float]:
         """Cluster scope: None when task `name` may start now, else the start (epoch s, Redis's clock)
-        reserved for it. One round trip, for limited tasks only."""
+        reserved for it. A round trip for limited tasks only, and not for each of them when the limit is
+        far above the rate: starts less than GRANT_SPAN apart are reserved several at once and used here
+        while fresh (a start not used in time is left unused: the limit is never exceeded by it)."""
         interval = self.interval(name)
         if not interval:
             return None
-        start, now = SCRIPTS(self.client, "reserve", [keys.rate_bucket(queue, name, key)],
-                             [max(1, round(interval * 1000))])
-        return None if int(start) <= int(now) else int(start) / 1000.0
+        now = time.time()
+        held = self.grants.get((name, key))
+        while held:
+            start = held.popleft()
+            if start >= now - GRANT_FRESH:
+                return None if start <= now + GRANT_EARLY else start
+        count = max(1, min(GRANT_MAX, int(GRANT_SPAN / interval)))
+        first, server_now = SCRIPTS(self.client, "reserve", [keys.rate_bucket(name, key)],
+                                    [max(1, round(interval * 1_000_000)), count])
+        first_s = int(first) / 1_000_000
+        if count > 1:
+            self.grants[(name, key)] = deque(first_s + i * interval for i in range(1, count))
+        return None if int(first) <= int(server_now) else first_s
 
     def acquire(self, name: str, batch: Any = None, before_wait: Optional[Callable[[], None]] = None) -> None:
         """Worker scope: wait until task `name` may start in this process. Before a wait, `before_wait()`

@@ -6,21 +6,14 @@ HOOKSAPP_SETUP_LOGGING=1 connects a setup_logging receiver (minique then configu
 import json
 import os
 
-import redis
+from bookkeeping import store_for
 
 from minique import Minique, Task, signals
 
 app = Minique("hooksapp", include=["hooksapp"])
 app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
 LOG = "hooks:log"
-_store = None
-
-
-def store():
-    global _store
-    if _store is None or _store.connection_pool.pid != os.getpid():
-        _store = redis.Redis.from_url(app.conf.broker_url)
-    return _store
+store = store_for(app)
 
 
 def note(kind, **fields):

@@ -6,20 +6,13 @@ import json
 import os
 import time
 
-import redis
+from bookkeeping import store_for
 
 from minique import Minique, Task, group
 
 app = Minique("resultsapp", include=["resultsapp"])
 app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
-_store = None
-
-
-def store():
-    global _store
-    if _store is None or _store.connection_pool.pid != os.getpid():
-        _store = redis.Redis.from_url(app.conf.broker_url)
-    return _store
+store = store_for(app)
 
 
 @app.task

@@ -34,8 +34,8 @@ assert_type(add.apply((1, 2)), EagerResult[int])
 assert_type(add.apply((1, 2)).get(), int)
 assert_type(add.AsyncResult("some-id").get(), int)
 assert_type(add.delay_many([(1, 2), (3, 4)]), List[AsyncResult[int]])
-assert_type(add.s(1), Signature)
-assert_type(add.si(1, 2), Signature)
+assert_type(add.s(1), Signature[int])  # (partial: its arguments are not checked)
+assert_type(add.si(1, 2), Signature[int])
 
 
 # --- with options, and bind=True (the bound `self` is not one of the task's parameters) -------------------
@@ -138,3 +138,20 @@ shared_add_task: Task[[int, int], int] = shared_add
 assert_type(shared_add.delay(1, 2).get(), int)
 assert_type(shared_neg.delay(1), AsyncResult[int])
 shared_add.delay("x", 2)  # type: ignore[arg-type]
+
+
+# --- an async def task: its result is what the coroutine returns ----------------------------------------
+@app.task
+async def adouble(x: int) -> int:
+    return 2 * x
+
+
+assert_type(adouble.delay(2), AsyncResult[int])
+assert_type(adouble.delay(2).get(timeout=1), int)
+adouble.delay("x")  # type: ignore[arg-type]
+
+
+# --- signatures: add.s(...) is a Signature[int] ------------------------------------------------------------
+assert_type(add.s(1, 2), Signature[int])
+assert_type(add.s(1, 2).delay().get(timeout=1), int)
+assert_type(add.si(1, 2).apply_async(countdown=1), AsyncResult[int])
