@@ -33,7 +33,12 @@ class Driver:
     def __init__(self, redis_url: str, workdir: Path):
         self.redis_url = redis_url
         self.workdir = workdir
-        self.r = redis.Redis.from_url(redis_url, socket_timeout=600)
+        if redis_url.startswith("redis+cluster://"):  # (--cluster): a cluster client, for flushing and INFO
+            from redis.cluster import RedisCluster
+            host, port = redis_url.split("://", 1)[1].split(",", 1)[0].rstrip("/").rsplit(":", 1)
+            self.r = RedisCluster(host=host, port=int(port), socket_timeout=600)
+        else:
+            self.r = redis.Redis.from_url(redis_url, socket_timeout=600)
         self.nworkers = 0
 
     # sending (client side)
@@ -167,12 +172,13 @@ def job_drain(d: Driver, n: int, concurrency: int = 2, stored: bool = False, fla
         points: List[tuple] = []          # (tasks done, when): first seen, each tenth, the end
         tenth = max(1, n // 10)
         next_mark = tenth
-        redis_pid = int(d.r.info("server")["process_id"])
+        redis_pids = common.server_pids(d.r)
         procs: List[int] = []
         cpu0: Dict[str, float] = {}
 
         def cpu_now() -> Dict[str, float]:
-            return {"worker": sum(common.cpu_seconds(p) for p in procs), "redis": common.cpu_seconds(redis_pid)}
+            return {"worker": sum(common.cpu_seconds(p) for p in procs),
+                    "redis": sum(common.cpu_seconds(p) for p in redis_pids)}
 
         while True:
             done = size_of(count)

@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import redis
 
@@ -87,6 +87,85 @@ class RedisServer:
                 self.proc.wait(10)
 
 
+class RedisCluster:
+    """Private Redis Cluster masters on 127.0.0.1 (`--cluster`), the slots spread evenly, no replicas.
+
+    Ports below 32768 (a node's bus port is its port + 10000), so that no ephemeral port collides."""
+
+    def __init__(self, workdir: Path, binary: str = "redis-server", masters: int = 3):
+        self.workdir = Path(workdir)
+        self.binary = binary
+        self.ports: List[int] = []
+        self.procs: List[subprocess.Popen] = []
+        self.masters = masters
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + "/"
+
+    def _port(self) -> int:
+        import random
+        for _ in range(1000):
+            port = random.randint(20000, 22767)
+            if port in self.ports:
+                continue
+            try:
+                for p in (port, port + 10000):
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                        sock.bind(("127.0.0.1", p))
+                return port
+            except OSError:
+                continue
+        raise RuntimeError("no free port pair below 32768")
+
+    def start(self) -> "RedisCluster":
+        for _ in range(self.masters):
+            port = self._port()
+            self.ports.append(port)
+            d = self.workdir / f"node{port}"
+            d.mkdir(parents=True, exist_ok=True)
+            log = open(d / "redis-server.log", "ab")
+            self.procs.append(subprocess.Popen(
+                [self.binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
+                 "--appendonly", "no", "--daemonize", "no", "--logfile", "", "--protected-mode", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
+            log.close()
+        clients = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=10) for p in self.ports]
+        wait_for(lambda: all(_pings(c) for c in clients), 10, "cluster nodes to start")
+        for i, c in enumerate(clients):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * 16384 // self.masters,
+                              (i + 1) * 16384 // self.masters - 1)
+        for p in self.ports[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p)
+        wait_for(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in clients), 30,
+                 "cluster_state:ok", interval=0.05)
+        return self
+
+    def client(self) -> "redis.Redis":
+        return redis.Redis(host="127.0.0.1", port=self.ports[0], socket_timeout=60)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def _pings(client: "redis.Redis") -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def server_pids(client: Any) -> List[int]:
+    """The redis-server process(es) behind `client` (every node of a cluster client)."""
+    if hasattr(client, "get_nodes"):  # a cluster client: ask each node
+        return [int(client.get_redis_connection(node).info("server")["process_id"]) for node in client.get_nodes()]
+    return [int(client.info("server")["process_id"])]
+
+
 def commandstats(client: "redis.Redis") -> Dict[str, int]:
     """Calls per command since the last CONFIG RESETSTAT (lower-case names, 'xadd', 'evalsha', ...)."""
     out = {}
@@ -96,7 +175,10 @@ def commandstats(client: "redis.Redis") -> Dict[str, int]:
     return out
 
 
-def used_memory(client: "redis.Redis") -> int:
+def used_memory(client: Any) -> int:
+    if hasattr(client, "get_nodes"):  # a cluster client: every node's
+        return sum(int(client.get_redis_connection(node).info("memory")["used_memory"])
+                   for node in client.get_nodes())
     return int(client.info("memory")["used_memory"])
 
 

@@ -282,10 +282,38 @@ class Runner:
         res = self.measure({s: self.drain_job(s, body="incr") for s in self.systems}, self.runs)
         self.row(fig, "drain_incr", "drain -c 2, ignored, body does a Redis INCR", "tasks/s",
                  {s: [r["rate"] for r in rs] for s, rs in res.items()})
+        if self.args.cluster and "minique" in self.systems:
+            self._drain_on_cluster(fig)
         fig["notes"].append(f"n = {self.n:,} tasks for minique, {self.celery_n:,} for Celery (rates are per second; "
                             "a list drains at the same rate whatever its length)")
         fig["notes"].append("the no-op body appends a byte to a file the runner watches (no Redis command); "
                             "the INCR row adds one Redis round trip per task to the body, for reference")
+
+    def _drain_on_cluster(self, fig: Dict[str, Any]) -> None:
+        """--cluster: the same drains on a private 3-master Redis Cluster on this machine, next to the rows
+        above (one server): what a cluster worker's confirmed writes and per-slot fetches cost."""
+        workdir = Path(tempfile.mkdtemp(prefix="minique-bench-cluster-"))
+        cluster = common.RedisCluster(workdir, binary=shutil.which("redis-server") or "redis-server").start()
+        single, cache = self.agents["minique"], self.cache
+        self.agents["minique"] = Agent("minique", sys.executable, cluster.url, workdir / "minique")
+        self.cache = {}  # (the same jobs as on one server: not the same runs)
+        try:
+            for stored in (False, True):
+                kind = "stored" if stored else "ignored"
+                res = self.measure({"minique": self.drain_job("minique", stored=stored)}, self.runs)
+                self.row(fig, f"drain_cluster_{kind}", f"drain -c 2, results {kind}, 3-master cluster", "tasks/s",
+                         {"minique": [r["rate"] for r in res["minique"]]})
+                self.row(fig, f"drain_cluster_{kind}_cpu_redis", "  redis CPU per task (3 nodes)", "us",
+                         {"minique": [r["cpu_us_per_task"]["redis"] for r in res["minique"]
+                                      if r.get("cpu_us_per_task")]}, better="lower")
+        finally:
+            self.agents["minique"].close()
+            self.agents["minique"], self.cache = single, cache
+            cluster.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+        fig["notes"].append("cluster rows: 3 masters on this machine (no more CPU than one server); a cluster "
+                            "worker waits for each write's replies (results before acks, per node) and fetches "
+                            "per slot group: docs/scaling.md")
 
     def fig_memory(self) -> None:
         fig = self.figure("memory", "Memory: worker PSS after a drain, Redis per waiting message")
@@ -680,6 +708,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     p.add_argument("--no-celery", action="store_true", help="measure minique alone")
     p.add_argument("--big", action="store_true", help="backlog of 1,000,000 instead of 100,000")
+    p.add_argument("--cluster", action="store_true",
+                   help="also drain on a private 3-master Redis Cluster (the drain figure; docs/scaling.md)")
     p.add_argument("--json", metavar="PATH", help="where to write the results (default benchmarks/results/latest.json)")
     args = p.parse_args(argv)
     if args.runs < 1:

@@ -280,15 +280,26 @@ class Minique:
         return f"{module}.{fun.__name__}"
 
     # --- connections (lazy: nothing connects until used) --------------------------------------------
-    def _connect(self, url: str, socket_timeout: Optional[float] = None, retries: int = 8) -> "redis.Redis":
+    def _connect(self, url: str, socket_timeout: Optional[float] = None, retries: int = 8) -> Any:
+        """A client for `url`: one server (redis-py's URL forms, redis+embedded://), a Redis Cluster
+        (redis+cluster://) or a Sentinel group (sentinel://, its master found through the sentinels);
+        see minique/urls.py and docs/scaling.md."""
+        from . import urls
+        from .connections import make_client
         from .embedded import resolve_url
-        url = resolve_url(url)
-        return redis.Redis.from_url(
-            url, socket_timeout=socket_timeout or self.conf.redis_socket_timeout,
-            socket_connect_timeout=self.conf.broker_connection_timeout, health_check_interval=30,
-            retry=(RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
-                   if self.conf.broker_connection_retry else None),
-            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+        from .pipe import FAILOVER_TIMEOUT
+        result = url == self.conf.result_url and url != self.conf.broker_url
+        options = dict(self.conf.broker_transport_options or {})
+        if result:  # the result store's own options, falling back to the broker's master_name
+            options = {"master_name": options.get("master_name"),
+                       **dict(self.conf.result_backend_transport_options or {})}
+        target = urls.parse(url, options, "result_backend" if result else "broker_url")
+        timeouts: Dict[str, Any] = {"socket_timeout": socket_timeout or self.conf.redis_socket_timeout,
+                                    "socket_connect_timeout": self.conf.broker_connection_timeout}
+        retry = (RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
+                 if self.conf.broker_connection_retry else None)
+        return make_client(target, resolve_url(url) if target.kind == "redis" else url, timeouts, retry,
+                           FAILOVER_TIMEOUT if retries else 0.0)
 
     @cached_property
     def broker_client(self) -> "redis.Redis":

@@ -182,8 +182,13 @@ class ResultBackend:
         ready = keys.ready(task_id)
         while True:
             left = _BLOCK_CHUNK if deadline is None else min(_BLOCK_CHUNK, deadline - time.monotonic())
-            raw = cast(Optional[bytes],  # redis-py: bytes | str; decode_responses is off
-                       self.client.brpoplpush(ready, ready, timeout=max(0.001, round(left, 3))))
+            try:
+                raw = cast(Optional[bytes],  # redis-py: bytes | str; decode_responses is off
+                           self.client.brpoplpush(ready, ready, timeout=max(0.001, round(left, 3))))
+            except redis.exceptions.ResponseError as exc:
+                if "UNBLOCKED" not in str(exc):
+                    raise
+                raw = None  # the server was demoted (a Sentinel failover): wait again, on the new master
             if raw is not None:
                 return self.decode_meta(raw)
             if deadline is not None and time.monotonic() >= deadline:

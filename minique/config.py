@@ -16,7 +16,9 @@ DEFAULTS: Dict[str, Any] = {
     # Connections
     "broker_url": "redis://localhost:6379/0",
     "result_backend": None,                      # None: the broker's Redis
-    "broker_transport_options": {},              # visibility_timeout, queue_type ("streams"|"lists"), max_deliveries
+    "broker_transport_options": {},              # visibility_timeout, queue_type ("streams"|"lists"), max_deliveries;
+                                                 # master_name, sentinel_kwargs, min_other_sentinels (sentinel://)
+    "result_backend_transport_options": {},      # master_name, sentinel_kwargs, min_other_sentinels of result_backend
     "broker_connection_retry": True,
     "broker_connection_retry_on_startup": True,  # a worker started before Redis waits for it (False: exit)
     "broker_connection_max_retries": 100,        # start-up attempts before a worker gives up (0/None: forever)

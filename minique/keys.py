@@ -153,3 +153,34 @@ def lock(name: str) -> str:
 
 def reply(reply_id: str) -> str:
     return f"{PREFIX}:reply:{reply_id}"
+
+
+# --- Redis Cluster hash slots (the CRC16-XMODEM of the key's hash tag, modulo 16384) ---------------------
+SLOTS = 16384
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def hash_slot(key: Any) -> int:
+    """The cluster slot of `key` (str or bytes): keys sharing a hash tag (`{...}`) share a slot."""
+    raw = key.encode() if isinstance(key, str) else bytes(key)
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1:end]
+    crc = 0
+    for byte in raw:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ byte) & 0xFF]
+    return crc % SLOTS

@@ -13,9 +13,13 @@ Outbox, or a caller that executes a `ClientPipe`). Three verbs:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Protocol, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import redis
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+
+from .keys import hash_slot
 
 Emitter = Callable[[Any, list], List[tuple]]
 _ON_REPLY = "minique_on_reply"
@@ -54,18 +58,28 @@ except ImportError:  # pragma: no cover - without the hiredis extra
     _pack = _pack_py
 
 
-class ClientPipe(redis.client.Pipeline):
-    """A redis-py pipeline that is also a `Pipe`: reply handlers run and gathered items are emitted
-    when its owner calls `execute()` (one round trip). For writes off the task path."""
+FAILOVER_TIMEOUT = 20.0  # seconds a client keeps retrying what a failover refuses before the caller sees it
+_TRANSIENT = (redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+              redis.exceptions.BusyLoadingError)  # (redis-py strips these codes from the message)
+_TRANSIENT_CODES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
 
-    def __init__(self, client: "redis.Redis", transaction: bool = False):
-        super().__init__(client.connection_pool, client.response_callbacks, transaction, None)
-        self._handlers: List[Tuple[int, Callable[[Any], None]]] = []
-        self._gathered: Dict[tuple, list] = {}
+
+def transient(exc: BaseException) -> bool:
+    """An error a failover causes for a while (a master without its replicas, a demoted master, a slot
+    being moved): the command did not run, and runs once the deployment settles."""
+    return isinstance(exc, _TRANSIENT) or (isinstance(exc, redis.exceptions.ResponseError)
+                                           and str(exc).startswith(_TRANSIENT_CODES))
+
+
+class _Handled:
+    """`call`, `gather` and an `execute` that runs reply handlers, over a redis-py pipeline (mixed in)."""
+
+    _handlers: List[Tuple[int, Callable[[Any], None]]]
+    _gathered: Dict[tuple, list]
 
     def call(self, on_reply: Callable[[Any], None], *args: Any) -> None:
-        self._handlers.append((len(self.command_stack), on_reply))
-        self.pipeline_execute_command(*args)
+        self._handlers.append((len(self), on_reply))  # type: ignore[arg-type]  # (a pipeline has a length)
+        self.pipeline_execute_command(*args)  # type: ignore[attr-defined]
 
     def gather(self, emit: Emitter, key: Any, item: Any) -> None:
         self._gathered.setdefault((emit, key), []).append(item)
@@ -73,13 +87,13 @@ class ClientPipe(redis.client.Pipeline):
     def execute(self, raise_on_error: bool = True) -> List[Any]:
         """Send everything queued; run the handlers (which may queue more: sent before returning)."""
         out: List[Any] = []
-        while self.command_stack or self._gathered:
+        while len(self) or self._gathered:  # type: ignore[arg-type]
             gathered, self._gathered = self._gathered, {}
             for (emit, key), items in gathered.items():
                 for args in emit(key, items):
-                    self.pipeline_execute_command(*args)
+                    self.pipeline_execute_command(*args)  # type: ignore[attr-defined]
             handlers, self._handlers = self._handlers, []
-            replies = super().execute(raise_on_error=not handlers and raise_on_error)
+            replies = super().execute(raise_on_error=not handlers and raise_on_error)  # type: ignore[misc]
             out.extend(replies)
             for index, on_reply in handlers:
                 on_reply(replies[index])
@@ -89,6 +103,43 @@ class ClientPipe(redis.client.Pipeline):
                 if errors:
                     raise errors[0]
         return out
+
+
+class ClientPipe(_Handled, redis.client.Pipeline):
+    """A redis-py pipeline that is also a `Pipe`: reply handlers run and gathered items are emitted
+    when its owner calls `execute()` (one round trip). For writes off the task path. Given a cluster
+    client, a `ClusterClientPipe` (each command sent to the node of its key's slot)."""
+
+    def __new__(cls, client: Any, transaction: bool = False) -> Any:
+        if cls is ClientPipe and isinstance(client, RedisCluster):
+            return ClusterClientPipe.of(client, transaction)
+        return super().__new__(cls)
+
+    def __init__(self, client: "redis.Redis", transaction: bool = False):
+        super().__init__(client.connection_pool, client.response_callbacks, transaction, None)
+        self._handlers = []
+        self._gathered = {}
+
+
+class ClusterClientPipe(_Handled, ClusterPipeline):
+    """`ClientPipe` on a Redis Cluster: redis-py's ClusterPipeline (routing, MOVED/ASK) with the Pipe verbs."""
+
+    @classmethod
+    def of(cls, client: RedisCluster, transaction: bool = False) -> "ClusterClientPipe":
+        pipe: Any = client.pipeline(transaction=transaction)
+        pipe.__class__ = cls  # (the same object, with the Pipe verbs: redis-py builds it for its client)
+        pipe._handlers, pipe._gathered = [], {}
+        return pipe
+
+
+def is_cluster(client: Any) -> bool:
+    """The client talks to a Redis Cluster (each command goes to the node of its key's slot)."""
+    return isinstance(client, RedisCluster)
+
+
+def fast_pipeline(client: Any) -> "FastPipeline":
+    """The worker's pipe for `client`: one connection, or one per cluster node."""
+    return ClusterFastPipeline(client) if isinstance(client, RedisCluster) else FastPipeline(client)
 
 
 class FastPipeline(redis.client.Pipeline):
@@ -166,15 +217,26 @@ class FastPipeline(redis.client.Pipeline):
             return []
         conn = self._conn
         out: list = []
+        refused = -1  # where the server began refusing writes for a while (a failover): sent again from there
         try:
             for _ in unread:
                 try:
                     out.append(conn.read_response())
                 except redis.exceptions.ResponseError as exc:
+                    if refused < 0 and transient(exc):
+                        refused = len(out)
                     out.append(exc)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             self._lost(conn, unread)
             raise
+        if refused >= 0:
+            why = out[refused]
+            self._lost(conn, unread[refused:])
+            self._answer(unread[:refused], out[:refused], raise_on_error)
+            raise redis.exceptions.ConnectionError(f"Redis refused writes for now ({why}); they are sent again")
+        return self._answer(unread, out, raise_on_error)
+
+    def _answer(self, unread: list, out: list, raise_on_error: bool) -> list:
         error = None
         for (_, options), reply in zip(unread, out):
             on_reply = options.get(_ON_REPLY)
@@ -206,3 +268,203 @@ class FastPipeline(redis.client.Pipeline):
 
     def __len__(self) -> int:
         return len(self.command_stack) + len(self._gathered)
+
+
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def command_slot(args: tuple) -> int:
+    """The slot of a command's key (the first key of a script): minique's commands name their key first."""
+    name = args[0]
+    name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return hash_slot(args[3]) if int(args[2]) > 0 else 0
+    return hash_slot(args[1])
+
+
+class ClusterFastPipeline(FastPipeline):
+    """The worker's pipe on a Redis Cluster: each command goes to the master of its key's slot, on a
+    connection per node kept checked out.
+
+    A write sends the results, follow-ups, dead letters and events first (every node written at once)
+    and reads their replies; then it writes the gathered acks, whose replies are read with the next
+    write or collect. So an ack never reaches its node before the result it stands for is stored on
+    another. (One server gets that for free: Redis runs one connection's commands in order. Across
+    nodes only waiting gives it: a cluster worker pays a round trip per write that a single-server
+    worker does not.) MOVED (the slot map is patched), ASK (sent again with ASKING), TRYAGAIN,
+    CLUSTERDOWN and lost connections (the slot map is reloaded) are retried up to RETRIES times; past
+    that, what was not confirmed stays queued and the error is raised, as FastPipeline does."""
+
+    RETRIES = 8
+
+    def __init__(self, client: RedisCluster):
+        redis.client.Pipeline.__init__(self, None, {}, False, None)  # type: ignore[arg-type]  # no pool: per node
+        self._cluster = client
+        self._conns: Dict[str, Tuple[Any, Any]] = {}  # node name -> (its pool, a connection checked out)
+        self._unread = []
+        self._gathered = {}
+        self._acks: list = []       # emitted acks not yet written: they leave after everything else
+        self._inflight: list = []   # (node name, connection, items): acks written, replies not read yet
+        self._answered: list = []   # (options, reply) confirmed; their handlers run at collect()
+
+    def write(self) -> None:
+        self._read_acks()  # (their replies come first on the connections the body goes out on)
+        if self._gathered:
+            gathered, self._gathered = self._gathered, {}
+            self._acks.extend((args, {}) for (emit, key), items in gathered.items() for args in emit(key, items))
+        if self.command_stack:
+            stack, self.command_stack = self.command_stack, []
+            left = self._send(stack)
+            if left:
+                self.command_stack = left[0] + self.command_stack
+                raise left[1]
+        if self._acks:  # everything before them is answered: written now, read later
+            acks, self._acks = self._acks, []
+            self._inflight, failed, _, error = self._write_nodes([(args, options, None) for args, options in acks])
+            if failed:
+                self._acks = [(args, options) for args, options, _ in failed] + self._acks
+                raise error  # (kept: written again with the next write)
+
+    def collect(self, raise_on_error: bool = True) -> list:
+        """Read the acks' replies, then run the handlers of every reply confirmed since the last collect."""
+        self._read_acks()
+        answered, self._answered = self._answered, []
+        out, error = [], None
+        for options, reply in answered:
+            out.append(reply)
+            on_reply = options.get(_ON_REPLY)
+            try:
+                if on_reply is not None:
+                    on_reply(reply)
+                elif isinstance(reply, Exception):
+                    raise reply
+            except Exception as exc:  # every handler runs; the first error is raised after them
+                error = error or exc
+        if error is not None and raise_on_error:
+            raise error
+        return out
+
+    def _read_acks(self) -> None:
+        if not self._inflight:
+            return
+        inflight, self._inflight = self._inflight, []
+        retry, _, _ = self._read_nodes(inflight)
+        if retry:
+            left = self._send([(args, options) for args, options, _ in retry])
+            if left:
+                self._acks = left[0] + self._acks
+                raise left[1]
+
+    def _send(self, stack: list) -> Any:
+        """Send `stack` to the nodes and read every reply; None, or (what was not confirmed, the error)."""
+        todo: List[Tuple[Any, Any, Any]] = [(args, options, None) for args, options in stack]
+        error: Exception = redis.exceptions.ConnectionError("no attempt")
+        for attempt in range(self.RETRIES):
+            if attempt:
+                time.sleep(min(0.025 * 2 ** attempt, 1.0))
+            written, retry, lost, write_error = self._write_nodes(todo)
+            read_retry, read_lost, read_error = self._read_nodes(written)
+            retry += read_retry
+            error = read_error or write_error or error
+            if not retry:
+                return None
+            if lost or read_lost:
+                self._reload()
+            todo = retry
+        return [(args, options) for args, options, _ in todo], error
+
+    def _write_nodes(self, todo: list) -> Tuple[list, list, bool, Exception]:
+        """Write each item to its node (not reading): (written per node, items to retry, a node lost, error)."""
+        error: Exception = redis.exceptions.ConnectionError("no error")
+        retry: List[Tuple[Any, Any, Any]] = []
+        lost = False
+        by_node: Dict[str, Tuple[Any, list]] = {}
+        try:
+            for item in todo:
+                node = item[2] or self._cluster.nodes_manager.get_node_from_slot(command_slot(item[0]))
+                by_node.setdefault(node.name, (node, []))[1].append(item)
+        except redis.exceptions.RedisClusterException as exc:  # a slot no node serves now
+            return [], list(todo), True, exc
+        written = []
+        for name, (node, items) in by_node.items():
+            try:
+                conn = self._conn(node)
+                commands = [c for item in items for c in ((("ASKING",), item[0]) if item[2] else (item[0],))]
+                try:
+                    packed = [b"".join([_pack(args) for args in commands])]
+                except TypeError:  # an argument type only redis-py's encoder knows
+                    packed = conn.pack_commands(commands)
+                conn.send_packed_command(packed)
+                written.append((name, conn, items))
+            except _CONNECTION_ERRORS as exc:
+                self._drop(name)
+                error, lost = exc, True
+                retry.extend(items)
+        return written, retry, lost, error
+
+    def _read_nodes(self, written: list) -> Tuple[list, bool, Optional[Exception]]:
+        """Read the replies of what `_write_nodes` wrote: confirmed ones go to `_answered`; returns
+        (items to send again, a node lost, the last error)."""
+        retry: List[Tuple[Any, Any, Any]] = []
+        lost = False
+        error: Optional[Exception] = None
+        for name, conn, items in written:
+            for n, item in enumerate(items):
+                try:
+                    if item[2] is not None:
+                        conn.read_response()  # ASKING's OK
+                    try:
+                        reply = conn.read_response()
+                    except redis.exceptions.ResponseError as exc:
+                        reply = exc
+                except _CONNECTION_ERRORS as exc:  # which of the rest ran is unknown: all again
+                    self._drop(name)
+                    error, lost = exc, True
+                    retry.extend(items[n:])
+                    break
+                if isinstance(reply, redis.exceptions.MovedError):
+                    self._cluster.nodes_manager.move_slot(reply)
+                    error = reply
+                    retry.append((item[0], item[1], None))
+                elif isinstance(reply, redis.exceptions.AskError):
+                    target = (self._cluster.nodes_manager.get_node(host=reply.host, port=reply.port)
+                              or ClusterNode(reply.host, reply.port))
+                    error = reply
+                    retry.append((item[0], item[1], target))
+                elif transient(reply):
+                    error = reply
+                    retry.append((item[0], item[1], None))
+                else:
+                    self._answered.append((item[1], reply))
+        return retry, lost, error
+
+    def _conn(self, node: Any) -> Any:
+        found = self._conns.get(node.name)
+        if found is None:
+            pool = self._cluster.get_redis_connection(node).connection_pool
+            found = self._conns[node.name] = (pool, pool.get_connection())
+        return found[1]
+
+    def _drop(self, name: str) -> None:
+        found = self._conns.pop(name, None)
+        if found is not None:
+            found[1].disconnect()
+            found[0].release(found[1])
+
+    def _reload(self) -> None:
+        """A node stopped answering: ask the others for the slot map (a replica may have taken over)."""
+        try:
+            self._cluster.nodes_manager.initialize()
+        except Exception:  # noqa: BLE001 - the next attempt tries again
+            pass
+
+    def reset(self) -> None:  # type: ignore[override]
+        self.command_stack = []
+        self._gathered = {}
+        self._acks = []
+        for name, _, _ in self._inflight:  # (replies left on them: never reused half-read)
+            self._drop(name)
+        self._inflight = []
+
+    def __len__(self) -> int:
+        return len(self.command_stack) + len(self._gathered) + len(self._acks) + len(self._inflight)

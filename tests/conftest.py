@@ -42,7 +42,7 @@ DEFAULT_TEST_TIMEOUT = 60  # seconds; only used if pytest-timeout is unconfigure
 TIERS = ("unit", "integration", "fault")
 FAULT_FILES = {"test_reliability.py"}
 FAULT_FIXTURES = {"fresh_redis"}
-INTEGRATION_FIXTURES = {"redis_server", "redis_url", "redis_client", "procs", "client_app"}
+INTEGRATION_FIXTURES = {"redis_server", "redis_url", "redis_client", "procs", "client_app", "redis_cluster"}
 
 
 def tier_of(item) -> str:
@@ -143,6 +143,19 @@ def redis_client(redis_server, redis_url):
     client = redis_server.client(0)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster for the whole session (tests/redis_multi.py), started on first use;
+    tests empty it with `flushall()`. Skipped where redis-server has no cluster mode."""
+    from redis_multi import Cluster, server_supports
+    why = server_supports("cluster")
+    if why:
+        pytest.skip(why)
+    cluster = Cluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

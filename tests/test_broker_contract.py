@@ -4,16 +4,22 @@ import time
 
 import pytest
 import redis
+import redis.cluster
 
 from minique import keys, message
 from minique.brokers import ListsBroker, StreamsBroker
 from minique.pipe import ClientPipe
 
 
-@pytest.fixture(params=["streams", "lists"])
-def broker(request, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    cls = StreamsBroker if request.param == "streams" else ListsBroker
+@pytest.fixture(params=["streams", "lists", "streams-cluster", "lists-cluster"])
+def broker(request, redis_server):  # (redis_server: the integration tier; a cluster is started when needed)
+    if request.param.endswith("-cluster"):  # the same contract on a 3-master Redis Cluster
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    cls = StreamsBroker if request.param.startswith("streams") else ListsBroker
     b = cls(client, visibility_timeout=0.5, max_deliveries=2)
     b.ensure_queues(["q", "r"])
     yield b

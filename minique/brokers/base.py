@@ -23,7 +23,7 @@ import redis
 from .. import keys
 from ..lua import Scripts
 from ..message import peek_id
-from ..pipe import ClientPipe, Commands, Pipe
+from ..pipe import FAILOVER_TIMEOUT, ClientPipe, Commands, Pipe, command_slot, is_cluster, transient
 
 log = logging.getLogger("minique.broker")
 COMMON_SCRIPTS = Scripts(Path(__file__).parent / "common")
@@ -64,13 +64,28 @@ class Waiting(NamedTuple):
 MALFORMED_LEASE_MS = 30_000
 
 
+class _Collected:
+    """Commands recorded as a client would run them (to be sent on one connection, then WAITed for)."""
+
+    def __init__(self) -> None:
+        self.commands: List[tuple] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        self.commands.append(args)
+
+
 class Broker(ABC):
     """Queues over one Redis. Methods taking `pipe` add commands to a pipeline the caller flushes."""
 
     kind = "abstract"
 
-    def __init__(self, client: "redis.Redis", visibility_timeout: float = 3600.0, max_deliveries: int = 10):
+    def __init__(self, client: "redis.Redis", visibility_timeout: float = 3600.0, max_deliveries: int = 10,
+                 wait_for_replicas: int = 0, wait_timeout: float = 1.0):
         self.client = client
+        # a client's send returns once this many replicas have it (WAIT): a failover then cannot lose it
+        self.wait_for_replicas = wait_for_replicas
+        self.wait_timeout = wait_timeout
+        self.cluster = is_cluster(client)  # a Redis Cluster: no multi-slot script, read or transaction
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
         self.hostname = socket.gethostname()
@@ -86,20 +101,123 @@ class Broker(ABC):
 
     def send_now(self, queue: str, priority: int, data: bytes) -> None:
         """Send one ready message right away (the one-at-a-time `delay()` path)."""
+        if self.wait_for_replicas:
+            return self.send_many([(queue, priority, data, None)])
         self.send(self.client, queue, priority, data)
 
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
-        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path)."""
-        pipe = self.client.pipeline(transaction=False)
+        """Send many (queue, priority, data, eta) at once, in one round trip (the bulk path); with
+        `wait_for_replicas`, confirmed by that many replicas (`_send_confirmed`)."""
+        if self.wait_for_replicas:
+            return self._send_confirmed(items)
+        deadline, delay = 0.0, 0.05
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_sends(pipe, items)
+            try:
+                pipe.execute()
+                return
+            except redis.exceptions.ResponseError as exc:  # a failover under way: all again (some twice)
+                now = time.monotonic()
+                deadline = deadline or now + FAILOVER_TIMEOUT
+                if not transient(exc) or now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _queue_sends(self, pipe: Commands, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         for queue, priority, data, eta in items:
             if eta is not None:
                 self.send_later(pipe, queue, priority, data, eta)
             else:
                 self.send(pipe, queue, priority, data)
-        pipe.execute()
+
+    def _send_confirmed(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
+        """Send, then WAIT on the same connection until `wait_for_replicas` replicas have the writes (asked
+        again every `wait_timeout` while the replicas lag). A lost connection or a refusal (a failover)
+        sends everything again (a duplicate is possible, a loss is not); past FAILOVER_TIMEOUT the error
+        reaches the caller, who then knows the messages may not be safe."""
+        collected = _Collected()
+        self._queue_sends(collected, items)
+        deadline = time.monotonic() + FAILOVER_TIMEOUT
+        if not self.cluster:
+            return self._confirm(self.client.connection_pool, collected.commands, deadline)
+        client: Any = self.client
+        todo = collected.commands
+        while todo:  # on a cluster, each node's writes and their WAIT on a connection to that node
+            by_node: Dict[str, Tuple[Any, List[tuple]]] = {}
+            failed: List[tuple] = []
+            problem: Optional[Exception] = None
+            for command in todo:
+                try:
+                    node = client.nodes_manager.get_node_from_slot(command_slot(command))
+                except redis.exceptions.RedisClusterException as exc:  # no master for it now (a failover)
+                    failed.append(command)
+                    problem = exc
+                    continue
+                by_node.setdefault(node.name, (node, []))[1].append(command)
+            for node, commands in by_node.values():  # (what one node confirmed is not sent again)
+                try:
+                    self._confirm(client.get_redis_connection(node).connection_pool, commands, deadline,
+                                  reconnect=False)
+                except (redis.exceptions.AskError, redis.exceptions.ConnectionError) as exc:  # (MOVED: an AskError)
+                    failed.extend(commands)
+                    problem = exc
+            todo = failed
+            if todo:
+                if time.monotonic() >= deadline and problem is not None:
+                    raise problem
+                time.sleep(0.1)
+                try:
+                    client.nodes_manager.initialize()  # the slot moved, or its master changed: look again
+                except redis.exceptions.RedisError:
+                    pass
+
+    def _confirm(self, pool: Any, commands: List[tuple], deadline: float, reconnect: bool = True) -> None:
+        """`_send_confirmed` on one server (the connections of `pool`); without `reconnect`, a lost
+        connection is raised at once (a cluster node: its caller looks for the slot's new master)."""
+        wait = ("WAIT", self.wait_for_replicas, max(1, int(self.wait_timeout * 1000)))
+        delay = 0.05
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_commands([*commands, wait]))
+                replies = []
+                for _ in range(len(commands) + 1):
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        replies.append(exc)
+                refused = [r for r in replies if isinstance(r, Exception)]
+                if refused and not all(transient(r) for r in refused):
+                    raise refused[0]
+                if not refused:
+                    reached = int(replies[-1])
+                    while reached < self.wait_for_replicas and time.monotonic() < deadline:
+                        conn.send_command(*wait)  # (WAIT waits for this connection's last write)
+                        reached = int(conn.read_response())
+                    if reached >= self.wait_for_replicas:
+                        return
+                    raise redis.exceptions.ResponseError(
+                        f"NOREPLICAS sent, but only {reached} of {self.wait_for_replicas} replicas have it after "
+                        f"{FAILOVER_TIMEOUT:.0f} s (transport option wait_for_replicas): it may be lost in a failover")
+                problem: Exception = refused[0]
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                conn.disconnect()
+                if not reconnect:
+                    raise
+                problem = exc
+            finally:
+                pool.release(conn)
+            if time.monotonic() >= deadline:
+                raise problem
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def send_later(self, pipe: Commands, queue: str, priority: int, data: bytes, eta: float) -> None:
         """Park a message in the queue's delayed set until `eta` (epoch seconds)."""
+        if self.wait_for_replicas and pipe is self.client:  # a client's send: confirmed by the replicas
+            return self.send_many([(queue, priority, data, eta)])
         # rounded up to the ms: moved when due on the server's clock, so never before `eta`
         pipe.execute_command("ZADD", keys.delayed(queue), math.ceil(eta * 1000), str(priority).encode() + data)
 
@@ -294,6 +412,10 @@ class Broker(ABC):
             return False
         fields = entries[0][1]
         target = queue or fields.get(b"queue", b"").decode() or "default"
+        if self.cluster:  # the queue and the dead letters live in two slots: sent first, then removed
+            self.send(self.client, target, priority, fields[b"m"])  # (a crash between: sent, and still listed)
+            self.client.xdel(keys.DLQ, entry_id)
+            return True
         pipe = self.client.pipeline(transaction=True)
         self.send(pipe, target, priority, fields[b"m"])
         pipe.xdel(keys.DLQ, entry_id)

@@ -10,7 +10,9 @@ while they run. Acked entries are deleted, so a stream holds only live messages.
 from __future__ import annotations
 
 import os
+import select
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
@@ -18,7 +20,7 @@ import redis
 
 from .. import keys
 from ..lua import Scripts
-from ..pipe import ClientPipe, Commands, Pipe
+from ..pipe import ClientPipe, Commands, Pipe, transient
 from .base import Broker, Delivery, count_of
 
 SCRIPTS = Scripts(Path(__file__).parent / "streams_lua")
@@ -44,6 +46,8 @@ class StreamsBroker(Broker):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._read_keys: Dict[tuple, list] = {}
+        self._slot_groups: Dict[tuple, List[list]] = {}
+        self._turn = 0  # which slot group a cluster fetch starts with
         self._held: Any = None  # send_now's connection, with the pid that opened it
         self._held_pid = 0
         self._held_lock = threading.Lock()
@@ -56,6 +60,8 @@ class StreamsBroker(Broker):
         machinery and pool checkout are most of a one-at-a-time `delay()`'s client cost. A thread
         that finds the connection busy goes through redis-py instead (no waiting, no per-thread
         connections left behind)."""
+        if self.cluster or self.wait_for_replicas:  # (a cluster client routes per slot; WAIT: see send_many)
+            return super().send_now(queue, priority, data)
         if not self._held_lock.acquire(blocking=False):
             return self.send(self.client, queue, priority, data)
         try:
@@ -71,6 +77,11 @@ class StreamsBroker(Broker):
                 # its retry policy (if the first XADD did land, the message is sent twice, never lost)
                 conn.disconnect()
                 self.send(self.client, queue, priority, data)
+            except redis.exceptions.ResponseError as exc:
+                if not transient(exc):
+                    raise
+                conn.disconnect()  # a failover under way (a demoted master, NOREPLICAS): the client retries
+                self.send(self.client, queue, priority, data)
             except BaseException:
                 conn.disconnect()  # interrupted mid-reply: start clean next time
                 raise
@@ -81,7 +92,7 @@ class StreamsBroker(Broker):
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
         packing costs as much as building the message), then every reply is read."""
-        if any(eta is not None for _, _, _, eta in items):
+        if self.cluster or self.wait_for_replicas or any(eta is not None for _, _, _, eta in items):
             return super().send_many(items)
         chunks = [_xadd(queue, priority, data) for queue, priority, data, _ in items]
         pool = self.client.connection_pool
@@ -90,6 +101,11 @@ class StreamsBroker(Broker):
             conn.send_packed_command([b"".join(chunks)])
             for _ in chunks:
                 conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            conn.disconnect()
+            if not transient(exc):
+                raise
+            return super().send_many(items)  # (sent again: some may be sent twice, none lost)
         except BaseException:
             conn.disconnect()
             raise
@@ -104,6 +120,21 @@ class StreamsBroker(Broker):
             self._read_keys[tuple(queues)] = found
         return found
 
+    def _groups(self, queues: Sequence[str]) -> List[list]:
+        """The stream keys in read order, split by cluster slot (one group on a single server): a
+        script or a read may only touch one slot. Groups start from a different one at each call, so
+        that no node's queues always come last."""
+        found = self._slot_groups.get(tuple(queues))
+        if found is None:
+            by_slot: Dict[int, list] = {}
+            for key in self._keys(queues):  # (queues sharing a slot share a group: priority holds across them)
+                by_slot.setdefault(keys.hash_slot(key), []).append(key)
+            found = self._slot_groups[tuple(queues)] = list(by_slot.values()) if self.cluster else [self._keys(queues)]
+        if len(found) > 1:
+            self._turn = start = (self._turn + 1) % len(found)
+            return found[start:] + found[:start]
+        return found
+
     def ensure_queues(self, queues: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for key in self._keys(queues):
@@ -114,6 +145,8 @@ class StreamsBroker(Broker):
 
     def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
               pipe: Optional[Pipe] = None) -> List[Delivery]:
+        if self.cluster:
+            return self._fetch_groups(consumer, queues, count, block, pipe)
         stream_keys = self._keys(queues)
         args = [keys.GROUP, consumer, count]
         try:
@@ -137,8 +170,35 @@ class StreamsBroker(Broker):
             return []
         return self._deliveries(found)
 
+    def _fetch_groups(self, consumer: str, queues: Sequence[str], count: int, block: float,
+                      pipe: Optional[Pipe]) -> List[Delivery]:
+        """A cluster's fetch: the pending writes first (confirmed), then one fetch per slot group while
+        fewer than `count` were found, merged by priority. Priority is strict within a group, not
+        across groups (docs/scaling.md)."""
+        if pipe is not None:
+            pipe.execute()
+        found: List[Delivery] = []
+        try:
+            for group in self._groups(queues):
+                if len(found) >= count:
+                    break
+                found.extend(self._deliveries(SCRIPTS(self.client, "fetch", group,
+                                                      [keys.GROUP, consumer, count - len(found)])))
+            if not found and block > 0:
+                found = self._deliveries(self._read_groups(consumer, self._groups(queues), count, block))
+        except redis.exceptions.ResponseError as exc:
+            if not _stream_gone(exc):
+                raise
+            self.ensure_queues(queues)
+            return found
+        if len(found) > 1:
+            found.sort(key=lambda d: -d.priority)
+        return found
+
     def fetch_ahead(self, pipe: Pipe, consumer: str, queues: Sequence[str], count: int,
                     on_found: Callable[[List[Delivery]], None]) -> bool:
+        if self.cluster:  # (its fetch takes a round trip per slot group anyway)
+            return False
         stream_keys = self._keys(queues)
 
         def got(found: Any) -> None:  # an error (NOSCRIPT, NOGROUP) finds nothing: the usual fetch handles it
@@ -149,6 +209,8 @@ class StreamsBroker(Broker):
 
     def wait(self, consumer: str, queues: Sequence[str], count: int, block: float) -> List[Delivery]:
         try:
+            if self.cluster:
+                return self._deliveries(self._read_groups(consumer, self._groups(queues), count, block))
             return self._deliveries(self._read(consumer, self._keys(queues), count, block))
         except redis.exceptions.ResponseError as exc:
             if not _stream_gone(exc):
@@ -159,6 +221,53 @@ class StreamsBroker(Broker):
     def _read(self, consumer: str, stream_keys: list, count: int, block: float) -> Any:
         return self.client.xreadgroup(keys.GROUP, consumer, {k: ">" for k in stream_keys},
                                       count=count, block=max(1, int(block * 1000)))
+
+    def _read_groups(self, consumer: str, groups: List[list], count: int, block: float) -> Any:
+        """Block on every slot group at once (a connection each, on its node) and take what the first to
+        answer found; the others are woken (CLIENT UNBLOCK) and whatever they took is kept too."""
+        if len(groups) == 1:
+            return self._read(consumer, groups[0], count, block)
+        client: Any = self.client
+        waits = []  # (node's client, connection, its client id)
+        out: list = []
+        try:
+            for group in groups:
+                try:
+                    owner = client.nodes_manager.get_node_from_slot(keys.hash_slot(group[0]))
+                except redis.exceptions.RedisClusterException as exc:  # no master for it now (a failover)
+                    raise redis.exceptions.ConnectionError(str(exc)) from exc
+                node = client.get_redis_connection(owner)
+                conn = node.connection_pool.get_connection()
+                waits.append((node, conn, None))
+                conn.send_command("CLIENT", "ID")
+                waits[-1] = (node, conn, conn.read_response())
+                conn.send_command("XREADGROUP", "GROUP", keys.GROUP, consumer, "COUNT", count,
+                                  "BLOCK", max(1, int(block * 1000)), "STREAMS", *group, *([">"] * len(group)))
+            answered: set = set()
+            deadline = time.monotonic() + block + 5.0
+            while len(answered) < len(waits):
+                for i, (_, conn, _) in enumerate(waits):
+                    if i not in answered and conn.can_read(timeout=0):
+                        out.extend(_streams(conn.read_response()))
+                        answered.add(i)
+                if out or time.monotonic() > deadline:
+                    break
+                if len(answered) < len(waits):
+                    select.select([w[1]._sock for i, w in enumerate(waits) if i not in answered], [], [],
+                                  max(0.0, min(0.5, deadline - time.monotonic())))
+            for i, (node, conn, client_id) in enumerate(waits):
+                if i not in answered:  # still blocked: wake it (it returns what it has, or nothing)
+                    node.execute_command("CLIENT", "UNBLOCK", client_id)
+                    out.extend(_streams(conn.read_response()))
+                    answered.add(i)
+        except BaseException:
+            for _, conn, _ in waits:
+                conn.disconnect()  # a reply may be left on it: never hand it back half-read
+            raise
+        finally:
+            for node, conn, _ in waits:
+                node.connection_pool.release(conn)
+        return out
 
     def _deliveries(self, found: Any) -> List[Delivery]:
         out = []
@@ -329,6 +438,13 @@ class StreamsBroker(Broker):
             SCRIPTS(self.client, "purge", [key], [keys.GROUP])
         self.client.delete(keys.delayed(queue))
         return n
+
+
+def _streams(reply: Any) -> Any:
+    """A raw XREADGROUP reply as [(key, entries)]: RESP2 gives a list of pairs, RESP3 a map."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return reply or ()
 
 
 def _stream_gone(exc: Exception) -> bool:

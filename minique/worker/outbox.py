@@ -45,7 +45,7 @@ from typing import Any, Callable, Deque, List, Optional, Sequence
 import redis
 
 from ..brokers import Delivery
-from ..pipe import FastPipeline
+from ..pipe import fast_pipeline
 from ..settle import Settlement
 
 log = logging.getLogger("minique.worker")
@@ -74,8 +74,8 @@ class Outbox:
         self.use_alarm = use_alarm
         self.events: Any = None        # the process's events.Events (set by the consumer): see on_alarm
         self._events_alarm = False     # SIGALRM armed to write the event batch while a body runs
-        self.broker = FastPipeline(app.broker_client)
-        self.backend = self.broker if app.backend_client is app.broker_client else FastPipeline(app.backend_client)
+        self.broker = fast_pipeline(app.broker_client)  # (on a cluster: one connection per node)
+        self.backend = self.broker if app.backend_client is app.broker_client else fast_pipeline(app.backend_client)
         self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
         self.fetched_at = 0.0          # when the buffer last got messages (monotonic)
         self.last_runtime = float("inf")  # seconds the last body took (none yet: unknown, long)
