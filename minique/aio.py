@@ -25,7 +25,7 @@ import asyncio
 import math
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -34,7 +34,7 @@ from . import keys, unique
 from .backend import _BLOCK_CHUNK
 from .exceptions import TimeoutError
 from .message import Message
-from .pipe import _pack
+from .pipe import pack_command
 from .result import AsyncResult
 from .signals import after_task_publish, before_task_publish
 
@@ -47,15 +47,15 @@ class _Staged:
     __slots__ = ("commands",)
 
     def __init__(self) -> None:
-        self.commands: List[tuple] = []
+        self.commands: List[Tuple[Any, ...]] = []
 
     def execute_command(self, *args: Any, **options: Any) -> None:
         self.commands.append(args)
 
 
-def _packed(args: tuple) -> bytes:
+def _packed(args: Tuple[Any, ...]) -> bytes:
     try:
-        return _pack(args)
+        return cast("bytes", pack_command(args))
     except TypeError:  # an argument type only redis-py's encoder knows
         return b"".join(aioredis.Connection().pack_command(*args))
 
@@ -66,10 +66,10 @@ class _Sender:
     def __init__(self, pool: aioredis.ConnectionPool):
         self.pool = pool
         self.conn: Any = None
-        self.pending: List[Tuple[bytes, asyncio.Future]] = []  # (a packed command, its reply's future)
-        self.flushing: Optional[asyncio.Task] = None
+        self.pending: List[Tuple[bytes, asyncio.Future[Any]]] = []  # (a packed command, its reply's future)
+        self.flushing: Optional[asyncio.Task[Any]] = None
 
-    async def run(self, commands: Sequence[tuple]) -> List[Any]:
+    async def run(self, commands: Sequence[Tuple[Any, ...]]) -> List[Any]:
         """Send `commands` (with whatever else is waiting) and return their replies, in order; a
         command's error reply is raised (after every reply of the batch is in)."""
         loop = asyncio.get_running_loop()
@@ -111,7 +111,7 @@ class _Sender:
                     f.set_exception(redis.exceptions.ConnectionError("send interrupted"))
 
     @staticmethod
-    async def _read(conn: Any, batch: List[Tuple[bytes, asyncio.Future]], read: List[int]) -> None:
+    async def _read(conn: Any, batch: List[Tuple[bytes, asyncio.Future[Any]]], read: List[int]) -> None:
         for _, f in batch[read[0]:]:
             try:
                 reply: Any = await conn.read_response(timeout=math.inf)  # (inf: no timer of its own)
@@ -121,7 +121,7 @@ class _Sender:
             if not f.done():  # (a cancelled caller: its command was sent all the same)
                 f.set_result(reply)
 
-    async def _write(self, batch: List[Tuple[bytes, asyncio.Future]]) -> None:
+    async def _write(self, batch: List[Tuple[bytes, asyncio.Future[Any]]]) -> None:
         read = [0]  # replies read so far: a retry writes only the commands after them
         for attempt in (1, 2):
             try:
@@ -189,7 +189,7 @@ class Loops:
         self.app = app
         self._lock = threading.Lock()
         self._by_loop: Dict[asyncio.AbstractEventLoop, LoopClients] = {}
-        self._making: Dict[asyncio.AbstractEventLoop, asyncio.Task] = {}  # first uses under way
+        self._making: Dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = {}  # first uses under way
 
     def forget(self, loop: asyncio.AbstractEventLoop, clients: LoopClients) -> None:
         with self._lock:
@@ -272,7 +272,7 @@ class Loops:
             for msg, headers in sent:
                 self.app._after_publish(msg, headers)
 
-    async def send_task(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any]) -> Any:
+    async def send_task(self, name: str, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any]) -> Any:
         app = self.app
         clients = await self.clients()  # (first: on a first use, app.conf is read off the loop)
         task = app.tasks.get(name)
@@ -282,7 +282,7 @@ class Loops:
         await self.publish([msg], clients)
         return AsyncResult(msg.id, app=app, task_name=name)
 
-    async def _send_unique(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+    async def _send_unique(self, name: str, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
                            task: Any) -> Any:
         """send_task for a unique task (as `app._send_unique`): claim its key, then send."""
         app = self.app
@@ -305,7 +305,7 @@ class Loops:
         return AsyncResult(task_id, app=app, task_name=name)
 
     @staticmethod
-    async def _script(clients: LoopClients, scripts: Any, name: str, script_keys: list, args: list) -> Any:
+    async def _script(clients: LoopClients, scripts: Any, name: str, script_keys: List[Any], args: List[Any]) -> Any:
         """EVALSHA through the sender; a server without the script gets EVAL (which also loads it)."""
         try:
             return (await clients.sender.run([("EVALSHA", scripts.shas[name], len(script_keys), *script_keys,
@@ -327,7 +327,7 @@ class Loops:
         clients = await self.clients()
         final, current = await clients.backend_sender.run([("LINDEX", keys.ready(task_id), 0),
                                                           ("GET", keys.result(task_id))])
-        return self.app.backend.decode_meta(final if final is not None else current)
+        return cast("dict[str, Any]", self.app.backend.decode_meta(final if final is not None else current))
 
     async def wait(self, task_id: str, timeout: Optional[float] = None) -> Dict[str, Any]:
         """As `ResultBackend.wait`: until the task is ready (TimeoutError after `timeout` seconds)."""
@@ -335,7 +335,7 @@ class Loops:
         ready = keys.ready(task_id)
         raw = (await clients.backend_sender.run([("LINDEX", ready, 0)]))[0]
         if raw is not None:
-            return self.app.backend.decode_meta(raw)
+            return cast("dict[str, Any]", self.app.backend.decode_meta(raw))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = _BLOCK_CHUNK if deadline is None else min(_BLOCK_CHUNK, deadline - time.monotonic())
@@ -343,6 +343,6 @@ class Loops:
                 raise TimeoutError(f"the operation timed out waiting for task {task_id}")
             raw = await clients.backend.brpoplpush(ready, ready, timeout=max(0.001, round(left, 3)))
             if raw is not None:
-                return self.app.backend.decode_meta(raw)
+                return cast("dict[str, Any]", self.app.backend.decode_meta(raw))
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"the operation timed out waiting for task {task_id}")

@@ -15,6 +15,7 @@ from typing import (
     Concatenate,
     Coroutine,
     Dict,
+    FrozenSet,
     Iterable,
     List,
     Literal,
@@ -22,6 +23,7 @@ from typing import (
     ParamSpec,
     Tuple,
     TypeVar,
+    cast,
     overload,
 )
 
@@ -67,7 +69,7 @@ def _epoch(value: Any, now: float, naive_tz: Any = timezone.utc) -> Optional[flo
     if isinstance(value, datetime):
         if value.tzinfo is None and naive_tz is not None:
             value = value.replace(tzinfo=naive_tz)
-        return value.timestamp()
+        return cast("float | None", value.timestamp())
     if isinstance(value, timedelta):
         return now + value.total_seconds()
     return now + float(value)
@@ -121,8 +123,8 @@ class Minique:
             self.conf.include = tuple(include)
         self.conf.update(settings)
         self.tasks: Dict[str, Task[..., Any]] = {}
-        self._defaults_cache: Dict[tuple, Any] = {}
-        self._routers_at: Tuple[int, list] = (-1, [])
+        self._defaults_cache: Dict[Tuple[Any, ...], Any] = {}
+        self._routers_at: Tuple[int, List[Any]] = (-1, [])
         context.register_app(self)
         if set_as_current:
             context.set_current_app(self)
@@ -303,13 +305,13 @@ class Minique:
 
     @cached_property
     def broker_client(self) -> "redis.Redis":
-        return self._connect(self.conf.broker_url)
+        return cast("redis.Redis", self._connect(self.conf.broker_url))
 
     @cached_property
     def backend_client(self) -> "redis.Redis":
         if self.conf.result_url == self.conf.broker_url:
             return self.broker_client
-        return self._connect(self.conf.result_url)
+        return cast("redis.Redis", self._connect(self.conf.result_url))
 
     @cached_property
     def broker(self) -> Any:
@@ -327,7 +329,7 @@ class Minique:
                              self.conf.task_exception_max_size, self.conf.task_traceback_max_size)
 
     @cached_property
-    def accept(self) -> frozenset:
+    def accept(self) -> FrozenSet[Any]:
         return self.conf.accept
 
     @cached_property
@@ -343,7 +345,7 @@ class Minique:
 
     # --- sending ------------------------------------------------------------------------------------
     @property
-    def _routers(self) -> list:
+    def _routers(self) -> List[Any]:
         """task_routes as callables, rebuilt when settings change."""
         version = self.conf.version
         if self._routers_at[0] != version:
@@ -356,7 +358,7 @@ class Minique:
         key = (name, self.conf.version, len(self.tasks))
         found = self._defaults_cache.get(key)
         if found is not None:
-            return found
+            return cast("dict[str, Any]", found)
         conf, task = self.conf, self.tasks.get(name)
         static = routing.is_static(self._routers)
         route = (routing.route(self._routers, name, (), {}, {}, task) or {}) if static else {}
@@ -381,8 +383,8 @@ class Minique:
         self._defaults_cache[key] = found
         return found
 
-    def build_message(self, name: str, args: Any = None, kwargs: Optional[dict] = None,
-                      options: Optional[dict] = None) -> message_mod.Message:
+    def build_message(self, name: str, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
+                      options: Optional[Dict[str, Any]] = None) -> message_mod.Message:
         """The message `apply_async(args, kwargs, **options)` sends, with routing and defaults applied."""
         options = options or {}
         d = self._defaults(name)
@@ -519,11 +521,11 @@ class Minique:
             return
         now = time.time()
         items = []
-        last: Optional[tuple] = None  # (name, options less the varying ones, Template, queue, priority, eta)
+        last: Optional[Tuple[Any, ...]] = None  # (name, options less the varying ones, Template, queue, priority, eta)
         # publish signals see each message: then each is built alone (a signed message is signed whole)
         signalled = bool(before_task_publish.receivers or after_task_publish.receivers)
         templates = not self.conf.security_key and not signalled
-        sent: List[tuple] = []  # (message, headers) for after_task_publish once their chunk is sent
+        sent: List[Tuple[Any, ...]] = []  # (message, headers) for after_task_publish once their chunk is sent
         parent = context.current()  # sent by a running task: its children (build_message notes the others)
         if parent is not None and parent.called_directly:
             parent = None
@@ -563,7 +565,8 @@ class Minique:
         for msg, headers in sent:
             self._after_publish(msg, headers)
 
-    def send_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def send_task(self, name: str, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
+                  **options: Any) -> AsyncResult[Any]:
         """Send a task by name (it need not be importable here); returns an AsyncResult."""
         task = self.tasks.get(name)
         if (task is not None and task.unique) or options.get("unique_key") is not None:
@@ -572,8 +575,8 @@ class Minique:
         self.publish(None, msg)
         return AsyncResult(msg.id, app=self, task_name=name)
 
-    def _send_unique(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
-                     task: Any) -> Any:
+    def _send_unique(self, name: str, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
+                     task: Any) -> AsyncResult[Any]:
         """send_task for a unique task: claim its key, then send; the holder's result if it is taken."""
         from . import unique
         options, key, task_id, ttl = self._unique_options(name, args, kwargs, options, task)
@@ -588,7 +591,7 @@ class Minique:
             raise
         return AsyncResult(task_id, app=self, task_name=name)
 
-    def _unique_options(self, name: str, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+    def _unique_options(self, name: str, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
                         task: Any) -> Tuple[Dict[str, Any], str, str, float]:
         """A unique send's (options with its id and headers, key, task id, seconds the key holds);
         shared by `send_task` and `asend_task`."""
@@ -608,12 +611,12 @@ class Minique:
         options["headers"] = headers
         return options, key, task_id, float(ttl)
 
-    async def asend_task(self, name: str, args: Any = None, kwargs: Optional[dict] = None,
+    async def asend_task(self, name: str, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
                          **options: Any) -> Any:
         """`send_task` for asyncio code: sends without blocking the event loop (minique/aio.py)."""
         return await self.aio.send_task(name, args, kwargs, options)
 
-    def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[dict]]], **options: Any) -> list:
+    def send_many(self, name: str, calls: Iterable[Tuple[Any, Optional[Dict[str, Any]]]], **options: Any) -> List[Any]:
         """Send many calls of one task, pipelined (a round trip per 1,000); returns their AsyncResults.
 
         The options are applied once: each call only gets its own id and encoded arguments."""
@@ -629,11 +632,11 @@ class Minique:
     def GroupResult(self, group_id: str, results: List[Any]) -> Any:
         return GroupResult(group_id, results, app=self)
 
-    def signature(self, name: str, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def signature(self, name: str, args: Any = None, kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         return Signature(name, args, kwargs, options, app=self)
 
     # --- beat ---------------------------------------------------------------------------------------
-    def add_periodic_task(self, schedule: Any, sig: Any, args: Any = (), kwargs: Optional[dict] = None,
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
                           name: Optional[str] = None, **opts: Any) -> str:
         """Add a beat entry, as Celery's add_periodic_task (the same as a `beat_schedule` entry); returns
         its key (`name`, else the signature's repr). Before the app is configured it waits, as in

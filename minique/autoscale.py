@@ -8,7 +8,7 @@ it holds (a warm stop), as a recycled one does.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 
 def parse_autoscale(value: Any, what: str = "--autoscale") -> Optional[Tuple[int, int]]:
@@ -64,6 +64,6 @@ class Autoscaler:
             return max(self.min, demand)
         return max(self.min, min(self.max, size))
 
-    def info(self, size: int) -> dict:
+    def info(self, size: int) -> Dict[str, Any]:
         """Celery's `autoscaler` entry of `inspect stats`."""
         return {"max": self.max, "min": self.min, "current": size, "qty": self.demand}

@@ -10,7 +10,7 @@ import sys
 import time
 import traceback as tb_module
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, cast
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Type, cast
 
 import redis
 
@@ -77,7 +77,7 @@ def loaded_exception_class(module: Any, qualname: Any) -> Optional[Type[Exceptio
 
 
 class ResultBackend:
-    def __init__(self, client: "redis.Redis", expires: Optional[float], serializer: str, accept: frozenset,
+    def __init__(self, client: "redis.Redis", expires: Optional[float], serializer: str, accept: FrozenSet[Any],
                  exception_max: Optional[int] = caps.EXCEPTION_MAX, traceback_max: Optional[int] = caps.TRACEBACK_MAX):
         self.client = client
         self.expires = int(expires) if expires else None

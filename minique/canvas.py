@@ -13,14 +13,14 @@ follow-ups with this same module, so client and worker agree by construction.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Generic, Iterable, List, NamedTuple, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterable, List, NamedTuple, Optional, Tuple, Type, TypeVar, cast
 
 from . import context
 from .message import new_id
 from .result import AsyncResult, GroupResult
 
 # (task name, args, kwargs, options) of one message to send, as app.build_message takes them
-Call = Tuple[str, Any, Optional[dict], Dict[str, Any]]
+Call = Tuple[str, Any, Optional[Dict[str, Any]], Dict[str, Any]]
 
 # Options that address one message, not a whole canvas: they go to one step only.
 _PER_MESSAGE = ("task_id", "chain", "chord", "group_id", "group_index", "link", "link_error")
@@ -41,8 +41,8 @@ class Signature(Dict[str, Any], Generic[R_co]):
 
     subtask_type: Optional[str] = None
 
-    def __init__(self, task: Any = None, args: Any = None, kwargs: Optional[dict] = None,
-                 options: Optional[dict] = None, subtask_type: Optional[str] = None, immutable: bool = False,
+    def __init__(self, task: Any = None, args: Any = None, kwargs: Optional[Dict[str, Any]] = None,
+                 options: Optional[Dict[str, Any]] = None, subtask_type: Optional[str] = None, immutable: bool = False,
                  app: Any = None, **extra: Any):
         if isinstance(task, dict):
             init = dict(task)
@@ -79,21 +79,22 @@ class Signature(Dict[str, Any], Generic[R_co]):
         return self.app.tasks[self.name]
 
     # --- building -----------------------------------------------------------------------------------
-    def clone(self, args: Any = None, kwargs: Optional[dict] = None, **options: Any) -> "Signature":
+    def clone(self, args: Any = None, kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> "Signature[Any]":
         sig = from_dict(self, self._app, copy=True)
         if args or kwargs or options:
             a, k, o = sig._merge(args, kwargs, options)
             sig["args"], sig["kwargs"], sig["options"] = a, k, o
         return sig
 
-    def _merge(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any]) -> Tuple[tuple, dict, dict]:
+    def _merge(self, args: Any, kwargs: Optional[Dict[str, Any]],
+               options: Dict[str, Any]) -> Tuple[Tuple[Any, ...], Dict[str, Any], Dict[str, Any]]:
         """Partial application: new args go first, kwargs merge; immutable signatures take none."""
         opts = {**self.options, **{k: v for k, v in options.items() if v is not None}}
         if self.immutable:
             return tuple(self.args), dict(self.kwargs), opts
         return tuple(args or ()) + tuple(self.args), {**self.kwargs, **(kwargs or {})}, opts
 
-    def set(self, immutable: Optional[bool] = None, **options: Any) -> "Signature":
+    def set(self, immutable: Optional[bool] = None, **options: Any) -> "Signature[Any]":
         if immutable is not None:
             self["immutable"] = immutable
         self.options.update(options)
@@ -102,11 +103,11 @@ class Signature(Dict[str, Any], Generic[R_co]):
     def set_immutable(self, immutable: bool) -> None:
         self["immutable"] = immutable
 
-    def link(self, callback: "Signature") -> "Signature":
+    def link(self, callback: "Signature[Any]") -> "Signature[Any]":
         self.options.setdefault("link", []).append(callback)
         return callback
 
-    def link_error(self, errback: "Signature") -> "Signature":
+    def link_error(self, errback: "Signature[Any]") -> "Signature[Any]":
         self.options.setdefault("link_error", []).append(errback)
         return errback
 
@@ -125,17 +126,18 @@ class Signature(Dict[str, Any], Generic[R_co]):
         return NotImplemented
 
     # --- applying -----------------------------------------------------------------------------------
-    def plan(self, args: Any = (), kwargs: Optional[dict] = None, options: Optional[dict] = None) -> List[Call]:
+    def plan(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
+             options: Optional[Dict[str, Any]] = None) -> List[Call]:
         """The messages to send to apply this signature with extra partial args (pure: the signature
         is left as it was; ids it has no frozen value for are fresh each time)."""
         return self._plan(args, kwargs, options or {}, False)[0]
 
-    def plan_with_result(self, args: Any = (), kwargs: Optional[dict] = None,
-                         options: Optional[dict] = None) -> Tuple[List[Call], Any]:
+    def plan_with_result(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
+                         options: Optional[Dict[str, Any]] = None) -> Tuple[List[Call], Any]:
         """plan(), and the result handle of what it planned (with the ids it chose)."""
         return self._plan(args, kwargs, options or {}, True)
 
-    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+    def _plan(self, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
               with_result: bool) -> Tuple[List[Call], Any]:
         """(calls, the result handle if `with_result`, else None): what each kind of signature defines."""
         a, k, o = self._merge(args, kwargs, options)
@@ -150,17 +152,18 @@ class Signature(Dict[str, Any], Generic[R_co]):
         """The result handle of a frozen signature."""
         return AsyncResult(self.id, app=self.app, task_name=self.name)
 
-    def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> "AsyncResult[R_co]":
+    def apply_async(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
+                    **options: Any) -> "AsyncResult[R_co]":
         if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, **options)
+            return cast("AsyncResult[R_co]", self.apply(args, kwargs, **options))
         calls, result = self.plan_with_result(args, kwargs, options)
         self.app.send_calls(calls)
-        return result
+        return cast("AsyncResult[R_co]", result)
 
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult[R_co]":
         return self.apply_async(args, kwargs)
 
-    async def aapply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    async def aapply_async(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         """`apply_async` for asyncio code: the same plan, sent without blocking the event loop."""
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
@@ -171,7 +174,7 @@ class Signature(Dict[str, Any], Generic[R_co]):
     async def adelay(self, *args: Any, **kwargs: Any) -> Any:
         return await self.aapply_async(args, kwargs)
 
-    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def apply(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         """Run here and now (eager), with the signature's options: its frozen id, link, link_error."""
         a, k, o = self._merge(args, kwargs, options)
         return self.type.apply(a, k, **o)
@@ -189,7 +192,7 @@ class Signature(Dict[str, Any], Generic[R_co]):
         return (from_dict, (dict(self),))
 
 
-def _link_last(steps: List[Signature], own: Dict[str, Any]) -> None:
+def _link_last(steps: List[Signature[Any]], own: Dict[str, Any]) -> None:
     """A chain's own link and link_error belong to its last step (copies, in `steps`): its result is
     the chain's, and a failure before it abandons it, which runs its errbacks (abandoned())."""
     last = steps[-1]
@@ -200,8 +203,8 @@ def _link_last(steps: List[Signature], own: Dict[str, Any]) -> None:
                                                                       else [sigs])
 
 
-def _steps_of(tasks: Iterable[Any], app: Any) -> List[Signature]:
-    out: List[Signature] = []
+def _steps_of(tasks: Iterable[Any], app: Any) -> List[Signature[Any]]:
+    out: List[Signature[Any]] = []
     for t in tasks:
         sig = from_dict(t, app) if not isinstance(t, Signature) else t
         if isinstance(sig, chain):
@@ -211,7 +214,7 @@ def _steps_of(tasks: Iterable[Any], app: Any) -> List[Signature]:
     return out
 
 
-class chain(Signature):
+class chain(Signature[Any]):
     """Run signatures one after another, each getting the previous result as its first argument."""
 
     subtask_type = "chain"
@@ -229,8 +232,8 @@ class chain(Signature):
         super().__init__("minique.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
 
     @property
-    def tasks(self) -> List[Signature]:
-        return self.kwargs["tasks"]
+    def tasks(self) -> List[Signature[Any]]:
+        return cast("list[Signature[Any]]", self.kwargs["tasks"])
 
     def __or__(self, other: Any) -> Any:
         if isinstance(other, (Signature, dict)):
@@ -242,7 +245,7 @@ class chain(Signature):
             t.freeze()
         return self.tasks[-1].freeze(_id)
 
-    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+    def _plan(self, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
               with_result: bool) -> Tuple[List[Call], Any]:
         if not self.tasks:
             return [], None
@@ -287,7 +290,7 @@ class chain(Signature):
         """The last step's result; `.parent` walks back through the steps."""
         return _chain_result(self.tasks)
 
-    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def apply(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         """Run the steps here and now, each given the previous result (a group's as a list), as the
         chain sent would: a step that fails ends it, and the rest fail with its exception (the
         errbacks of the step that would have ended the chain run). The chain's link and link_error
@@ -326,7 +329,7 @@ class chain(Signature):
         return " | ".join(repr(t) for t in self.tasks)
 
 
-class group(Signature):
+class group(Signature[Any]):
     """Run signatures in parallel; the result is a GroupResult with their results in order."""
 
     subtask_type = "group"
@@ -344,8 +347,8 @@ class group(Signature):
         super().__init__("minique.group", (), {"tasks": members}, options, subtask_type="group", app=app)
 
     @property
-    def tasks(self) -> List[Signature]:
-        return self.kwargs["tasks"]
+    def tasks(self) -> List[Signature[Any]]:
+        return cast("list[Signature[Any]]", self.kwargs["tasks"])
 
     def __or__(self, other: Any) -> Any:
         if isinstance(other, group):
@@ -362,7 +365,7 @@ class group(Signature):
             t.freeze()
         return self.result()
 
-    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+    def _plan(self, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
               with_result: bool) -> Tuple[List[Call], Any]:
         options = {**self.options, **options}
         group_id = options.pop("task_id", None) or new_id()
@@ -379,7 +382,7 @@ class group(Signature):
     def result(self) -> Any:
         return GroupResult(self.id, [t.result() for t in self.tasks], app=self.app)
 
-    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def apply(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         """Run every member here and now: a GroupResult (with the group's id) of their EagerResults."""
         options = {**self.options, **options}
         group_id = options.pop("task_id", None) or new_id()
@@ -393,7 +396,7 @@ class group(Signature):
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
 
 
-class chord(Signature):
+class chord(Signature[Any]):
     """A group (the header) whose results, as one list in order, go to a callback (the body)."""
 
     subtask_type = "chord"
@@ -411,23 +414,23 @@ class chord(Signature):
         super().__init__("minique.chord", (), {"header": hdr, "body": body}, options, subtask_type="chord", app=app)
 
     @property
-    def tasks(self) -> List[Signature]:
-        return self.kwargs["header"].tasks
+    def tasks(self) -> List[Signature[Any]]:
+        return cast("list[Signature[Any]]", self.kwargs["header"].tasks)
 
     @property
     def header(self) -> "group":
-        return self.kwargs["header"]
+        return cast("group", self.kwargs["header"])
 
     @property
-    def body(self) -> Optional[Signature]:
-        return self.kwargs["body"]
+    def body(self) -> Optional[Signature[Any]]:
+        return cast("Signature[Any] | None", self.kwargs["body"])
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         if body is not None:
             self.kwargs["body"] = body if isinstance(body, Signature) else from_dict(body, self._app)
         return self.apply_async(**options)
 
-    def _body(self) -> Signature:
+    def _body(self) -> Signature[Any]:
         body = self.body
         if body is None:
             raise ValueError("a chord needs a body (callback): chord(header)(callback)")
@@ -437,7 +440,7 @@ class chord(Signature):
         self.header.freeze()
         return self._body().freeze(_id)
 
-    def _plan(self, args: Any, kwargs: Optional[dict], options: Dict[str, Any],
+    def _plan(self, args: Any, kwargs: Optional[Dict[str, Any]], options: Dict[str, Any],
               with_result: bool) -> Tuple[List[Call], Any]:
         if self.body is None:
             raise ValueError("a chord needs a body (callback): chord(header)(callback)")
@@ -470,7 +473,7 @@ class chord(Signature):
     def result(self) -> Any:
         return _chord_result(self._body(), self.header.result())
 
-    def apply(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def apply(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         """Run the header here and now, then the body with the list of its results (in order), as
         the chord sent would. A member that fails fails the body with ChordError ("Dependency <id>
         raised ...") and the body's errbacks run; `.parent` of the result is the header's GroupResult."""
@@ -499,7 +502,7 @@ class chord(Signature):
         return f"chord({self.header!r}, {self.body!r})"
 
 
-_TYPES: Dict[str, Type[Signature]] = {"chain": chain, "group": group, "chord": chord}
+_TYPES: Dict[str, Type[Signature[Any]]] = {"chain": chain, "group": group, "chord": chord}
 
 
 # --- eager: a canvas run here and now behaves as the canvas sent ------------------------------------------
@@ -526,7 +529,7 @@ def _eager_failure(res: Any) -> Optional[Tuple[BaseException, Optional[str]]]:
     return (value if isinstance(value, BaseException) else RuntimeError(repr(value))), meta.get("traceback")
 
 
-def _eager_abandon(app: Any, rest: List[Signature], failed: Tuple[BaseException, Optional[str]],
+def _eager_abandon(app: Any, rest: List[Signature[Any]], failed: Tuple[BaseException, Optional[str]],
                    parent: Any) -> Any:
     """The steps in `rest` never run (what came before them failed): each task in them fails with
     the exception, and the errbacks of the tasks that would have ended them run (given their ids), as
@@ -575,7 +578,7 @@ def apply_linked(task: Any, args: Any, kwargs: Any, task_id: Optional[str], link
     return res
 
 
-def _chain_result(steps: List[Signature]) -> Any:
+def _chain_result(steps: List[Signature[Any]]) -> Any:
     """The last step's result, its `.parent` walking back through the steps (frozen ones)."""
     parent = None
     for step in steps:
@@ -586,7 +589,7 @@ def _chain_result(steps: List[Signature]) -> Any:
     return parent
 
 
-def _chord_result(body: Signature, header: Any) -> Any:
+def _chord_result(body: Signature[Any], header: Any) -> Any:
     """The (frozen) callback's result, the header's GroupResult at the root of its parents."""
     res = body.result()
     target = res
@@ -596,7 +599,7 @@ def _chord_result(body: Signature, header: Any) -> Any:
     return res
 
 
-def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:
+def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature[Any]:
     """Rebuild the right Signature class from a dict (as found in a message). `copy`: a copy down to
     every member's options, so that ids and options can be set on it (plan, clone) leaving `d` as it was."""
     if isinstance(d, Signature):
@@ -620,7 +623,7 @@ def from_dict(d: Any, app: Any = None, copy: bool = False) -> Signature:
     return _copy(sig, app) if copy else sig  # (members given as Signatures are shared until copied)
 
 
-def _copy(sig: Signature, app: Any = None) -> Signature:
+def _copy(sig: Signature[Any], app: Any = None) -> Signature[Any]:
     """`sig` with new dicts for its options and kwargs, and for its members', all the way down (the
     arguments themselves are shared: nothing here changes them)."""
     new = sig.__class__.__new__(sig.__class__)
@@ -644,8 +647,8 @@ maybe_signature = from_dict
 
 # --- what a task's outcome means downstream (the worker sends and stores; these only say what) -------------
 
-def success_calls(app: Any, task_id: str, root_id: Optional[str], links: Optional[List[dict]],
-                  chain: Optional[List[dict]], value: Any) -> List[Call]:
+def success_calls(app: Any, task_id: str, root_id: Optional[str], links: Optional[List[Dict[str, Any]]],
+                  chain: Optional[List[Dict[str, Any]]], value: Any) -> List[Call]:
     """The calls a task's success sends: its links applied with `value`, then the next step of its
     chain (carrying the rest), all with the task as their parent and its root as theirs."""
     follow = {"parent_id": task_id, "root_id": root_id or task_id}
@@ -668,11 +671,11 @@ class Downstream(NamedTuple):
 
     failed_ids: List[str]                     # tasks that will now never run: their result becomes FAILURE
     errbacks: List[Call]                      # planned errback calls, each with a failed task's id as its one arg
-    chords: List[Tuple[str, str, Signature]]  # (chord id, id of the member that failed, the chord's callback)
+    chords: List[Tuple[str, str, Signature[Any]]]  # (chord id, id of the member that failed, the chord's callback)
 
 
-def failure_downstream(app: Any, task_id: str, errbacks: Optional[List[dict]], chain: Optional[List[dict]],
-                       chord: Optional[dict]) -> Downstream:
+def failure_downstream(app: Any, task_id: str, errbacks: Optional[List[Dict[str, Any]]],
+                       chain: Optional[List[Dict[str, Any]]], chord: Optional[Dict[str, Any]]) -> Downstream:
     """A task failed (or will not run: revoked, expired, lost); `errbacks`, `chain`, `chord` are its
     message's fields. Its errbacks run (with its id, as their parent); the rest of its chain never
     runs; its chord, if any, may now end."""
@@ -694,7 +697,7 @@ def abandoned(app: Any, sig: Any) -> Downstream:
     return out._replace(failed_ids=list(dict.fromkeys(out.failed_ids)))
 
 
-def _abandon(app: Any, sig: Signature, out: Downstream) -> None:
+def _abandon(app: Any, sig: Signature[Any], out: Downstream) -> None:
     out.failed_ids.extend(_task_ids(sig))
     last: Any = sig  # what would have ended it: a chain's last step, a chord's callback, down to a task or group
     while isinstance(last, (chain, chord)):
@@ -732,15 +735,15 @@ class Replace(Exception):
 
 # --- map, starmap, chunks: run inside one worker task ------------------------------------------------
 
-def xmap(task: Any, it: Iterable[Any]) -> Signature:
+def xmap(task: Any, it: Iterable[Any]) -> Signature[Any]:
     return Signature("minique.map", (task.name, list(it)), app=task.app, immutable=True)
 
 
-def xstarmap(task: Any, it: Iterable[Any]) -> Signature:
+def xstarmap(task: Any, it: Iterable[Any]) -> Signature[Any]:
     return Signature("minique.starmap", (task.name, [list(a) for a in it]), app=task.app, immutable=True)
 
 
-class chunks(Signature):
+class chunks(Signature[Any]):
     """Split an iterable of argument tuples into chunks of n, each run as one starmap task."""
 
     def __init__(self, task: Any, it: Iterable[Any], n: int, app: Any = None):
@@ -753,10 +756,10 @@ class chunks(Signature):
         return group([Signature("minique.starmap", (name, part), app=self._app, immutable=True) for part in parts],
                      app=self._app)
 
-    def apply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         return self.group().apply_async(**options)
 
-    async def aapply_async(self, args: Any = (), kwargs: Optional[dict] = None, **options: Any) -> Any:
+    async def aapply_async(self, args: Any = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         return await self.group().aapply_async(**options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -765,17 +768,19 @@ class chunks(Signature):
 
 def register_builtins(app: Any) -> None:
     """Tasks every worker knows: map, starmap, and the group/chord unlock used by replace()."""
-    @app.task(name="minique.map")
-    def _map(task_name: str, items: list) -> list:
+    task = cast(Callable[..., Callable[[Callable[..., Any]], Any]], app.task)  # (app: a Minique, not imported here)
+
+    @task(name="minique.map")
+    def _map(task_name: str, items: List[Any]) -> List[Any]:
         fun = app.tasks[task_name]
         return [fun(item) for item in items]
 
-    @app.task(name="minique.starmap")
-    def _starmap(task_name: str, items: list) -> list:
+    @task(name="minique.starmap")
+    def _starmap(task_name: str, items: List[Any]) -> List[Any]:
         fun = app.tasks[task_name]
         return [fun(*item) for item in items]
 
-    @app.task(name="minique.identity")
+    @task(name="minique.identity")
     def _identity(value: Any) -> Any:
         return value
 

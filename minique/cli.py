@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import click
@@ -217,7 +217,7 @@ def _client_app(ctx: click.Context, broker: bool = True, backend: bool = False) 
     return app
 
 
-class _Autoscale(click.ParamType):
+class _Autoscale(click.ParamType):  # type: ignore[type-arg]  # (generic in click 8.2+)
     """Celery's --autoscale: MAX,MIN (either order) or MAX."""
 
     name = "MAX,MIN"
@@ -543,7 +543,7 @@ def status(ctx: click.Context) -> None:
 _EVENT_DETAILS = ("args", "kwargs", "runtime", "exception", "reason", "eta", "queue", "retries")
 
 
-def event_line(ev: dict) -> str:
+def event_line(ev: Dict[str, Any]) -> str:
     """One event as `celery events --dump` shows it: when, who, what, then its details."""
     import datetime
     when = datetime.datetime.fromtimestamp(float(ev.get("ts") or 0)).isoformat(sep=" ", timespec="milliseconds")
@@ -625,7 +625,7 @@ class _Quiet:
         return None
 
 
-def _progress(items: Any, label: str, size: int, weights: Optional[dict] = None) -> Any:
+def _progress(items: Any, label: str, size: int, weights: Optional[Dict[str, Any]] = None) -> Any:
     """A click progress bar on stderr over `items` when there are PROGRESS_FROM messages or more and stderr is a
     terminal (a pipe or a file gets only the command's result); `weights`: how many messages each item counts
     for (a queue's length), else one each."""
@@ -633,7 +633,7 @@ def _progress(items: Any, label: str, size: int, weights: Optional[dict] = None)
         return _Quiet(items)
     if weights is None:
         return click.progressbar(items, label=label, file=sys.stderr, show_pos=True)
-    counts: dict = weights
+    counts: Dict[str, Any] = weights
 
     class _Weighted:
         def __enter__(self) -> Any:
@@ -672,7 +672,7 @@ def dlq_list(ctx: click.Context, count: int) -> None:
 @click.option("--all", "replay_all", is_flag=True)
 @click.option("-Q", "--queue", help="Send to this queue instead of the original.")
 @click.pass_context
-def dlq_replay(ctx: click.Context, ids: tuple, replay_all: bool, queue: Optional[str]) -> None:
+def dlq_replay(ctx: click.Context, ids: Tuple[Any, ...], replay_all: bool, queue: Optional[str]) -> None:
     """Send dead letters back to their queue."""
     app = _client_app(ctx)  # ctx.obj is the main group's (click passes obj down)
     if replay_all:
@@ -718,7 +718,7 @@ def _reply_text(reply: Any) -> Tuple[str, str]:
     return "OK", str(reply)
 
 
-def _say_replies(replies: dict, as_json: bool, show_online: bool = False) -> None:
+def _say_replies(replies: Dict[str, Any], as_json: bool, show_online: bool = False) -> None:
     """`{node: reply}` in Celery's format (`-> node: OK`, the reply indented; one block per node) or, with
     --json, as one JSON object. No replies: Celery's error line and exit status 1."""
     if as_json:
@@ -758,7 +758,7 @@ def inspect(ctx: click.Context, what: str, destination: Optional[str], timeout: 
 @click.option("-t", "--timeout", default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object {worker: reply} instead of text.")
 @click.pass_context
-def control(ctx: click.Context, command: str, args: tuple, destination: Optional[str], timeout: float,
+def control(ctx: click.Context, command: str, args: Tuple[Any, ...], destination: Optional[str], timeout: float,
             as_json: bool) -> None:
     """Tell the workers to do something: shutdown, pool_grow N, pool_shrink N, autoscale MAX [MIN],
     rate_limit TASK RATE, revoke ID, pause QUEUE, resume QUEUE (a pause is kept in Redis: workers started later
@@ -796,7 +796,7 @@ def control(ctx: click.Context, command: str, args: tuple, destination: Optional
             return
     else:
         replies = ctl.ping(destination=dest, timeout=timeout)
-    merged: dict = {}
+    merged: Dict[str, Any] = {}
     for one in replies:  # each reply is {node: answer}: the same shape as inspect's
         merged.update(one)
     _say_replies(merged, as_json)

@@ -9,7 +9,7 @@ import importlib
 import os
 import re
 import warnings
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, Mapping, Optional, Tuple, Union, cast
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULTS: Dict[str, Any] = {
@@ -101,7 +101,7 @@ _ENV_OVERRIDES = {"broker_url": "MINIQUE_BROKER_URL", "result_backend": "MINIQUE
                   "worker_metrics_host": "MINIQUE_METRICS_HOST"}
 
 
-class Settings(Mapping):
+class Settings(Mapping[str, Any]):
     """`app.conf`: attribute and item access over DEFAULTS plus what the user set.
 
     Two layers over the defaults: a config source (`from_object`) and explicit writes
@@ -175,10 +175,10 @@ class Settings(Mapping):
 
     @property
     def result_url(self) -> str:
-        return self["result_backend"] or self["broker_url"]
+        return cast("str", self["result_backend"] or self["broker_url"])
 
     @property
-    def accept(self) -> frozenset:
+    def accept(self) -> FrozenSet[Any]:
         from .serializers import canonical
         return frozenset(canonical(c) for c in self["accept_content"])
 

@@ -34,7 +34,7 @@ class SentinelConnection(SentinelManagedConnection):
 
     def connect(self) -> None:
         try:
-            super().connect()
+            super().connect()  # type: ignore[no-untyped-call]  # (redis-py leaves it unannotated)
         except MasterNotFoundError:
             raise self._not_found() from None
 

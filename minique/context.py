@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union, cast
 
 if TYPE_CHECKING:
     from .message import Message
@@ -130,7 +130,7 @@ def current() -> Optional[Request]:
     top = stack[-1]
     if top.__class__ is not Request:
         top = stack[-1] = top()
-    return top
+    return cast("Request | None", top)
 
 
 def set_current_app(app: Any) -> None:

@@ -40,8 +40,9 @@ class Control:
     def __init__(self, app: Any):
         self.app = app
 
-    def broadcast(self, command: str, arguments: Optional[dict] = None, destination: Optional[List[str]] = None,
-                  reply: bool = False, timeout: float = 1.0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+    def broadcast(self, command: str, arguments: Optional[Dict[str, Any]] = None,
+                  destination: Optional[List[str]] = None, reply: bool = False, timeout: float = 1.0,
+                  limit: Optional[int] = None) -> List[Dict[str, Any]]:
         client = self.app.broker_client
         if isinstance(destination, str):
             destination = [destination]

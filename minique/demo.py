@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import List
 
 from minique import Minique, chord, group
 from minique.config import mask_url
@@ -21,17 +22,17 @@ app = Minique("minique.demo", broker=os.environ.get("MINIQUE_BROKER_URL", DEFAUL
 
 # named demo.* (not minique.demo.*): the worker's banner leaves minique.* out as minique's own tasks
 @app.task(name="demo.add")
-def add(x, y):
+def add(x: int, y: int) -> int:
     return x + y
 
 
 @app.task(name="demo.mul")
-def mul(x, y):
+def mul(x: int, y: int) -> int:
     return x * y
 
 
 @app.task(name="demo.total")
-def total(values):
+def total(values: List[int]) -> int:
     return sum(values)
 
 

@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = [
@@ -285,7 +285,7 @@ def _is_our_server(pid: int, directory: Path) -> bool:
     return b"redis" in cmdline and os.path.realpath(cwd) == os.path.realpath(directory)
 
 
-def server_pid(path) -> Optional[int]:
+def server_pid(path: Any) -> Optional[int]:
     """Pid of the live embedded server for data dir ``path``, or None."""
     directory = Path(os.path.abspath(os.fspath(path)))
     try:
@@ -340,7 +340,7 @@ class _DirLock:
         self.fd = fd
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the flock
             self.fd = None
@@ -350,7 +350,7 @@ class _DirLock:
 # Start / reuse / stop
 # --------------------------------------------------------------------------
 
-def _wait_ready(sock_path: Path, deadline: float, pid_check=None) -> bool:
+def _wait_ready(sock_path: Path, deadline: float, pid_check: Optional[Callable[[], bool]] = None) -> bool:
     delay = 0.01
     while True:
         if _ping(sock_path) == "ok":
@@ -363,7 +363,7 @@ def _wait_ready(sock_path: Path, deadline: float, pid_check=None) -> bool:
         delay = min(delay * 2, 0.1)
 
 
-def _server_args(binary: str, directory: Path) -> list:
+def _server_args(binary: str, directory: Path) -> List[Any]:
     return [
         binary,
         "--port", "0",
@@ -379,7 +379,7 @@ def _server_args(binary: str, directory: Path) -> list:
     ]
 
 
-def ensure_server(path, timeout: float = DEFAULT_TIMEOUT) -> Path:
+def ensure_server(path: Any, timeout: float = DEFAULT_TIMEOUT) -> Path:
     """Start (or reuse) the embedded server for data dir ``path``.
 
     Returns the unix socket path.  Raises :class:`EmbeddedError` with the
@@ -469,7 +469,7 @@ def resolve_url(url: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     return f"unix://{quote(str(sock_path))}?db={db}"
 
 
-def stop(path, timeout: float = DEFAULT_TIMEOUT) -> bool:
+def stop(path: Any, timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Shut down the embedded server for data dir ``path`` (or URL).
 
     Sends ``SHUTDOWN NOSAVE`` (the AOF is still flushed and fsynced; only

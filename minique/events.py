@@ -114,7 +114,7 @@ class Events:
         self.send = send
         self.recorder = recorder
         self.pid = os.getpid()
-        self.records: List[tuple] = []
+        self.records: List[Tuple[Any, ...]] = []
         self.headers: List[Any] = []
         self.due = 0.0              # when the batch is old enough to go (monotonic)
         self.slow = False           # the last task took SLOW seconds or more
@@ -313,7 +313,7 @@ def _ignore(problem: str) -> None:
     """The default report of a malformed record: none."""
 
 
-def _record(record: Any, host: Any, pid: Any, headers: List[Any], wire: Dict[int, tuple]
+def _record(record: Any, host: Any, pid: Any, headers: List[Any], wire: Dict[int, Tuple[Any, ...]]
             ) -> Iterator[Dict[str, Any]]:
     """The events of one record (an exception for a record of the wrong shape)."""
     code, ts, at, extra = record
@@ -350,11 +350,11 @@ def _record(record: Any, host: Any, pid: Any, headers: List[Any], wire: Dict[int
         yield ev
 
 
-def _headers(raw: List[Any]) -> Tuple[List[Any], Dict[int, tuple]]:
+def _headers(raw: List[Any]) -> Tuple[List[Any], Dict[int, Tuple[Any, ...]]]:
     """Headers as field lists, and for each wire-message header its task-received and task-started
     fields ([sent_at, eta, expires, priority, body, content_type])."""
     headers: List[Any] = []
-    wire: Dict[int, tuple] = {}
+    wire: Dict[int, Tuple[Any, ...]] = {}
     for at, h in enumerate(raw):
         if isinstance(h, bytes):
             try:

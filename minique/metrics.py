@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 from . import keys, serializers
 from .logs import Once
@@ -78,12 +78,13 @@ class MetricsTable:
         self.n = n
         self.buf = mmap.mmap(-1, n * REGION)
         self.values = memoryview(self.buf).cast("d")
-        self._keys: Dict[Tuple[int, int], tuple] = {}  # (region, entry) -> key, read once (entries never change)
+        # (region, entry) -> key, read once (entries never change)
+        self._keys: Dict[Tuple[int, int], Tuple[Any, ...]] = {}
 
     def recorder(self, region: int) -> "Recorder":
         return Recorder(self, region)
 
-    def _key_at(self, region: int, entry: int) -> Optional[tuple]:
+    def _key_at(self, region: int, entry: int) -> Optional[Tuple[Any, ...]]:
         cached = self._keys.get((region, entry))
         if cached is None:
             at = region * REGION + HEADER + entry * ENTRY
@@ -95,7 +96,7 @@ class MetricsTable:
             self._keys[(region, entry)] = cached
         return cached
 
-    def entries(self, region: int) -> Iterable[Tuple[tuple, int]]:
+    def entries(self, region: int) -> Iterable[Tuple[Tuple[Any, ...], int]]:
         """(key, offset of its first value in `values`) of every entry in `region`."""
         count = int(self.values[region * REGION // 8])
         for entry in range(min(count, CAPACITY)):
@@ -103,9 +104,9 @@ class MetricsTable:
             if key is not None:
                 yield key, (region * REGION + HEADER + entry * ENTRY + KEY_BYTES) // 8
 
-    def snapshot(self) -> Dict[tuple, List[float]]:
+    def snapshot(self) -> Dict[Tuple[Any, ...], List[float]]:
         """Values summed over every region, per label set."""
-        out: Dict[tuple, List[float]] = {}
+        out: Dict[Tuple[Any, ...], List[float]] = {}
         v = self.values
         for region in range(self.n):
             for key, at in self.entries(region):
@@ -137,9 +138,10 @@ class Recorder:
         self.v = table.values
         self.region = region
         self.base = region * REGION
-        self.index: Dict[tuple, int] = {key: at for key, at in table.entries(region)}
+        self.index: Dict[Tuple[Any, ...], int] = {key: at for key, at in table.entries(region)}
         self.run_started = 0.0       # monotonic start of the task running now (one at a time per recorder)
-        self._last: tuple = (None, None, 0)  # (task, queue, at) of the last count: a task's events come together
+        # (task, queue, at) of the last count: a task's events come together
+        self._last: Tuple[Any, ...] = (None, None, 0)
 
     def _at(self, kind: int, a: str, b: str) -> int:
         key = (kind, a, b)
@@ -148,7 +150,7 @@ class Recorder:
             at = self._add(key)
         return at
 
-    def _add(self, key: tuple) -> int:
+    def _add(self, key: Tuple[Any, ...]) -> int:
         count = int(self.v[self.base // 8])
         if count >= CAPACITY - 1:  # full: everything new is counted under one overflow entry
             key = (key[0], OVERFLOW, OVERFLOW)
@@ -171,7 +173,7 @@ class Recorder:
             at = self._at(KIND_TASK, task, queue)
             self._last = (task, queue, at)
         self.v[at + state] += 1.0
-        return at
+        return cast("int", at)
 
     def observe(self, at: int, offset: int, seconds: float) -> None:
         v = self.v
@@ -221,7 +223,7 @@ def _histogram(family: Any, labels: List[str], values: List[float], at: int) -> 
     family.add_metric(labels, out, sum_value=values[at + NB])
 
 
-def task_families(snapshot: Dict[tuple, List[float]]) -> List[Any]:
+def task_families(snapshot: Dict[Tuple[Any, ...], List[float]]) -> List[Any]:
     """minique_tasks_total, the two histograms and minique_dead_letters_total from a table snapshot."""
     from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
     tasks = CounterMetricFamily("minique_tasks", "Task events by task name, state and queue.",
@@ -261,7 +263,7 @@ class WorkerCollector:
         self.worker = worker
         self.table = table
 
-    def describe(self) -> list:
+    def describe(self) -> List[Any]:
         return []  # collected on demand only (the label sets are not known up front)
 
     def collect(self) -> Iterable[Any]:
@@ -332,7 +334,7 @@ class ClusterCollector:
         self.app = app
         self.queues = queues  # callable returning the queue names to report
 
-    def describe(self) -> list:
+    def describe(self) -> List[Any]:
         return []
 
     def collect(self) -> Iterable[Any]:

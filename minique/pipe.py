@@ -14,14 +14,14 @@ Outbox, or a caller that executes a `ClientPipe`). Three verbs:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, cast
 
 import redis
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 
 from .keys import hash_slot
 
-Emitter = Callable[[Any, list], List[tuple]]
+Emitter = Callable[[Any, List[Any]], List[Tuple[Any, ...]]]
 _ON_REPLY = "minique_on_reply"
 
 
@@ -43,7 +43,7 @@ class Pipe(Commands, Protocol):
         ...
 
 
-def _pack_py(args: tuple) -> bytes:
+def _pack_py(args: Tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
         t = type(a)
@@ -56,6 +56,7 @@ try:  # packing is a fifth of a pool process's Python time: hiredis's packer is 
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - without the hiredis extra
     _pack = _pack_py
+pack_command = _pack  # (public: the asyncio client packs commands the same way)
 
 
 FAILOVER_TIMEOUT = 20.0  # seconds a client keeps retrying what a failover refuses before the caller sees it
@@ -75,7 +76,7 @@ class _Handled:
     """`call`, `gather` and an `execute` that runs reply handlers, over a redis-py pipeline (mixed in)."""
 
     _handlers: List[Tuple[int, Callable[[Any], None]]]
-    _gathered: Dict[tuple, list]
+    _gathered: Dict[Tuple[Any, ...], List[Any]]
 
     def call(self, on_reply: Callable[[Any], None], *args: Any) -> None:
         self._handlers.append((len(self), on_reply))  # type: ignore[arg-type]  # (a pipeline has a length)
@@ -129,7 +130,7 @@ class ClusterClientPipe(_Handled, ClusterPipeline):
         pipe: Any = client.pipeline(transaction=transaction)
         pipe.__class__ = cls  # (the same object, with the Pipe verbs: redis-py builds it for its client)
         pipe._handlers, pipe._gathered = [], {}
-        return pipe
+        return cast("ClusterClientPipe", pipe)
 
 
 def is_cluster(client: Any) -> bool:
@@ -156,8 +157,8 @@ class FastPipeline(redis.client.Pipeline):
     def __init__(self, client: "redis.Redis"):
         super().__init__(client.connection_pool, client.response_callbacks, False, None)
         self._conn: Any = None
-        self._unread: list = []  # commands written whose replies are still on the socket
-        self._gathered: Dict[tuple, list] = {}  # (emit, key) -> items, see gather
+        self._unread: List[Any] = []  # commands written whose replies are still on the socket
+        self._gathered: Dict[Tuple[Any, ...], List[Any]] = {}  # (emit, key) -> items, see gather
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Queue a command as it is (redis-py's per-command wrappers cost 4x more)."""
@@ -210,13 +211,13 @@ class FastPipeline(redis.client.Pipeline):
             raise
         self._unread.extend(stack)
 
-    def collect(self, raise_on_error: bool = True) -> list:
+    def collect(self, raise_on_error: bool = True) -> List[Any]:
         """Read the replies of every command written so far."""
         unread, self._unread = self._unread, []
         if not unread:
             return []
         conn = self._conn
-        out: list = []
+        out: List[Any] = []
         refused = -1  # where the server began refusing writes for a while (a failover): sent again from there
         try:
             for _ in unread:
@@ -236,7 +237,7 @@ class FastPipeline(redis.client.Pipeline):
             raise redis.exceptions.ConnectionError(f"Redis refused writes for now ({why}); they are sent again")
         return self._answer(unread, out, raise_on_error)
 
-    def _answer(self, unread: list, out: list, raise_on_error: bool) -> list:
+    def _answer(self, unread: List[Any], out: List[Any], raise_on_error: bool) -> List[Any]:
         error = None
         for (_, options), reply in zip(unread, out):
             on_reply = options.get(_ON_REPLY)
@@ -251,12 +252,12 @@ class FastPipeline(redis.client.Pipeline):
             raise error
         return out
 
-    def execute(self, raise_on_error: bool = True) -> list:
+    def execute(self, raise_on_error: bool = True) -> List[Any]:
         """Write the queued commands and read the replies of everything written so far, in order."""
         self.write()
         return self.collect(raise_on_error)
 
-    def _lost(self, conn: Any, commands: list) -> None:
+    def _lost(self, conn: Any, commands: List[Any]) -> None:
         # which of them Redis ran is unknown: keep all of them (and the unread ones) to write again
         conn.disconnect()
         self.command_stack = self._unread + commands + self.command_stack
@@ -273,7 +274,7 @@ class FastPipeline(redis.client.Pipeline):
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
-def command_slot(args: tuple) -> int:
+def command_slot(args: Tuple[Any, ...]) -> int:
     """The slot of a command's key (the first key of a script): minique's commands name their key first."""
     name = args[0]
     name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
@@ -303,9 +304,9 @@ class ClusterFastPipeline(FastPipeline):
         self._conns: Dict[str, Tuple[Any, Any]] = {}  # node name -> (its pool, a connection checked out)
         self._unread = []
         self._gathered = {}
-        self._acks: list = []       # emitted acks not yet written: they leave after everything else
-        self._inflight: list = []   # (node name, connection, items): acks written, replies not read yet
-        self._answered: list = []   # (options, reply) confirmed; their handlers run at collect()
+        self._acks: List[Any] = []       # emitted acks not yet written: they leave after everything else
+        self._inflight: List[Any] = []   # (node name, connection, items): acks written, replies not read yet
+        self._answered: List[Any] = []   # (options, reply) confirmed; their handlers run at collect()
 
     def write(self) -> None:
         self._read_acks()  # (their replies come first on the connections the body goes out on)
@@ -325,7 +326,7 @@ class ClusterFastPipeline(FastPipeline):
                 self._acks = [(args, options) for args, options, _ in failed] + self._acks
                 raise error  # (kept: written again with the next write)
 
-    def collect(self, raise_on_error: bool = True) -> list:
+    def collect(self, raise_on_error: bool = True) -> List[Any]:
         """Read the acks' replies, then run the handlers of every reply confirmed since the last collect."""
         self._read_acks()
         answered, self._answered = self._answered, []
@@ -355,7 +356,7 @@ class ClusterFastPipeline(FastPipeline):
                 self._acks = left[0] + self._acks
                 raise left[1]
 
-    def _send(self, stack: list) -> Any:
+    def _send(self, stack: List[Any]) -> Any:
         """Send `stack` to the nodes and read every reply; None, or (what was not confirmed, the error)."""
         todo: List[Tuple[Any, Any, Any]] = [(args, options, None) for args, options in stack]
         error: Exception = redis.exceptions.ConnectionError("no attempt")
@@ -373,12 +374,12 @@ class ClusterFastPipeline(FastPipeline):
             todo = retry
         return [(args, options) for args, options, _ in todo], error
 
-    def _write_nodes(self, todo: list) -> Tuple[list, list, bool, Exception]:
+    def _write_nodes(self, todo: List[Any]) -> Tuple[List[Any], List[Any], bool, Exception]:
         """Write each item to its node (not reading): (written per node, items to retry, a node lost, error)."""
         error: Exception = redis.exceptions.ConnectionError("no error")
         retry: List[Tuple[Any, Any, Any]] = []
         lost = False
-        by_node: Dict[str, Tuple[Any, list]] = {}
+        by_node: Dict[str, Tuple[Any, List[Any]]] = {}
         try:
             for item in todo:
                 node = item[2] or self._cluster.nodes_manager.get_node_from_slot(command_slot(item[0]))
@@ -402,7 +403,7 @@ class ClusterFastPipeline(FastPipeline):
                 retry.extend(items)
         return written, retry, lost, error
 
-    def _read_nodes(self, written: list) -> Tuple[list, bool, Optional[Exception]]:
+    def _read_nodes(self, written: List[Any]) -> Tuple[List[Any], bool, Optional[Exception]]:
         """Read the replies of what `_write_nodes` wrote: confirmed ones go to `_answered`; returns
         (items to send again, a node lost, the last error)."""
         retry: List[Tuple[Any, Any, Any]] = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Generic, Iterator, List, Optional, TypeVar
+from typing import Any, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar, cast
 
 from . import context, states
 from .exceptions import TaskRevokedError, TimeoutError
@@ -24,25 +24,25 @@ class AsyncResult(Generic[R_co]):
     """The result of one task, by id (`AsyncResult[R]` for type checkers: `get()` returns an R)."""
 
     def __init__(self, id: str, app: Any = None, task_name: Optional[str] = None,
-                 parent: Optional["AsyncResult"] = None):
+                 parent: Optional["AsyncResult[Any]"] = None):
         self.id = id
         self.app = app if app is not None else context.current_app()
         self.task_name = task_name
         self.parent = parent
-        self._cache: Optional[dict] = None
+        self._cache: Optional[Dict[str, Any]] = None
 
     # --- state --------------------------------------------------------------------------------------
-    def _meta(self) -> dict:
+    def _meta(self) -> Dict[str, Any]:
         if self._cache is not None:
             return self._cache
         meta = self.app.backend.get_meta(self.id)
         if meta["status"] in states.READY_STATES:
             self._cache = meta
-        return meta
+        return cast("dict[str, Any]", meta)
 
     @property
     def state(self) -> str:
-        return self._meta()["status"]
+        return cast("str", self._meta()["status"])
 
     status = state
 
@@ -55,7 +55,7 @@ class AsyncResult(Generic[R_co]):
 
     @property
     def traceback(self) -> Optional[str]:
-        return self._meta()["traceback"]
+        return cast("str | None", self._meta()["traceback"])
 
     @property
     def date_done(self) -> Optional[datetime]:
@@ -74,11 +74,11 @@ class AsyncResult(Generic[R_co]):
         return self._meta().get("name")
 
     @property
-    def args(self) -> Optional[list]:
+    def args(self) -> Optional[List[Any]]:
         return self._meta().get("args")
 
     @property
-    def kwargs(self) -> Optional[dict]:
+    def kwargs(self) -> Optional[Dict[str, Any]]:
         return self._meta().get("kwargs")
 
     @property
@@ -119,13 +119,13 @@ class AsyncResult(Generic[R_co]):
         meta = self._cache
         assert meta is not None
         if meta["status"] == states.SUCCESS:
-            return meta["result"]
+            return cast("R_co", meta["result"])
         if propagate:
             exc = meta["result"]
             if isinstance(exc, BaseException):
                 raise exc
             raise TaskRevokedError(str(exc)) if meta["status"] == states.REVOKED else TimeoutError(repr(exc))
-        return meta["result"]
+        return cast("R_co", meta["result"])
 
     wait = get
 
@@ -136,17 +136,17 @@ class AsyncResult(Generic[R_co]):
             self._cache = await self.app.aio.wait(self.id, timeout)
         return self._value(propagate)
 
-    async def _ameta(self) -> dict:
+    async def _ameta(self) -> Dict[str, Any]:
         if self._cache is not None:
             return self._cache
         meta = await self.app.aio.get_meta(self.id)
         if meta["status"] in states.READY_STATES:
             self._cache = meta
-        return meta
+        return cast("dict[str, Any]", meta)
 
     async def astate(self) -> str:
         """The task's state now (`state`, awaited)."""
-        return (await self._ameta())["status"]
+        return cast("str", (await self._ameta())["status"])
 
     async def ainfo(self) -> Any:
         """The return value, the exception, or a custom state's meta (`info`, awaited)."""
@@ -186,7 +186,7 @@ class AsyncResult(Generic[R_co]):
     def __str__(self) -> str:
         return self.id
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> Tuple[Any, ...]:
         return (self.id, self.parent.as_tuple() if self.parent else None)
 
 
@@ -202,7 +202,7 @@ class GroupResult(Generic[R_co]):
     """Results of a group's tasks, in the group's order (`GroupResult[R]`: `get()` returns a list of R)."""
 
     def __init__(self, id: Optional[str], results: List[AsyncResult[R_co]], app: Any = None,
-                 parent: Optional[AsyncResult] = None):
+                 parent: Optional[AsyncResult[Any]] = None):
         self.id = id
         self.results = list(results)
         self.app = app if app is not None else context.current_app()
@@ -306,7 +306,7 @@ class EagerResult(AsyncResult[R_co]):
         self._cache = {"status": state, "result": value, "traceback": traceback,
                        "date_done": time.time() if state in states.READY_STATES else None}
 
-    def _meta(self) -> dict:
+    def _meta(self) -> Dict[str, Any]:
         assert self._cache is not None  # set in __init__; forget() keeps it
         return self._cache
 

@@ -108,23 +108,25 @@ class Task(Generic[P, R]):
     # --- hooks (Celery's): override them in a task class (`base=`); called by the worker and in eager
     # mode, in Celery's order (minique/trace.py). One that raises is logged; the outcome stands.
     @_default
-    def before_start(self, task_id: str, args: Any, kwargs: dict) -> None:
+    def before_start(self, task_id: str, args: Any, kwargs: Dict[str, Any]) -> None:
         """Called before the body runs."""
 
     @_default
-    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: dict) -> None:
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Dict[str, Any]) -> None:
         """Called when the task succeeded (its result is written or queued)."""
 
     @_default
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Dict[str, Any], einfo: Any) -> None:
         """Called when the task failed for good (also an autoretry past max_retries); einfo: ExceptionInfo."""
 
     @_default
-    def on_retry(self, exc: Optional[BaseException], task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+    def on_retry(self, exc: Optional[BaseException], task_id: str, args: Any, kwargs: Dict[str, Any],
+                 einfo: Any) -> None:
         """Called when the task is to be retried (self.retry() or autoretry_for); exc: the cause."""
 
     @_default
-    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: dict, einfo: Any) -> None:
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Dict[str, Any],
+                     einfo: Any) -> None:
         """Called after on_success / on_failure (not after a retry, reject or ignore), as in Celery."""
 
     # --- calling in-process -------------------------------------------------------------------------
@@ -141,13 +143,13 @@ class Task(Generic[P, R]):
             return context.Request(task=self.name, called_directly=True, args=(), kwargs={})
         return req
 
-    def apply(self, args: Iterable[Any] = (), kwargs: Optional[dict] = None, task_id: Optional[str] = None,
+    def apply(self, args: Iterable[Any] = (), kwargs: Optional[Dict[str, Any]] = None, task_id: Optional[str] = None,
               **options: Any) -> EagerResult[R]:
         """Run the task here and now (eager), retries included; returns an EagerResult."""
         link, link_error = options.pop("link", None), options.pop("link_error", None)
         if link or link_error:  # callbacks run as a worker runs them (canvas.apply_linked)
             from .canvas import apply_linked
-            return apply_linked(self, args, kwargs, task_id, link, link_error, options)
+            return cast("EagerResult[R]", apply_linked(self, args, kwargs, task_id, link, link_error, options))
         task_id = task_id or new_id()
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         hooks = Hooks(self)
@@ -192,7 +194,7 @@ class Task(Generic[P, R]):
         """Send the task with these arguments; returns an AsyncResult."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
+    def apply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
                     task_id: Optional[str] = None, link: Any = None, link_error: Any = None,
                     **options: Any) -> AsyncResult[R]:
         """Send the task with options: countdown, eta, expires, queue, priority, serializer, headers, ..."""
@@ -200,13 +202,13 @@ class Task(Generic[P, R]):
             return self.apply(args or (), kwargs or {}, task_id=task_id, link=link, link_error=link_error, **options)
         if task_id is not None or link is not None or link_error is not None:  # (plain calls skip the options)
             options.update(task_id=task_id, link=link, link_error=link_error)
-        return self.app.send_task(self.name, args, kwargs, **options)
+        return cast("AsyncResult[R]", self.app.send_task(self.name, args, kwargs, **options))
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """`delay` for asyncio code: `await add.adelay(2, 2)` sends without blocking the event loop."""
         return await self.aapply_async(args, kwargs)
 
-    async def aapply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
+    async def aapply_async(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
                            task_id: Optional[str] = None, link: Any = None, link_error: Any = None,
                            **options: Any) -> AsyncResult[R]:
         """`apply_async` for asyncio code (the same options; eager mode runs the task here, as there)."""
@@ -214,17 +216,18 @@ class Task(Generic[P, R]):
             return self.apply(args or (), kwargs or {}, task_id=task_id, link=link, link_error=link_error, **options)
         if task_id is not None or link is not None or link_error is not None:
             options.update(task_id=task_id, link=link, link_error=link_error)
-        return await self.app.asend_task(self.name, args, kwargs, **options)
+        return cast("AsyncResult[R]", await self.app.asend_task(self.name, args, kwargs, **options))
 
     def delay_many(self, arglist: Iterable[Tuple[Any, ...]], **options: Any) -> List[AsyncResult[R]]:
         """Send one task per args tuple in a single pipelined round trip (the bulk path)."""
-        return self.app.send_many(self.name, ((tuple(a), None) for a in arglist), **options)
+        sent = self.app.send_many(self.name, ((tuple(a), None) for a in arglist), **options)
+        return cast("list[AsyncResult[R]]", sent)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult[R]:
         return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
 
     # --- canvas -------------------------------------------------------------------------------------
-    def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[dict] = None,
+    def signature(self, args: Optional[Iterable[Any]] = None, kwargs: Optional[Dict[str, Any]] = None,
                   **options: Any) -> Signature[R]:
         return Signature(self.name, args, kwargs, options, app=self.app,
                          immutable=options.pop("immutable", False))

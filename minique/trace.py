@@ -15,7 +15,7 @@ outcome was decided before it ran (before_start included: the body runs anyway).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from . import context, states
 from .exceptions import ExceptionInfo, Retry
@@ -54,7 +54,7 @@ class Hooks:
         self.call = task if _own(cls, "__call__") else None
         self.any = any(getattr(self, name) is not None for name in HOOKS + ("call",))
 
-    def run(self, task_id: str, args: Any, kwargs: dict) -> Optional["Run"]:
+    def run(self, task_id: str, args: Any, kwargs: Dict[str, Any]) -> Optional["Run"]:
         """A Run for one execution, or None when there is nothing to call (the plain, fast path)."""
         if self.any or traced():
             return Run(self, task_id, args, kwargs)
@@ -66,7 +66,7 @@ class Run:
 
     __slots__ = ("hooks", "task", "task_id", "args", "kwargs", "state", "retval", "einfo")
 
-    def __init__(self, hooks: Hooks, task_id: str, args: Any, kwargs: dict):
+    def __init__(self, hooks: Hooks, task_id: str, args: Any, kwargs: Dict[str, Any]):
         self.hooks = hooks
         self.task = hooks.task
         self.task_id = task_id

@@ -1,7 +1,7 @@
 """Brokers: where messages wait. `make_broker` picks the implementation from the settings."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 from .base import Broker, Delivery
 from .lists import ListsBroker
@@ -10,7 +10,7 @@ from .streams import StreamsBroker
 KINDS = {"streams": StreamsBroker, "lists": ListsBroker}
 
 
-def make_broker(client: Any, transport_options: dict, max_deliveries: int) -> Broker:
+def make_broker(client: Any, transport_options: Dict[str, Any], max_deliveries: int) -> Broker:
     """The broker named by broker_transport_options["queue_type"] (default "streams")."""
     kind = transport_options.get("queue_type", "streams")
     if kind not in KINDS:

@@ -68,7 +68,7 @@ class _Collected:
     """Commands recorded as a client would run them (to be sent on one connection, then WAITed for)."""
 
     def __init__(self) -> None:
-        self.commands: List[tuple] = []
+        self.commands: List[Tuple[Any, ...]] = []
 
     def execute_command(self, *args: Any, **options: Any) -> None:
         self.commands.append(args)
@@ -145,8 +145,8 @@ class Broker(ABC):
         client: Any = self.client
         todo = collected.commands
         while todo:  # on a cluster, each node's writes and their WAIT on a connection to that node
-            by_node: Dict[str, Tuple[Any, List[tuple]]] = {}
-            failed: List[tuple] = []
+            by_node: Dict[str, Tuple[Any, List[Tuple[Any, ...]]]] = {}
+            failed: List[Tuple[Any, ...]] = []
             problem: Optional[Exception] = None
             for command in todo:
                 try:
@@ -173,7 +173,7 @@ class Broker(ABC):
                 except redis.exceptions.RedisError:
                     pass
 
-    def _confirm(self, pool: Any, commands: List[tuple], deadline: float, reconnect: bool = True) -> None:
+    def _confirm(self, pool: Any, commands: List[Tuple[Any, ...]], deadline: float, reconnect: bool = True) -> None:
         """`_send_confirmed` on one server (the connections of `pool`); without `reconnect`, a lost
         connection is raised at once (a cluster node: its caller looks for the slot's new master)."""
         wait = ("WAIT", self.wait_for_replicas, max(1, int(self.wait_timeout * 1000)))
@@ -364,11 +364,11 @@ class Broker(ABC):
         pipe.execute_command(*self._dead_letter_command(data, reason, queue, task_id, worker))
 
     def _dead_letter_command(self, data: bytes, reason: str, queue: str, task_id: Optional[str],
-                             worker: str = "") -> tuple:
+                             worker: str = "") -> Tuple[Any, ...]:
         return ("XADD", keys.DLQ, "*", "m", data, "reason", reason, "queue", queue,
                 "task_id", task_id or "", "worker", worker or self.hostname, "time", repr(time.time()))
 
-    def bury(self, pipe: Pipe, queue: str, data: bytes, reason: str, remove: Sequence[tuple]) -> None:
+    def bury(self, pipe: Pipe, queue: str, data: bytes, reason: str, remove: Sequence[Tuple[Any, ...]]) -> None:
         """Dead-letter a record a script left in place (past max deliveries, or malformed), then remove
         it where it was with the `remove` commands, queued once the dead letter is written (the
         dead-letter stream is in another hash slot than the queue, so no script can do both): if the
@@ -385,7 +385,7 @@ class Broker(ABC):
         pipe.call(written, *self._dead_letter_command(data, reason, queue, task_id))
 
     def bury_malformed(self, pipe: Pipe, kind: str, queue: str, data: bytes, problem: str,
-                       remove: Sequence[tuple]) -> None:
+                       remove: Sequence[Tuple[Any, ...]]) -> None:
         """`bury` a record a script found malformed, `problem` saying how; logged once per `kind` (what
         found it) and queue: the dead letters hold every one with its reason."""
         self.bury(pipe, queue, data, f"malformed record: {problem}", remove)

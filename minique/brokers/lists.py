@@ -43,7 +43,7 @@ class ListsBroker(Broker):
     def ensure_queues(self, queues: Sequence[str]) -> None:
         """Lists need no set-up."""
 
-    def _script_keys(self, queue: str, consumer: str) -> list:
+    def _script_keys(self, queue: str, consumer: str) -> List[Any]:
         return [keys.consumers(queue), keys.processing(queue, consumer)] + keys.queue_priorities(queue)
 
     def fetch(self, consumer: str, queues: Sequence[str], count: int, block: float,
@@ -136,12 +136,12 @@ class ListsBroker(Broker):
                     pipe.execute()
         return total
 
-    def _bury(self, pipe: Pipe, queue: str, proc: str, dead: list) -> None:
+    def _bury(self, pipe: Pipe, queue: str, proc: str, dead: List[Any]) -> None:
         """Dead-letter the elements a script left in `proc` because they were delivered too often."""
         for element in dead:
             self.bury(pipe, queue, element[2:], "too many deliveries", [("LREM", proc, -1, element)])
 
-    def _bury_malformed(self, pipe: Pipe, kind: str, queue: str, proc: str, bad: list) -> None:
+    def _bury_malformed(self, pipe: Pipe, kind: str, queue: str, proc: str, bad: List[Any]) -> None:
         """Dead-letter the elements a script left in `proc` because their header is not valid."""
         for element in bad:
             found = _delivery(queue, proc, element)

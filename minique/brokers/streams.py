@@ -14,7 +14,7 @@ import select
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 import redis
 
@@ -35,7 +35,7 @@ def _xadd(queue: str, priority: int, data: bytes) -> bytes:
     return b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$1\r\nm\r\n$%d\r\n%s\r\n" % (len(key), key, len(data), data)
 
 
-def _ack_commands(key: str, entry_ids: list) -> List[tuple]:
+def _ack_commands(key: str, entry_ids: List[Any]) -> List[Tuple[Any, ...]]:
     """Ack = leave the group's pending list and delete the entry (a stream keeps only live messages)."""
     return [("XACK", key, keys.GROUP, *entry_ids), ("XDEL", key, *entry_ids)]
 
@@ -45,8 +45,8 @@ class StreamsBroker(Broker):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._read_keys: Dict[tuple, list] = {}
-        self._slot_groups: Dict[tuple, List[list]] = {}
+        self._read_keys: Dict[Tuple[Any, ...], List[Any]] = {}
+        self._slot_groups: Dict[Tuple[Any, ...], List[List[Any]]] = {}
         self._turn = 0  # which slot group a cluster fetch starts with
         self._held: Any = None  # send_now's connection, with the pid that opened it
         self._held_pid = 0
@@ -112,7 +112,7 @@ class StreamsBroker(Broker):
         finally:
             pool.release(conn)
 
-    def _keys(self, queues: Sequence[str]) -> list:
+    def _keys(self, queues: Sequence[str]) -> List[Any]:
         """Stream keys in read order: priority 9 of every queue first, then 8, ..."""
         found = self._read_keys.get(tuple(queues))
         if found is None:
@@ -120,13 +120,13 @@ class StreamsBroker(Broker):
             self._read_keys[tuple(queues)] = found
         return found
 
-    def _groups(self, queues: Sequence[str]) -> List[list]:
+    def _groups(self, queues: Sequence[str]) -> List[List[Any]]:
         """The stream keys in read order, split by cluster slot (one group on a single server): a
         script or a read may only touch one slot. Groups start from a different one at each call, so
         that no node's queues always come last."""
         found = self._slot_groups.get(tuple(queues))
         if found is None:
-            by_slot: Dict[int, list] = {}
+            by_slot: Dict[int, List[Any]] = {}
             for key in self._keys(queues):  # (queues sharing a slot share a group: priority holds across them)
                 by_slot.setdefault(keys.hash_slot(key), []).append(key)
             found = self._slot_groups[tuple(queues)] = list(by_slot.values()) if self.cluster else [self._keys(queues)]
@@ -153,7 +153,7 @@ class StreamsBroker(Broker):
             if pipe is None:
                 found = SCRIPTS(self.client, "fetch", stream_keys, args)
             else:  # the pending writes and the fetch in one round trip
-                box: list = []
+                box: List[Any] = []
                 pipe.call(box.append, "EVALSHA", SCRIPTS.shas["fetch"], len(stream_keys), *stream_keys, *args)
                 pipe.execute()
                 found = box[0]
@@ -218,18 +218,18 @@ class StreamsBroker(Broker):
             self.ensure_queues(queues)
             return []
 
-    def _read(self, consumer: str, stream_keys: list, count: int, block: float) -> Any:
+    def _read(self, consumer: str, stream_keys: List[Any], count: int, block: float) -> Any:
         return self.client.xreadgroup(keys.GROUP, consumer, {k: ">" for k in stream_keys},
                                       count=count, block=max(1, int(block * 1000)))
 
-    def _read_groups(self, consumer: str, groups: List[list], count: int, block: float) -> Any:
+    def _read_groups(self, consumer: str, groups: List[List[Any]], count: int, block: float) -> Any:
         """Block on every slot group at once (a connection each, on its node) and take what the first to
         answer found; the others are woken (CLIENT UNBLOCK) and whatever they took is kept too."""
         if len(groups) == 1:
             return self._read(consumer, groups[0], count, block)
         client: Any = self.client
         waits = []  # (node's client, connection, its client id)
-        out: list = []
+        out: List[Any] = []
         try:
             for group in groups:
                 try:
@@ -243,7 +243,7 @@ class StreamsBroker(Broker):
                 waits[-1] = (node, conn, conn.read_response())
                 conn.send_command("XREADGROUP", "GROUP", keys.GROUP, consumer, "COUNT", count,
                                   "BLOCK", max(1, int(block * 1000)), "STREAMS", *group, *([">"] * len(group)))
-            answered: set = set()
+            answered: Set[Any] = set()
             deadline = time.monotonic() + block + 5.0
             while len(answered) < len(waits):
                 for i, (_, conn, _) in enumerate(waits):
@@ -354,13 +354,13 @@ class StreamsBroker(Broker):
                     break
         return total
 
-    def _bury(self, pipe: Pipe, key: str, dead: list, reason: str) -> None:
+    def _bury(self, pipe: Pipe, key: str, dead: List[Any], reason: str) -> None:
         """Dead-letter the entries a script left pending because they were delivered too often."""
         for entry_id, data in zip(dead[::2], dead[1::2]):
             self.bury(pipe, keys.queue_name_of(key), data, reason,
                       _ack_commands(key, [entry_id]))
 
-    def _bury_malformed(self, pipe: Pipe, kind: str, key: str, bad: list) -> None:
+    def _bury_malformed(self, pipe: Pipe, kind: str, key: str, bad: List[Any]) -> None:
         """Dead-letter the entries a script left pending because they are malformed ({id, fields, ...})."""
         for entry_id, flat in zip(bad[::2], bad[1::2]):
             found = _delivery(key, entry_id, dict(zip(flat[::2], flat[1::2])))

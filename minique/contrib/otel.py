@@ -51,7 +51,7 @@ class Instrumentation:
             signal.disconnect(dispatch_uid=_UID)
 
     # --- publish ------------------------------------------------------------------------------------
-    def _before_publish(self, sender: Any = None, headers: Optional[dict] = None, routing_key: str = "",
+    def _before_publish(self, sender: Any = None, headers: Optional[Dict[str, Any]] = None, routing_key: str = "",
                         **_: Any) -> None:
         if headers is None:
             return
@@ -64,7 +64,7 @@ class Instrumentation:
         with self._lock:
             self._sending[str(task_id)] = span
 
-    def _after_publish(self, headers: Optional[dict] = None, **_: Any) -> None:
+    def _after_publish(self, headers: Optional[Dict[str, Any]] = None, **_: Any) -> None:
         with self._lock:
             span = self._sending.pop(str((headers or {}).get("id")), None)
         if span is not None:

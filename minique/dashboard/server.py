@@ -61,7 +61,7 @@ import time
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -537,7 +537,7 @@ def _described_exception(value: Any) -> str:
         args = value.get("exc_message")
         args = args if isinstance(args, list) else [args]
         text = value["exc_type"][:200] + "(" + ", ".join(_bounded_repr(a, 2000) for a in args) + ")"
-        return text if len(text) <= 10000 else text[:10000] + f"... ({len(text)} characters)"
+        return cast("str", text if len(text) <= 10000 else text[:10000] + f"... ({len(text)} characters)")
     return _bounded_repr(value)
 
 
@@ -616,7 +616,7 @@ class Handler(BaseHTTPRequestHandler):
                 from ..metrics import metrics_payload
                 body, ctype = metrics_payload(dash.registry, self.headers.get("Accept", ""))
                 return self._send(200, body, ctype)
-            api = {
+            api: Optional[Callable[[], Any]] = {
                 "/api/session": lambda: dash.session(),
                 "/api/overview": lambda: dash.overview(),
                 "/api/workers": lambda: {"workers": dash.state.workers.list()},

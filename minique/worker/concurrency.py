@@ -12,7 +12,7 @@ forward, so it runs at once. A whole worker lost: its slots end with their lease
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .. import keys
 from ..lua import Scripts
@@ -24,7 +24,7 @@ WAIT_MAX = 60.0                  # seconds a parked message waits at most before
 Slot = Tuple[str, str, str]  # the slots, waiting and delayed keys of one limit
 
 
-def slot_of(task: Any, queue: str, headers: Optional[dict], args: Any, kwargs: Any) -> Optional[Slot]:
+def slot_of(task: Any, queue: str, headers: Optional[Dict[str, Any]], args: Any, kwargs: Any) -> Optional[Slot]:
     """The keys of the limit this call of `task` counts against; None when the task has no limit."""
     if not getattr(task, "concurrency_limit", None):
         return None

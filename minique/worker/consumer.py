@@ -11,7 +11,7 @@ import os
 import resource
 import signal
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, FrozenSet, Optional, Sequence, Set
 
 import redis
 
@@ -63,7 +63,7 @@ class Consumer:
         self._stale_after = float(app.broker.visibility_timeout) / 2
         self.fetch_ahead = fetch_ahead  # False (-O fair): take a message only when free, never one ahead
         self.processed = 0
-        self.paused: frozenset = frozenset()         # this consumer's queues that are paused (load_paused)
+        self.paused: FrozenSet[Any] = frozenset()         # this consumer's queues that are paused (load_paused)
         self._report = Once(log)                     # errors of the loop itself, logged once per kind
 
     # --- process integration ------------------------------------------------------------------------
@@ -259,12 +259,12 @@ class Consumer:
         self.outbox.queues = [q for q in self.queues if q not in paused]
 
 
-def load_revoked(app: Any) -> set:
+def load_revoked(app: Any) -> Set[Any]:
     """Ids revoked and not yet expired (every worker reads the same set, also ones started later)."""
     return revoked_ids(app.broker_client.zrangebyscore(keys.REVOKED, time.time(), "+inf"))
 
 
-def revoked_ids(raw: Any) -> set:
+def revoked_ids(raw: Any) -> Set[Any]:
     """The members of minique:revoked as task ids; one that is not UTF-8 is no id a message can carry
     (message ids are msgpack strings): skipped, never a reason to fail."""
     out = set()

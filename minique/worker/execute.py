@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Tuple, cast
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple, cast
 
 import redis
 
@@ -106,7 +106,7 @@ class Executor:
         self.events = events
         self.limiter = limiter  # ratelimit.RateLimiter, or None: no rate limits
         self.consumer: Any = self  # the sender of task_received/rejected/unknown (the Consumer sets itself)
-        self.revoked: set = set()
+        self.revoked: Set[Any] = set()
         self.max_size = int(self.conf.task_max_message_size or 0)
         self.max_deliveries = int(app.broker.max_deliveries)
         self.security_key = self.conf.security_key
@@ -116,7 +116,7 @@ class Executor:
         self._claimed: Optional[Tuple[Delivery, str]] = None  # the last delivery a once-only mark was asked for
         self.use_alarm = use_alarm
         self._signatures: Dict[str, inspect.Signature] = {}
-        self._options: Dict[str, Tuple[tuple, tuple]] = {}  # per task name, see _task_options
+        self._options: Dict[str, Tuple[Tuple[Any, ...], Tuple[Any, ...]]] = {}  # per task name, see _task_options
         self._options_version = -1
         self._succeeded: Dict[Policy, Settlement] = {}  # settle() of a success depends on the policy alone
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
@@ -234,7 +234,7 @@ class Executor:
             return None
         return cast(bytes, held)
 
-    def _throttled(self, task: Any, msg: Message, args: list, kwargs: dict) -> Optional[float]:
+    def _throttled(self, task: Any, msg: Message, args: List[Any], kwargs: Dict[str, Any]) -> Optional[float]:
         """Cluster-wide rate limit: None to run now, else the start reserved for this task (the message
         is parked until then). A message that comes back at the start it reserved runs without asking."""
         assert self.limiter is not None
@@ -247,7 +247,7 @@ class Executor:
         if key is None and task.rate_limit_key is not None:
             key = task.rate_limit_key(args, kwargs)
         try:
-            return self.limiter.reserve(msg.task, None if key is None else str(key))
+            return cast("float | None", self.limiter.reserve(msg.task, None if key is None else str(key)))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise NotStarted(str(exc)) from exc  # kept, and handled again once Redis answers
 
@@ -275,7 +275,7 @@ class Executor:
         self._record(job, Outcome(kind, DecodeError(f"dead-lettered: {reason}"), reason))
 
     # --- running ------------------------------------------------------------------------------------
-    def _run(self, job: Job, args: list, kwargs: dict, acks_late: bool, soft: Optional[float],
+    def _run(self, job: Job, args: List[Any], kwargs: Dict[str, Any], acks_late: bool, soft: Optional[float],
              hard: Optional[float], track: bool, hooks: Hooks) -> None:
         delivery, msg, task, outbox = job.delivery, job.msg, job.task, self.outbox
         assert msg is not None
@@ -388,7 +388,7 @@ class Executor:
             job.run.succeeded(value)
         return None
 
-    def _failed(self, job: Job, args: list, kwargs: dict, exc: BaseException) -> Outcome:
+    def _failed(self, job: Job, args: List[Any], kwargs: Dict[str, Any], exc: BaseException) -> Outcome:
         """The outcome a body that raised `exc` ends with."""
         task, msg = job.task, job.msg
         assert msg is not None
@@ -408,7 +408,7 @@ class Executor:
             return Outcome(fate.RETRY, Retry(exc=exc, when=when))
         return Outcome(fate.FAILURE, exc)
 
-    def _task_options(self, task: Any, ignore_result: bool) -> tuple:
+    def _task_options(self, task: Any, ignore_result: bool) -> Tuple[Any, ...]:
         """(acks_late, soft_time_limit, time_limit, track_started, policy, hooks) of a task under the
         settings: read once per task (the settings' lookups cost more than a no-op task's body)."""
         conf = self.conf
@@ -435,7 +435,7 @@ class Executor:
                                                   common + (policy._replace(ignore_result=True), hooks))
         return options[ignore_result]
 
-    def _request(self, delivery: Delivery, msg: Message, args: list, kwargs: dict, hard: Optional[float],
+    def _request(self, delivery: Delivery, msg: Message, args: List[Any], kwargs: Dict[str, Any], hard: Optional[float],
                  soft: Optional[float]) -> context.Request:
         return context.Request(
             id=msg.id, task=msg.task, args=args, kwargs=kwargs, retries=msg.retries, root_id=msg.root_id,
@@ -446,7 +446,8 @@ class Executor:
             callbacks=msg.links, errbacks=msg.errbacks, message=msg, ignore_result=msg.ignore_result,
             time_limit=hard, soft_time_limit=soft, delivery_count=delivery.deliveries, is_eager=False)
 
-    def _extra(self, job: Job, args: Optional[list], kwargs: Optional[dict], request: Any) -> Dict[str, Any]:
+    def _extra(self, job: Job, args: Optional[List[Any]], kwargs: Optional[Dict[str, Any]],
+               request: Any) -> Dict[str, Any]:
         """What is stored with the result besides the value: the children the body sent, and with
         result_extended, Celery's name, args, kwargs, worker, queue, retries (date_done is the
         record's time). Off the common path: only when one of them is there."""
@@ -464,7 +465,7 @@ class Executor:
                          queue=job.delivery.queue or msg.queue, retries=msg.retries)
         return extra
 
-    def _args_fit(self, task: Any, args: list, kwargs: dict) -> bool:
+    def _args_fit(self, task: Any, args: List[Any], kwargs: Dict[str, Any]) -> bool:
         sig = self._signatures.get(task.name)
         if sig is None:
             sig = self._signatures[task.name] = inspect.signature(task.run)
@@ -668,7 +669,7 @@ class Executor:
     def _chord_member_done(self, msg: Message, info: Dict[str, Any], value: Any, serializer: Optional[str]) -> None:
         outbox = self.outbox
 
-        def complete(results: list) -> None:  # called once per chord, when the last member's join is read
+        def complete(results: List[Any]) -> None:  # called once per chord, when the last member's join is read
             callback = canvas.from_dict(info["cb"], self.app)
             follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
             self.app.send_calls(callback.plan((results,), None, follow), outbox.broker)

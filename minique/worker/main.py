@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -114,7 +114,7 @@ class Worker:
         self.embed_beat = beat
         self.purge_first = purge  # --purge: delete the queues' waiting messages before starting
         self.stopping: Optional[str] = None   # None, "warm" or "cold"
-        self.paused: frozenset = frozenset()  # this worker's queues that are paused (refresh_paused)
+        self.paused: FrozenSet[Any] = frozenset()  # this worker's queues that are paused (refresh_paused)
         self._paused_lock = threading.Lock()
         self.wake = threading.Event()
         self.pool: Optional[Pool] = None
@@ -125,7 +125,7 @@ class Worker:
         self.beat: Any = None
         self.telemetry: Any = None  # observe.Telemetry: shared metrics, rate limits, events (set in start)
         self._report = Once(log)     # errors of the parent's loop, logged once per kind
-        self._ended: List[tuple] = []  # pool processes that ended, not yet settled (see _reap)
+        self._ended: List[Tuple[Any, ...]] = []  # pool processes that ended, not yet settled (see _reap)
         self._unreachable_since: Optional[float] = None  # when the parent's loop last reached Redis no more
         self._scaled_at = 0.0  # when the autoscaler last looked (monotonic)
 
@@ -378,7 +378,7 @@ class Worker:
         assert self.pool is not None
         slot = self.pool.slots[member.index]
         started, _, running = slot.running()
-        lost: List[tuple] = [(running, True)] if running else []
+        lost: List[Tuple[Any, ...]] = [(running, True)] if running else []
         lost += [(record, False) for record in slot.unflushed()]
         self._ack_started(member, [record for record, _ in lost])
         for record, was_running in lost:
@@ -518,7 +518,7 @@ class Worker:
                 SCRIPTS(self.app.broker_client, "unlock", [lock], [token])
 
     # --- control hooks (used by the control module) -------------------------------------------------
-    def refresh_paused(self) -> frozenset:
+    def refresh_paused(self) -> FrozenSet[Any]:
         """Read the paused queues; when they changed, tell the pool processes (they re-read them). Called by
         the main loop and by the control thread: the lock makes a control command's answer wait until the
         pool has been told, whichever of the two noticed the change first."""
@@ -560,7 +560,7 @@ class Worker:
                     self.pool.slots[m.index].set_terminate(record.task_id)
                     self.pool.kill(m, getattr(signal, sig, signal.SIGTERM), "terminate")
 
-    def active(self) -> List[dict]:
+    def active(self) -> List[Dict[str, Any]]:
         assert self.pool is not None
         out = []
         for m in self.pool.members.values():
@@ -570,7 +570,7 @@ class Worker:
                             "hostname": self.hostname, "delivery_info": {"queue": record.queue}})
         return out
 
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, Any]:
         assert self.pool is not None
         out = {"hostname": self.hostname, "pid": os.getpid(), "pool": {"implementation": self.pool.kind,
                 "max-concurrency": self.pool.size, "processes": [m.pid for m in self.pool.members.values()]},

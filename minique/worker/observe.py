@@ -15,7 +15,7 @@ import os
 import resource
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import redis
 
@@ -59,7 +59,7 @@ class Telemetry:
 
     @property
     def cluster_scope(self) -> bool:
-        return self.worker.app.conf.worker_rate_limit_scope == "cluster"
+        return cast("bool", self.worker.app.conf.worker_rate_limit_scope == "cluster")
 
     def publish_rates(self) -> None:
         share = 1 if self.cluster_scope else max(1, self.worker.pool.size)  # cluster: one bucket for all
@@ -128,7 +128,7 @@ class Telemetry:
         self._send("worker-online", freq=float(w.app.conf.worker_heartbeat_interval), queues=w.queues,
                    pool=w.pool_kind, concurrency=w.pool.size if w.pool else w.concurrency)
 
-    def heartbeat(self, info: dict) -> None:
+    def heartbeat(self, info: Dict[str, Any]) -> None:
         try:
             load = os.getloadavg()
         except OSError:
@@ -189,7 +189,7 @@ class Observer:
         self.pubsub: Any = None
         self.thread = threading.Thread(target=self._run, name="minique-control", daemon=True)
         self._report = Once(log)  # bad control messages and errors, logged once per kind
-        self.handlers: Dict[str, Callable[[dict], Any]] = {
+        self.handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "ping": lambda a: {"ok": "pong"},
             "active": self._active,
             "reserved": self._reserved,
@@ -260,7 +260,7 @@ class Observer:
         out["args"], out["kwargs"] = args, kwargs
         return out
 
-    def _active(self, args: dict) -> list:
+    def _active(self, args: Dict[str, Any]) -> List[Any]:
         pool = self.worker.pool
         out = []
         for m in list(pool.members.values()):
@@ -274,7 +274,7 @@ class Observer:
             out.append(item)
         return out
 
-    def _reserved(self, args: dict) -> list:
+    def _reserved(self, args: Dict[str, Any]) -> List[Any]:
         pool = self.worker.pool
         active = {a["id"] for a in self._active({})}
         out = []
@@ -292,7 +292,7 @@ class Observer:
                 out.append(item)
         return out
 
-    def _scheduled(self, args: dict) -> list:
+    def _scheduled(self, args: Dict[str, Any]) -> List[Any]:
         """Messages waiting for their ETA in this worker's queues (kept in Redis, shared by the queue's workers)."""
         out = []
         for q in self.worker.queues:
@@ -324,7 +324,7 @@ class Observer:
             return "a concurrency slot"
         return None
 
-    def _stats(self, args: dict) -> dict:
+    def _stats(self, args: Dict[str, Any]) -> Dict[str, Any]:
         w = self.worker
         out = dict(w.stats())
         out["processed"] = out.get("total", 0)
@@ -340,7 +340,7 @@ class Observer:
         return out
 
     # --- commands -----------------------------------------------------------------------------------
-    def _revoke(self, args: dict) -> dict:
+    def _revoke(self, args: Dict[str, Any]) -> Dict[str, Any]:
         ids = args.get("task_ids") or []
         ids = [ids] if isinstance(ids, str) else ids
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -354,7 +354,7 @@ class Observer:
         self.worker.revoke(ids, bool(args.get("terminate", False)), sig)
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
-    def _resize(self, delta: int) -> dict:
+    def _resize(self, delta: int) -> Dict[str, Any]:
         pool = self.worker.pool
         if getattr(self.worker, "autoscaler", None) is not None:  # (Celery's answer)
             return {"error": f"pool_{'grow' if delta > 0 else 'shrink'} is not supported with autoscale. "
@@ -365,7 +365,7 @@ class Observer:
         self.worker.wake.set()  # the parent's loop spawns, or retires the processes (Pool.maintain)
         return {"ok": f"pool will {'grow' if delta > 0 else 'shrink'}", "size": pool.size}
 
-    def _autoscale(self, args: dict) -> dict:
+    def _autoscale(self, args: Dict[str, Any]) -> Dict[str, Any]:
         """Celery's `autoscale [max [min]]`: new bounds for the autoscaler."""
         scaler = getattr(self.worker, "autoscaler", None)
         if scaler is None:
@@ -384,7 +384,7 @@ class Observer:
         self.worker.wake.set()
         return {"ok": f"autoscale now max={scaler.max} min={scaler.min}"}
 
-    def _rate_limit(self, args: dict) -> dict:
+    def _rate_limit(self, args: Dict[str, Any]) -> Dict[str, Any]:
         name = args.get("task_name")
         if name not in self.worker.app.tasks:
             return {"error": f"unknown task {name!r}"}
@@ -463,7 +463,7 @@ class Observer:
 DISPLAYABLE = frozenset({"json", "msgpack"})  # content types decoded for display: decoding them runs no code
 
 
-def parse_command(raw: Any) -> Tuple[Optional[dict], Optional[str]]:
+def parse_command(raw: Any) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """A control message, `{cmd, args, dest, reply_to}` in msgpack (see minique/control.py), checked:
     (the command, None) when well-formed; (the command, what is wrong) when whom it is for and where
     to answer are known but the rest is wrong (answered with the error); (None, what is wrong) when

@@ -40,7 +40,7 @@ import logging
 import signal
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Sequence
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -170,11 +170,11 @@ class Outbox:
         elif settlement.ack:  # (an ack of a message acked before its body ran changes nothing)
             broker.ack(self.broker, delivery)
 
-    def mark(self) -> tuple:
+    def mark(self) -> Tuple[Any, ...]:
         """Where the pipes stand, before a message's writes are queued (see rollback)."""
         return self.broker.mark(), self.backend.mark()
 
-    def rollback(self, mark: tuple) -> None:
+    def rollback(self, mark: Tuple[Any, ...]) -> None:
         """Take back what was queued since `mark` (handling one message failed half-way)."""
         self.broker.rollback(mark[0])
         if self.backend is not self.broker:

@@ -62,7 +62,7 @@ class Pool:
     def spawn(self, index: int) -> Member:
         raise NotImplementedError
 
-    def reap(self) -> List[tuple]:
+    def reap(self) -> List[Tuple[Any, ...]]:
         """Members that exited since the last call, as (member, description of how)."""
         raise NotImplementedError
 
@@ -155,7 +155,7 @@ class PreforkPool(Pool):
         self.members[index] = member
         return member
 
-    def reap(self) -> List[tuple]:
+    def reap(self) -> List[Tuple[Any, ...]]:
         out = []
         while True:
             try:
@@ -211,7 +211,7 @@ class ThreadPool(Pool):
         self.members[index] = member
         return member
 
-    def reap(self) -> List[tuple]:
+    def reap(self) -> List[Tuple[Any, ...]]:
         out = []
         for index, m in list(self.members.items()):
             if m.thread is not None and not m.thread.is_alive():

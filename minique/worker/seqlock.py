@@ -10,7 +10,7 @@ region, or the caller holds a lock).
 from __future__ import annotations
 
 import struct
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 _HEAD = struct.Struct("<QI")  # sequence (odd while a write is under way), payload length
 
@@ -30,7 +30,7 @@ class SeqLock:
 
     def seq(self) -> int:
         """The sequence number: it changes with every write (cheap: see whether to read again)."""
-        return _HEAD.unpack_from(self.buf, self.off)[0]
+        return cast("int", _HEAD.unpack_from(self.buf, self.off)[0])
 
     def write(self, payload: bytes) -> None:
         """Replace the payload (ValueError when it does not fit)."""

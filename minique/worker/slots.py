@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple, cast
 
 from .. import serializers
 from .seqlock import SeqLock
@@ -85,7 +85,7 @@ class Slot:
             _U32.pack_into(self.buf, self.off + PREV_AT, 0)
 
     def ctl_seq(self) -> int:
-        return _U32.unpack_from(self.buf, self.off + CTL_AT)[0]
+        return cast("int", _U32.unpack_from(self.buf, self.off + CTL_AT)[0])
 
     def stop_requested(self) -> bool:
         return bool(_U32.unpack_from(self.buf, self.off + STOP_AT)[0])
@@ -139,7 +139,7 @@ class Slot:
     @property
     def processed(self) -> int:
         """Tasks processed by the slot's current process."""
-        return _U64.unpack_from(self.buf, self.off + PROCESSED_AT)[0]
+        return cast("int", _U64.unpack_from(self.buf, self.off + PROCESSED_AT)[0])
 
     @property
     def total(self) -> int:
