@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -36,6 +37,28 @@ def drop_testapp(testapp) -> None:
     if testapp is not None:
         testapp.app.close()
         sys.modules.pop(testapp.__name__, None)
+
+
+class Sending(threading.Thread):
+    """Sends `n` calls in the background (`send_one(i)` returns the call's AsyncResult): `sent` holds
+    (i, result), `errors` whatever reached the caller (a fault test wants none), and `under_way` is set
+    once call `mark` was sent (the moment to inject the fault)."""
+
+    def __init__(self, n: int, send_one, mark: int):
+        super().__init__(daemon=True)
+        self.n, self.send_one, self.mark = n, send_one, mark
+        self.sent: List[tuple] = []
+        self.errors: List[BaseException] = []
+        self.under_way = threading.Event()
+
+    def run(self) -> None:
+        for i in range(self.n):
+            try:
+                self.sent.append((i, self.send_one(i)))
+            except Exception as exc:  # noqa: BLE001 - counted: the test says how many may reach the caller
+                self.errors.append(exc)
+            if i == self.mark:
+                self.under_way.set()
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):

@@ -13,7 +13,7 @@ import pytest
 from minique import chain, chord, group
 from minique.keys import hash_slot, queue
 from monitor import Recorder, slot_problems
-from procs import Processes, drop_testapp, import_testapp, wait_for
+from procs import Processes, Sending, drop_testapp, import_testapp, wait_for
 from redis_multi import Cluster, server_supports
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -127,7 +127,6 @@ def test_dead_letter_replay_across_slots(cluster, app):
 def test_killing_the_master_of_a_queues_slot_during_tasks(tmp_path, monkeypatch):
     """kill -9 of the master that owns `default`'s slot while 2,000 acks-late tasks flow (its replica
     takes over after the node time-out, 1 s here): every task still ends SUCCESS."""
-    import threading
     import time
 
     c = Cluster(tmp_path / "c", masters=3, replicas=1, node_timeout_ms=1000).start()
@@ -136,35 +135,25 @@ def test_killing_the_master_of_a_queues_slot_during_tasks(tmp_path, monkeypatch)
         app = testapp.app
         procs, proc = _worker(tmp_path, c, app, "-Q", "default,priority_high", settings={"task_acks_late": True})
         add = app.tasks["testapp.add"]
-        sent, errors, half = [], [], threading.Event()
-
-        def send():
-            for i in range(2000):
-                try:
-                    sent.append((i, add.apply_async((i, 0), queue=("default", "priority_high")[i % 2])))
-                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
-                    errors.append(exc)
-                if i == 600:
-                    half.set()
-        sender = threading.Thread(target=send)
-        sender.start()
+        sending = Sending(2000, lambda i: add.apply_async((i, 0), queue=("default", "priority_high")[i % 2]), 600)
+        sending.start()
         try:
-            assert half.wait(30)
+            assert sending.under_way.wait(30)
             victim = c.master_of(hash_slot(queue("default")))
             victim.kill()
             killed = time.monotonic()
-            sender.join(90)
-            assert not errors, errors[:3]
-            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            sending.join(90)
+            assert not sending.errors, sending.errors[:3]
+            assert [r.get(timeout=60) for _, r in sending.sent] == [i for i, _ in sending.sent]
             done = time.monotonic() - killed
-            print(f"all {len(sent)} tasks SUCCESS {done:.1f}s after the kill")
+            print(f"all {len(sending.sent)} tasks SUCCESS {done:.1f}s after the kill")
             assert done < 1.0 + 20  # the node time-out, an election, and the last sends' and tasks' time
             assert proc.popen.poll() is None
         except BaseException:
             print(proc.log()[-5000:])
             raise
         finally:
-            sender.join(30)
+            sending.join(30)
             procs.close()
     finally:
         drop_testapp(testapp)
@@ -176,7 +165,6 @@ def test_a_slot_migrated_while_tasks_flow(tmp_path, monkeypatch):
     """`default`'s slot moves to another master (IMPORTING/MIGRATING, key by key) while tasks are sent
     and run: ASK and MOVED redirections, TRYAGAIN on scripts whose keys are split for a moment; every
     task ends SUCCESS and the worker keeps reading from the slot's new master."""
-    import threading
 
     c = Cluster(tmp_path / "c", masters=3).start()
     testapp = import_testapp(monkeypatch, c.url())
@@ -184,27 +172,17 @@ def test_a_slot_migrated_while_tasks_flow(tmp_path, monkeypatch):
         app = testapp.app
         procs, proc = _worker(tmp_path, c, app, "-Q", "default,priority_high", settings={"task_acks_late": True})
         add = app.tasks["testapp.add"]
-        sent, errors, started = [], [], threading.Event()
-
-        def send():
-            for i in range(1500):
-                try:
-                    sent.append((i, add.apply_async((i, 0), queue="default", priority=i % 3)))
-                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
-                    errors.append(exc)
-                if i == 300:
-                    started.set()
-        sender = threading.Thread(target=send)
-        sender.start()
+        sending = Sending(1500, lambda i: add.apply_async((i, 0), queue="default", priority=i % 3), 300)
+        sending.start()
         try:
-            assert started.wait(30)
+            assert sending.under_way.wait(30)
             slot = hash_slot(queue("default"))
             source = c.master_of(slot)
             target = next(m for m in c.masters if m is not source)
             assert c.migrate_slot(slot, target, pause=0.05) >= 3  # the streams (3 priorities) and more
-            sender.join(90)
-            assert not errors, errors[:3]
-            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            sending.join(90)
+            assert not sending.errors, sending.errors[:3]
+            assert [r.get(timeout=60) for _, r in sending.sent] == [i for i, _ in sending.sent]
             after = add.apply_async((1, 1), queue="default")
             assert after.get(timeout=20) == 2
             assert source.client().dbsize() == 0 or not any(
@@ -214,7 +192,7 @@ def test_a_slot_migrated_while_tasks_flow(tmp_path, monkeypatch):
             print(proc.log()[-5000:])
             raise
         finally:
-            sender.join(30)
+            sending.join(30)
             procs.close()
     finally:
         drop_testapp(testapp)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from procs import Processes, drop_testapp, import_testapp, wait_for
+from procs import Processes, Sending, drop_testapp, import_testapp, wait_for
 from redis_multi import SentinelGroup, server_supports
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -115,7 +115,6 @@ def test_tasks_sent_while_the_master_is_killed_all_complete(tmp_path, group, mon
     caller, and every task ends SUCCESS, the last one within the sentinels' switch
     (down-after-milliseconds 1 s) plus a few seconds. (Without wait_for_replicas, a
     send the dead master acknowledged and had not passed on would be lost: docs/scaling.md.)"""
-    import threading
     import time
 
     options = {**group.transport_options, "wait_for_replicas": 1}
@@ -128,38 +127,27 @@ def test_tasks_sent_while_the_master_is_killed_all_complete(tmp_path, group, mon
         app = testapp.app
         wait_for(lambda: app.broker_client.hexists("minique:workers", proc.hostname), 20, "the worker")
         add = app.tasks["testapp.add"]
-        sent, errors = [], []
-        half = threading.Event()
-
-        def send():
-            for i in range(1000):
-                try:
-                    sent.append((i, add.delay(i, 0)))
-                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
-                    errors.append(exc)
-                if i == 300:
-                    half.set()
-        sender = threading.Thread(target=send)
-        sender.start()
+        sending = Sending(1000, lambda i: add.delay(i, 0), 300)
+        sending.start()
         try:
-            assert half.wait(30)
+            assert sending.under_way.wait(30)
             old = group.master_port()
             group.server(old).kill()
             killed = time.monotonic()
             group.wait_switched(old, timeout=30)
             switched = time.monotonic() - killed
-            sender.join(60)
-            assert not errors, errors[:3]
-            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            sending.join(60)
+            assert not sending.errors, sending.errors[:3]
+            assert [r.get(timeout=60) for _, r in sending.sent] == [i for i, _ in sending.sent]
             done = time.monotonic() - killed
-            print(f"switch seen {switched:.1f}s after the kill; {len(sent)} tasks SUCCESS {done:.1f}s after it")
+            print(f"switch seen {switched:.1f}s after the kill; {len(sending.sent)} tasks SUCCESS {done:.1f}s after it")
             assert done < switched + 15
             assert proc.popen.poll() is None
         except BaseException:
             print(proc.log()[-4000:])
             raise
         finally:
-            sender.join(30)
+            sending.join(30)
     finally:
         procs.close()
         drop_testapp(testapp)
@@ -170,7 +158,6 @@ def test_no_send_is_lost_across_a_planned_failover(tmp_path, strict_group, monke
     on the servers and wait_for_replicas 1 on the client: a send returns once the replica has it (WAIT),
     the old master refuses what it could not pass on (NOREPLICAS, then READONLY), the client and the
     worker send it again to the new master, and every task ends SUCCESS, none lost, none refused."""
-    import threading
 
     group = strict_group
     options = {**group.transport_options, "wait_for_replicas": 1}
@@ -182,30 +169,20 @@ def test_no_send_is_lost_across_a_planned_failover(tmp_path, strict_group, monke
         proc = procs.worker("-c", "2", settings=json.dumps({"broker_transport_options": options}), wait=False)
         wait_for(lambda: app.broker_client.hexists("minique:workers", proc.hostname), 20, "the worker")
         add = app.tasks["testapp.add"]
-        sent, errors, started = [], [], threading.Event()
-
-        def send():
-            for i in range(400):
-                try:
-                    sent.append((i, add.delay(i, 0)))
-                except Exception as exc:  # noqa: BLE001 - counted: none may reach the caller
-                    errors.append(exc)
-                if i == 100:
-                    started.set()
-        sender = threading.Thread(target=send)
-        sender.start()
+        sending = Sending(400, lambda i: add.delay(i, 0), 100)
+        sending.start()
         try:
-            assert started.wait(30)
+            assert sending.under_way.wait(30)
             group.failover()
-            sender.join(60)
-            assert not errors, errors[:3]
-            assert [r.get(timeout=60) for _, r in sent] == [i for i, _ in sent]
+            sending.join(60)
+            assert not sending.errors, sending.errors[:3]
+            assert [r.get(timeout=60) for _, r in sending.sent] == [i for i, _ in sending.sent]
             assert proc.popen.poll() is None
         except BaseException:
             print(proc.log()[-4000:])
             raise
         finally:
-            sender.join(30)
+            sending.join(30)
             procs.close()
     finally:
         drop_testapp(testapp)
