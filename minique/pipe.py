@@ -14,7 +14,7 @@ Outbox, or a caller that executes a `ClientPipe`). Three verbs:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, cast
 
 import redis
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -57,6 +57,23 @@ try:  # packing is a fifth of a pool process's Python time: hiredis's packer is 
 except ImportError:  # pragma: no cover - without the hiredis extra
     _pack = _pack_py
 pack_command = _pack  # (public: the asyncio client packs commands the same way)
+
+
+def _handle(answered: Iterable[Tuple[Dict[str, Any], Any]], raise_on_error: bool) -> None:
+    """Hand each reply to its command's handler (a reply that is an error and has none is raised);
+    every handler runs, and the first error is raised after them."""
+    error = None
+    for options, reply in answered:
+        on_reply = options.get(_ON_REPLY)
+        try:
+            if on_reply is not None:
+                on_reply(reply)
+            elif isinstance(reply, Exception):
+                raise reply
+        except Exception as exc:  # noqa: BLE001 - raised once the other handlers ran
+            error = error or exc
+    if error is not None and raise_on_error:
+        raise error
 
 
 FAILOVER_TIMEOUT = 20.0  # seconds a client keeps retrying what a failover refuses before the caller sees it
@@ -238,18 +255,7 @@ class FastPipeline(redis.client.Pipeline):
         return self._answer(unread, out, raise_on_error)
 
     def _answer(self, unread: List[Any], out: List[Any], raise_on_error: bool) -> List[Any]:
-        error = None
-        for (_, options), reply in zip(unread, out):
-            on_reply = options.get(_ON_REPLY)
-            try:
-                if on_reply is not None:
-                    on_reply(reply)
-                elif isinstance(reply, Exception):
-                    raise reply
-            except Exception as exc:  # every handler runs; the first error is raised after them
-                error = error or exc
-        if error is not None and raise_on_error:
-            raise error
+        _handle(((options, reply) for (_, options), reply in zip(unread, out)), raise_on_error)
         return out
 
     def execute(self, raise_on_error: bool = True) -> List[Any]:
@@ -330,20 +336,8 @@ class ClusterFastPipeline(FastPipeline):
         """Read the acks' replies, then run the handlers of every reply confirmed since the last collect."""
         self._read_acks()
         answered, self._answered = self._answered, []
-        out, error = [], None
-        for options, reply in answered:
-            out.append(reply)
-            on_reply = options.get(_ON_REPLY)
-            try:
-                if on_reply is not None:
-                    on_reply(reply)
-                elif isinstance(reply, Exception):
-                    raise reply
-            except Exception as exc:  # every handler runs; the first error is raised after them
-                error = error or exc
-        if error is not None and raise_on_error:
-            raise error
-        return out
+        _handle(answered, raise_on_error)
+        return [reply for _, reply in answered]
 
     def _read_acks(self) -> None:
         if not self._inflight:
