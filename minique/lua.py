@@ -46,3 +46,12 @@ class Scripts:
                 on_reply(raw)
 
         pipe.call(reply, "EVALSHA", self.shas[name], *script_args)
+
+
+def logged(log: Any, what: str) -> Callable[[Any], None]:
+    """An `on_reply` for `Scripts.queue` whose failure is not the caller's: an error reply is logged
+    (`could not <what>`), never raised into the write that carried it."""
+    def on_reply(reply: Any) -> None:
+        if isinstance(reply, Exception):
+            log.warning("could not %s: %s", what, reply)
+    return on_reply

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import keys
-from .lua import Scripts
+from .lua import Scripts, logged
 
 log = logging.getLogger("minique.unique")
 SCRIPTS = Scripts(Path(__file__).parent / "unique_lua")
@@ -43,7 +43,8 @@ def claim(client: Any, key: str, task_id: str, ttl: float) -> Optional[str]:
 
 def release(pipe: Any, key: str, task_id: str) -> None:
     """Queue the release of `key` held by `task_id` in a pipe (with the task's other writes)."""
-    SCRIPTS.queue(pipe, "release", [keys.unique(key)], [task_id], _ignore)
+    # a failure is logged, not the task's: the key expires after unique_for
+    SCRIPTS.queue(pipe, "release", [keys.unique(key)], [task_id], logged(log, "release a unique key"))
 
 
 def release_now(client: Any, key: str, task_id: str) -> None:
@@ -56,8 +57,3 @@ def count_duplicate(client: Any, name: str) -> None:
         client.hincrby(keys.DEDUPLICATED, name, 1)
     except Exception as exc:  # noqa: BLE001 - a count is not worth a failed send
         log.debug("could not count a deduplicated send of %s: %s", name, exc)
-
-
-def _ignore(reply: Any) -> None:
-    if isinstance(reply, Exception):  # (the key then expires after unique_for: logged, not the task's failure)
-        log.warning("could not release a unique key: %s", reply)

@@ -481,13 +481,7 @@ class Dashboard:
             for _ in range(10):
                 try:
                     pipe.watch(keys.DLQ)
-                    found = pipe.xrange(keys.DLQ, min=entry, max=entry)
-                    if not found:
-                        raise HTTPError(404, f"no dead letter {entry}")
-                    data = found[0][1].get(b"m")
-                    if not isinstance(data, bytes):
-                        raise HTTPError(409, "not replayed: the dead letter has no message")
-                    msg = self._checked(data, "not replayed")
+                    data, msg = self._dead_letter(pipe, entry)
                     pipe.multi()
                     self.app.broker.send(pipe, msg.queue, msg.priority, data)
                     pipe.xdel(keys.DLQ, entry)
@@ -497,24 +491,30 @@ class Dashboard:
                     continue  # the dead letters changed between the read and the write: read again
             else:
                 raise HTTPError(503, "the dead-letter stream kept changing; try again")
-        log.info("dead letter %s (task %s[%s]) sent back to %s from the dashboard", entry, msg.task, msg.id,
-                 msg.queue)
-        return {"ok": True, "entry": entry, "sent": _shown_message(data, self.app.conf.security_key)}
+        return self._replayed(entry, data, msg)
 
     def _replay_on_cluster(self, entry: str) -> Dict[str, Any]:
         """`replay` on a Redis Cluster: the queue and the dead letters are two slots, so no transaction;
         the message is sent, then the dead letter removed (docs/scaling.md: two people replaying one
         dead letter at once may send it twice; nothing is lost)."""
         client = self.app.broker_client
-        found = client.xrange(keys.DLQ, min=entry, max=entry)
+        data, msg = self._dead_letter(client, entry)
+        self.app.broker.send(client, msg.queue, msg.priority, data)
+        client.xdel(keys.DLQ, entry)
+        return self._replayed(entry, data, msg)
+
+    def _dead_letter(self, reader: Any, entry: str) -> Tuple[bytes, Any]:
+        """The bytes of dead letter `entry` and their message, checked as Retry checks (read through
+        `reader`: a client, or a pipeline watching the dead letters); 404 or 409 when it cannot be replayed."""
+        found = reader.xrange(keys.DLQ, min=entry, max=entry)
         if not found:
             raise HTTPError(404, f"no dead letter {entry}")
         data = found[0][1].get(b"m")
         if not isinstance(data, bytes):
             raise HTTPError(409, "not replayed: the dead letter has no message")
-        msg = self._checked(data, "not replayed")
-        self.app.broker.send(client, msg.queue, msg.priority, data)
-        client.xdel(keys.DLQ, entry)
+        return data, self._checked(data, "not replayed")
+
+    def _replayed(self, entry: str, data: bytes, msg: Any) -> Dict[str, Any]:
         log.info("dead letter %s (task %s[%s]) sent back to %s from the dashboard", entry, msg.task, msg.id,
                  msg.queue)
         return {"ok": True, "entry": entry, "sent": _shown_message(data, self.app.conf.security_key)}

@@ -11,12 +11,14 @@ forward, so it runs at once. A whole worker lost: its slots end with their lease
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .. import keys
-from ..lua import Scripts
+from ..lua import Scripts, logged
 
+log = logging.getLogger("minique.worker")
 SCRIPTS = Scripts(Path(__file__).parent / "concurrency_lua")
 KEY_HEADER = "concurrency_key"   # header: the key a limit counts per (apply_async(concurrency_key=...))
 WAIT_MAX = 60.0                  # seconds a parked message waits at most before it looks again
@@ -44,10 +46,5 @@ def acquire(client: Any, slot: Slot, task_id: str, limit: int, lease: float, mem
 
 def release(pipe: Any, slot: Slot, task_id: str) -> None:
     """Queue the release of `task_id`'s slot in a pipe (with the task's other writes)."""
-    SCRIPTS.queue(pipe, "release", list(slot), [task_id], _checked)
-
-
-def _checked(reply: Any) -> None:
-    if isinstance(reply, Exception):  # its lease still ends it: logged, not the task's failure
-        import logging
-        logging.getLogger("minique.worker").warning("could not release a concurrency slot: %s", reply)
+    # a failure is logged, not the task's: the slot's lease still ends it
+    SCRIPTS.queue(pipe, "release", list(slot), [task_id], logged(log, "release a concurrency slot"))

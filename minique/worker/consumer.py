@@ -254,7 +254,7 @@ class Consumer:
 
     def load_paused(self) -> None:
         """Fetch only from the queues not paused (what this process holds stays in hand and runs)."""
-        paused = {q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)}
+        paused = set(self.app.control.paused())
         self.paused = frozenset(q for q in self.queues if q in paused)
         self.outbox.queues = [q for q in self.queues if q not in paused]
 

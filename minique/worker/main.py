@@ -148,7 +148,7 @@ class Worker:
         if self.purge_first:
             purged = sum(app.broker.purge(q) for q in self.queues)
             log.warning("--purge: deleted %d waiting message(s) from %s", purged, ", ".join(self.queues))
-        self.paused = frozenset(q.decode() for q in app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+        self.paused = self._paused_now()
         if self.paused:
             log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
         if signals.celeryd_after_setup.receivers:
@@ -523,7 +523,7 @@ class Worker:
         the main loop and by the control thread: the lock makes a control command's answer wait until the
         pool has been told, whichever of the two noticed the change first."""
         with self._paused_lock:
-            paused = frozenset(q.decode() for q in self.app.broker_client.smembers(keys.PAUSED)) & set(self.queues)
+            paused = self._paused_now()
             if paused != self.paused:
                 if paused:
                     log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(paused)))
@@ -532,6 +532,9 @@ class Worker:
                 self._tell_pool(wake=True)
                 self.paused = paused
             return paused
+
+    def _paused_now(self) -> FrozenSet[str]:
+        return frozenset(self.app.control.paused()) & set(self.queues)
 
     def _tell_pool(self, wake: bool = False) -> None:
         """Bump every pool slot's control number: its process re-reads revocations and paused queues.
@@ -591,10 +594,8 @@ class Worker:
             self.telemetry.heartbeat(info)
 
     def _finish(self) -> None:
-        if self._unreachable_since is not None:  # the goodbye writes would only wait out the client's retries
+        if self._unreachable_since is not None:  # (Telemetry.close skips the goodbye then)
             log.warning("Redis unreachable: worker %s stops without its worker-offline event", self.hostname)
-            if self.telemetry is not None:
-                self.telemetry.send_offline = False
         if self.observer is not None:
             self.observer.stop()
         if self.beat is not None:

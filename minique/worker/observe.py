@@ -43,7 +43,6 @@ class Telemetry:
         self.parent = Events(worker.hostname, send=worker.send_events, recorder=self.table.recorder(n))
         self.server: Any = None
         self.health_server: Any = None
-        self.send_offline = True  # (the worker turns it off when it stops with Redis unreachable)
 
     # --- pool processes -----------------------------------------------------------------------------
     def events_for(self, slot: Any) -> Any:
@@ -168,7 +167,7 @@ class Telemetry:
             log.debug("could not send the event of lost task %s: %s", task_id, err)
 
     def close(self) -> None:
-        if self.send_offline:
+        if self.worker._unreachable_since is None:  # (else the write would only wait out the client's retries)
             self.offline()
         for server in (self.server, self.health_server):
             if server is not None:
