@@ -60,6 +60,13 @@ class Sending(threading.Thread):
             if i == self.mark:
                 self.under_way.set()
 
+    def all_returned_their_index(self, join_timeout: float, get_timeout: float = 60) -> None:
+        """Wait for the last send; no error reached the caller and every task returned its call's index
+        (the fault tests send `add(i, 0)`)."""
+        self.join(join_timeout)
+        assert not self.errors, self.errors[:3]
+        assert [r.get(timeout=get_timeout) for _, r in self.sent] == [i for i, _ in self.sent]
+
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
     """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
