@@ -242,7 +242,11 @@ _NOOP = "Accepted for Celery's command lines; minique has nothing to turn off he
 @click.option("-c", "--concurrency", type=int,
               help="Pool processes (or threads), >= 1; 0: the CPU count (default: worker_concurrency, else the "
                    "CPU count).")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]), help="Pool implementation.")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+              help="Pool implementation. asyncio: each process runs many tasks at once on an event loop "
+                   "(--async-concurrency); async def tasks are awaited there, plain def ones run in threads.")
+@click.option("--async-concurrency", type=click.IntRange(min=1),
+              help="-P asyncio: tasks at once in each pool process (default: worker_async_concurrency, 100).")
 @click.option("--autoscale", type=_Autoscale(),
               help="MAX,MIN (Celery's form; MAX alone: MIN 1): start with MIN pool processes, grow up to MAX while "
                    "messages wait, shrink back when fewer were needed for worker_autoscale_keepalive seconds "
@@ -297,7 +301,8 @@ _NOOP = "Accepted for Celery's command lines; minique has nothing to turn off he
                                               "are on --metrics-port too).")
 @click.pass_context
 def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[str], include: Optional[str],
-           concurrency: Optional[int], pool: Optional[str], autoscale: Optional[Tuple[int, int]], loglevel: str,
+           concurrency: Optional[int], pool: Optional[str], async_concurrency: Optional[int],
+           autoscale: Optional[Tuple[int, int]], loglevel: str,
            logfile: Optional[str], log_json: bool, hostname: Optional[str], optimization: str, disable_prefetch: bool,
            prefetch_multiplier: Optional[int], max_tasks_per_child: Optional[int],
            max_memory_per_child: Optional[int], time_limit: Optional[float], soft_time_limit: Optional[float],
@@ -360,7 +365,7 @@ def worker(ctx: click.Context, queues: Optional[str], exclude_queues: Optional[s
                prefetch_multiplier=prefetch_multiplier, max_tasks_per_child=max_tasks_per_child,
                max_memory_per_child=max_memory_per_child, events=False if without_events else task_events,
                metrics_port=metrics_port, beat=beat, autoscale=autoscale, fair=fair, purge=purge_first,
-               health_port=health_port)
+               health_port=health_port, async_concurrency=async_concurrency)
     lock = daemon.Pidfile(pidfile) if pidfile else None
     detached = None
     if detach:  # what would stop the daemon is said here, on the terminal

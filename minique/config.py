@@ -64,7 +64,8 @@ DEFAULTS: Dict[str, Any] = {
     "worker_early_ack_window": 0.005,            # seconds an early ack may wait to share a write (0: never)
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,         # KiB
-    "worker_pool": "prefork",
+    "worker_pool": "prefork",                    # prefork, threads, solo, asyncio
+    "worker_async_concurrency": 100,             # -P asyncio: tasks at once in each pool process
     "worker_send_task_events": True,
     "worker_shutdown_timeout": None,             # seconds a warm shutdown waits; None: as long as tasks run
     "worker_hijack_root_logger": True,

@@ -1,7 +1,9 @@
-"""The running task's request (`self.request`), per thread, the current app, and the apps that exist
-(for `shared_task`: what registers in every app when it is finalized, and `app.on_after_fork`)."""
+"""The running task's request (`self.request`), per thread (per asyncio task in the asyncio pool), the
+current app, and the apps that exist (for `shared_task`: what registers in every app when it is
+finalized, and `app.on_after_fork`)."""
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import weakref
@@ -11,6 +13,9 @@ if TYPE_CHECKING:
     from .message import Message
 
 _local = threading.local()
+# the request stack: a context variable, so that each asyncio task of the asyncio pool has its own
+# (fresh_stack); a thread's context starts empty, so each thread has its own too
+_requests: "contextvars.ContextVar[Optional[List[Any]]]" = contextvars.ContextVar("minique_requests", default=None)
 _current_app: Any = None
 _apps: "weakref.WeakSet[Any]" = weakref.WeakSet()   # every app created (Celery's _state._apps)
 _on_app_finalizers: List[Callable[[Any], Any]] = []  # called with each app when it is finalized
@@ -79,10 +84,17 @@ class Request:
 
 
 def _stack() -> List[Any]:
-    stack = getattr(_local, "stack", None)
+    stack = _requests.get()
     if stack is None:
-        stack = _local.stack = []
+        stack = []
+        _requests.set(stack)
     return stack
+
+
+def fresh_stack() -> None:
+    """Give the running asyncio task a request stack of its own (its context is a copy of the one it was
+    created in, which shares the creator's stack)."""
+    _requests.set([])
 
 
 def push(request: Union[Request, Callable[[], Request]]) -> None:

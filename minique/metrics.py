@@ -274,10 +274,9 @@ class WorkerCollector:
         running, running_held = 0, 0
         members = list(pool.members.values()) if pool is not None else []
         for m in members:
-            started, _, record = pool.slots[m.index].running()
-            if started:
+            for _, _, record in pool.slots[m.index].tasks():
                 running += 1
-                if record and record.acks_late:  # its message is still held while it runs
+                if record.acks_late:  # its message is still held while it runs
                     running_held += 1
         info = GaugeMetricFamily("minique_worker_info", "Constant 1, labelled with the worker's identity.",
                                  labels=["worker", "pool", "queues"])

@@ -77,3 +77,44 @@ def test_the_parent_never_reads_half_a_running_record():
     assert slot.running() == (0.0, 0.0, None)                    # seen as idle, never as garbage
     struct.pack_into("<Q", slot.buf, slot.current.off, seq)
     assert slot.running()[2].task_id == "id0"
+
+
+def test_lanes_hold_one_record_per_task_until_its_writes_are_sent():
+    table = SlotTable(2, lanes=3)
+    slot, other = table[0], table[1]
+    lanes = slot.lanes
+    tasks = [_task(i) for i in range(3)]
+    for i, (msg, delivery) in enumerate(tasks):
+        lanes.begin(msg, delivery, 5.0 if i == 1 else 0.0, acks_late=i == 2)
+    assert [r.task_id for _, _, r in slot.tasks()] == ["id0", "id1", "id2"]
+    assert [hard for _, hard, _ in slot.tasks()] == [0.0, 5.0, 0.0]
+    assert lanes.hard_limited() == 1 and other.tasks() == [] and other.lanes.high() == 0
+    lanes.end(tasks[1][1])  # its body ended: no longer running, listed until its writes are sent
+    assert [r.task_id for _, _, r in slot.tasks()] == ["id0", "id2"]
+    assert [r.task_id for r in slot.unflushed()] == ["id1"] and lanes.hard_limited() == 0
+    assert slot.processed == 1
+    lanes.flushed()
+    assert slot.unflushed() == []
+    msg, delivery = _task(9)
+    lanes.begin(msg, delivery, 0.0, acks_late=False)  # the lowest free lane is taken again
+    assert lanes.lane_of(delivery) == 1 and lanes.lane_running("id9") == 1
+    lanes.set_terminate(1, "id9")
+    assert lanes.terminate_target(1) == "id9" and lanes.terminate_target(0) is None
+    for _, d in (tasks[0], tasks[2], (msg, delivery)):
+        lanes.end(d)
+    lanes.flushed()
+    assert slot.tasks() == [] and lanes.high() == 0  # all free: the parent reads no lane
+    msg, delivery = _task(10)
+    lanes.begin(msg, delivery, 0.0, acks_late=False)
+    lanes.begin(*_task(11), 0.0, acks_late=False)
+    assert lanes.terminate_target(1) is None  # a new task in the lane: the old aim is gone
+    slot.reset()
+    assert slot.tasks() == [] and slot.processed == 0 and slot.total == 4
+
+
+def test_a_lane_keeps_a_large_message_without_its_bytes():
+    slot = SlotTable(1, lanes=1)[0]
+    msg, delivery = _task(0, data=b"x" * 4000)
+    slot.lanes.begin(msg, delivery, 0.0, acks_late=True)
+    (_, _, record), = slot.tasks()
+    assert record.task_id == "id0" and record.data is None and record.acks_late

@@ -189,7 +189,7 @@ class Consumer:
         Called with the buffer empty and the Outbox flushed, so every ack is in: anything still held
         came from a fetch whose reply was lost, or a task cut off by a Redis failure. Unacked, and
         renewed by the live parent, such a message would otherwise wait forever."""
-        in_hand = {d.receipt for d in self.outbox.buffer}
+        in_hand = self._in_hand()
         orphans = [d for d in self.app.broker.held_by(self.name, self.queues) if d.receipt not in in_hand]
         for d in orphans:
             self.app.broker.requeue(d, redelivered=False)
@@ -197,6 +197,10 @@ class Consumer:
             log.warning("consumer %s gave back %d message(s) a Redis failure had cut off", self.name, len(orphans))
         self._suspect = False
         self._audit_at = time.monotonic() + self._audit_every
+
+    def _in_hand(self) -> Set[Any]:
+        """The receipts of what this consumer holds and will handle (the audit leaves them)."""
+        return {d.receipt for d in self.outbox.buffer}
 
     def _keep_what_is_ours(self) -> None:
         """Drop the fetched messages this consumer no longer holds in Redis: after a freeze longer than

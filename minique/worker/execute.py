@@ -87,6 +87,20 @@ class Job(NamedTuple):
     slot: Any = None                  # concurrency.Slot this run holds (released when the run is over)
 
 
+class Admitted(NamedTuple):
+    """A delivery that passed every check before its body: what running it takes."""
+
+    job: Job
+    args: List[Any]
+    kwargs: Dict[str, Any]
+    acks_late: bool
+    soft: Optional[float]
+    hard: Optional[float]
+    track: bool
+    hooks: Hooks
+    wait: float = 0.0  # seconds to wait before the body (a worker-scope rate limit, in the asyncio pool)
+
+
 def _fields(msg: Message, event: str, **more: Any) -> Dict[str, Any]:
     """Structured fields of a task log line (the JSON log format prints them)."""
     return {"task_id": msg.id, "task_name": msg.task, "event": event, "queue": msg.queue, **more}
@@ -122,6 +136,7 @@ class Executor:
         self._soft_armed = False   # SIGALRM now means the running task's soft time limit
         self._in_body = False      # a task body runs now (the Outbox's connection is idle)
         self.extended = bool(self.conf.result_extended)  # name, args, ... stored with each result
+        self.in_loop = False  # the asyncio pool's: nothing may block (a rate limit's wait is the caller's)
         if use_alarm:
             signal.signal(signal.SIGALRM, self._on_alarm)
 
@@ -136,83 +151,104 @@ class Executor:
     def handle(self, delivery: Delivery) -> None:
         """Handle one delivery to its end; only a Redis failure (the consumer's to retry) escapes."""
         try:
-            if delivery.problem:
-                return self._unread(delivery, fate.MALFORMED, f"malformed record: {delivery.problem}")
-            data = delivery.data
-            if self.max_size and len(data) > self.max_size:
-                return self._unread(delivery, fate.OVERSIZE, f"message of {len(data)} bytes is over "
-                                                             f"task_max_message_size ({self.max_size})")
-            try:
-                msg = decode(data)
-            except DecodeError as exc:
-                return self._unread(delivery, fate.UNDECODABLE, f"undecodable message: {exc}")
-            if self.security_key and not verify(msg, self.security_key):
-                return self._record(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
-                                                                                    "(security_key is set)"))
-            if self.max_age is not None:
-                stale = replay.staleness(msg, time.time(), self.max_age)
-                if stale is not None:
-                    return self._record(Job(delivery, msg), Outcome(fate.STALE, reason=stale))
-            task = self.app.tasks.get(msg.task)
-            if task is None:
-                return self._record(Job(delivery, msg, result_id=msg.id), Outcome(
-                    fate.UNKNOWN_TASK, NotRegistered(f"Received unregistered task of type {msg.task!r}: "
-                                                     f"is its module in include=?"), f"unknown task {msg.task!r}"))
-            acks_late, soft, hard, track, policy, hooks = self._task_options(task, msg.ignore_result)
-            job = Job(delivery, msg, task, policy, msg.id)
-            if delivery.deliveries > self.max_deliveries:
-                return self._record(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
-                    f"dead-lettered: delivered {delivery.deliveries + 1} times "
-                    f"(task_max_deliveries {self.max_deliveries})"),
-                    f"too many deliveries ({delivery.deliveries + 1})"))
-            if msg.id in self.revoked:
-                return self._record(job, Outcome(fate.REVOKED, TaskRevokedError("revoked")))
-            now = time.time()
-            if msg.expires is not None and now > msg.expires:
-                return self._record(job, Outcome(fate.EXPIRED, TaskRevokedError("expired")))
-            if msg.eta is not None and msg.eta > now + 0.001:
-                return self._record(job, Outcome(fate.EARLY))
-            try:
-                args, kwargs = msg.args_kwargs(self.accept)
-            except (ContentDisallowed, DecodeError) as exc:
-                return self._record(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
-            if self.events is not None:
-                self.events.received(msg, data)
-                if delivery.deliveries and self.events.recorder is not None:
-                    self.events.recorder.count(REDELIVERED_AT, msg.task, msg.queue)
-            if task_received.receivers:
-                task_received.send(sender=self.consumer, request=self._request(
-                    delivery, msg, args, kwargs, msg.time_limit or hard, msg.soft_time_limit or soft))
-            if self.limiter is not None:  # the task's rate limit, if any (worker/ratelimit.py)
-                if not self.limiter.cluster:  # Celery's per-worker limit: waits here, after a flush of the Outbox
-                    self.limiter.acquire(msg.task, self.outbox,
-                                         self.events.received_now if self.events is not None else None)
-                else:
-                    at = self._throttled(task, msg, args, kwargs)
-                    if at is not None:
-                        return self._record(job._replace(msg=self._parked(msg, at)), Outcome(
-                            fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
-            if task.concurrency_limit:  # all its run slots taken: parked until one is free (worker/concurrency.py)
-                job = job._replace(slot=concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs))
-                due = self._acquire(job, msg.time_limit or hard)
-                if due is not None:
-                    return self._record(job._replace(slot=None, msg=msg._replace(eta=due)), Outcome(
-                        fate.CONCURRENCY, reason=f"concurrency limit {task.concurrency_limit}"))
-            if self.max_age is not None:
-                holder = self._claim(delivery, msg)
-                if holder is not None:
-                    return self._record(job._replace(result_id=None), Outcome(
-                        fate.REPLAYED, reason=replay.replayed_reason(msg, delivery.deliveries, holder)))
-            self._run(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track, hooks)
-            return None
+            admitted = self._admit(delivery)
+            if admitted is not None:
+                self._run(admitted)
         except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001 - contained: this message ends, nothing else does
-            log.exception("internal error handling a message from %s", delivery.queue)
-            decoded = self._decoded(delivery)
-            trusted = decoded is not None and not self.security_key
-            self._last_resort(Job(delivery, decoded, result_id=decoded.id if trusted and decoded else None), exc)
-        return None
+            self._contained(delivery, exc)
+
+    def admit(self, delivery: Delivery) -> Optional[Admitted]:
+        """The checks before a body (the asyncio pool runs the body itself, see worker/eventloop.py): what running
+        it needs, or None when the checks settled the message. Only a Redis failure escapes."""
+        try:
+            return self._admit(delivery)
+        except _PASS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - contained: this message ends, nothing else does
+            self._contained(delivery, exc)
+            return None
+
+    def _contained(self, delivery: Delivery, exc: Exception) -> None:
+        log.exception("internal error handling a message from %s", delivery.queue)
+        decoded = self._decoded(delivery)
+        trusted = decoded is not None and not self.security_key
+        self._last_resort(Job(delivery, decoded, result_id=decoded.id if trusted and decoded else None), exc)
+
+    def _admit(self, delivery: Delivery) -> Optional[Admitted]:
+        """The checks, in order; one that ends the message records its outcome and returns None."""
+        if delivery.problem:
+            return self._unread(delivery, fate.MALFORMED, f"malformed record: {delivery.problem}")
+        data = delivery.data
+        if self.max_size and len(data) > self.max_size:
+            return self._unread(delivery, fate.OVERSIZE, f"message of {len(data)} bytes is over "
+                                                         f"task_max_message_size ({self.max_size})")
+        try:
+            msg = decode(data)
+        except DecodeError as exc:
+            return self._unread(delivery, fate.UNDECODABLE, f"undecodable message: {exc}")
+        if self.security_key and not verify(msg, self.security_key):
+            return self._ends(Job(delivery, msg), Outcome(fate.FORGED, reason="unsigned or forged message "
+                                                                                "(security_key is set)"))
+        if self.max_age is not None:
+            stale = replay.staleness(msg, time.time(), self.max_age)
+            if stale is not None:
+                return self._ends(Job(delivery, msg), Outcome(fate.STALE, reason=stale))
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            return self._ends(Job(delivery, msg, result_id=msg.id), Outcome(
+                fate.UNKNOWN_TASK, NotRegistered(f"Received unregistered task of type {msg.task!r}: "
+                                                 f"is its module in include=?"), f"unknown task {msg.task!r}"))
+        acks_late, soft, hard, track, policy, hooks = self._task_options(task, msg.ignore_result)
+        job = Job(delivery, msg, task, policy, msg.id)
+        if delivery.deliveries > self.max_deliveries:
+            return self._ends(job, Outcome(fate.TOO_MANY_DELIVERIES, WorkerLostError(
+                f"dead-lettered: delivered {delivery.deliveries + 1} times "
+                f"(task_max_deliveries {self.max_deliveries})"),
+                f"too many deliveries ({delivery.deliveries + 1})"))
+        if msg.id in self.revoked:
+            return self._ends(job, Outcome(fate.REVOKED, TaskRevokedError("revoked")))
+        now = time.time()
+        if msg.expires is not None and now > msg.expires:
+            return self._ends(job, Outcome(fate.EXPIRED, TaskRevokedError("expired")))
+        if msg.eta is not None and msg.eta > now + 0.001:
+            return self._ends(job, Outcome(fate.EARLY))
+        try:
+            args, kwargs = msg.args_kwargs(self.accept)
+        except (ContentDisallowed, DecodeError) as exc:
+            return self._ends(job, Outcome(fate.BAD_CONTENT, exc, str(exc)))
+        wait = 0.0
+        if self.events is not None:
+            self.events.received(msg, data)
+            if delivery.deliveries and self.events.recorder is not None:
+                self.events.recorder.count(REDELIVERED_AT, msg.task, msg.queue)
+        if task_received.receivers:
+            task_received.send(sender=self.consumer, request=self._request(
+                delivery, msg, args, kwargs, msg.time_limit or hard, msg.soft_time_limit or soft))
+        if self.limiter is not None:  # the task's rate limit, if any (worker/ratelimit.py)
+            if not self.limiter.cluster:  # Celery's per-worker limit: waits here, after a flush of the Outbox
+                wait = self.limiter.acquire(msg.task, self.outbox,
+                                            self.events.received_now if self.events is not None else None,
+                                            sleep=not self.in_loop)
+            else:
+                at = self._throttled(task, msg, args, kwargs)
+                if at is not None:
+                    return self._ends(job._replace(msg=self._parked(msg, at)), Outcome(
+                        fate.THROTTLED, reason=f"rate limit {task.rate_limit or ''}".strip()))
+        if task.concurrency_limit:  # all its run slots taken: parked until one is free (worker/concurrency.py)
+            job = job._replace(slot=concurrency.slot_of(task, msg.queue, msg.headers, args, kwargs))
+            due = self._acquire(job, msg.time_limit or hard)
+            if due is not None:
+                return self._ends(job._replace(slot=None, msg=msg._replace(eta=due)), Outcome(
+                    fate.CONCURRENCY, reason=f"concurrency limit {task.concurrency_limit}"))
+        if self.max_age is not None:
+            holder = self._claim(delivery, msg)
+            if holder is not None:
+                return self._ends(job._replace(result_id=None), Outcome(
+                    fate.REPLAYED, reason=replay.replayed_reason(msg, delivery.deliveries, holder)))
+        return Admitted(job, args, kwargs, acks_late, msg.soft_time_limit or soft, msg.time_limit or hard, track,
+                        hooks, wait)
 
     def _claim(self, delivery: Delivery, msg: Message) -> Optional[bytes]:
         """Take this delivery's once-only mark (replay protection; SET NX, see minique/replay.py): None when
@@ -267,39 +303,26 @@ class Executor:
         parked = msg._replace(eta=at, headers={**(msg.headers or {}), RESERVED: at}, signature=None)
         return sign(parked, self.security_key) if self.security_key else parked
 
-    def _unread(self, delivery: Delivery, kind: str, reason: str) -> None:
+    def _ends(self, job: Job, outcome: Outcome) -> Optional[Admitted]:
+        """A message the checks before its body end: recorded (see _record); nothing to run (None)."""
+        self._record(job, outcome)
+        return None
+
+    def _unread(self, delivery: Delivery, kind: str, reason: str) -> Optional[Admitted]:
         """A message that cannot be read: where its id can be found, its result becomes FAILURE so
         nobody waits on it forever (not with security_key: an unverified message writes no result)."""
         task_id = peek_id(delivery.data)
         job = Job(delivery, result_id=None if self.security_key else task_id)
-        self._record(job, Outcome(kind, DecodeError(f"dead-lettered: {reason}"), reason))
+        return self._ends(job, Outcome(kind, DecodeError(f"dead-lettered: {reason}"), reason))
 
     # --- running ------------------------------------------------------------------------------------
-    def _run(self, job: Job, args: List[Any], kwargs: Dict[str, Any], acks_late: bool, soft: Optional[float],
-             hard: Optional[float], track: bool, hooks: Hooks) -> None:
-        delivery, msg, task, outbox = job.delivery, job.msg, job.task, self.outbox
+    def _run(self, a: Admitted) -> None:
+        job = self.begin(a)
+        msg, task, soft, outbox = job.msg, job.task, a.soft, self.outbox
         assert msg is not None
-        run = None
-        if hooks.any or (task_prerun.receivers or task_postrun.receivers or task_success.receivers
-                         or task_failure.receivers or task_retry.receivers or task_internal_error.receivers):
-            run = Run(hooks, msg.id, args, kwargs)  # hooks to call or task signals to send (minique/trace.py)
-            job = job._replace(run=run)
-        if outbox.slot is not None:  # names the task, so the parent can settle it if this process dies
-            outbox.slot.begin(msg, delivery, hard or 0.0, acks_late)
-        if not acks_late:
-            self.app.broker.ack(outbox.broker, delivery)
-        if msg.headers and msg.headers.get(unique.UNTIL_HEADER) == "started":  # released as it starts
-            unique.release(outbox.broker, str(msg.headers.get(unique.HEADER)), msg.id)
-        if track and not msg.ignore_result:
-            started_extra = {"hostname": self.hostname, "pid": os.getpid()}
-            if self.extended:
-                started_extra.update(self._extra(job, args, kwargs, None))
-            self.backend.store(outbox.backend, msg.id, states.STARTED, None, extra=started_extra)
-        if self.events is not None:
-            self.events.started(msg, args, kwargs)
-            self.events.before_run(outbox.broker)
         outbox.before_body(bool(soft))
-        context.push(lambda: self._request(delivery, msg, args, kwargs, hard, soft))  # built if asked for
+        args, kwargs, run = a.args, a.kwargs, job.run
+        context.push(lambda: self._request(job.delivery, msg, args, kwargs, a.hard, soft))  # built if asked for
         started = time.monotonic()
         alarm = bool(soft and self.use_alarm and not task.is_async)  # (an async body's limit: loop.run's timer)
         if alarm:
@@ -307,6 +330,7 @@ class Executor:
             signal.setitimer(signal.ITIMER_REAL, soft or 0.0)
         self._in_body = True
         error: Optional[BaseException] = None
+        value = None
         try:
             if run is None:
                 value = task.run(task, *args, **kwargs) if task.bind else task.run(*args, **kwargs)
@@ -320,24 +344,61 @@ class Executor:
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._soft_armed = False
-        if run is None:
+        outbox.end(time.monotonic() - started)
+        self.conclude(job, a, value, error)
+
+    def begin(self, a: Admitted) -> Job:
+        """What comes before a body, queued (the pre-run write sends it): the slot's record, the early ack,
+        STARTED, the task-started event. Returns the job, with its trace.Run when hooks or signals want one."""
+        job, args, kwargs = a.job, a.args, a.kwargs
+        delivery, msg, outbox = job.delivery, job.msg, self.outbox
+        assert msg is not None
+        if a.hooks.any or (task_prerun.receivers or task_postrun.receivers or task_success.receivers
+                           or task_failure.receivers or task_retry.receivers or task_internal_error.receivers):
+            job = job._replace(run=Run(a.hooks, msg.id, args, kwargs))  # hooks or task signals (minique/trace.py)
+        if outbox.slot is not None:  # names the task, so the parent can settle it if this process dies
+            outbox.slot.begin(msg, delivery, a.hard or 0.0, a.acks_late)
+        if not a.acks_late:
+            self.app.broker.ack(outbox.broker, delivery)
+        if msg.headers and msg.headers.get(unique.UNTIL_HEADER) == "started":  # released as it starts
+            unique.release(outbox.broker, str(msg.headers.get(unique.HEADER)), msg.id)
+        if a.track and not msg.ignore_result:
+            started_extra = {"hostname": self.hostname, "pid": os.getpid()}
+            if self.extended:
+                started_extra.update(self._extra(job, args, kwargs, None))
+            self.backend.store(outbox.backend, msg.id, states.STARTED, None, extra=started_extra)
+        if self.events is not None:
+            self.events.started(msg, args, kwargs)
+            self.events.before_run(outbox.broker)
+        return job
+
+    def conclude(self, job: Job, a: Admitted, value: Any, error: Optional[BaseException],
+                 outcome: Optional[Outcome] = None) -> None:
+        """The body returned `value` or raised `error`: record what that means (`outcome`: what it was cut
+        off as, in the asyncio pool: a hard time limit, a terminate). The request made current for the body
+        is taken off here (after after_return and task_postrun, when hooks run)."""
+        if job.run is None:
             request = context.pop()
         else:
             request = context.current()  # (it stays current until after_return, below)
-        outbox.end(time.monotonic() - started)
         if self.extended or request.__class__ is _Request and request.children:
-            job = job._replace(extra=self._extra(job, args, kwargs, request))
+            job = job._replace(extra=self._extra(job, a.args, a.kwargs, request))
         try:
             if error is None:
                 self._succeeded_with(job, value)
             elif isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise error
+            elif outcome is not None:
+                self._record(job, outcome)
+                if outcome.kind == fate.TERMINATED and task_revoked.receivers:
+                    task_revoked.send(sender=job.task, request=request, terminated=True, signum=signal.SIGTERM,
+                                      expired=False)
             else:
-                self._record(job, self._failed(job, args, kwargs, error))
+                self._record(job, self._failed(job, a.args, a.kwargs, error))
         finally:
-            if run is not None:  # after_return and task_postrun, the request still current (as in Celery)
+            if job.run is not None:  # after_return and task_postrun, the request still current (as in Celery)
                 try:
-                    run.finish()
+                    job.run.finish()
                 finally:
                     context.pop()
 

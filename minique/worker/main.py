@@ -31,7 +31,7 @@ from ..settle import Outcome
 from .consumer import Consumer
 from .execute import Executor
 from .outbox import Outbox
-from .pool import Member, Pool, PreforkPool, ThreadPool
+from .pool import AsyncioPool, Member, Pool, PreforkPool, ThreadPool
 from .slots import Running
 
 log = logging.getLogger("minique.worker")
@@ -58,7 +58,8 @@ class Worker:
                  prefetch_multiplier: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
                  max_memory_per_child: Optional[int] = None, events: Optional[bool] = None,
                  metrics_port: Optional[int] = None, beat: bool = False, health_port: Optional[int] = None,
-                 autoscale: Any = None, fair: bool = False, purge: bool = False):
+                 autoscale: Any = None, fair: bool = False, purge: bool = False,
+                 async_concurrency: Optional[int] = None):
         conf = app.conf
         self.app = app
         self.hostname = expand_hostname(hostname)
@@ -77,8 +78,16 @@ class Worker:
             prefetch_multiplier if prefetch_multiplier is not None else conf.worker_prefetch_multiplier,
             conf, self.max_tasks, self.max_memory)
         self.pool_kind = pool or conf.worker_pool
+        if self.pool_kind not in ("prefork", "threads", "solo", "asyncio"):
+            raise ConfigurationError(f"worker_pool must be prefork, threads, solo or asyncio, not {self.pool_kind!r}")
         if self.pool_kind == "solo":
             self.concurrency = 1
+        # -P asyncio: tasks at once in each process (its event loop); -c still counts processes
+        self.async_concurrency = async_concurrency if async_concurrency is not None else conf.worker_async_concurrency
+        if (isinstance(self.async_concurrency, bool) or not isinstance(self.async_concurrency, int)
+                or self.async_concurrency < 1):
+            raise ConfigurationError(f"worker_async_concurrency (--async-concurrency) must be a number of tasks >= 1, "
+                                     f"not {self.async_concurrency!r}")
         # -O fair: a pool process takes a message only when it is free (one at a time, none fetched ahead)
         self.fair = fair
         if fair:
@@ -133,6 +142,11 @@ class Worker:
     def make_consumer(self, name: str, slot: Any) -> Consumer:
         events = self.telemetry.events_for(slot) if self.telemetry is not None else None
         limiter = self.telemetry.limiter_for(slot) if self.telemetry is not None else None
+        if self.pool_kind == "asyncio":
+            from .eventloop import AsyncConsumer
+            return AsyncConsumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
+                                 max_tasks=self.max_tasks, max_memory_kib=self.max_memory, limiter=limiter,
+                                 concurrency=self.async_concurrency)
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
                         max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork",
                         limiter=limiter, fetch_ahead=not self.fair)
@@ -153,9 +167,13 @@ class Worker:
             log.warning("paused queues (no new messages taken from them): %s", ", ".join(sorted(self.paused)))
         if signals.celeryd_after_setup.receivers:
             signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
-        cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
         most = self.autoscale[0] if self.autoscale else self.concurrency
-        self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, most * 4))
+        if self.pool_kind == "asyncio":  # (a slot has a lane per task at once: not 64 of them when 4 will do)
+            self.pool = AsyncioPool(self.make_consumer, self.concurrency, self.hostname, max_size=max(4, most * 4),
+                                    lanes=self.async_concurrency)
+        else:
+            cls = PreforkPool if self.pool_kind == "prefork" else ThreadPool
+            self.pool = cls(self.make_consumer, self.concurrency, self.hostname, max_size=max(64, most * 4))
         if self.autoscale:
             self.autoscaler = Autoscaler(self.autoscale[0], self.autoscale[1],
                                          float(app.conf.worker_autoscale_keepalive), time.monotonic())
@@ -232,6 +250,8 @@ class Worker:
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks) if not name.startswith("minique."))
         scale = f" (autoscale {self.autoscale[1]}..{self.autoscale[0]})" if self.autoscale else ""
+        if self.pool_kind == "asyncio":
+            scale += f", {self.async_concurrency} tasks at once per process"
         return (f"minique worker {self.hostname} ready\n"
                 f"  broker: {mask_url(self.app.conf.broker_url)}\n  queues: {', '.join(self.queues)}\n"
                 f"  pool: {self.pool_kind} x {self.concurrency}{scale}, prefetch {self.prefetch} per process"
@@ -352,7 +372,7 @@ class Worker:
         assert self.pool is not None and self.autoscaler is not None
         self._scaled_at = now = time.monotonic()
         members = list(self.pool.members.values())
-        busy = sum(1 for m in members if not m.retiring and self.pool.slots[m.index].running()[2] is not None)
+        busy = sum(1 for m in members if not m.retiring and self.pool.slots[m.index].tasks())
         size = self.pool.size
         serving = [q for q in self.queues if q not in self.paused]  # (a paused queue's messages wait for no one)
         waiting = self.app.broker.waiting(serving) if serving else 0
@@ -377,8 +397,8 @@ class Worker:
         """Settle what an ended pool process held and return its unstarted messages."""
         assert self.pool is not None
         slot = self.pool.slots[member.index]
-        started, _, running = slot.running()
-        lost: List[Tuple[Any, ...]] = [(running, True)] if running else []
+        running = [record for _, _, record in slot.tasks()]
+        lost: List[Tuple[Any, ...]] = [(record, True) for record in running]
         lost += [(record, False) for record in slot.unflushed()]
         self._ack_started(member, [record for record, _ in lost])
         for record, was_running in lost:
@@ -391,9 +411,9 @@ class Worker:
         returned = self._release(member.name)
         if not clean or lost:
             self.child_restarts += 1 if not self.stopping else 0
+            held = ", ".join(f"{r.name}[{r.task_id}]" for r in running[:3]) + (", ..." if len(running) > 3 else "")
             log.error("pool process %s ended (%s)%s; %d unstarted message(s) returned to the queue",
-                      member.name, how, f" while running {running.name}[{running.task_id}]" if running else "",
-                      returned)
+                      member.name, how, f" while running {held}" if running else "", returned)
         elif returned:
             log.info("pool process %s ended; %d unstarted message(s) returned", member.name, returned)
 
@@ -451,7 +471,7 @@ class Worker:
         assert self.pool is not None and self.parent_executor is not None
         name, task_id = record.name, record.task_id
         # revoke(terminate=True): only when the process died running the very task it was aimed at
-        if member.kill_reason == "time limit":
+        if member.kill_reason == "time limit" and task_id in member.overdue:
             outcome = Outcome(fate.TIME_LIMIT, TimeLimitExceeded(f"Task {name}[{task_id}] time limit exceeded"))
         elif (was_running and member.kill_reason == "terminate"
               and self.pool.slots[member.index].terminate_target() == task_id):
@@ -499,11 +519,16 @@ class Worker:
         assert self.pool is not None
         if not self.pool.hard_time_limits:
             return
+        grace = self.pool.hard_grace
         for member in list(self.pool.members.values()):
-            started, hard, record = self.pool.slots[member.index].running()
-            if started and hard and now - started > hard and member.kill_reason is None:
-                log.error("Task %s[%s] hit its hard time limit (%ss): killing %s", record and record.name,
-                          record and record.task_id, hard, member.name)
+            slot = self.pool.slots[member.index]
+            if member.kill_reason is not None or slot.lanes is not None and not slot.lanes.hard_limited():
+                continue
+            over = [record for started, hard, record in slot.tasks()
+                    if started and hard and now - started > hard + grace]
+            if over:
+                log.error("Task %s[%s] hit its hard time limit: killing %s", over[0].name, over[0].task_id, member.name)
+                member.overdue = frozenset(record.task_id for record in over)
                 self.pool.kill(member, signal.SIGKILL, "time limit")
 
     def _reclaim(self) -> None:
@@ -553,6 +578,16 @@ class Worker:
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""
         assert self.pool is not None
+        if terminate and self.pool.kind == "asyncio":  # the task is cancelled, not its process: its lane names it
+            wanted = set(task_ids)
+            for m in list(self.pool.members.values()):
+                lanes = self.pool.slots[m.index].lanes
+                for task_id in wanted:
+                    lane = lanes.lane_running(task_id) if lanes is not None else None
+                    if lanes is not None and lane is not None:
+                        lanes.set_terminate(lane, task_id)
+            self._tell_pool(wake=True)
+            return
         self._tell_pool()
         if terminate and self.pool.hard_time_limits:
             wanted = set(task_ids)
@@ -567,8 +602,7 @@ class Worker:
         assert self.pool is not None
         out = []
         for m in self.pool.members.values():
-            started, _, record = self.pool.slots[m.index].running()
-            if record:
+            for started, _, record in self.pool.slots[m.index].tasks():
                 out.append({"id": record.task_id, "name": record.name, "time_start": started, "worker_pid": m.pid,
                             "hostname": self.hostname, "delivery_info": {"queue": record.queue}})
         return out
@@ -576,7 +610,8 @@ class Worker:
     def stats(self) -> Dict[str, Any]:
         assert self.pool is not None
         out = {"hostname": self.hostname, "pid": os.getpid(), "pool": {"implementation": self.pool.kind,
-                "max-concurrency": self.pool.size, "processes": [m.pid for m in self.pool.members.values()]},
+                "max-concurrency": self.pool.size, "processes": [m.pid for m in self.pool.members.values()],
+                **({"async-concurrency": self.async_concurrency} if self.pool.kind == "asyncio" else {})},
                 "total": sum(self.pool.slots[i].total for i in range(self.pool.slots.n)),
                 "uptime": time.time() - self.started_at, "child_restarts": self.child_restarts,
                 "prefetch_count": self.prefetch * self.pool.size, "queues": self.queues}

@@ -263,14 +263,13 @@ class Observer:
         pool = self.worker.pool
         out = []
         for m in list(pool.members.values()):
-            started, _, record = pool.slots[m.index].running()
-            if not record:
-                continue
-            item = {"id": record.task_id, "name": record.name, "type": record.name, "args": None, "kwargs": None}
-            item.update(self._describe(record.data))
-            item.update({"hostname": self.worker.hostname, "time_start": started, "worker_pid": m.pid,
-                         "acknowledged": not record.acks_late, "delivery_info": {"queue": record.queue}})
-            out.append(item)
+            for started, _, record in pool.slots[m.index].tasks():  # (the asyncio pool's: many per process)
+                item = {"id": record.task_id, "name": record.name, "type": record.name, "args": None,
+                        "kwargs": None}
+                item.update(self._describe(record.data))
+                item.update({"hostname": self.worker.hostname, "time_start": started, "worker_pid": m.pid,
+                             "acknowledged": not record.acks_late, "delivery_info": {"queue": record.queue}})
+                out.append(item)
         return out
 
     def _reserved(self, args: Dict[str, Any]) -> List[Any]:

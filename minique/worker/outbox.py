@@ -243,6 +243,14 @@ class Outbox:
                 self.fetched_at = time.monotonic()
             self.buffer.extend(found)
 
+    def take(self, count: int) -> List[Delivery]:
+        """A fetch that never blocks (the asyncio pool's): what is queued leaves with it; up to `count`
+        messages, or none."""
+        self._settle_results()
+        found: List[Delivery] = self.app.broker.fetch(self.consumer, self.queues, count, 0, pipe=self.broker)
+        self._sent()
+        return found
+
     def fetch(self, count: int, on_idle: Any = None) -> None:
         """Send what is queued and take up to `count` messages into the buffer in one round trip;
         block (FETCH_BLOCK at most) only when there are none. `on_idle()` runs before blocking."""

@@ -14,10 +14,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Dict, List, Optional, Tuple
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ..signals import worker_process_init, worker_process_shutdown
 from .consumer import Consumer
+from .eventloop import HARD_GRACE
 from .slots import SlotTable
 
 log = logging.getLogger("minique.worker")
@@ -36,6 +37,7 @@ class Member:
     consumer: Optional[Consumer] = None
     started: float = field(default_factory=time.time)
     kill_reason: Optional[str] = None   # set when the parent killed it (time limit, terminate)
+    overdue: FrozenSet[str] = frozenset()  # the tasks past their hard time limit when it was killed for one
     retiring: bool = False              # asked to stop after its task (pool shrunk): not counted any more
 
 
@@ -44,12 +46,14 @@ class Pool:
 
     kind = "base"
     hard_time_limits = False
+    hard_grace = 0.0  # seconds past a task's hard time limit before the parent kills its process
 
-    def __init__(self, make_consumer: Callable[[str, Any], Consumer], size: int, hostname: str, max_size: int):
+    def __init__(self, make_consumer: Callable[[str, Any], Consumer], size: int, hostname: str, max_size: int,
+                 lanes: int = 0):
         self.make_consumer = make_consumer
         self.size = size
         self.hostname = hostname
-        self.slots = SlotTable(max_size)
+        self.slots = SlotTable(max_size, lanes)
         self.members: Dict[int, Member] = {}
 
     def new_name(self, index: int) -> str:
@@ -89,7 +93,7 @@ class Pool:
         serving = [m for m in self.members.values() if not m.retiring]
         extra = len(serving) - self.size
         if extra > 0:
-            serving.sort(key=lambda m: (self.slots[m.index].running()[2] is None, m.index), reverse=True)
+            serving.sort(key=lambda m: (not self.slots[m.index].tasks(), m.index), reverse=True)
             for member in serving[:extra]:
                 self.retire(member)
             return 0, extra
@@ -193,6 +197,15 @@ class PreforkPool(Pool):
     def kill_all(self) -> None:
         for m in self.members.values():
             self.kill(m, signal.SIGKILL, "cold shutdown")
+
+
+class AsyncioPool(PreforkPool):
+    """-P asyncio: prefork processes, each running many tasks at once on an event loop (worker/eventloop.py).
+    A task past its hard time limit is cancelled by its process; the parent replaces the process only when
+    the task has not ended HARD_GRACE seconds later (a blocked loop)."""
+
+    kind = "asyncio"
+    hard_grace = HARD_GRACE
 
 
 class ThreadPool(Pool):

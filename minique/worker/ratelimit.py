@@ -145,14 +145,20 @@ class RateLimiter:
             self.grants[(name, key)] = deque(first_s + i * interval for i in range(1, count))
         return None if int(first) <= int(server_now) else first_s
 
-    def acquire(self, name: str, batch: Any = None, before_wait: Optional[Callable[[], None]] = None) -> None:
+    def acquire(self, name: str, batch: Any = None, before_wait: Optional[Callable[[], None]] = None,
+                sleep: bool = True) -> float:
         """Worker scope: wait until task `name` may start in this process. Before a wait, `before_wait()`
-        runs and `batch` is flushed, so what earlier tasks wrote does not wait with this one."""
+        runs and `batch` is flushed, so what earlier tasks wrote does not wait with this one. With
+        `sleep=False` (the asyncio pool, whose loop must not block), the start is reserved and the seconds
+        left until it returned instead: the caller waits."""
         interval = self.interval(name)
         if not interval:
-            return
+            return 0.0
         now = time.monotonic()
         at = self.next_at.get(name, 0.0)
+        if at > now and not sleep:
+            self.next_at[name] = at + interval
+            return at - now
         if at > now:
             if before_wait is not None:
                 before_wait()
@@ -165,3 +171,4 @@ class RateLimiter:
                 time.sleep(min(left, 0.1))
             now = time.monotonic()
         self.next_at[name] = max(now, at) + interval
+        return 0.0
