@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.retry as aioretry
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from . import keys, unique
 from .backend import _BLOCK_CHUNK
@@ -231,10 +233,34 @@ class Loops:
         return resolve_url(app.conf.broker_url), resolve_url(app.conf.result_url)
 
     def _client(self, url: str) -> aioredis.Redis:
+        """A redis.asyncio client for one server or a Sentinel group's master (asked of the sentinels on every
+        connection, as the synchronous client does), retrying as `broker_connection_retry` says."""
+        from . import urls
+        from .exceptions import ConfigurationError
         conf = self.app.conf
-        return aioredis.Redis.from_url(
-            url, socket_timeout=conf.redis_socket_timeout, socket_connect_timeout=conf.broker_connection_timeout,
-            health_check_interval=30)
+        result = url == conf.result_url and url != conf.broker_url
+        options = dict(conf.broker_transport_options or {})
+        if result:
+            options = {"master_name": options.get("master_name"), **dict(conf.result_backend_transport_options or {})}
+        target = urls.parse(url, options, "result_backend" if result else "broker_url")
+        timeouts: Dict[str, Any] = {"socket_timeout": conf.redis_socket_timeout,
+                                    "socket_connect_timeout": conf.broker_connection_timeout}
+        retry = (aioretry.Retry(ExponentialBackoff(cap=2.0, base=0.05), 8) if conf.broker_connection_retry
+                 else aioretry.Retry(NoBackoff(), 0))
+        on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+        if target.kind == "cluster":
+            raise ConfigurationError("the asyncio client (adelay, aget, ...) does not reach a Redis Cluster yet: "
+                                     "call the synchronous client in a thread, e.g. "
+                                     "await asyncio.to_thread(task.delay, ...)")
+        if target.kind == "sentinel":
+            from redis.asyncio.sentinel import Sentinel
+            sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
+                                sentinel_kwargs={**timeouts, "socket_timeout": timeouts["socket_connect_timeout"],
+                                                 **(target.sentinel_kwargs or {})})
+            return cast(aioredis.Redis, sentinel.master_for(
+                str(target.master_name), username=target.username, password=target.password, db=target.db,
+                ssl=target.ssl, health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts))
+        return aioredis.Redis.from_url(url, health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts)
 
     async def aclose(self) -> None:
         """Close this loop's connections (the next use here opens new ones)."""

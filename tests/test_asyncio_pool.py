@@ -153,3 +153,15 @@ def test_a_worker_scope_rate_limit_waits_without_blocking_the_loop(procs, ap, re
     starts = sorted(r.get(timeout=20) for r in limited)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert min(gaps) >= 0.19, gaps  # 5/s: one start every 0.2 s in this process (less a clock's grain)
+
+
+def test_hooks_and_signals_see_their_own_request_among_many(procs, ap, redis_client):
+    _worker(procs)
+    results = [ap.hooked.delay("hk", "g:hk") for _ in range(20)]
+    _started(redis_client, "hk", 20)  # 20 bodies interleave on the loop
+    redis_client.rpush("g:hk", 1)
+    assert [r.get(timeout=20) for r in results] == [r.id for r in results]
+    notes = [n.decode().split("|") for n in redis_client.lrange("hooks", 0, -1)]
+    assert sorted(kind for kind, _, _ in notes) == sorted(
+        ["before_start", "on_success", "after_return", "task_postrun"] * 20)
+    assert all(task_id == current for _, task_id, current in notes)

@@ -328,3 +328,11 @@ def test_wait_for_replicas_on_a_cluster(tmp_path, monkeypatch):
             r.stop()
         drop_testapp(testapp)
         c.stop()
+
+
+def test_the_asyncio_client_says_it_does_not_reach_a_cluster(cluster, app):
+    import asyncio
+
+    from minique.exceptions import ConfigurationError
+    with pytest.raises(ConfigurationError, match="does not reach a Redis Cluster"):
+        asyncio.run(app.tasks["testapp.add"].adelay(1, 2))

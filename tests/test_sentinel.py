@@ -237,3 +237,24 @@ def test_beat_fires_each_slot_once_across_a_failover(group):
             t.join(10)
     seen = slots()
     assert len(seen) == len(set(seen)), [s for s in seen if seen.count(s) > 1][:5]
+
+
+def test_the_asyncio_client_follows_a_planned_failover(tmp_path, group, app):
+    import asyncio
+    procs, proc = _worker(tmp_path, group, app)
+    try:
+        add = app.tasks["testapp.add"]
+
+        async def round_trips(base):
+            results = await asyncio.gather(*(add.adelay(base, i) for i in range(10)))
+            return await asyncio.gather(*(r.aget(timeout=30) for r in results))
+
+        async def main():
+            assert await round_trips(0) == list(range(10))
+            old = group.master_port()
+            assert await asyncio.to_thread(group.failover) != old
+            assert await round_trips(100) == [100 + i for i in range(10)]  # the same loop's clients followed
+            await app.aclose()
+        asyncio.run(main())
+    finally:
+        procs.close()

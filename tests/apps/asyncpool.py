@@ -9,7 +9,7 @@ import time
 import redis
 import redis.asyncio
 
-from minique import Minique
+from minique import Minique, Task, signals
 
 app = Minique("asyncpool", include=["asyncpool"])
 app.conf.update(json.loads(os.environ.get("TESTAPP_SETTINGS") or "{}"))
@@ -124,3 +124,38 @@ async def pid():
 @app.task(rate_limit="5/s")
 async def limited():
     return time.time()
+
+
+# --- hooks and signals: each call notes which request was current (many tasks interleave on one loop) ---
+_sync_client = None
+
+
+def note(*fields):
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(app.conf.broker_url)
+    _sync_client.rpush("hooks", "|".join(str(f) for f in fields))
+
+
+class Hooked(Task):
+    def before_start(self, task_id, args, kwargs):
+        note("before_start", task_id, self.request.id)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        note("on_success", task_id, self.request.id)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        note("after_return", task_id, self.request.id)
+
+
+@app.task(base=Hooked, bind=True)
+async def hooked(self, key, gate):
+    await aredis().rpush(f"{key}:started", self.request.id)
+    await _through(gate)
+    return self.request.id
+
+
+@signals.task_postrun.connect
+def _postrun(sender=None, task_id=None, task=None, **kwargs):
+    if task is not None and task.name == "asyncpool.hooked":
+        note("task_postrun", task_id, task.request.id)
