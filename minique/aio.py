@@ -253,13 +253,14 @@ class Loops:
                                      "call the synchronous client in a thread, e.g. "
                                      "await asyncio.to_thread(task.delay, ...)")
         if target.kind == "sentinel":
-            from redis.asyncio.sentinel import Sentinel
+            from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
             sentinel = Sentinel(list(target.nodes), min_other_sentinels=target.min_other_sentinels,
                                 sentinel_kwargs={**timeouts, "socket_timeout": timeouts["socket_connect_timeout"],
                                                  **(target.sentinel_kwargs or {})})
             return cast(aioredis.Redis, sentinel.master_for(
                 str(target.master_name), username=target.username, password=target.password, db=target.db,
-                ssl=target.ssl, health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts))
+                health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts,
+                **cast("Dict[str, Any]", {"connection_class": SentinelManagedSSLConnection} if target.ssl else {})))
         return aioredis.Redis.from_url(url, health_check_interval=30, retry=retry, retry_on_error=on_error, **timeouts)
 
     async def aclose(self) -> None:
