@@ -177,7 +177,8 @@ def test_a_worker_cut_off_longer_than_the_visibility_timeout(site, workers, app)
 
 
 
-def test_a_fetch_reply_held_up_by_the_partition_is_not_run_on_heal(site, workers, app):
+@pytest.mark.parametrize("pool", ["prefork", "asyncio"])
+def test_a_fetch_reply_held_up_by_the_partition_is_not_run_on_heal(site, workers, app, pool):
     """B's three pool processes wait for messages (a blocking XREADGROUP each, a second long) when B is
     cut off. Redis, which cannot know B is gone, hands the messages sent right after to those reads:
     they are B's (pending, unrenewed) and the replies stall in the network. A redelivers them after
@@ -185,9 +186,9 @@ def test_a_fetch_reply_held_up_by_the_partition_is_not_run_on_heal(site, workers
 
     (Before the fix B ran both again, the early-ack one included: a fetched message's age counted from
     when its reply arrived, so these looked fresh and were not looked up; it counts from when the fetch
-    was sent now.)"""
+    was sent now. The asyncio pool's processes wait in a thread each, and drop such replies alike.)"""
     client = site.server.client()
-    b = workers.worker("-c", "3", settings=SETTINGS, prefix=site.b.prefix())
+    b = workers.worker("-c", "3", "-P", pool, settings=SETTINGS, prefix=site.b.prefix())
     wait_for(lambda: waiting(client, site.b.address) >= 3, 20, "B's three processes to wait for messages")
     site.net.cut(site.b)
     cut_at = time.monotonic()
