@@ -22,6 +22,8 @@ import shutil
 import subprocess
 from typing import Dict, List, Optional
 
+from procs import pid_alive
+
 PREFIX = "mqn"  # every name made here starts with it, then the pid (6 hex digits)
 _LEFTOVER = re.compile(rf"^{PREFIX}([0-9a-f]{{6}})")
 _counter = itertools.count(1)
@@ -57,16 +59,6 @@ def unavailable() -> Optional[str]:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> List[str]:
     """Delete the namespaces and links of runs whose process is gone (a run killed before its teardown);
     returns their names. Those of live processes (parallel runs) are left alone."""
@@ -74,14 +66,14 @@ def sweep() -> List[str]:
     for line in ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         m = _LEFTOVER.match(name)
-        if m and not _alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             ip("netns", "del", name, check=False)
             removed.append(name)
     for line in ip("-o", "link", "show").stdout.splitlines():
         parts = line.split(":")
         name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
         m = _LEFTOVER.match(name)
-        if m and not _alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             ip("link", "del", name, check=False)
             removed.append(name)
     return removed

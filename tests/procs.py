@@ -299,6 +299,8 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # (it runs, as another user)
+        return True
     return True
 
 
