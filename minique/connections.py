@@ -3,19 +3,26 @@
 Sentinel: redis-py resolves the master through the sentinels when a connection is taken from its
 pool, but a connection that reconnects itself (a held connection, or redis-py's own retry of a
 command) goes back to the address it had: after a failover it keeps knocking at the dead or demoted
-master. `SentinelConnection` asks the sentinels on every (re)connection instead, and a demoted
-master's READONLY drops the connection (redis-py), so every path follows a switch.
+master. `SentinelConnection` asks the sentinels on every (re)connection instead, a demoted
+master's READONLY drops the connection (redis-py), and a write refused for a while (NOREPLICAS from
+an old master still up) asks the sentinels again before it is retried, so every path follows a switch
+once it meets an error. A worker does not wait for one: it asks on every heartbeat (worker/follow.py).
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, cast
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.sentinel import (
+    MasterNotFoundError,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from .pipe import FAILOVER_TIMEOUT, transient
 from .urls import Target
@@ -31,6 +38,13 @@ class SentinelConnection(SentinelManagedConnection):
             except MasterNotFoundError:
                 raise self._not_found() from None
         super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """As a plain connection's: an error or an interruption mid-reply (the worker's SIGUSR2 ending a
+        blocking read) drops the connection (redis-py's Sentinel connection keeps it by default, and the
+        next command on it would read the reply still owed)."""
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(*args, **kwargs)
 
     def connect(self) -> None:
         try:
@@ -75,8 +89,14 @@ class _RidesFailover:
                 deadline = deadline or now + self.failover_timeout
                 if now >= deadline:
                     raise
+                if isinstance(exc, redis.exceptions.ResponseError):
+                    self._refused()
                 time.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, 0.5)
+
+    def _refused(self) -> None:
+        """A write was refused for a while (NOREPLICAS, READONLY...): before trying again, look whether the
+        deployment moved (a Sentinel client asks the sentinels)."""
 
 
 class Cluster(_RidesFailover, RedisCluster):
@@ -86,6 +106,15 @@ class Cluster(_RidesFailover, RedisCluster):
 
 class SentinelRedis(_RidesFailover, redis.Redis):
     """A client of the master a Sentinel group names, riding out a failover (see SentinelConnection)."""
+
+    def _refused(self) -> None:
+        """A master that refuses writes (NOREPLICAS: its replica was promoted) may stay up, a master, for
+        seconds (a planned failover) or for good (cut off from the sentinels): ask the sentinels, and
+        when the master moved, its idle connections are dropped (redis-py), so the next try goes there."""
+        try:
+            cast(SentinelConnectionPool, self.connection_pool).get_master_address()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):  # (MasterNotFoundError too)
+            pass
 
 
 def make_client(target: Target, url: str, timeouts: Dict[str, Any], retry: Optional[Any],

@@ -263,6 +263,12 @@ class FastPipeline(redis.client.Pipeline):
         self.write()
         return self.collect(raise_on_error)
 
+    def reconnect(self) -> None:
+        """Leave the connection (its server is no longer the master: worker/follow.py); what it has not
+        answered yet is written again on the next one, as after a lost connection."""
+        if self._conn is not None:
+            self._lost(self._conn, [])
+
     def _lost(self, conn: Any, commands: List[Any]) -> None:
         # which of them Redis ran is unknown: keep all of them (and the unread ones) to write again
         conn.disconnect()

@@ -202,6 +202,8 @@ class Broker(ABC):
                         f"NOREPLICAS sent, but only {reached} of {self.wait_for_replicas} replicas have it after "
                         f"{FAILOVER_TIMEOUT:.0f} s (transport option wait_for_replicas): it may be lost in a failover")
                 problem: Exception = refused[0]
+                conn.disconnect()  # (a master refusing for now may be one no longer: a Sentinel connection
+                # asks the sentinels again when it reconnects)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 conn.disconnect()
                 if not reconnect:

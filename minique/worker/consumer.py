@@ -39,7 +39,7 @@ class Consumer:
     def __init__(self, app: Any, name: str, queues: Sequence[str], prefetch: int, hostname: str,
                  slot: Any = None, events: Any = None, max_tasks: Optional[int] = None,
                  max_memory_kib: Optional[int] = None, use_alarm: bool = True, limiter: Any = None,
-                 fetch_ahead: bool = True):
+                 fetch_ahead: bool = True, follow: Any = None):
         self.app = app
         self.name = name
         self.queues = list(queues)
@@ -65,6 +65,8 @@ class Consumer:
         self.processed = 0
         self.paused: FrozenSet[Any] = frozenset()         # this consumer's queues that are paused (load_paused)
         self._report = Once(log)                     # errors of the loop itself, logged once per kind
+        self.follow = follow                         # worker/follow.MasterWatch (Sentinel only), else None
+        self._follow_seen = follow.generation() if follow is not None else 0
 
     # --- process integration ------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -245,14 +247,25 @@ class Consumer:
         return False
 
     def _check_control(self) -> None:
-        """The parent bumps the slot's control number when revocations arrive or queues are paused or
-        resumed: reload them."""
+        """The parent bumps the slot's control number when revocations arrive, queues are paused or
+        resumed, or a Sentinel master moved: reload them (after leaving the old master)."""
         if self.slot is None:
             return
         seq = self.slot.ctl_seq()
         if seq != self._ctl_seen:
             self._ctl_seen = seq
+            if self.follow is not None and self.follow.generation() != self._follow_seen:
+                self._follow()
             self.reload_control()
+
+    def _follow(self) -> None:
+        """The parent saw a Sentinel master move (worker/follow.py): leave the old one now. The pipes keep
+        what it did not answer and send it to the new master; the next audit gives back what a cut-off
+        reply left held there."""
+        self._follow_seen = self.follow.generation()
+        self.outbox.reconnect()
+        self.follow.leave()
+        self._suspect = True
 
     def reload_control(self) -> None:
         self.load_revoked()

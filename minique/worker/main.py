@@ -137,6 +137,7 @@ class Worker:
         self._ended: List[Tuple[Any, ...]] = []  # pool processes that ended, not yet settled (see _reap)
         self._unreachable_since: Optional[float] = None  # when the parent's loop last reached Redis no more
         self._scaled_at = 0.0  # when the autoscaler last looked (monotonic)
+        self.follow: Any = None  # worker/follow.MasterWatch when the broker or result store is a Sentinel group
 
     # --- set-up -------------------------------------------------------------------------------------
     def make_consumer(self, name: str, slot: Any) -> Consumer:
@@ -149,7 +150,7 @@ class Worker:
                                  concurrency=self.async_concurrency)
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
                         max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork",
-                        limiter=limiter, fetch_ahead=not self.fair)
+                        limiter=limiter, fetch_ahead=not self.fair, follow=self.follow)
 
     def start(self) -> None:
         app = self.app
@@ -183,6 +184,10 @@ class Worker:
         app.broker.on_dead_letter = self._on_dead_letter
         from .observe import Telemetry
         self.telemetry = Telemetry(self)  # shared memory the pool processes inherit: made before forking
+        from .follow import MasterWatch
+        self.follow = MasterWatch.of(app)  # (shared memory too; None unless a URL is sentinel://)
+        if self.follow is not None:
+            self.follow.moved()  # where the masters are now
         if log.isEnabledFor(logging.INFO):
             log.info(self.banner())
         else:  # shown whatever the log level, as Celery's banner is
@@ -311,7 +316,11 @@ class Worker:
                         self._upkeep("paused", self.refresh_paused)
                     if now >= timers["heartbeat"]:
                         timers["heartbeat"] = now + float(self.app.conf.worker_heartbeat_interval)
+                        if self.follow is not None:
+                            self._upkeep("follow", self._follow_master, True)
                         self._upkeep("heartbeat", self.heartbeat)
+                    elif self.follow is not None:  # (no I/O: where the parent's own reconnections found it)
+                        self._upkeep("follow", self._follow_master, False)
                     if self.autoscaler is not None and time.monotonic() - self._scaled_at >= AUTOSCALE_EVERY:
                         self._upkeep("autoscale", self._autoscale)
                     self._upkeep("refill", self._refill)
@@ -574,6 +583,21 @@ class Worker:
                     os.kill(m.pid, signal.SIGUSR2)
                 except ProcessLookupError:
                     pass
+
+    def _follow_master(self, ask: bool) -> None:
+        """Sentinel: where the master is (`ask`: the sentinels are asked, each heartbeat); when it moved,
+        every connection leaves the old one now: this process's (the control channel subscribes again)
+        and the pool's (told through the control number, woken from a blocking read). worker/follow.py."""
+        assert self.follow is not None
+        news = self.follow.moved(ask)
+        if not news:
+            return
+        log.warning("Sentinel: %s; the worker's connections follow", "; ".join(news))
+        if self.parent_executor is not None:
+            self.parent_executor.outbox.reconnect()
+        if self.observer is not None:
+            self.observer.resubscribe()
+        self._tell_pool(wake=True)
 
     def revoke(self, task_ids: List[str], terminate: bool = False, sig: str = "SIGTERM") -> None:
         """Tell the pool about new revocations (they are already in Redis) and terminate if asked."""

@@ -185,6 +185,7 @@ class Observer:
         self.worker = worker
         self.client = worker.app.broker_client
         self.stopped = threading.Event()
+        self._moved = threading.Event()  # a Sentinel master moved: subscribe again (see resubscribe)
         self.pubsub: Any = None
         self.thread = threading.Thread(target=self._run, name="minique-control", daemon=True)
         self._report = Once(log)  # bad control messages and errors, logged once per kind
@@ -222,6 +223,11 @@ class Observer:
         self.stopped.set()
         if self.telemetry is not None:
             self.telemetry.close()
+
+    def resubscribe(self) -> None:
+        """The master moved (worker/follow.py): leave the subscription on the old one (within 0.5 s) and
+        subscribe on the new one. (Not a connection error: a demoted master keeps its subscribers.)"""
+        self._moved.set()
 
     def _subscribe(self) -> None:
         self.pubsub = self.client.pubsub()
@@ -401,6 +407,10 @@ class Observer:
                 if self.pubsub is None:
                     self._subscribe()
                 while not self.stopped.is_set():
+                    if self._moved.is_set():
+                        self._moved.clear()
+                        self.pubsub.close()  # (its connection is closed)
+                        self._subscribe()
                     item = self.pubsub.get_message(timeout=0.5)
                     if item is not None and item["type"] == "message":
                         try:

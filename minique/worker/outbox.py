@@ -212,6 +212,13 @@ class Outbox:
         if self.slot is not None:
             self.slot.flushed()
 
+    def reconnect(self) -> None:
+        """Leave the pipes' connections (a Sentinel master moved: worker/follow.py); what they have not
+        answered is written again on the next ones."""
+        self.broker.reconnect()
+        if self.backend is not self.broker:
+            self.backend.reconnect()
+
     def discard(self) -> None:
         self.broker.reset()
         if self.backend is not self.broker:

@@ -1,0 +1,86 @@
+"""Sentinel: the worker follows a master that moved at once, not when a connection to the old one fails.
+
+A connection held or blocked on the old master learns of a switch only from an error: the old master
+refusing a write (NOREPLICAS, READONLY), or the sentinels closing its clients when they demote it
+(seconds after the switch in a planned failover; never while they cannot reach it). Meanwhile the
+worker fetches from, and writes to, a server whose writes the failover throws away.
+
+So the worker parent asks the sentinels where each master is on every heartbeat (`MasterWatch.moved`,
+one SENTINEL MASTERS round trip), and between heartbeats notes where its own reconnections found it
+(a write the old master refused asks the sentinels: connections.py). When one moved, it drops its own connections to it and bumps a
+generation number in shared memory before waking its pool processes (the control number and SIGUSR2,
+worker/main.py); each process, seeing a new generation, drops its connections too (`leave`), its pipes'
+unanswered commands kept and sent again to the new master (pipe.py). Nothing of this exists, and nothing
+costs, unless the broker or the result store is a `sentinel://` URL.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import struct
+from typing import Any, Dict, List, Optional, Tuple
+
+import redis
+
+from ..connections import SentinelRedis
+
+log = logging.getLogger("minique.worker")
+_U32 = struct.Struct("<I")
+
+
+class MasterWatch:
+    """Where the Sentinel masters of an app's clients are; made by the worker parent before it forks."""
+
+    def __init__(self, clients: List[Any]):
+        self.pools: List[Any] = []
+        for client in clients:
+            if isinstance(client, SentinelRedis) and client.connection_pool not in self.pools:
+                self.pools.append(client.connection_pool)
+        self._shared = mmap.mmap(-1, _U32.size)  # the generation: bumped by the parent, read by its processes
+        self._pid = os.getpid()
+        self._known: Dict[int, Tuple[str, int]] = {}  # pool index -> the master address last seen
+
+    @classmethod
+    def of(cls, app: Any) -> Optional["MasterWatch"]:
+        """A watch over the app's broker and result store clients; None when neither is a Sentinel group."""
+        watch = cls([app.broker_client, app.backend_client])
+        return watch if watch.pools else None
+
+    # --- parent side --------------------------------------------------------------------------------
+    def moved(self, ask: bool = True) -> List[str]:
+        """Where each master is now: asked of the sentinels, or (`ask` False: no I/O) where this process's
+        last (re)connection found it. For each that moved since the last look (none at the first), drop
+        this process's idle connections to it and say so; any move bumps the generation the pool
+        processes read. A sentinel group that does not answer now is asked again next time."""
+        news = []
+        for i, pool in enumerate(self.pools):
+            try:  # (asking, redis-py drops the idle connections when the master moved)
+                address = tuple(pool.get_master_address()) if ask else pool.master_address
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):  # (MasterNotFoundError too)
+                continue
+            if not address:
+                continue
+            before = self._known.get(i)
+            self._known[i] = (str(address[0]), int(address[1]))
+            if before is not None and before != self._known[i]:
+                pool.disconnect(inuse_connections=False)  # (those in use are dropped when released: not owned)
+                news.append(f"{pool.service_name!r} moved from {before[0]}:{before[1]} to "
+                            f"{address[0]}:{address[1]}")
+        if news:
+            _U32.pack_into(self._shared, 0, (self.generation() + 1) & 0xFFFFFFFF)
+        return news
+
+    # --- pool process side --------------------------------------------------------------------------
+    def generation(self) -> int:
+        """How many moves the parent has seen (a pool process compares it with the last one it acted on)."""
+        return int(_U32.unpack_from(self._shared, 0)[0])
+
+    def leave(self) -> None:
+        """In a pool process told of a move: drop every connection of the watched clients, so the next
+        command asks the sentinels where the master is. A pool thread (in the parent's process, whose
+        connections other threads may be using) leaves only the idle ones; the rest are dropped when
+        they are released, their address no longer the master's."""
+        own_process = os.getpid() != self._pid
+        for pool in self.pools:
+            pool.disconnect(inuse_connections=own_process)
