@@ -7,11 +7,16 @@ worker fetches from, and writes to, a server whose writes the failover throws aw
 
 So the worker parent asks the sentinels where each master is on every heartbeat (`MasterWatch.moved`,
 one SENTINEL MASTERS round trip), and between heartbeats notes where its own reconnections found it
-(a write the old master refused asks the sentinels: connections.py). When one moved, it drops its own connections to it and bumps a
-generation number in shared memory before waking its pool processes (the control number and SIGUSR2,
-worker/main.py); each process, seeing a new generation, drops its connections too (`leave`), its pipes'
-unanswered commands kept and sent again to the new master (pipe.py). Nothing of this exists, and nothing
-costs, unless the broker or the result store is a `sentinel://` URL.
+(a write the old master refused asks the sentinels: connections.py). When one moved, it drops its own
+connections to it and bumps a generation number in shared memory before waking its pool processes (the
+control number and SIGUSR2: worker/main.py); each process, seeing a new generation, drops its
+connections too (`leave`), its pipes' unanswered commands kept and sent again to the new master
+(pipe.py). Nothing of this exists, and nothing costs, unless the broker or the result store is a
+`sentinel://` URL.
+
+The sentinels announce a move (+switch-master, and SENTINEL MASTERS then names the new master) when
+the failover is over, a second or two after the promotion; the one asked first may learn of it from
+the others up to ~2 s later. The worker follows within a heartbeat of the sentinel it asks knowing.
 """
 from __future__ import annotations
 
