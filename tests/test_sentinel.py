@@ -68,6 +68,31 @@ def test_the_url_reaches_the_master_through_the_sentinels(group, app):
         assert replica.client().info("replication")["role"] == "slave"
 
 
+def test_a_read_cut_off_mid_reply_drops_its_connection(app):
+    """The worker's SIGUSR2 ends a blocking read by raising in its handler: the connection is dropped
+    (redis-py's Sentinel connection keeps it by default, and the next command would read the reply owed)."""
+    import signal
+
+    class Cut(BaseException):
+        pass
+
+    def cut(signum, frame):
+        raise Cut()
+
+    client = app.broker_client
+    client.ping()
+    before = signal.signal(signal.SIGALRM, cut)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Cut):
+            client.blpop("minique:test:nothing", 2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert client.rpush("minique:test:list", b"x") == 1
+    assert client.lpop("minique:test:list") == b"x"
+
+
 def test_worker_keeps_going_across_a_planned_failover(tmp_path, group, app):
     procs, proc = _worker(tmp_path, group, app)
     try:
