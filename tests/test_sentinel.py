@@ -239,71 +239,86 @@ def _connections_to(pids, port: int) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads the worker's connections in /proc (Linux)")
-def test_the_worker_follows_a_planned_failover_within_a_heartbeat(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pool", ["prefork", "threads", "asyncio"])
+def test_the_worker_follows_a_planned_failover_within_a_heartbeat(tmp_path, monkeypatch, pool):
     """SENTINEL FAILOVER while tasks flow, the old master alive: it stays a master for seconds (until the
-    sentinels demote it, ~10 s here), refusing writes (min-replicas-to-write 2, its two replicas: it lost
-    one to the promotion). The worker does not wait for that demotion: its parent asks the sentinels on
-    each heartbeat (0.5 s here), and every connection of the worker leaves the old master at once: within
-    a few seconds of the switch, while the old master is still a master, the worker (parent and pool
-    processes) holds no connection to it, answers a ping published on the new master, and tasks sent
-    after the switch have run. No send is lost: every task ends SUCCESS.
+    sentinels demote it, ~10 s here), refusing writes (min-replicas-to-write 1: its replica is the one
+    promoted). The worker does not wait for that demotion: its parent asks the sentinels on each heartbeat
+    (0.5 s here), and every connection of the worker leaves the old master at once: within a few seconds
+    of the switch, while the old master is still a master, the worker (parent and pool processes) holds
+    no connection to it, answers a ping published on the new master, and runs tasks sent after the
+    switch. No send is lost: every task ends SUCCESS, those sent across the switch too (confirmed by the
+    replica: WAIT), and a client's get() blocked on the old master meanwhile returns when the sentinels
+    demote it and close its clients (the client's side, the same whatever the pool, looked at once).
 
-    (Only the first master has min-replicas-to-write: with it on every server, the promoted replica
-    would take no write until the old master joins it as a replica, ~10 s later, and no test could see
-    the worker follow sooner. Without the heartbeat's look, the worker's connections stayed on the old
-    master until its demotion: the ping was answered ~11 s after the switch.)"""
+    Only the old master has min-replicas-to-write: with it on every server the promoted replica would
+    take no write until the old master has joined it as a replica, ~10 s later, and nothing could show
+    the worker following sooner; and the tasks sent after the switch go through a client without
+    wait_for_replicas, for the same reason (the sends across it wait for that join). Without the
+    heartbeat's look, the worker left the old master only at its demotion, ~10 s after the switch."""
     import time
 
-    group = SentinelGroup(tmp_path / "sentinel", replicas=2,
-                          master_args=("--min-replicas-to-write", "2", "--min-replicas-max-lag", "1")).start()
+    from minique import Minique
+
+    group = SentinelGroup(tmp_path / "sentinel", replicas=1,
+                          master_args=("--min-replicas-to-write", "1", "--min-replicas-max-lag", "1")).start()
     options = {**group.transport_options, "wait_for_replicas": 1}
     settings = {"broker_transport_options": options, "worker_heartbeat_interval": 0.5, "task_acks_late": True}
     monkeypatch.setenv("TESTAPP_SETTINGS", json.dumps(settings))
     testapp = import_testapp(monkeypatch, group.url())
+    probe = Minique("probe", broker=group.url(), broker_transport_options=group.transport_options)
     procs = Processes(tmp_path, group.url())
     try:
         app = testapp.app
-        proc = procs.worker("-c", "2", settings=json.dumps(settings), wait=False)
+        proc = procs.worker("-c", "2", "-P", pool, settings=json.dumps(settings), wait=False)
         wait_for(lambda: app.broker_client.hexists("minique:workers", proc.hostname), 20, "the worker")
         add = app.tasks["testapp.add"]
+        assert probe.send_task("testapp.add", (1, 1)).get(timeout=20) == 2
         old = group.master_port()
         worker_pids = lambda: [proc.pid, *proc.children()]  # noqa: E731
         assert _connections_to(worker_pids(), old) > 0
+        old_master = group.server(old).client()
+        client_side = pool == "prefork"  # (sends and a get() across the switch: looked at once)
         waited: dict = {}
         waiting = app.AsyncResult(str(uuid.uuid4()))  # a get() blocked on the old master across the switch
-
-        def wait_across():
-            waited["value"], waited["at"] = waiting.get(timeout=40), time.monotonic()
-        waiter = threading.Thread(target=wait_across, daemon=True)
-        waiter.start()
-        old_master = group.server(old).client()
-        wait_for(lambda: b"cmd=brpoplpush" in old_master.execute_command("CLIENT", "LIST"), 10, "the get() to block")
-        sending = Sending(300, lambda i: add.delay(i, 0), 100)
+        if client_side:
+            def wait_across():
+                try:
+                    waited["value"], waited["at"] = waiting.get(timeout=40), time.monotonic()
+                except Exception as exc:  # noqa: BLE001 - the test says what it got
+                    waited["value"] = exc
+            waiter = threading.Thread(target=wait_across, daemon=True)
+            waiter.start()
+            wait_for(lambda: b"cmd=brpoplpush" in old_master.execute_command("CLIENT", "LIST"), 10,
+                     "the get() to block")
+        sending = Sending(1000 if client_side else 300, lambda i: add.delay(i, 0), 100)
         sending.start()
         try:
             assert sending.under_way.wait(30)
             new = group.failover()
             sentinels = app.broker_client.connection_pool.sentinel_manager  # (asked as every client asks them)
             wait_for(lambda: sentinels.discover_master(MASTER_NAME)[1] == new, 10, "the sentinels' switch-master")
-            switched = time.monotonic()
+            switched, sent = time.monotonic(), len(sending.sent)
             wait_for(lambda: _connections_to(worker_pids(), old) == 0, 10, "the worker to leave the old master")
             left = time.monotonic() - switched
             wait_for(lambda: any(proc.hostname in r for r in app.control.ping(timeout=0.25)), 10, "a ping reply")
             answered = time.monotonic() - switched
-            after = [add.delay(i, 0) for i in range(20)]  # (the client follows too: its sends were refused)
+            after = [probe.send_task("testapp.add", (i, 0)) for i in range(20)]  # (refused: the client follows)
             assert [r.get(timeout=30) for r in after] == list(range(20))
             ran = time.monotonic() - switched
             still_master = old_master.info("replication")["role"] == "master"
-            print(f"after the switch was announced: the worker left the old master in {left:.1f}s, answered a ping in "
-                  f"{answered:.1f}s, ran 20 tasks sent then in {ran:.1f}s (the old master still a master: "
+            print(f"{pool}: after the switch was announced, the worker left the old master in {left:.1f}s, answered "
+                  f"a ping in {answered:.1f}s, ran 20 tasks sent then in {ran:.1f}s (the old master still a master: "
                   f"{still_master})")
             assert still_master, "the old master was demoted before the worker was seen to follow"
             assert left < 3.0 and answered < 4.0
             sending.all_returned_their_index(60)
-            app.tasks["testapp.add"].apply_async((7, 0), task_id=waiting.id)
-            waiter.join(45)
-            assert waited.get("value") == 7
-            print(f"the get() blocked on the old master returned {waited['at'] - switched:.1f}s after the switch")
+            if client_side:
+                assert sent < len(sending.sent), "every send was made before the switch"
+                add.apply_async((7, 0), task_id=waiting.id)
+                waiter.join(45)
+                assert waited.get("value") == 7
+                print(f"the get() blocked on the old master returned {waited['at'] - switched:.1f}s after the switch")
             assert proc.popen.poll() is None
         except BaseException:
             print(proc.log()[-4000:])
@@ -312,6 +327,7 @@ def test_the_worker_follows_a_planned_failover_within_a_heartbeat(tmp_path, monk
             sending.join(30)
     finally:
         procs.close()
+        probe.close()
         drop_testapp(testapp)
         group.stop()
 

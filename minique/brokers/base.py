@@ -99,6 +99,10 @@ class Broker(ABC):
     def send(self, pipe: Commands, queue: str, priority: int, data: bytes) -> None:
         """Append a ready message to its queue."""
 
+    def reconnect(self) -> None:
+        """Drop a connection the broker keeps for itself (a Sentinel master moved: worker/follow.py)."""
+        return None  # (none here)
+
     def send_now(self, queue: str, priority: int, data: bytes) -> None:
         """Send one ready message right away (the one-at-a-time `delay()` path)."""
         if self.wait_for_replicas:

@@ -89,6 +89,12 @@ class StreamsBroker(Broker):
             self._held_lock.release()
         return None
 
+    def reconnect(self) -> None:
+        """Drop the connection send_now keeps: the next send opens it again, where the master is now."""
+        with self._held_lock:
+            if self._held is not None and self._held_pid == os.getpid():
+                self._held.disconnect()
+
     def send_many(self, items: Sequence[Tuple[str, int, bytes, Optional[float]]]) -> None:
         """Bulk XADD: the commands are written as raw RESP in one buffer (redis-py's per-command
         packing costs as much as building the message), then every reply is read."""

@@ -264,7 +264,7 @@ class Consumer:
         reply left held there."""
         self._follow_seen = self.follow.generation()
         self.outbox.reconnect()
-        self.follow.leave()
+        self.follow.leave(self.app)
         self._suspect = True
 
     def reload_control(self) -> None:

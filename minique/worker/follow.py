@@ -20,17 +20,15 @@ the others up to ~2 s later. The worker follows within a heartbeat of the sentin
 """
 from __future__ import annotations
 
-import logging
 import mmap
-import os
 import struct
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import redis
 
 from ..connections import SentinelRedis
 
-log = logging.getLogger("minique.worker")
 _U32 = struct.Struct("<I")
 
 
@@ -38,12 +36,8 @@ class MasterWatch:
     """Where the Sentinel masters of an app's clients are; made by the worker parent before it forks."""
 
     def __init__(self, clients: List[Any]):
-        self.pools: List[Any] = []
-        for client in clients:
-            if isinstance(client, SentinelRedis) and client.connection_pool not in self.pools:
-                self.pools.append(client.connection_pool)
+        self.pools = sentinel_pools(clients)
         self._shared = mmap.mmap(-1, _U32.size)  # the generation: bumped by the parent, read by its processes
-        self._pid = os.getpid()
         self._known: Dict[int, Tuple[str, int]] = {}  # pool index -> the master address last seen
 
     @classmethod
@@ -81,11 +75,26 @@ class MasterWatch:
         """How many moves the parent has seen (a pool process compares it with the last one it acted on)."""
         return int(_U32.unpack_from(self._shared, 0)[0])
 
-    def leave(self) -> None:
-        """In a pool process told of a move: drop every connection of the watched clients, so the next
-        command asks the sentinels where the master is. A pool thread (in the parent's process, whose
-        connections other threads may be using) leaves only the idle ones; the rest are dropped when
-        they are released, their address no longer the master's."""
-        own_process = os.getpid() != self._pid
-        for pool in self.pools:
-            pool.disconnect(inuse_connections=own_process)
+    def leave(self, app: Any) -> None:
+        """In a pool process told of a move: drop the connections of the app's clients (those it uses
+        now), so the next command asks the sentinels where the master is. Every one when this process
+        runs one thread; else only the idle ones (another thread may be using the others: a pool
+        thread, the asyncio pool's waiting thread), and those are dropped when they are released, no
+        longer at the master's address (asked here first)."""
+        alone = threading.active_count() == 1
+        for pool in sentinel_pools([app.broker_client, app.backend_client]):
+            try:
+                pool.get_master_address()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                pass
+            pool.disconnect(inuse_connections=alone)
+        app.broker.reconnect()  # (send_now's own connection: under its lock)
+
+
+def sentinel_pools(clients: List[Any]) -> List[Any]:
+    """The connection pools of the Sentinel clients among `clients`, each once."""
+    pools: List[Any] = []
+    for client in clients:
+        if isinstance(client, SentinelRedis) and client.connection_pool not in pools:
+            pools.append(client.connection_pool)
+    return pools

@@ -147,7 +147,7 @@ class Worker:
             from .eventloop import AsyncConsumer
             return AsyncConsumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
                                  max_tasks=self.max_tasks, max_memory_kib=self.max_memory, limiter=limiter,
-                                 concurrency=self.async_concurrency)
+                                 concurrency=self.async_concurrency, follow=self.follow)
         return Consumer(self.app, name, self.queues, self.prefetch, self.hostname, slot=slot, events=events,
                         max_tasks=self.max_tasks, max_memory_kib=self.max_memory, use_alarm=self.pool_kind == "prefork",
                         limiter=limiter, fetch_ahead=not self.fair, follow=self.follow)
