@@ -23,7 +23,7 @@ def figures_md(data: Dict[str, Any]) -> List[str]:
             if row["label"].startswith("  "):
                 label = "&nbsp;&nbsp;" + label
             out.append(f"| {label} | {row['unit']} | {cells[0]} | {cells[1]} | {f'{r:.2f}x' if r else '-'} |")
-    return out
+    return out if len(out) > 2 else []
 
 
 def own_columns_md(data: Dict[str, Any]) -> List[str]:
