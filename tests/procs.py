@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import redis
 
@@ -81,13 +81,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
 
 
 class Proc:
-    """A `minique` CLI subprocess with its log in a file."""
+    """A `minique` CLI subprocess with its log in a file. `prefix` comes before the command (e.g.
+    `ip netns exec NS`, tests/netns.py); it must exec the command, so that the pid is the worker's."""
 
-    def __init__(self, args: List[str], env: Dict[str, str], cwd: Path, log_path: Path):
+    def __init__(self, args: List[str], env: Dict[str, str], cwd: Path, log_path: Path,
+                 prefix: Sequence[str] = ()):
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", "minique.cli", *args], cwd=cwd, env=env,
+        self.popen = subprocess.Popen([*prefix, sys.executable, "-m", "minique.cli", *args], cwd=cwd, env=env,
                                       stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
@@ -168,11 +170,13 @@ class Processes:
         return env
 
     def worker(self, *args: str, app: str = "testapp", settings: Optional[str] = None, wait: bool = True,
-               cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Proc:
+               cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+               prefix: Sequence[str] = ()) -> Proc:
         self.count += 1
         hostname = f"w{self.count}@test"
         argv = ["-A", app, "worker", "-n", hostname, "-l", "info", *args]
-        proc = Proc(argv, env or self.env(settings), cwd or APPS, self.tmp_path / f"worker{self.count}.log")
+        proc = Proc(argv, env or self.env(settings), cwd or APPS, self.tmp_path / f"worker{self.count}.log",
+                    prefix)
         proc.hostname = hostname
         self.procs.append(proc)
         if wait:
@@ -295,6 +299,8 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # (it runs, as another user)
+        return True
     return True
 
 

@@ -8,6 +8,10 @@ Fault tests use :meth:`kill` (SIGKILL: no AOF flush), :meth:`stop` (clean
 shutdown), :meth:`start` / :meth:`restart` (same port and data dir, so AOF
 data comes back) and :meth:`pause` / :meth:`resume` (SIGSTOP / SIGCONT: a
 server that hangs without closing connections).
+
+A server may bind another address and run under a command prefix (``host``,
+``prefix``): tests/netns.py runs one inside a network namespace
+(``ip netns exec NS redis-server --bind 10.x.y.z``).
 """
 
 from __future__ import annotations
@@ -66,7 +70,9 @@ class RedisServer:
     ``appendonly=True`` data survives :meth:`kill` + :meth:`start`.
     ``appendfsync`` defaults to ``always`` so that a write acknowledged
     before a SIGKILL is on disk (deterministic fault tests); pass
-    ``"everysec"`` to model production durability.
+    ``"everysec"`` to model production durability. ``host`` is the address it
+    binds (and clients use); ``prefix`` comes before the command (e.g.
+    ``ip netns exec NS``; it must exec the server, keeping its pid).
     """
 
     def __init__(
@@ -77,8 +83,12 @@ class RedisServer:
         appendfsync: str = "always",
         port: Optional[int] = None,
         extra_args: tuple = (),
+        host: str = "127.0.0.1",
+        prefix: tuple = (),
     ):
         self.dir = Path(dir)
+        self._host = host
+        self.prefix = tuple(prefix)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.port = port
@@ -93,15 +103,15 @@ class RedisServer:
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return self._host
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.host}:{self.port}/{db}"
 
     def client(self, db: int = 0, **kwargs) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 10)
         kwargs.setdefault("socket_connect_timeout", 5)
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, **kwargs)
+        return redis.Redis(host=self.host, port=self.port, db=db, **kwargs)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -115,8 +125,9 @@ class RedisServer:
 
     def _args(self) -> list:
         return [
+            *self.prefix,
             self.binary,
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--port", str(self.port),
             "--dir", str(self.dir),
             "--save", "",
@@ -175,7 +186,7 @@ class RedisServer:
 
     def _ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
@@ -237,7 +248,7 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<RedisServer 127.0.0.1:{self.port} {state} dir={self.dir}>"
+        return f"<RedisServer {self.host}:{self.port} {state} dir={self.dir}>"
 
     def __enter__(self) -> "RedisServer":
         return self.start()

@@ -203,11 +203,16 @@ class Consumer:
         return {d.receipt for d in self.outbox.buffer}
 
     def _keep_what_is_ours(self) -> None:
-        """Drop the fetched messages this consumer no longer holds in Redis: after a freeze longer than
-        the visibility timeout, another worker's reaper has redelivered them, and running them here too
-        would run them twice (even with early acks). One round trip, only for an old buffer."""
+        """Drop the fetched messages this consumer no longer holds in Redis: after a freeze or a network
+        partition longer than the visibility timeout (or a fetch reply held up that long), another
+        worker's reaper has redelivered them, and running them here too would run them twice (even with
+        early acks). Its claims are renewed first, so what it still holds stays its own for another
+        visibility timeout (the reaper cannot take it between the look-up and the run). Only for an old
+        buffer."""
         outbox = self.outbox
         outbox.flush()
+        renewed_at = time.monotonic()
+        self.app.broker.extend(self.name, self.queues)
         held = {d.receipt for d in self.app.broker.held_by(self.name, self.queues)}
         kept = [d for d in outbox.buffer if d.receipt in held]
         if len(kept) < len(outbox.buffer):
@@ -215,7 +220,7 @@ class Consumer:
                         "did not run for longer than the visibility timeout)", self.name,
                         len(outbox.buffer) - len(kept))
         outbox.buffer.clear()
-        outbox.fetched_at = time.monotonic()
+        outbox.fetched_at = renewed_at
         outbox.buffer.extend(kept)
 
     def _fetch_count(self, running: int = 0) -> int:

@@ -120,6 +120,7 @@ class AsyncConsumer(Consumer):
         parent = os.getppid()
         outbox = self.outbox
         waiting: Optional["asyncio.Future[List[Delivery]]"] = None  # a blocking wait for messages, in a thread
+        waiting_at = 0.0
         backoff = 0.05
         while not self._exit_now:
             kick.clear()
@@ -127,7 +128,7 @@ class AsyncConsumer(Consumer):
                 self._check_control()
                 if waiting is not None and waiting.done():
                     found, waiting = waiting, None
-                    self.pending.extend(found.result())
+                    self.pending.extend(self._still_ours(found.result(), waiting_at))
                 if not self.stopping:  # (stopping, what was taken stays unstarted: the parent gives it back)
                     self._start_pending()
                 if self.stopping or self._draining():
@@ -137,7 +138,8 @@ class AsyncConsumer(Consumer):
                     if self._suspect or time.monotonic() >= self._audit_at:
                         outbox.flush()
                         self._audit()
-                    found_now = outbox.take(self._free())
+                    asked_at = time.monotonic()
+                    found_now = self._still_ours(outbox.take(self._free()), asked_at)
                     if found_now:
                         self.pending.extend(found_now)
                         self._start_pending()
@@ -147,6 +149,7 @@ class AsyncConsumer(Consumer):
                                 log.warning("worker parent is gone; child %s stops", self.name)
                                 break
                             self._on_idle()
+                        waiting_at = time.monotonic()
                         waiting = asyncio.ensure_future(self._loop_().run_in_executor(
                             self._waiter, self.app.broker.wait, self.name, list(outbox.queues), self._free(),
                             FETCH_BLOCK))
@@ -181,6 +184,21 @@ class AsyncConsumer(Consumer):
                 await waiting
             except Exception:  # noqa: BLE001 - the process stops either way
                 pass
+
+    def _still_ours(self, found: List[Delivery], asked_at: float) -> List[Delivery]:
+        """Messages whose fetch reply came more than half a visibility timeout after it was sent (held up by a
+        network partition) may have been redelivered and run elsewhere meanwhile: only those this consumer
+        still holds are kept, its claims renewed first (as Consumer._keep_what_is_ours does for an old buffer)."""
+        if not found or time.monotonic() - asked_at <= self._stale_after:
+            return found
+        self.outbox.flush()
+        self.app.broker.extend(self.name, self.queues)
+        held = {d.receipt for d in self.app.broker.held_by(self.name, self.queues)}
+        kept = [d for d in found if d.receipt in held]
+        if len(kept) < len(found):
+            log.warning("consumer %s dropped %d fetched message(s) redelivered elsewhere meanwhile (the reply to "
+                        "its fetch came %.1fs late)", self.name, len(found) - len(kept), time.monotonic() - asked_at)
+        return kept
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None

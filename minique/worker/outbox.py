@@ -77,7 +77,7 @@ class Outbox:
         self.broker = fast_pipeline(app.broker_client)  # (on a cluster: one connection per node)
         self.backend = self.broker if app.backend_client is app.broker_client else fast_pipeline(app.backend_client)
         self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
-        self.fetched_at = 0.0          # when the buffer last got messages (monotonic)
+        self.fetched_at = 0.0          # when the fetch that filled the buffer was sent (monotonic; see _took)
         self.last_runtime = float("inf")  # seconds the last body took (none yet: unknown, long)
         self.stopping = False
         self.in_wait = False           # blocked in the fetch that may be interrupted (nothing left unsent)
@@ -86,6 +86,7 @@ class Outbox:
         self._slot_room = True         # the slot can list one more finished, unwritten task
         self._ahead = False            # a fetch-ahead is queued or in flight
         self._ahead_count = 0
+        self._ahead_at = 0.0           # when the fetch-ahead was queued
         self._drained = False          # the last fetch took fewer than it asked for: the queues were empty
 
     # --- around a task body -------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class Outbox:
             n = count()
             if n > 0:
                 self._ahead_count = n
+                self._ahead_at = time.monotonic()
                 self._ahead = self.app.broker.fetch_ahead(self.broker, self.consumer, self.queues, n,
                                                           self._got_ahead)
         return delivery
@@ -235,12 +237,16 @@ class Outbox:
     def _got_ahead(self, found: List[Delivery]) -> None:
         self._ahead = False
         self._drained = len(found) < self._ahead_count
-        self._took(found)
+        self._took(found, self._ahead_at)
 
-    def _took(self, found: List[Delivery]) -> None:
+    def _took(self, found: List[Delivery], asked_at: float) -> None:
+        """Messages into the buffer. Their age counts from when the fetch was sent, not from when its
+        reply came: a reply held up (a network partition, a long task before a fetch-ahead's reply is
+        read) may bring messages that sat in this consumer's hands, unrenewed, long enough to be
+        redelivered elsewhere, and the consumer looks them up before running them (Consumer._stale_after)."""
         if found:
             if not self.buffer:  # (the age of the buffer is that of its oldest message)
-                self.fetched_at = time.monotonic()
+                self.fetched_at = asked_at
             self.buffer.extend(found)
 
     def take(self, count: int) -> List[Delivery]:
@@ -257,6 +263,7 @@ class Outbox:
         if self.stopping or self.buffer:  # (a flush before an audit may have read a fetch-ahead's reply)
             return
         broker, count = self.app.broker, max(1, count)
+        asked_at = time.monotonic()
         if self._ahead:  # a fetch went out with the last task: its reply is (nearly always) here already
             self.broker.collect()  # (the last task's results go with the next write, as the others')
             if self._ahead:  # that message never ran, so its fetch is still queued: send it now
@@ -280,8 +287,9 @@ class Outbox:
             self.in_wait = True  # only the blocking wait may be interrupted: everything is answered
             try:
                 if not self.stopping and not self.woken:
+                    asked_at = time.monotonic()
                     found = broker.wait(self.consumer, self.queues, count, FETCH_BLOCK)
                     self._drained = len(found) < count
             finally:
                 self.in_wait = False
-        self._took(found)
+        self._took(found, asked_at)

@@ -233,6 +233,13 @@ def book_durable(self, key, token, seconds=0.0):
     return _book(durable_store(), self.request, key, token, seconds)
 
 
+@app.task(bind=True, acks_late=True)
+def book_durable_late(self, key, token, seconds=0.0):
+    """book_durable() acked after its body: a worker cut off while it runs it leaves it to be redelivered
+    (the partition test, tests/test_partition.py)."""
+    return _book(durable_store(), self.request, key, token, seconds)
+
+
 @app.task(bind=True)
 def gated(self, key, token, timeout=30):
     """Record the start, then wait until the test pushes to "<key>:gate" (so a test can act mid-task)."""
