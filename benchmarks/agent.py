@@ -52,10 +52,19 @@ class Driver:
     def version(self) -> str: raise NotImplementedError
     def worker_argv(self, concurrency: int, name: str, flags: List[str]) -> List[str]: raise NotImplementedError
 
+    # the asyncio-io figure: `async def` tasks that each sleep, one asyncio worker process
+    def io_send(self, n: int) -> List[Any]: raise NotImplementedError
+    io_result_command = "set"   # the command that stores a final result on io_result_keys (a keyspace event)
+    def io_result_keys(self, handles: List[Any]) -> List[bytes]: raise NotImplementedError
+    def io_starts(self, handles: List[Any], timeout: float) -> List[float]: raise NotImplementedError
+    def io_worker_argv(self, concurrency: int, name: str) -> List[str]:
+        """One worker process running up to `concurrency` tasks at once on its event loop."""
+        raise NotImplementedError
+
     # workers
     def start_worker(self, concurrency: int, flags: List[str], count_file: str = "",
                      rtcount_dir: Optional[str] = None, settings: Optional[Dict[str, Any]] = None,
-                     prefix: Optional[List[str]] = None) -> common.WorkerProc:
+                     prefix: Optional[List[str]] = None, io: bool = False) -> common.WorkerProc:
         self.nworkers += 1
         name = f"bench{self.nworkers}@{self.name}"
         env = dict(os.environ)
@@ -69,7 +78,8 @@ class Driver:
         if settings:
             env["BENCH_SETTINGS"] = json.dumps(settings)  # the bench app's app.conf.update (minique only)
         log = self.workdir / f"{self.name}-worker{self.nworkers}.log"
-        return common.WorkerProc([*(prefix or []), *self.worker_argv(concurrency, name, flags)], env, log)
+        argv = self.io_worker_argv(concurrency, name) if io else self.worker_argv(concurrency, name, flags)
+        return common.WorkerProc([*(prefix or []), *argv], env, log)
 
     def wait_ready(self, worker: common.WorkerProc, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -422,12 +432,187 @@ def job_chord(d: Driver, sizes: List[int], runs: int, commands: bool = False,
     return out
 
 
+class _StoreWatch:
+    """When the last of some keys is written: Redis keyspace events, read on a raw socket in a thread.
+
+    One definition of "the last result is stored" for every system: the moment this subscriber receives
+    the keyspace event of the command that writes the last result (arq and taskiq SET the result key,
+    minique RPUSHes the final state onto the key get() waits on); redis-server publishes the event as it
+    runs the command. Standard library only, so no client library's reply parser is in the timing; a
+    chunk of events is timed when recv() returns it."""
+
+    def __init__(self, d: Driver, keys: List[bytes], command: str):
+        import socket
+        import threading
+        self.pending = set(keys)
+        self.first = 0.0
+        self.last = 0.0
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.r = d.r
+        self.r.config_set("notify-keyspace-events", "E$l")   # events of string and list commands
+        kw = d.r.connection_pool.connection_kwargs
+        if kw.get("path"):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(kw["path"])
+        else:
+            self.sock = socket.create_connection((kw.get("host", "127.0.0.1"), kw.get("port", 6379)))
+        channel = f"__keyevent@{kw.get('db', 0) or 0}__:{command}".encode()
+        self.sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel))
+        confirm = b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(channel), channel)
+        got = b""
+        while len(got) < len(confirm):
+            chunk = self.sock.recv(len(confirm) - len(got))
+            if not chunk:
+                raise ConnectionError("redis-server closed the keyspace-event subscription")
+            got += chunk
+        if got != confirm:
+            raise RuntimeError(f"unexpected reply to SUBSCRIBE: {got!r}")
+        self.prefix = b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$" % (len(channel), channel)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        prefix, plen, pending = self.prefix, len(self.prefix), self.pending
+        buf = b""
+        try:
+            while pending:
+                chunk = self.sock.recv(1 << 20)
+                now = time.time()
+                if not chunk:
+                    raise ConnectionError("redis-server closed the keyspace-event subscription")
+                buf += chunk
+                pos = 0
+                while True:   # each message: prefix, key length, CRLF, key, CRLF
+                    if not buf.startswith(prefix, pos):
+                        if len(buf) - pos >= plen:
+                            raise RuntimeError(f"unexpected keyspace event {buf[pos:pos + 80]!r}")
+                        break
+                    nl = buf.find(b"\r\n", pos + plen)
+                    if nl < 0:
+                        break
+                    start = nl + 2
+                    end = start + int(buf[pos + plen:nl])
+                    if end + 2 > len(buf):
+                        break
+                    key = buf[start:end]
+                    pos = end + 2
+                    if key in pending:
+                        pending.discard(key)
+                        self.first = self.first or now
+                        self.last = now
+                buf = buf[pos:]
+        except BaseException as exc:  # noqa: BLE001 - reported by the job
+            if not self.done.is_set():
+                self.error = exc
+        self.done.set()
+
+    def close(self) -> None:
+        import socket
+        self.done.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+        self.r.config_set("notify-keyspace-events", "")
+
+
+class _CpuSampler:
+    """The CPU time (user + system) of a worker's process tree and of redis-server, every 10 ms in a
+    thread, so that the CPU used from any moment of the run on (the first task's start) can be read."""
+
+    def __init__(self, pid: int, redis_pids: List[int], every: float = 0.01):
+        import threading
+        self.pid, self.redis_pids, self.every = pid, redis_pids, every
+        self.samples: List[tuple] = []
+        self.stopped = threading.Event()
+        self.sample()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> tuple:
+        procs = [self.pid] + common.descendants(self.pid)
+        s = (time.time(), sum(common.cpu_seconds(p) for p in procs),
+             sum(common.cpu_seconds(p) for p in self.redis_pids))
+        self.samples.append(s)
+        return s
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.sample()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+
+    def at(self, when: float) -> tuple:
+        """(worker, redis) CPU seconds at `when`, interpolated between the samples around it."""
+        samples = sorted(self.samples)
+        before = [s for s in samples if s[0] <= when] or samples[:1]
+        after = [s for s in samples if s[0] >= when] or samples[-1:]
+        a, b = before[-1], after[0]
+        if b[0] <= a[0]:
+            return a[1], a[2]
+        f = (when - a[0]) / (b[0] - a[0])
+        return a[1] + f * (b[1] - a[1]), a[2] + f * (b[2] - a[2])
+
+
+def job_asyncio_io(d: Driver, n: int, concurrency: int, timeout: float = 120.0) -> Dict[str, Any]:
+    """n `async def` tasks that each `await asyncio.sleep(1)` and return their start time, sent in bulk
+    while no worker runs (untimed); then one worker process with `concurrency` tasks at once on its event
+    loop. Wall: from the first task's start (the least of the returned starts) to the moment the last
+    result is stored (its keyspace event, _StoreWatch). Worker CPU: its process tree's, over the same span."""
+    _fresh(d)
+    t0 = time.perf_counter()
+    handles = d.io_send(n)
+    send_s = time.perf_counter() - t0
+    keys = d.io_result_keys(handles)
+    if len(set(keys)) != n:
+        raise AssertionError(f"{len(set(keys))} distinct result keys for {n} tasks")
+    os.environ["BENCH_IO_CONCURRENCY"] = str(concurrency)   # (arq's app reads it: its max_jobs)
+    redis_pids = common.server_pids(d.r)
+    watch = _StoreWatch(d, keys, d.io_result_command)
+    sampler: Optional[_CpuSampler] = None
+    spawned = time.time()
+    worker = d.start_worker(concurrency, [], io=True)   # one process, `concurrency` tasks at once
+    try:
+        sampler = _CpuSampler(worker.pid, redis_pids)
+        deadline = time.monotonic() + timeout
+        while not watch.done.wait(0.2):
+            worker.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(watch.pending)} of {n} results not stored after {timeout:.0f}s\n"
+                                   f"{worker.log_tail()}")
+        end = sampler.sample()
+        sampler.stop()
+        if watch.error is not None:
+            raise watch.error
+        starts = d.io_starts(handles, timeout=60.0)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        watch.close()
+        worker.stop()
+    if len(starts) != n or not all(isinstance(s, float) for s in starts):
+        raise AssertionError(f"{len(starts)} start times for {n} tasks, or not all floats: {starts[:3]!r}")
+    first = min(starts)
+    wall = watch.last - first
+    w0, r0 = sampler.at(first)
+    return {"n": n, "concurrency": concurrency, "send_s": send_s, "wall_s": wall, "rate": n / wall,
+            "startup_s": first - spawned, "start_spread_s": max(starts) - first,
+            "first_result_s": watch.first - first,
+            "cpu_us_per_task": {"worker": (end[1] - w0) / n * 1e6, "redis": (end[2] - r0) / n * 1e6},
+            "worker_cpu_total_s": end[1], "samples": len(sampler.samples)}
+
+
 def job_info(d: Driver) -> Dict[str, Any]:
     return {"version": d.version(), "python": sys.version.split()[0]}
 
 
 JOBS = {"drain": job_drain, "enqueue": job_enqueue, "roundtrip": job_roundtrip, "chord": job_chord,
-        "instructions": job_instructions, "info": job_info}
+        "instructions": job_instructions, "info": job_info, "asyncio_io": job_asyncio_io}
 
 
 def serve(driver_cls: type) -> None:

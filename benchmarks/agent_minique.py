@@ -56,6 +56,24 @@ class MiniqueDriver(agent.Driver):
 
         return asyncio.run(main())
 
+    def io_worker_argv(self, concurrency: int, name: str) -> List[str]:
+        from .apps.io_body import QUEUE
+        return [sys.executable, "-m", "minique.cli", "-A", "benchmarks.apps.mq_io", "worker", "-P", "asyncio",
+                "-c", "1", "--async-concurrency", str(concurrency), "-Q", QUEUE, "-l", "warning", "-n", name]
+
+    def io_send(self, n: int) -> List[Any]:
+        from .apps import mq_io
+        return mq_io.sleeper.delay_many((i,) for i in range(n))
+
+    io_result_command = "rpush"   # a final state is pushed onto the list get() waits on (backend.write_meta)
+
+    def io_result_keys(self, handles: List[Any]) -> List[bytes]:
+        from minique import keys
+        return [keys.ready(r.id).encode() for r in handles]
+
+    def io_starts(self, handles: List[Any], timeout: float) -> List[float]:
+        return [r.get(timeout=timeout) for r in handles]
+
     def preload(self, task: str, n: int) -> None:
         task = getattr(self.m, task)
         left = n

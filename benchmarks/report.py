@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .run import RESULTS, SYSTEMS, cell, fmt, ratio
+from .run import LABEL, RESULTS, SYSTEMS, cell, fmt, ratio
 
 
 def figures_md(data: Dict[str, Any]) -> List[str]:
     out = ["| figure | unit | minique | Celery | minique/Celery |", "|---|---|---:|---:|---:|"]
     for name, fig in data["figures"].items():
-        if not fig["rows"]:
+        if not fig["rows"] or fig.get("systems"):   # (a figure with its own columns: its own table)
             continue
         out.append(f"| **{fig['title']}** (`{name}`) | | | | |")
         for row in fig["rows"]:
@@ -23,6 +23,28 @@ def figures_md(data: Dict[str, Any]) -> List[str]:
             if row["label"].startswith("  "):
                 label = "&nbsp;&nbsp;" + label
             out.append(f"| {label} | {row['unit']} | {cells[0]} | {cells[1]} | {f'{r:.2f}x' if r else '-'} |")
+    return out if len(out) > 2 else []
+
+
+def own_columns_md(data: Dict[str, Any]) -> List[str]:
+    """The figures with their own systems (asyncio_io: minique, arq, taskiq), a table each."""
+    out: List[str] = []
+    for name, fig in data["figures"].items():
+        systems = fig.get("systems")
+        if not fig["rows"] or not systems:
+            continue
+        out.append(f"**{fig['title']}** (`{name}`)\n")
+        out.append("| figure | unit | " + " | ".join(LABEL[s] for s in systems) + " |")
+        out.append("|---|---|" + "---:|" * len(systems))
+        for row in fig["rows"]:
+            label = row["label"].strip()
+            if row["label"].startswith("  "):
+                label = "&nbsp;&nbsp;" + label
+            out.append(f"| {label} | {row['unit']} | "
+                       + " | ".join(cell(row["values"].get(s, []), row["unit"]) for s in systems) + " |")
+        out.append("")
+        out.extend(f"* {note}" for note in fig.get("notes", []))
+        out.append("")
     return out
 
 
@@ -66,11 +88,14 @@ def main(argv: List[str]) -> int:
     print(f"Run of {data['when']}: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']}, Python {m['python']}, "
           f"redis-py {m.get('redis_py', '?')} ({m.get('parser', '?')} parser), redis-server {data['info']['redis']}, "
           f"minique {data['info'].get('minique', {}).get('version', '-')}, "
-          f"Celery {data['info'].get('celery', {}).get('version', '-')}; {data['params']['runs']} runs, "
+          f"Celery {data['info'].get('celery', {}).get('version', '-')}, "
+          f"arq {data['info'].get('arq', {}).get('version', '-')}, "
+          f"taskiq {data['info'].get('taskiq', {}).get('version', '-')}; {data['params']['runs']} runs, "
           f"{data['seconds']:.0f} s; load average {m['loadavg_start'][0]:.2f} at the start, "
           f"{m.get('loadavg_end', [float('nan')])[0]:.2f} at the end.\n")
     print("\n".join(figures_md(data)))
     print()
+    print("\n".join(own_columns_md(data)))
     print("\n".join(goals_md(data)))
     print()
     print("\n".join(commands_md(data)))

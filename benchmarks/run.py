@@ -1,9 +1,11 @@
-"""`python -m benchmarks`: minique and Celery side by side (issue #7).
+"""`python -m benchmarks`: minique and Celery side by side (issue #7); minique, arq and taskiq (issue #17).
 
 One private redis-server (a free port, no persistence) serves both systems; each
 system is measured by its own agent process (agent_minique in this interpreter,
 agent_celery in benchmarks/.celery-venv, created here when missing). Runs of the two
-systems are interleaved so that a noisy neighbour hurts both alike. Every figure
+systems are interleaved so that a noisy neighbour hurts both alike. The asyncio_io figure
+(issue #17) measures minique, arq and taskiq the same way, arq and taskiq each in its own
+virtualenv (benchmarks/.arq-venv, benchmarks/.taskiq-venv, made here when missing). Every figure
 is printed as median [min-max] over the runs with the ratio minique/Celery, then
 the goals of issue #7, met or not. Results are also written as JSON to
 benchmarks/results/ (see docs/benchmarks.md for the method).
@@ -30,8 +32,10 @@ HERE = Path(__file__).resolve().parent
 VENV = HERE / ".celery-venv"
 RESULTS = HERE / "results"
 SYSTEMS = ("minique", "celery")
-LABEL = {"minique": "minique", "celery": "Celery"}
-FIGURES = ("drain", "memory", "enqueue", "roundtrip", "chord", "events", "commands", "scaling", "backlog")
+LABEL = {"minique": "minique", "celery": "Celery", "arq": "arq", "taskiq": "taskiq"}
+FIGURES = ("drain", "memory", "enqueue", "roundtrip", "chord", "events", "commands", "scaling", "backlog",
+           "asyncio_io")
+IO_SYSTEMS = ("minique", "arq", "taskiq")   # the asyncio_io figure's columns (issue #17)
 JOB_TIMEOUT = 1800.0
 
 
@@ -39,23 +43,33 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# --- the Celery virtualenv ----------------------------------------------------------------------------
+# --- the other systems' virtualenvs -----------------------------------------------------------------
 
-def celery_python() -> Optional[Path]:
-    """benchmarks/.celery-venv/bin/python with celery[redis] in it, made when missing; None if impossible."""
-    py = VENV / "bin" / "python"
-    check = [str(py), "-c", "import celery, kombu, redis"]
+# system: (folder under benchmarks/, what pip installs from PyPI, what must import)
+VENVS = {
+    "celery": (".celery-venv", ["celery[redis]"], "import celery, kombu, redis"),
+    "arq": (".arq-venv", ["arq"], "import arq, redis"),
+    "taskiq": (".taskiq-venv", ["taskiq", "taskiq-redis"], "import taskiq, taskiq_redis, redis"),
+}
+
+
+def venv_python(system: str) -> Optional[Path]:
+    """benchmarks/.<system>-venv/bin/python with the system installed, made when missing; None if impossible."""
+    folder, packages, imports = VENVS[system]
+    venv = HERE / folder
+    py = venv / "bin" / "python"
+    check = [str(py), "-c", imports]
     if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         _hiredis_parity(py)
         return py
-    log(f"creating {VENV.relative_to(common.ROOT)} with celery[redis] from PyPI ...")
+    log(f"creating {venv.relative_to(common.ROOT)} with {' '.join(packages)} from PyPI ...")
     try:
         if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "celery[redis]"],
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
                        check=True)
     except (subprocess.CalledProcessError, OSError) as exc:
-        log(f"WARNING: could not set up the Celery virtualenv ({exc}); measuring minique alone")
+        log(f"WARNING: could not set up {venv.relative_to(common.ROOT)} ({exc}); not measuring {LABEL[system]}")
         return None
     if subprocess.run(check, capture_output=True).returncode != 0:
         return None
@@ -63,15 +77,22 @@ def celery_python() -> Optional[Path]:
     return py
 
 
+def celery_python() -> Optional[Path]:
+    """benchmarks/.celery-venv/bin/python with celery[redis] in it, made when missing; None if impossible."""
+    return venv_python("celery")
+
+
 def _hiredis_parity(py: Path) -> None:
-    """Give Celery's redis-py the hiredis parser exactly when minique's has it (a fair comparison)."""
+    """Give the other system's redis-py the hiredis parser when minique's has it (a fair comparison).
+
+    (Never taken away: arq's own requirement is redis[hiredis].)"""
     try:
         import hiredis  # noqa: F401
     except ImportError:
         return
     if subprocess.run([str(py), "-c", "import hiredis"], capture_output=True).returncode == 0:
         return
-    log("installing hiredis into the Celery virtualenv (minique's environment has it)")
+    log(f"installing hiredis into {py.parent.parent.name} (minique's environment has it)")
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "hiredis"])
 
 
@@ -210,6 +231,7 @@ class Runner:
         self.figures: Dict[str, Dict[str, Any]] = {}
         self.errors: List[str] = []
         self.info: Dict[str, Any] = {}
+        self.server_url, self.workdir = "", Path(".")   # (set by run: the private redis-server, the scratch dir)
 
     # measuring ---------------------------------------------------------------------------------------
     def measure(self, jobs: Dict[str, Optional[Dict[str, Any]]], runs: int) -> Dict[str, List[Dict[str, Any]]]:
@@ -229,7 +251,7 @@ class Runner:
                         msg = f"{system} {job.get('job')}: {exc}"
                         self.errors.append(msg)
                         log("ERROR " + msg)
-                        break
+                        continue   # (the other systems of this run still run)
                     log(f"    {LABEL[system]:8} {job['job']} run {i + 1}/{runs} ({time.monotonic() - t0:.1f}s)")
                 out[system].append(done[i])
         return out
@@ -253,7 +275,7 @@ class Runner:
         row = {"id": rid, "label": label, "unit": unit, "better": better,
                "values": {s: [v for v in vals if v is not None] for s, vals in values.items()}, "note": note}
         fig["rows"].append(row)
-        self.print_row(row)
+        self.print_row(row, fig.get("systems", SYSTEMS))
         return row
 
     # figures -----------------------------------------------------------------------------------------
@@ -532,8 +554,75 @@ class Runner:
         fig["notes"].append("minique only: Celery at ~1k tasks/s would need minutes per run; its Redis list drains "
                             "at a rate independent of its length (LPUSH/BRPOP are O(1))")
 
+    def fig_asyncio_io(self) -> None:
+        """Issue #17: n `async def` tasks that each sleep 1 s, one worker process, minique, arq and taskiq."""
+        n = self.args.io_n
+        fig = self.figure("asyncio_io", f"I/O-bound concurrency: {n:,} x `await asyncio.sleep(1)`, one worker "
+                                        f"process, {n:,} tasks at once")
+        fig["systems"] = list(IO_SYSTEMS)
+        systems = [s for s in IO_SYSTEMS if self._io_agent(s, fig)]
+        job = {"job": "asyncio_io", "n": n, "concurrency": n}
+        res = self.measure({s: job for s in systems}, self.runs)
+        rows = [
+            ("io_rate", "tasks/s (n / wall)", "tasks/s", "higher", lambda r: r["rate"]),
+            ("io_wall", "wall: first task's start to last result stored", "s", "lower", lambda r: r["wall_s"]),
+            ("io_cpu_worker", "worker CPU per task (all its processes)", "us", "lower",
+             lambda r: r["cpu_us_per_task"]["worker"]),
+            ("io_cpu_redis", "redis-server CPU per task", "us", "lower", lambda r: r["cpu_us_per_task"]["redis"]),
+            ("io_start_spread", "  last task's start - first task's start", "s", "lower",
+             lambda r: r["start_spread_s"]),
+            ("io_first_result", "  first result stored - first task's start", "s", "lower",
+             lambda r: r["first_result_s"]),
+            ("io_startup", "  worker spawned - first task's start (untimed)", "s", "lower", lambda r: r["startup_s"]),
+            ("io_cpu_total", "  worker CPU per task from its spawn (start-up included)", "us", "lower",
+             lambda r: r["worker_cpu_total_s"] / r["n"] * 1e6),
+        ]
+        for rid, label, unit, better, get in rows:
+            self.row(fig, rid, label, unit, {s: [get(r) for r in rs] for s, rs in res.items()}, better=better)
+        fig["notes"].append(
+            f"{n:,} tasks sent in bulk while no worker runs (untimed), then one worker process with {n:,} tasks at "
+            "once: minique -P asyncio -c 1 --async-concurrency, arq max_jobs, taskiq --workers 1 --max-async-tasks; "
+            "each task returns time.time() at its start")
+        fig["notes"].append(
+            "wall: from the least start returned to the moment the last result is stored in Redis, as a "
+            "subscriber to keyspace events (notify-keyspace-events E$l) on a raw socket receives the event of the "
+            "command that stores it (arq and taskiq SET the result key, minique RPUSHes the final state onto the "
+            "list get() waits on): one definition for all three; worker CPU: user + system time of the worker's "
+            "processes over the same "
+            "span (/proc, sampled every 10 ms), over n")
+
+    def _io_agent(self, system: str, fig: Dict[str, Any]) -> bool:
+        """The agent of one asyncio_io system, started (and its virtualenv made) on first use."""
+        if system in self.agents:
+            return True
+        if system == "minique":
+            helptext = subprocess.run([sys.executable, "-m", "minique.cli", "worker", "--help"], capture_output=True,
+                                      text=True, cwd=str(common.ROOT)).stdout
+            if "--async-concurrency" not in helptext:
+                fig["notes"].append("minique: this tree has no -P asyncio pool (worker --async-concurrency): "
+                                    "not measured")
+                return False
+            python: Optional[Path] = Path(sys.executable)
+        else:
+            python = venv_python(system)
+            if python is None:
+                fig["notes"].append(f"{LABEL[system]}: its virtualenv could not be made: not measured")
+                return False
+        self.agents[system] = Agent(system, str(python), self.server_url, self.workdir / system)
+        try:
+            self.info[system] = self.agents[system].run({"job": "info"}, timeout=120)
+        except AgentError as exc:
+            self.errors.append(f"{system} info: {exc}")
+            return False
+        log(f"    {LABEL[system]} {self.info[system].get('version')}")
+        return True
+
     # printing ----------------------------------------------------------------------------------------
-    def print_row(self, row: Dict[str, Any]) -> None:
+    def print_row(self, row: Dict[str, Any], systems: Sequence[str] = SYSTEMS) -> None:
+        if tuple(systems) != SYSTEMS:   # other columns (asyncio_io): no ratio column
+            cells = [cell(row["values"].get(s, []), row["unit"]) for s in systems]
+            print(f"  {row['label']:<58} {row['unit']:>8}  " + "  ".join(f"{c:>26}" for c in cells), flush=True)
+            return
         cells = [cell(row["values"].get(s, []), row["unit"]) for s in SYSTEMS]
         r = ratio(row)
         rtxt = f"{r:.2f}x" if r is not None else "-"
@@ -541,6 +630,9 @@ class Runner:
 
     def print_header(self, title: str) -> None:
         print(f"\n== {title}", flush=True)
+        if title == "asyncio_io":
+            print(f"  {'figure':<58} {'unit':>8}  " + "  ".join(f"{LABEL[s]:>26}" for s in IO_SYSTEMS), flush=True)
+            return
         print(f"  {'figure':<58} {'unit':>8}  {'minique':>26}  {'Celery':>26}  {'m/C':>8}", flush=True)
 
     def print_table(self, table: Dict[str, Any]) -> None:
@@ -599,12 +691,14 @@ class Runner:
         ]
         small, big = med("backlog_small"), med("backlog_big")
         ratio = None if small is None or big is None else big / small
+        out.append(goal(f"{self.args.io_n:,} x sleep(1), -P asyncio -c 1: first start to last result", med("io_wall"),
+                        "<= 2.5", lambda v: v <= 2.5, "s"))
         out.append(goal(f"drain rate with {self.backlog:,} waiting vs {self.n:,}", ratio, ">= 0.95 (no fall)",
                         lambda v: v >= 0.95, "ratio"))
         return out
 
     def print_goals(self, goals: List[Dict[str, Any]]) -> None:
-        print("\n== Goals of issue #7 (minique, medians)")
+        print("\n== Goals of issues #7 and #17 (minique, medians)")
         for g in goals:
             state = "n/a" if g["met"] is None else ("met" if g["met"] else "NOT met")
             value = "-" if g["value"] is None else (f"{g['value']:.2f}" if g["unit"] in ("ms", "ratio", "s", "%", "MiB")
@@ -645,12 +739,15 @@ class Runner:
             return 2
         started = time.monotonic()
         self.info["machine"] = self.machine()
-        py_celery = None if self.args.no_celery else celery_python()
+        if all(f == "asyncio_io" for f in wanted) and "celery" in self.systems:
+            self.systems.remove("celery")   # (that figure's others are arq and taskiq, started by it)
+        py_celery = celery_python() if "celery" in self.systems else None
         if py_celery is None and "celery" in self.systems:
             self.systems.remove("celery")
         workdir = Path(tempfile.mkdtemp(prefix="minique-bench-"))
         server = common.RedisServer(workdir / "redis", binary=shutil.which("redis-server") or "redis-server").start()
         self.info["redis"] = server.version()
+        self.server_url, self.workdir = server.url, workdir
         try:
             for system in self.systems:
                 python = sys.executable if system == "minique" else str(py_celery)
@@ -687,6 +784,7 @@ class Runner:
         out = {"info": self.info, "params": {"runs": self.runs, "n": self.n, "celery_n": self.celery_n,
                                              "enqueue_n": self.enq_n, "rtt_calls": self.rtt_calls,
                                              "backlog": self.backlog, "commands_n": self.cmd_n,
+                                             "io_n": self.args.io_n,
                                              "quick": self.args.quick, "figures": list(wanted)},
                "figures": self.figures, "goals": goals, "errors": self.errors, "seconds": elapsed,
                "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -710,6 +808,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--big", action="store_true", help="backlog of 1,000,000 instead of 100,000")
     p.add_argument("--cluster", action="store_true",
                    help="also drain on a private 3-master Redis Cluster (the drain figure; docs/scaling.md)")
+    p.add_argument("--io-n", type=int, default=10000, metavar="N",
+                   help="asyncio_io figure: tasks (and tasks at once), default 10,000")
     p.add_argument("--json", metavar="PATH", help="where to write the results (default benchmarks/results/latest.json)")
     args = p.parse_args(argv)
     if args.runs < 1:
