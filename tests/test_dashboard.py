@@ -760,10 +760,12 @@ def test_browser_under_load_running_tasks_actions_and_throughput(procs, client_a
     row = page.locator(f'#tasks-table tr[data-task-id="{held[0].id}"][data-state="STARTED"]')
     row.wait_for(timeout=10000)
     assert row.locator("a.id-short").inner_text() == held[0].id  # whole (shortened by the style sheet only)
-    ticking = row.locator(".elapsed")
-    first = ticking.inner_text()
-    page.wait_for_function("([el, before]) => el.textContent !== before", arg=[ticking.element_handle(), first],
-                           timeout=5000)
+    first = row.locator(".elapsed").inner_text()
+    # (looked up again at each poll: a refresh renders the table anew, and a handle on the old element
+    # would watch a detached node that never ticks)
+    ticking = f'#tasks-table tr[data-task-id="{held[0].id}"] .elapsed'
+    page.wait_for_function("([sel, before]) => { const el = document.querySelector(sel); "
+                           "return el !== null && el.textContent !== before; }", arg=[ticking, first], timeout=5000)
     row.locator("button.copy").click()
     page.locator("#toast", has_text=f"Copied {held[0].id}").wait_for(timeout=5000)
     assert page.evaluate("navigator.clipboard.readText()") == held[0].id
