@@ -23,6 +23,7 @@ from .keys import hash_slot
 
 Emitter = Callable[[Any, List[Any]], List[Tuple[Any, ...]]]
 _ON_REPLY = "minique_on_reply"
+_WAIT = "minique_wait"  # the WAIT that ends a confirmed write (FastPipeline.confirm)
 
 
 class Commands(Protocol):
@@ -167,7 +168,12 @@ class FastPipeline(redis.client.Pipeline):
     for Redis anyway (the fetch at the end of a prefetched batch), so a task costs no round trip of
     its own. Commands stay owned by the pipeline until their replies are read: on a connection
     failure they are written again, so nothing written is lost (results, acks and event batches are
-    idempotent; a follow-up message may then be sent twice, never lost)."""
+    idempotent; a follow-up message may then be sent twice, never lost).
+
+    With `confirm(replicas, timeout)` (the transport option `wait_for_replicas`), every write ends with a
+    WAIT: a write that fewer replicas than asked confirm is taken as refused and written again (to the
+    new master, after a failover), so no result or ack lives on the master alone, where a failover would
+    lose it. Off by default: no cost."""
 
     MAX_UNREAD = 512  # commands written and not yet answered before a write reads the backlog first
 
@@ -176,6 +182,11 @@ class FastPipeline(redis.client.Pipeline):
         self._conn: Any = None
         self._unread: List[Any] = []  # commands written whose replies are still on the socket
         self._gathered: Dict[Tuple[Any, ...], List[Any]] = {}  # (emit, key) -> items, see gather
+        self._wait: Optional[Tuple[Any, ...]] = None  # the WAIT that ends each write (confirm), or None
+
+    def confirm(self, replicas: int, timeout: float) -> None:
+        """End every write with WAIT `replicas` (see the class docstring)."""
+        self._wait = ("WAIT", replicas, max(1, int(timeout * 1000))) if replicas else None
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Queue a command as it is (redis-py's per-command wrappers cost 4x more)."""
@@ -214,6 +225,8 @@ class FastPipeline(redis.client.Pipeline):
         stack, self.command_stack = self.command_stack, []
         if not stack:
             return
+        if self._wait is not None:
+            stack.append((self._wait, {_WAIT: True}))
         conn = self._conn
         if conn is None:
             conn = self._conn = self.connection_pool.get_connection()
@@ -236,23 +249,33 @@ class FastPipeline(redis.client.Pipeline):
         conn = self._conn
         out: List[Any] = []
         refused = -1  # where the server began refusing writes for a while (a failover): sent again from there
+        why: Any = None
+        written = 0   # where the write being read began (confirm: a WAIT ends each write)
         try:
-            for _ in unread:
+            for index, (_, options) in enumerate(unread):
                 try:
-                    out.append(conn.read_response())
+                    reply = conn.read_response()
                 except redis.exceptions.ResponseError as exc:
-                    if refused < 0 and transient(exc):
-                        refused = len(out)
-                    out.append(exc)
+                    if refused < 0 and (transient(exc) or _WAIT in options):
+                        refused, why = (written if _WAIT in options else index), exc
+                    reply = exc
+                if _WAIT in options:
+                    if refused < 0 and not isinstance(reply, Exception) and int(reply) < self._wanted():
+                        refused, why = written, f"only {int(reply)} replica(s) confirmed the write"
+                    written = index + 1
+                    reply = None  # (not an error of any command's)
+                out.append(reply)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             self._lost(conn, unread)
             raise
         if refused >= 0:
-            why = out[refused]
             self._lost(conn, unread[refused:])
             self._answer(unread[:refused], out[:refused], raise_on_error)
             raise redis.exceptions.ConnectionError(f"Redis refused writes for now ({why}); they are sent again")
         return self._answer(unread, out, raise_on_error)
+
+    def _wanted(self) -> int:
+        return int(self._wait[1]) if self._wait is not None else 0
 
     def _answer(self, unread: List[Any], out: List[Any], raise_on_error: bool) -> List[Any]:
         _handle(((options, reply) for (_, options), reply in zip(unread, out)), raise_on_error)
@@ -271,8 +294,12 @@ class FastPipeline(redis.client.Pipeline):
 
     def _lost(self, conn: Any, commands: List[Any]) -> None:
         # which of them Redis ran is unknown: keep all of them (and the unread ones) to write again
+        # (not their WAITs: the next write ends with its own)
         conn.disconnect()
-        self.command_stack = self._unread + commands + self.command_stack
+        again = self._unread + commands
+        if self._wait is not None:
+            again = [c for c in again if _WAIT not in c[1]]
+        self.command_stack = again + self.command_stack
         self._unread = []
 
     def reset(self) -> None:  # type: ignore[override]  # (redis-py's stub types the RESET command's reply)

@@ -98,3 +98,21 @@ def test_rollback_takes_back_what_was_queued_after_the_mark(redis_client):
     assert [args for args, _ in pipe.command_stack] == [("SET", "kept", 1)]
     pipe.execute()
     assert redis_client.get("kept") == b"1" and redis_client.get("dropped") is None
+
+
+def test_a_write_no_replica_confirms_is_kept_and_written_again(redis_client):
+    """confirm(1, ...) on a server without replicas: each write ends with a WAIT that 0 replicas answer, so
+    the write counts as refused (it could be lost in a failover) and stays queued to be written again;
+    confirmed by nobody, it is never taken as done. Without confirm, the same write is simply done."""
+    pipe = FastPipeline(redis_client)
+    pipe.confirm(1, 0.01)
+    pipe.set("a", "1")
+    pipe.call(lambda reply: None, "INCR", "n")
+    with pytest.raises(redis.exceptions.ConnectionError, match="only 0 replica"):
+        pipe.execute()
+    assert len(pipe) == 2  # both kept (not their WAIT: the next write ends with its own)
+    with pytest.raises(redis.exceptions.ConnectionError, match="only 0 replica"):
+        pipe.execute()
+    assert redis_client.get("n") == b"2"  # (written twice: what a refused write may cost, never a loss)
+    pipe.confirm(0, 0.01)
+    assert pipe.execute() == [b"OK", 3] and len(pipe) == 0

@@ -45,7 +45,7 @@ from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 import redis
 
 from ..brokers import Delivery
-from ..pipe import fast_pipeline
+from ..pipe import fast_pipeline, is_cluster
 from ..settle import Settlement
 
 log = logging.getLogger("minique.worker")
@@ -75,6 +75,8 @@ class Outbox:
         self.events: Any = None        # the process's events.Events (set by the consumer): see on_alarm
         self._events_alarm = False     # SIGALRM armed to write the event batch while a body runs
         self.broker = fast_pipeline(app.broker_client)  # (on a cluster: one connection per node)
+        if app.broker.wait_for_replicas and not is_cluster(app.broker_client):  # every write confirmed (pipe.py)
+            self.broker.confirm(app.broker.wait_for_replicas, app.broker.wait_timeout)
         self.backend = self.broker if app.backend_client is app.broker_client else fast_pipeline(app.backend_client)
         self.buffer: Deque[Delivery] = deque()  # fetched, not yet handled
         self.fetched_at = 0.0          # when the fetch that filled the buffer was sent (monotonic; see _took)
