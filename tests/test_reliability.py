@@ -256,8 +256,9 @@ def test_cold_shutdown(procs, client_app, redis_client, acks_late, how):
 # --- 4. Redis killed and restarted under load --------------------------------------------------------
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("pool", ["prefork", "asyncio"])
 @pytest.mark.parametrize("acks_late", [False, True], ids=["early-ack", "acks-late"])
-def test_redis_killed_and_restarted_under_load(fresh_redis, fresh_app, tmp_path, acks_late):
+def test_redis_killed_and_restarted_under_load(fresh_redis, fresh_app, tmp_path, acks_late, pool):
     """kill -9 of Redis (AOF, appendfsync always) while a client sends and two workers run; restart it.
 
     Nothing the client was told is sent may be lost; the workers and the client reconnect by themselves.
@@ -267,7 +268,7 @@ def test_redis_killed_and_restarted_under_load(fresh_redis, fresh_app, tmp_path,
     check = fresh_redis.client()
     try:
         # a long visibility timeout: the outage must not look like dead workers (see docs/reliability.md)
-        workers = [procs.worker("-c", "2", settings=conf(acks_late, vis=60)) for _ in range(2)]
+        workers = [procs.worker("-c", "2", "-P", pool, settings=conf(acks_late, vis=60)) for _ in range(2)]
         sent, failed_sends, results, spans, stop = [], [], [], [], threading.Event()
 
         def client():
@@ -317,7 +318,7 @@ def test_redis_killed_and_restarted_under_load(fresh_redis, fresh_app, tmp_path,
         assert [r.state for r in results].count(states.SUCCESS) == len(sent)
         assert fresh_app.add.delay(2, 2).get(timeout=20) == 4           # the client reconnected
         logs = "".join(w.log() for w in workers)
-        report(f"Redis kill -9 + restart under load ({'acks_late' if acks_late else 'early ack'})",
+        report(f"Redis kill -9 + restart under load ({'acks_late' if acks_late else 'early ack'}, {pool})",
                **figures, sends_refused=len(failed_sends), refused_but_ran=ran_unacked,
                sends_in_flight_at_kill=len(in_flight),
                worker_reconnect_warnings=logs.count("Redis unreachable"))
