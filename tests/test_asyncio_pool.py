@@ -33,11 +33,15 @@ def _started(redis_client, key, n, timeout=30.0):
 
 
 def test_one_process_runs_many_tasks_at_once(procs, ap, redis_client):
-    _worker(procs, "--async-concurrency", "100")
+    worker = _worker(procs, "--async-concurrency", "100")
+    assert "pool: asyncio x 1, 100 tasks at once per process, messages taken for free places only" in worker.log()
     results = [ap.hold.delay("many", "g:many") for _ in range(100)]
     _started(redis_client, "many", 100)  # every one of them waits on the gate: all 100 run at once
     active = ap.app.control.inspect(timeout=2).active()
     assert sum(len(tasks) for tasks in active.values()) == 100
+    (stats,) = ap.app.control.inspect(timeout=2).stats().values()
+    assert stats["pool"]["implementation"] == "asyncio" and stats["pool"]["async-concurrency"] == 100
+    assert stats["prefetch_count"] == 100  # what it may hold: its places, not a prefetch multiplier's count
     redis_client.rpush("g:many", 1)
     values = [r.get(timeout=30) for r in results]
     assert [v[0] for v in values] == [r.id for r in results]  # each body saw its own request

@@ -255,11 +255,13 @@ class Worker:
     def banner(self) -> str:
         tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks) if not name.startswith("minique."))
         scale = f" (autoscale {self.autoscale[1]}..{self.autoscale[0]})" if self.autoscale else ""
-        if self.pool_kind == "asyncio":
+        taking = f"prefetch {self.prefetch} per process"
+        if self.pool_kind == "asyncio":  # (it takes messages for its free places only: no prefetch multiplier)
             scale += f", {self.async_concurrency} tasks at once per process"
+            taking = "messages taken for free places only"
         return (f"minique worker {self.hostname} ready\n"
                 f"  broker: {mask_url(self.app.conf.broker_url)}\n  queues: {', '.join(self.queues)}\n"
-                f"  pool: {self.pool_kind} x {self.concurrency}{scale}, prefetch {self.prefetch} per process"
+                f"  pool: {self.pool_kind} x {self.concurrency}{scale}, {taking}"
                 f"{' (-O fair)' if self.fair else ''}\n"
                 f"  queue type: {self.app.broker.kind}\n[tasks]\n{tasks}")
 
@@ -638,7 +640,8 @@ class Worker:
                 **({"async-concurrency": self.async_concurrency} if self.pool.kind == "asyncio" else {})},
                 "total": sum(self.pool.slots[i].total for i in range(self.pool.slots.n)),
                 "uptime": time.time() - self.started_at, "child_restarts": self.child_restarts,
-                "prefetch_count": self.prefetch * self.pool.size, "queues": self.queues}
+                "prefetch_count": (self.async_concurrency if self.pool.kind == "asyncio" else self.prefetch)
+                * self.pool.size, "queues": self.queues}
         if self.autoscaler is not None:
             out["autoscaler"] = self.autoscaler.info(self.pool.size)
         return out
