@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from minique import chain, chord, group, keys
+from minique import chain, chord, group, keys, serializers
 from minique.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from procs import wait_for
 
@@ -42,6 +42,10 @@ def test_one_process_runs_many_tasks_at_once(procs, ap, redis_client):
     (stats,) = ap.app.control.inspect(timeout=2).stats().values()
     assert stats["pool"]["implementation"] == "asyncio" and stats["pool"]["async-concurrency"] == 100
     assert stats["prefetch_count"] == 100  # what it may hold: its places, not a prefetch multiplier's count
+    def beat():  # (the heartbeat the dashboard shows: written every worker_heartbeat_interval)
+        info = serializers.unpack(redis_client.hget("minique:workers", worker.hostname))
+        return info["pool"], info["concurrency"], info["places"], info["active"]
+    wait_for(lambda: beat() == ("asyncio", 1, 100, 100), 10, "a heartbeat with the 100 running")
     redis_client.rpush("g:many", 1)
     values = [r.get(timeout=30) for r in results]
     assert [v[0] for v in values] == [r.id for r in results]  # each body saw its own request

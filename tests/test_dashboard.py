@@ -459,7 +459,8 @@ def test_api_tasks_canvas_links_retry_and_dead_letter_replay(procs, client_app, 
     assert dash.post(f"/api/dlq/{dead['entry']}/replay")[0] == 404
 
     workers = dash.get("/api/workers")["workers"]
-    assert [(w["hostname"], w["status"], w["concurrency"]) for w in workers] == [(worker.hostname, "online", 2)]
+    assert [(w["hostname"], w["status"], w["concurrency"], w["places"]) for w in workers] == [
+        (worker.hostname, "online", 2, 2)]
     queues = dash.get("/api/queues")
     assert "default" in queues["now"]["queues"]
     wait_for(lambda: len(dash.get("/api/queues")["history"]) >= 2, 10, "queue samples")

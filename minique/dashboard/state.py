@@ -280,7 +280,8 @@ class WorkerBook:
                     ends = self.recent.get(host)
                     while ends and ends[0] <= ts:  # counted in this heartbeat: only later ones matter
                         ends.popleft()
-                for field in ("loadavg", "freq", "queues", "concurrency", "pool", "processed", "active", "started"):
+                for field in ("loadavg", "freq", "queues", "concurrency", "places", "pool", "processed", "active",
+                              "started"):
                     if ev.get(field) is not None:
                         rec[field] = ev[field]
                 if kind == "worker-offline":
@@ -327,7 +328,7 @@ class WorkerBook:
                 processed += ended.get(host, 0)
             rec = {"hostname": host, "status": status,
                    "last_heartbeat": info.get("ts"), "heartbeat_age": age, "pid": info.get("pid"),
-                   "pool": info.get("pool"), "concurrency": info.get("concurrency"),
+                   "pool": info.get("pool"), "concurrency": info.get("concurrency"), "places": info.get("places"),
                    "active": 0 if status != "online" else info.get("active"), "processed": processed,
                    "queues": info.get("queues"), "started": info.get("started"), "loadavg": ev.get("loadavg")}
             out[host] = rec
@@ -339,7 +340,8 @@ class WorkerBook:
             last = ev.get("event_ts")
             out[host] = {"hostname": host, "status": "offline" if ev.get("last_event") == "worker-offline" else "lost",
                          "last_heartbeat": last, "heartbeat_age": now - float(last or now), "pool": ev.get("pool"),
-                         "concurrency": ev.get("concurrency"), "active": 0, "processed": processed,
+                         "concurrency": ev.get("concurrency"), "places": ev.get("places"), "active": 0,
+                         "processed": processed,
                          "queues": ev.get("queues"), "loadavg": ev.get("loadavg"), "started": ev.get("started"),
                          "pid": None}
         listed = [r for r in out.values() if all_workers or r["status"] == "online"

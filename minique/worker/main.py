@@ -647,8 +647,10 @@ class Worker:
         return out
 
     def heartbeat(self) -> None:
+        size = self.pool.size if self.pool else self.concurrency
         info = {"hostname": self.hostname, "ts": time.time(), "pid": os.getpid(), "queues": self.queues,
-                "concurrency": self.pool.size if self.pool else self.concurrency,
+                "concurrency": size,  # (pool processes; places: tasks it may run at once, more in the asyncio pool)
+                "places": size * (self.async_concurrency if self.pool_kind == "asyncio" else 1),
                 "processed": self.stats()["total"], "active": len(self.active()),
                 "started": self.started_at, "pool": self.pool_kind}
         self.app.broker_client.hset(keys.WORKERS, self.hostname, serializers.pack(info))

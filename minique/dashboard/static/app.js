@@ -220,12 +220,12 @@ pages.workers = {
     const now = serverNow();
     out.push(table(["Worker", "Status", "Pool", "Active / size", "Processed#", "Load average", "Last heartbeat", "Queues", "Up for", ""],
       data.workers.map((w) => {
-        const size = w.concurrency || 0, active = w.active || 0, online = w.status === "online";
+        const size = w.concurrency || 0, places = w.places || size, active = w.active || 0, online = w.status === "online";
         return h("tr", { "data-worker": w.hostname, "data-status": w.status },
           h("td", { class: "mono" }, h("a", { href: `#/tasks?worker=${encodeURIComponent(w.hostname)}` }, w.hostname)),
           h("td", {}, badge(w.status)),
-          h("td", {}, `${w.pool || "?"} × ${size}`),
-          h("td", {}, h("span", { class: "bar" }, h("i", { style: { width: `${size ? Math.min(100, 100 * active / size) : 0}%` } })), `${active} / ${size}`),
+          h("td", {}, `${w.pool || "?"} × ${size}` + (places > size ? ` (${places / size} tasks each)` : "")),
+          h("td", {}, h("span", { class: "bar" }, h("i", { style: { width: `${places ? Math.min(100, 100 * active / places) : 0}%` } })), `${active} / ${places}`),
           h("td", { class: "num processed" }, w.processed ?? ""),
           h("td", {}, w.loadavg ? w.loadavg.map((x) => x.toFixed(2)).join(" ") : ""),
           h("td", { title: fmtTime(w.last_heartbeat) }, fmtAgo(w.heartbeat_age)),
