@@ -11,11 +11,12 @@ import os
 import resource
 import signal
 import time
-from typing import Any, FrozenSet, Optional, Sequence, Set
+from typing import Any, FrozenSet, List, Optional, Sequence, Set
 
 import redis
 
 from .. import context, keys
+from ..brokers import Delivery
 from ..logs import Once
 from .execute import Executor
 from .outbox import NotStarted, Outbox
@@ -205,25 +206,31 @@ class Consumer:
         return {d.receipt for d in self.outbox.buffer}
 
     def _keep_what_is_ours(self) -> None:
-        """Drop the fetched messages this consumer no longer holds in Redis: after a freeze or a network
-        partition longer than the visibility timeout (or a fetch reply held up that long), another
-        worker's reaper has redelivered them, and running them here too would run them twice (even with
-        early acks). Its claims are renewed first, so what it still holds stays its own for another
-        visibility timeout (the reaper cannot take it between the look-up and the run). Only for an old
-        buffer."""
+        """Drop the fetched messages this consumer no longer holds in Redis (see _still_held). Only for an
+        old buffer: a freeze or a network partition longer than the visibility timeout, or a fetch reply
+        held up that long."""
         outbox = self.outbox
-        outbox.flush()
         renewed_at = time.monotonic()
-        self.app.broker.extend(self.name, self.queues)
-        held = {d.receipt for d in self.app.broker.held_by(self.name, self.queues)}
-        kept = [d for d in outbox.buffer if d.receipt in held]
-        if len(kept) < len(outbox.buffer):
-            log.warning("consumer %s dropped %d fetched message(s) redelivered elsewhere meanwhile (this process "
-                        "did not run for longer than the visibility timeout)", self.name,
-                        len(outbox.buffer) - len(kept))
+        kept = self._still_held(list(outbox.buffer))
         outbox.buffer.clear()
         outbox.fetched_at = renewed_at
         outbox.buffer.extend(kept)
+
+    def _still_held(self, found: List[Delivery]) -> List[Delivery]:
+        """Of `found`, the messages this consumer still holds in Redis. Unrenewed longer than the visibility
+        timeout, the others were redelivered by another worker's reaper, and running them here too would
+        run them twice (even with early acks). The claims are renewed first, so what is kept stays this
+        consumer's for another visibility timeout (the reaper cannot take it between the look-up and the
+        run). One flush and two round trips: only for messages old enough to be in doubt."""
+        self.outbox.flush()
+        self.app.broker.extend(self.name, self.queues)
+        held = {d.receipt for d in self.app.broker.held_by(self.name, self.queues)}
+        kept = [d for d in found if d.receipt in held]
+        if len(kept) < len(found):
+            log.warning("consumer %s dropped %d fetched message(s) redelivered elsewhere meanwhile (not renewed "
+                        "for longer than the visibility timeout: a freeze, a partition, a late fetch reply)",
+                        self.name, len(found) - len(kept))
+        return kept
 
     def _fetch_count(self, running: int = 0) -> int:
         count = self.prefetch

@@ -187,18 +187,10 @@ class AsyncConsumer(Consumer):
 
     def _still_ours(self, found: List[Delivery], asked_at: float) -> List[Delivery]:
         """Messages whose fetch reply came more than half a visibility timeout after it was sent (held up by a
-        network partition) may have been redelivered and run elsewhere meanwhile: only those this consumer
-        still holds are kept, its claims renewed first (as Consumer._keep_what_is_ours does for an old buffer)."""
+        network partition) are kept only if this consumer still holds them (Consumer._still_held)."""
         if not found or time.monotonic() - asked_at <= self._stale_after:
             return found
-        self.outbox.flush()
-        self.app.broker.extend(self.name, self.queues)
-        held = {d.receipt for d in self.app.broker.held_by(self.name, self.queues)}
-        kept = [d for d in found if d.receipt in held]
-        if len(kept) < len(found):
-            log.warning("consumer %s dropped %d fetched message(s) redelivered elsewhere meanwhile (the reply to "
-                        "its fetch came %.1fs late)", self.name, len(found) - len(kept), time.monotonic() - asked_at)
-        return kept
+        return self._still_held(found)
 
     def _loop_(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
