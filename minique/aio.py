@@ -235,14 +235,9 @@ class Loops:
     def _client(self, url: str) -> aioredis.Redis:
         """A redis.asyncio client for one server or a Sentinel group's master (asked of the sentinels on every
         connection, as the synchronous client does), retrying as `broker_connection_retry` says."""
-        from . import urls
         from .exceptions import ConfigurationError
         conf = self.app.conf
-        result = url == conf.result_url and url != conf.broker_url
-        options = dict(conf.broker_transport_options or {})
-        if result:
-            options = {"master_name": options.get("master_name"), **dict(conf.result_backend_transport_options or {})}
-        target = urls.parse(url, options, "result_backend" if result else "broker_url")
+        target = self.app._deployment(url)
         timeouts: Dict[str, Any] = {"socket_timeout": conf.redis_socket_timeout,
                                     "socket_connect_timeout": conf.broker_connection_timeout}
         retry = (aioretry.Retry(ExponentialBackoff(cap=2.0, base=0.05), 8) if conf.broker_connection_retry

@@ -286,22 +286,27 @@ class Minique:
         """A client for `url`: one server (redis-py's URL forms, redis+embedded://), a Redis Cluster
         (redis+cluster://) or a Sentinel group (sentinel://, its master found through the sentinels);
         see minique/urls.py and docs/scaling.md."""
-        from . import urls
         from .connections import make_client
         from .embedded import resolve_url
         from .pipe import FAILOVER_TIMEOUT
-        result = url == self.conf.result_url and url != self.conf.broker_url
-        options = dict(self.conf.broker_transport_options or {})
-        if result:  # the result store's own options, falling back to the broker's master_name
-            options = {"master_name": options.get("master_name"),
-                       **dict(self.conf.result_backend_transport_options or {})}
-        target = urls.parse(url, options, "result_backend" if result else "broker_url")
+        target = self._deployment(url)
         timeouts: Dict[str, Any] = {"socket_timeout": socket_timeout or self.conf.redis_socket_timeout,
                                     "socket_connect_timeout": self.conf.broker_connection_timeout}
         retry = (RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries)
                  if self.conf.broker_connection_retry else None)
         return make_client(target, resolve_url(url) if target.kind == "redis" else url, timeouts, retry,
                            FAILOVER_TIMEOUT if retries else 0.0)
+
+    def _deployment(self, url: str) -> Any:
+        """The `urls.Target` `url` names, with its transport options: the broker's, or for the result store's
+        own URL its own (master_name falling back to the broker's). Shared by the sync and asyncio clients."""
+        from . import urls
+        result = url == self.conf.result_url and url != self.conf.broker_url
+        options = dict(self.conf.broker_transport_options or {})
+        if result:
+            options = {"master_name": options.get("master_name"),
+                       **dict(self.conf.result_backend_transport_options or {})}
+        return urls.parse(url, options, "result_backend" if result else "broker_url")
 
     @cached_property
     def broker_client(self) -> "redis.Redis":
