@@ -6,6 +6,7 @@ test can kill a whole worker (parent and children) at once. Readiness is an even
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import os
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import redis
 
@@ -59,6 +60,22 @@ class Sending(threading.Thread):
                 self.errors.append(exc)
             if i == self.mark:
                 self.under_way.set()
+
+    @contextlib.contextmanager
+    def during(self, proc: "Proc", log_tail: int = 4000) -> Iterator[None]:
+        """Start sending and wait until call `mark` went out; the block injects its fault and checks what
+        follows. The worker `proc` must still run after it; if the block fails, the tail of its log is
+        printed. The sender is joined at the end, whatever happened."""
+        self.start()
+        try:
+            assert self.under_way.wait(30)
+            yield
+            assert proc.popen.poll() is None
+        except BaseException:
+            print(proc.log()[-log_tail:])
+            raise
+        finally:
+            self.join(30)
 
     def all_returned_their_index(self, join_timeout: float, get_timeout: float = 60) -> None:
         """Wait for the last send; no error reached the caller and every task returned its call's index

@@ -136,22 +136,16 @@ def test_killing_the_master_of_a_queues_slot_during_tasks(tmp_path, monkeypatch)
         procs, proc = _worker(tmp_path, c, app, "-Q", "default,priority_high", settings={"task_acks_late": True})
         add = app.tasks["testapp.add"]
         sending = Sending(2000, lambda i: add.apply_async((i, 0), queue=("default", "priority_high")[i % 2]), 600)
-        sending.start()
         try:
-            assert sending.under_way.wait(30)
-            victim = c.master_of(hash_slot(queue("default")))
-            victim.kill()
-            killed = time.monotonic()
-            sending.all_returned_their_index(90)
-            done = time.monotonic() - killed
-            print(f"all {len(sending.sent)} tasks SUCCESS {done:.1f}s after the kill")
-            assert done < 1.0 + 20  # the node time-out, an election, and the last sends' and tasks' time
-            assert proc.popen.poll() is None
-        except BaseException:
-            print(proc.log()[-5000:])
-            raise
+            with sending.during(proc, log_tail=5000):
+                victim = c.master_of(hash_slot(queue("default")))
+                victim.kill()
+                killed = time.monotonic()
+                sending.all_returned_their_index(90)
+                done = time.monotonic() - killed
+                print(f"all {len(sending.sent)} tasks SUCCESS {done:.1f}s after the kill")
+                assert done < 1.0 + 20  # the node time-out, an election, and the last sends' and tasks' time
         finally:
-            sending.join(30)
             procs.close()
     finally:
         drop_testapp(testapp)
@@ -171,24 +165,18 @@ def test_a_slot_migrated_while_tasks_flow(tmp_path, monkeypatch):
         procs, proc = _worker(tmp_path, c, app, "-Q", "default,priority_high", settings={"task_acks_late": True})
         add = app.tasks["testapp.add"]
         sending = Sending(1500, lambda i: add.apply_async((i, 0), queue="default", priority=i % 3), 300)
-        sending.start()
         try:
-            assert sending.under_way.wait(30)
-            slot = hash_slot(queue("default"))
-            source = c.master_of(slot)
-            target = next(m for m in c.masters if m is not source)
-            assert c.migrate_slot(slot, target, pause=0.05) >= 3  # the streams (3 priorities) and more
-            sending.all_returned_their_index(90)
-            after = add.apply_async((1, 1), queue="default")
-            assert after.get(timeout=20) == 2
-            assert source.client().dbsize() == 0 or not any(
-                hash_slot(k) == slot for k in source.client().keys("*"))
-            assert proc.popen.poll() is None
-        except BaseException:
-            print(proc.log()[-5000:])
-            raise
+            with sending.during(proc, log_tail=5000):
+                slot = hash_slot(queue("default"))
+                source = c.master_of(slot)
+                target = next(m for m in c.masters if m is not source)
+                assert c.migrate_slot(slot, target, pause=0.05) >= 3  # the streams (3 priorities) and more
+                sending.all_returned_their_index(90)
+                after = add.apply_async((1, 1), queue="default")
+                assert after.get(timeout=20) == 2
+                assert source.client().dbsize() == 0 or not any(
+                    hash_slot(k) == slot for k in source.client().keys("*"))
         finally:
-            sending.join(30)
             procs.close()
     finally:
         drop_testapp(testapp)

@@ -156,9 +156,7 @@ def test_tasks_sent_while_the_master_is_killed_all_complete(tmp_path, group, mon
         wait_for(lambda: app.broker_client.hexists("minique:workers", proc.hostname), 20, "the worker")
         add = app.tasks["testapp.add"]
         sending = Sending(1000, lambda i: add.delay(i, 0), 300)
-        sending.start()
-        try:
-            assert sending.under_way.wait(30)
+        with sending.during(proc):
             old = group.master_port()
             group.server(old).kill()
             killed = time.monotonic()
@@ -168,12 +166,6 @@ def test_tasks_sent_while_the_master_is_killed_all_complete(tmp_path, group, mon
             done = time.monotonic() - killed
             print(f"switch seen {switched:.1f}s after the kill; {len(sending.sent)} tasks SUCCESS {done:.1f}s after it")
             assert done < switched + 15
-            assert proc.popen.poll() is None
-        except BaseException:
-            print(proc.log()[-4000:])
-            raise
-        finally:
-            sending.join(30)
     finally:
         procs.close()
         drop_testapp(testapp)
@@ -196,17 +188,11 @@ def test_no_send_is_lost_across_a_planned_failover(tmp_path, strict_group, monke
         wait_for(lambda: app.broker_client.hexists("minique:workers", proc.hostname), 20, "the worker")
         add = app.tasks["testapp.add"]
         sending = Sending(400, lambda i: add.delay(i, 0), 100)
-        sending.start()
         try:
-            assert sending.under_way.wait(30)
-            group.failover()
-            sending.all_returned_their_index(60)
-            assert proc.popen.poll() is None
-        except BaseException:
-            print(proc.log()[-4000:])
-            raise
+            with sending.during(proc):
+                group.failover()
+                sending.all_returned_their_index(60)
         finally:
-            sending.join(30)
             procs.close()
     finally:
         drop_testapp(testapp)
@@ -296,9 +282,7 @@ def test_the_worker_follows_a_planned_failover_within_a_heartbeat(tmp_path, monk
             wait_for(lambda: b"cmd=brpoplpush" in old_master.execute_command("CLIENT", "LIST"), 10,
                      "the get() to block")
         sending = Sending(1000 if client_side else 300, lambda i: add.delay(i, 0), 100)
-        sending.start()
-        try:
-            assert sending.under_way.wait(30)
+        with sending.during(proc):
             new = group.failover()
             sentinels = app.broker_client.connection_pool.sentinel_manager  # (asked as every client asks them)
             wait_for(lambda: sentinels.discover_master(MASTER_NAME)[1] == new, 10, "the sentinels' switch-master")
@@ -323,12 +307,6 @@ def test_the_worker_follows_a_planned_failover_within_a_heartbeat(tmp_path, monk
                 waiter.join(45)
                 assert waited.get("value") == 7
                 print(f"the get() blocked on the old master returned {waited['at'] - switched:.1f}s after the switch")
-            assert proc.popen.poll() is None
-        except BaseException:
-            print(proc.log()[-4000:])
-            raise
-        finally:
-            sending.join(30)
     finally:
         procs.close()
         probe.close()
